@@ -1,0 +1,70 @@
+"""Internet checksums (RFC 1071) and incremental updates (RFC 1624), compiled.
+
+Values are 16-bit integers as they read big-endian from a packet; checksum_py.py is the twin.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+
+from core cimport zt_sum, zt_delta, zt_apply, zt_fold
+
+
+cdef inline uint32_t _pseudo(const uint8_t[::1] src, const uint8_t[::1] dst, int proto, Py_ssize_t length) except? 0xFFFFFFFF:
+    cdef uint8_t tail[8]
+    cdef size_t alen = src.shape[0]
+    if alen != <size_t>dst.shape[0] or (alen != 4 and alen != 16):
+        raise ValueError("addresses must both be 4 or both be 16 bytes")
+    cdef uint32_t s = zt_sum(&src[0], alen, zt_sum(&dst[0], alen, 0))
+    if alen == 4:
+        tail[0] = 0
+        tail[1] = <uint8_t>proto
+        tail[2] = <uint8_t>(length >> 8)
+        tail[3] = <uint8_t>length
+        return zt_sum(tail, 4, s)
+    tail[0] = <uint8_t>(length >> 24)
+    tail[1] = <uint8_t>(length >> 16)
+    tail[2] = <uint8_t>(length >> 8)
+    tail[3] = <uint8_t>length
+    tail[4] = 0
+    tail[5] = 0
+    tail[6] = 0
+    tail[7] = <uint8_t>proto
+    return zt_sum(tail, 8, s)
+
+
+def ones_sum(const uint8_t[::1] buf, uint32_t initial=0):
+    """Ones'-complement sum of buf's 16-bit big-endian words plus initial, folded to 16 bits."""
+    if buf.shape[0] == 0:
+        return zt_fold(initial)
+    with nogil:
+        r = zt_sum(&buf[0], buf.shape[0], initial)
+    return r
+
+
+def checksum(const uint8_t[::1] buf, uint32_t initial=0):
+    """RFC 1071 checksum: the complement of ones_sum(buf, initial)."""
+    cdef uint16_t r
+    if buf.shape[0] == 0:
+        return ~zt_fold(initial) & 0xFFFF
+    if buf.shape[0] < 4096:
+        r = zt_sum(&buf[0], buf.shape[0], initial)
+    else:
+        with nogil:
+            r = zt_sum(&buf[0], buf.shape[0], initial)
+    return (~r) & 0xFFFF
+
+
+def pseudo_sum(const uint8_t[::1] src, const uint8_t[::1] dst, int proto, Py_ssize_t length):
+    """Ones'-complement sum of the TCP/UDP/ICMPv6 pseudo-header (IPv4 for 4-byte, IPv6 for 16-byte addresses)."""
+    return _pseudo(src, dst, proto, length)
+
+
+def update16(uint16_t csum, uint16_t old, uint16_t new):
+    """RFC 1624 eqn. 3: the checksum after one 16-bit word changes from old to new."""
+    return zt_apply(csum, <uint32_t>(<uint16_t>~old) + new)
+
+
+def update_addr(uint16_t csum, const uint8_t[::1] old, const uint8_t[::1] new):
+    """The checksum after an address (4 or 16 bytes) changes from old to new."""
+    cdef size_t n = old.shape[0]
+    if n != <size_t>new.shape[0] or (n != 4 and n != 16):
+        raise ValueError("addresses must both be 4 or both be 16 bytes")
+    return zt_apply(csum, zt_delta(&old[0], &new[0], n))

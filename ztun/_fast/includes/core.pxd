@@ -1,0 +1,93 @@
+# Declarations shared by the compiled modules: the C byte/checksum helpers, the constants
+# of defs.py (tests/test_defs.py keeps both in step) and the per-slot parse record.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t
+
+
+cdef extern from "zt_bytes.h" nogil:
+    uint16_t zt_be16(const uint8_t *p)
+    uint32_t zt_be32(const uint8_t *p)
+    void zt_put16(uint8_t *p, uint16_t v)
+    uint32_t zt_fold(unsigned long long s)
+    uint16_t zt_sum(const uint8_t *p, size_t n, uint32_t initial)
+    uint32_t zt_delta(const uint8_t *old, const uint8_t *new_, size_t n)
+    uint16_t zt_apply(uint16_t csum, uint32_t delta)
+
+
+cdef enum:
+    HEADROOM = 16
+    OK = 0
+    EMPTY = 1
+    TRUNCATED = 2
+    BAD_VERSION = 3
+    BAD_IHL = 4
+    BAD_LENGTH = 5
+    BAD_EXT_HEADER = 6
+    BAD_TCP_HEADER = 7
+    BAD_UDP_LENGTH = 8
+    NO_FLOW = 9
+    TABLE_FULL = 10
+    NO_PORT = 11
+    BLOCKED = 12
+    PENDING = 13
+    N_REASONS = 14
+    MAX_EXT_HEADERS = 8
+    FRAG_NONE = 0
+    FRAG_FIRST = 1
+    FRAG_LATER = 2
+    V_DROP = 0
+    V_WRITE = 1
+    V_NEW_FLOW = 2
+    V_UDP = 3
+    V_ICMP = 4
+    V_OTHER = 5
+    N_VERDICTS = 6
+    ST_FREE = 0
+    ST_SYN_SENT = 1
+    ST_ESTABLISHED = 2
+    ST_FIN_WAIT = 3
+    ST_CLOSING = 4
+    ST_RESET = 5
+    N_STATES = 6
+    FIN_CLIENT = 1
+    FIN_SERVER = 2
+    D_PENDING = 0
+    D_ALLOW = 1
+    D_BLOCK = 2
+    TCP_FIN = 0x01
+    TCP_SYN = 0x02
+    TCP_RST = 0x04
+    TCP_ACK = 0x10
+    PROTO_ICMP = 1
+    PROTO_TCP = 6
+    PROTO_UDP = 17
+    PROTO_ICMPV6 = 58
+    CS_OK = 0
+    CS_BAD_IP = 1
+    CS_BAD_L4 = 2
+    CS_UDP6_ZERO = 3
+    CS_UNCHECKED = 4
+
+
+cdef packed struct Meta:
+    uint8_t status
+    uint8_t version
+    uint8_t proto
+    uint8_t frag
+    uint8_t tcp_flags
+    uint8_t icmp_type
+    uint8_t icmp_code
+    uint8_t hop_limit
+    uint16_t src_port
+    uint16_t dst_port
+    uint16_t frag_offset
+    uint16_t _pad0
+    uint32_t l4_off
+    uint32_t payload_off
+    uint32_t payload_len
+    uint32_t ip_len
+    uint32_t seq
+    uint32_t ack
+    uint32_t frag_id
+    uint32_t _pad1
+    uint8_t src[16]
+    uint8_t dst[16]

@@ -1,0 +1,475 @@
+"""The NAT flow table behind the system stack, compiled; nat_py.py is the twin.
+
+Client packets C:c -> D:d are rewritten to B:n -> A:P (the kernel listener) and the
+kernel's replies A:P -> B:n back to D:d -> C:c, with RFC 1624 checksum updates.
+Memory is allocated once: a flow array, an open-addressing index (linear probing,
+backward-shift delete, keyed hash), a reverse array by NAT port, and per-address FIFO
+rings of free ports so a port is never handed out while in use and is reused last.
+"""
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.string cimport memcpy, memcmp, memset
+
+import os
+
+import numpy as np
+
+from ..errors import NatPortsExhausted, NatTableFull
+from . import defs as d
+from .nat_config import counters, flow_info, key_addr
+
+from core cimport *
+
+
+cdef struct Flow:
+    uint8_t src[16]
+    uint8_t dst[16]
+    double created
+    double last_seen
+    uint64_t pout, bout, pin, bin
+    uint64_t hash
+    uint16_t sport, dport, nat_port, nat_index
+    uint8_t version, proto, state, fins, decision, in_use
+
+
+cdef inline uint64_t _mix(uint64_t h, uint64_t w) noexcept nogil:
+    h ^= w
+    h *= 0x9E3779B97F4A7C15ULL
+    return h ^ (h >> 29)
+
+
+cdef inline uint64_t _load64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return v
+
+
+cdef inline void _rewrite(uint8_t *p, uint32_t l4_off, int alen, const uint8_t *nsrc, uint16_t nsport,
+                          const uint8_t *ndst, uint16_t ndport) noexcept nogil:
+    cdef int aoff = 12 if alen == 4 else 8
+    cdef uint32_t delta = zt_delta(p + aoff, nsrc, alen) + zt_delta(p + aoff + alen, ndst, alen)
+    cdef uint8_t *l4 = p + l4_off
+    if alen == 4:
+        zt_put16(p + 10, zt_apply(zt_be16(p + 10), delta))
+    memcpy(p + aoff, nsrc, alen)
+    memcpy(p + aoff + alen, ndst, alen)
+    delta += <uint16_t>~zt_be16(l4) + <uint32_t>nsport + <uint16_t>~zt_be16(l4 + 2) + <uint32_t>ndport
+    zt_put16(l4, nsport)
+    zt_put16(l4 + 2, ndport)
+    zt_put16(l4 + 16, zt_apply(zt_be16(l4 + 16), delta))
+
+
+cdef inline void _fin_state(Flow *f) noexcept nogil:
+    if f.state != ST_RESET and f.fins:
+        f.state = ST_CLOSING if f.fins == (FIN_CLIENT | FIN_SERVER) else ST_FIN_WAIT
+
+
+cdef class NatTable:
+    """Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
+
+    cdef Flow *flows
+    cdef int32_t *slots
+    cdef uint64_t mask
+    cdef int32_t *free_ids
+    cdef Py_ssize_t n_free, n_used
+    cdef int32_t *rev
+    cdef uint16_t *rings
+    cdef uint32_t *ring_head
+    cdef uint32_t *ring_count
+    cdef uint32_t n_ports
+    cdef uint16_t port_min
+    cdef uint8_t *next_addr
+    cdef int n4, n_next
+    cdef uint8_t stack4[4]
+    cdef uint8_t stack6[16]
+    cdef bint has4, has6
+    cdef uint16_t port4, port6
+    cdef uint64_t seed
+    cdef double timeouts[N_STATES]
+    cdef Py_ssize_t cursor
+    cdef uint64_t *vcount
+    cdef uint64_t *dcount
+    cdef readonly Py_ssize_t capacity
+    cdef readonly object config
+    cdef readonly object verdict_counts
+    cdef readonly object drop_counts
+
+    def __cinit__(self, config):
+        cdef Py_ssize_t i, k
+        cdef uint64_t m = 16
+        self.config = config
+        self.capacity = config.capacity
+        while m < <uint64_t>(2 * self.capacity):
+            m <<= 1
+        self.mask = m - 1
+        nxt = config.next_addresses
+        self.n4 = len(config.next4)
+        self.n_next = len(nxt)
+        self.n_ports = config.port_max - config.port_min + 1
+        self.port_min = config.port_min
+        self.flows = <Flow *>PyMem_Calloc(self.capacity, sizeof(Flow))
+        self.slots = <int32_t *>PyMem_Calloc(m, sizeof(int32_t))
+        self.free_ids = <int32_t *>PyMem_Calloc(self.capacity, sizeof(int32_t))
+        self.rev = <int32_t *>PyMem_Calloc(self.n_next * self.n_ports, sizeof(int32_t))
+        self.rings = <uint16_t *>PyMem_Calloc(self.n_next * self.n_ports, sizeof(uint16_t))
+        self.ring_head = <uint32_t *>PyMem_Calloc(self.n_next, sizeof(uint32_t))
+        self.ring_count = <uint32_t *>PyMem_Calloc(self.n_next, sizeof(uint32_t))
+        self.next_addr = <uint8_t *>PyMem_Calloc(self.n_next, 16)
+        if not (self.flows and self.slots and self.free_ids and self.rev and self.rings
+                and self.ring_head and self.ring_count and self.next_addr):
+            raise MemoryError(f"NAT table of capacity {self.capacity}")
+        memset(self.slots, 0xFF, m * sizeof(int32_t))
+        memset(self.rev, 0xFF, self.n_next * self.n_ports * sizeof(int32_t))
+        for i in range(self.capacity):
+            self.free_ids[i] = <int32_t>(self.capacity - 1 - i)
+        self.n_free = self.capacity
+        for k in range(self.n_next):
+            a = nxt[k]
+            memcpy(self.next_addr + 16 * k, <const char *>a, len(a))
+            self.ring_count[k] = self.n_ports
+            for i in range(self.n_ports):
+                self.rings[k * self.n_ports + i] = <uint16_t>(self.port_min + i)
+        self.has4 = config.stack4 is not None
+        if self.has4:
+            memcpy(self.stack4, <const char *>config.stack4, 4)
+            self.port4 = config.port4
+        self.has6 = config.stack6 is not None
+        if self.has6:
+            memcpy(self.stack6, <const char *>config.stack6, 16)
+            self.port6 = config.port6
+        for i in range(N_STATES):
+            self.timeouts[i] = config.timeouts[i]
+        self.seed = int.from_bytes(os.urandom(8), "little")
+        self.verdict_counts = np.zeros(N_VERDICTS, dtype=np.uint64)
+        self.drop_counts = np.zeros(N_REASONS, dtype=np.uint64)
+        cdef uint64_t[::1] vc = self.verdict_counts, dc = self.drop_counts
+        self.vcount = &vc[0]
+        self.dcount = &dc[0]
+
+    def __dealloc__(self):
+        PyMem_Free(self.flows)
+        PyMem_Free(self.slots)
+        PyMem_Free(self.free_ids)
+        PyMem_Free(self.rev)
+        PyMem_Free(self.rings)
+        PyMem_Free(self.ring_head)
+        PyMem_Free(self.ring_count)
+        PyMem_Free(self.next_addr)
+
+    def __len__(self):
+        return self.n_used
+
+    # -- index ------------------------------------------------------------------
+
+    cdef inline uint64_t _hash(self, int version, int proto, const uint8_t *src, uint16_t sport,
+                               const uint8_t *dst, uint16_t dport) noexcept nogil:
+        cdef uint64_t h = self.seed
+        h = _mix(h, _load64(src))
+        h = _mix(h, _load64(src + 8))
+        h = _mix(h, _load64(dst))
+        h = _mix(h, _load64(dst + 8))
+        h = _mix(h, (<uint64_t>sport << 32) | (<uint64_t>dport << 16) | (<uint64_t>proto << 8) | <uint64_t>version)
+        return h
+
+    cdef int32_t _find(self, uint64_t h, int version, int proto, const uint8_t *src, uint16_t sport,
+                       const uint8_t *dst, uint16_t dport) noexcept nogil:
+        cdef uint64_t i = h & self.mask
+        cdef int32_t fid
+        cdef Flow *f
+        while True:
+            fid = self.slots[i]
+            if fid < 0:
+                return -1
+            f = &self.flows[fid]
+            if (f.hash == h and f.sport == sport and f.dport == dport and f.proto == proto
+                    and f.version == version and memcmp(f.src, src, 16) == 0 and memcmp(f.dst, dst, 16) == 0):
+                return fid
+            i = (i + 1) & self.mask
+
+    cdef int32_t _alloc(self, uint64_t h, int version, int proto, const uint8_t *src, uint16_t sport,
+                        const uint8_t *dst, uint16_t dport, double now) noexcept nogil:
+        """A new flow (decision pending), or a negative drop reason."""
+        cdef int lo, hi, idx
+        cdef uint32_t port, pos
+        cdef int32_t fid
+        cdef uint64_t i
+        cdef Flow *f
+        if self.n_free == 0:
+            return -TABLE_FULL
+        lo = 0 if version == 4 else self.n4
+        hi = self.n4 if version == 4 else self.n_next
+        idx = lo
+        while idx < hi and self.ring_count[idx] == 0:
+            idx += 1
+        if idx >= hi:
+            return -NO_PORT
+        pos = idx * self.n_ports + self.ring_head[idx]
+        port = self.rings[pos]
+        self.ring_head[idx] = (self.ring_head[idx] + 1) % self.n_ports
+        self.ring_count[idx] -= 1
+        self.n_free -= 1
+        fid = self.free_ids[self.n_free]
+        self.n_used += 1
+        f = &self.flows[fid]
+        memset(f, 0, sizeof(Flow))
+        memcpy(f.src, src, 16)
+        memcpy(f.dst, dst, 16)
+        f.sport = sport
+        f.dport = dport
+        f.version = version
+        f.proto = proto
+        f.hash = h
+        f.nat_index = idx
+        f.nat_port = port
+        f.state = ST_SYN_SENT
+        f.decision = D_PENDING
+        f.created = now
+        f.last_seen = now
+        f.in_use = 1
+        i = h & self.mask
+        while self.slots[i] >= 0:
+            i = (i + 1) & self.mask
+        self.slots[i] = fid
+        self.rev[idx * self.n_ports + (port - self.port_min)] = fid
+        return fid
+
+    cdef void _delete(self, int32_t fid) noexcept nogil:
+        cdef Flow *f = &self.flows[fid]
+        cdef uint64_t i = f.hash & self.mask, j, k
+        cdef int idx = f.nat_index
+        while self.slots[i] != fid:
+            i = (i + 1) & self.mask
+        j = i
+        while True:  # backward-shift delete: no tombstones
+            j = (j + 1) & self.mask
+            if self.slots[j] < 0:
+                break
+            k = self.flows[self.slots[j]].hash & self.mask
+            if (k <= j and (i < k or i > j)) or (k > j and i > j and i < k):
+                continue  # entry at j lies between its home k and i: it stays
+            self.slots[i] = self.slots[j]
+            i = j
+        self.slots[i] = -1
+        self.rev[idx * self.n_ports + (f.nat_port - self.port_min)] = -1
+        self.rings[idx * self.n_ports + (self.ring_head[idx] + self.ring_count[idx]) % self.n_ports] = f.nat_port
+        self.ring_count[idx] += 1
+        f.in_use = 0
+        self.free_ids[self.n_free] = fid
+        self.n_free += 1
+        self.n_used -= 1
+
+    cdef Flow *_get(self, Py_ssize_t fid) except NULL:
+        if fid < 0 or fid >= self.capacity or not self.flows[fid].in_use:
+            raise KeyError(f"no flow {fid}")
+        return &self.flows[fid]
+
+    # -- Python API -------------------------------------------------------------
+
+    def insert(self, int proto, src, int sport, dst, int dport, double now=0.0):
+        """Add a flow (decision pending) and return its id; NatTableFull / NatPortsExhausted when refused."""
+        cdef int version
+        cdef bytes s, t
+        version, s, t = _key(src, dst)
+        h = self._hash(version, proto, s, sport, t, dport)
+        if self._find(h, version, proto, s, sport, t, dport) >= 0:
+            raise ValueError("flow exists")
+        fid = self._alloc(h, version, proto, s, sport, t, dport, now)
+        if fid < 0:
+            self.dcount[-fid] += 1
+            raise (NatTableFull if -fid == TABLE_FULL else NatPortsExhausted)(d.REASON_NAMES[-fid])
+        return fid
+
+    def lookup(self, int proto, src, int sport, dst, int dport):
+        """The id of the flow with this 5-tuple, or -1."""
+        cdef int version
+        cdef bytes s, t
+        version, s, t = _key(src, dst)
+        return self._find(self._hash(version, proto, s, sport, t, dport), version, proto, s, sport, t, dport)
+
+    def lookup_nat(self, addr, int port):
+        """The id of the flow that owns next address addr, NAT port port (an accepted socket's peer), or -1."""
+        cdef bytes a = key_addr(addr)[1]
+        cdef int k
+        if port < self.port_min or port >= self.port_min + <int>self.n_ports:
+            return -1
+        for k in range(self.n_next):
+            if memcmp(self.next_addr + 16 * k, <const char *>a, 16) == 0:
+                return self.rev[k * self.n_ports + (port - self.port_min)]
+        return -1
+
+    def delete(self, Py_ssize_t fid):
+        """Remove flow fid and free its NAT port (to the back of the queue: reused last)."""
+        self._get(fid)
+        self._delete(<int32_t>fid)
+
+    def flow(self, Py_ssize_t fid):
+        cdef Flow *f = self._get(fid)
+        return flow_info(self.config, fid, f.version, f.proto, f.src[:16], f.sport, f.dst[:16], f.dport,
+                         f.nat_index, f.nat_port, f.state, f.decision, f.created, f.last_seen,
+                         f.pout, f.bout, f.pin, f.bin)
+
+    def allow(self, Py_ssize_t fid):
+        self._get(fid).decision = D_ALLOW
+
+    def block(self, Py_ssize_t fid):
+        self._get(fid).decision = D_BLOCK
+
+    def touch(self, Py_ssize_t fid, double now):
+        self._get(fid).last_seen = now
+
+    def free_ports(self):
+        return sum(self.ring_count[k] for k in range(self.n_next))
+
+    def counters(self):
+        return counters(self.verdict_counts, self.drop_counts)
+
+    def sweep(self, double now, Py_ssize_t limit=4096):
+        """Look at up to limit slots from where the last sweep stopped; delete idle flows. Returns how many."""
+        cdef Py_ssize_t n, expired = 0
+        cdef Flow *f
+        if limit > self.capacity:
+            limit = self.capacity
+        with nogil:
+            for n in range(limit):
+                f = &self.flows[self.cursor]
+                if f.in_use and now - f.last_seen > self.timeouts[f.state]:
+                    self._delete(<int32_t>self.cursor)
+                    expired += 1
+                self.cursor = (self.cursor + 1) % self.capacity
+        return expired
+
+    # -- the batch path -----------------------------------------------------------
+
+    def process_batch(self, batch, double now):
+        """Rewrite TCP slots in place and set batch.verdicts/reasons/flow_ids; return the slots Python must look at."""
+        cdef uint8_t[:, ::1] data = batch.data
+        cdef uint8_t[::1] raw = batch.meta.view("u1")
+        cdef uint8_t[::1] verdicts = batch.verdicts, reasons = batch.reasons
+        cdef int32_t[::1] flow_ids = batch.flow_ids
+        cdef Py_ssize_t count = batch.count, i, rare = 0
+        cdef Meta *meta = <Meta *>&raw[0]
+        cdef int verdict, reason
+        cdef int32_t fid
+        if batch.meta.dtype.itemsize != sizeof(Meta):
+            raise TypeError("batch.meta does not have the Meta layout")
+        if count < 0 or count > data.shape[0]:
+            raise ValueError(f"batch.count {count} outside 0..{data.shape[0]}")
+        with nogil:
+            for i in range(count):
+                verdict = self._one(&data[i, HEADROOM], &meta[i], now, &reason, &fid)
+                verdicts[i] = verdict
+                reasons[i] = reason
+                flow_ids[i] = fid
+                self.vcount[verdict] += 1
+                if verdict == V_DROP:
+                    self.dcount[reason] += 1
+                elif verdict != V_WRITE:
+                    rare += 1
+        return rare
+
+    cdef int _one(self, uint8_t *p, Meta *m, double now, int *reason, int32_t *fid_out) noexcept nogil:
+        cdef int version = m.version, proto = m.proto, alen, lo, hi, k, verdict
+        cdef int flags = m.tcp_flags
+        cdef uint16_t port
+        cdef const uint8_t *stack
+        cdef bint has, syn_only
+        cdef int32_t fid
+        cdef Flow *f
+        cdef uint64_t h
+        reason[0] = 0
+        fid_out[0] = -1
+        if m.status != OK:
+            reason[0] = m.status
+            return V_DROP
+        if m.frag != FRAG_NONE:
+            return V_OTHER
+        if proto == PROTO_UDP:
+            return V_UDP
+        if proto == (PROTO_ICMP if version == 4 else PROTO_ICMPV6):
+            return V_ICMP
+        if proto != PROTO_TCP:
+            return V_OTHER
+        if version == 4:
+            alen = 4
+            stack = self.stack4
+            port = self.port4
+            has = self.has4
+            lo = 0
+            hi = self.n4
+        else:
+            alen = 16
+            stack = self.stack6
+            port = self.port6
+            has = self.has6
+            lo = self.n4
+            hi = self.n_next
+
+        if has and m.src_port == port and memcmp(m.src, stack, alen) == 0:  # kernel reply A:P -> B:n
+            fid = -1
+            for k in range(lo, hi):
+                if memcmp(self.next_addr + 16 * k, m.dst, alen) == 0:
+                    if m.dst_port >= self.port_min and m.dst_port - self.port_min < <int>self.n_ports:
+                        fid = self.rev[k * self.n_ports + (m.dst_port - self.port_min)]
+                    break
+            if fid < 0:
+                reason[0] = NO_FLOW
+                return V_DROP
+            f = &self.flows[fid]
+            _rewrite(p, m.l4_off, alen, f.dst, f.dport, f.src, f.sport)
+            if flags & TCP_RST:
+                f.state = ST_RESET
+            else:
+                if f.state == ST_SYN_SENT and flags & TCP_SYN and flags & TCP_ACK:
+                    f.state = ST_ESTABLISHED
+                if flags & TCP_FIN:
+                    f.fins |= FIN_SERVER
+                _fin_state(f)
+            f.pin += 1
+            f.bin += m.payload_len
+            f.last_seen = now
+            fid_out[0] = fid
+            return V_WRITE
+
+        h = self._hash(version, proto, m.src, m.src_port, m.dst, m.dst_port)
+        fid = self._find(h, version, proto, m.src, m.src_port, m.dst, m.dst_port)
+        syn_only = (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN
+        if fid >= 0 and syn_only and (self.flows[fid].state == ST_CLOSING or self.flows[fid].state == ST_RESET):
+            self._delete(fid)  # the client reuses its port: a new connection
+            fid = -1
+        verdict = V_WRITE
+        if fid < 0:
+            if not syn_only:
+                reason[0] = NO_FLOW
+                return V_DROP
+            fid = self._alloc(h, version, proto, m.src, m.src_port, m.dst, m.dst_port, now)
+            if fid < 0:
+                reason[0] = -fid
+                return V_DROP
+            verdict = V_NEW_FLOW
+        f = &self.flows[fid]
+        fid_out[0] = fid
+        if f.decision == D_BLOCK:
+            f.last_seen = now
+            reason[0] = BLOCKED
+            return V_DROP
+        if f.decision == D_PENDING and verdict != V_NEW_FLOW:
+            reason[0] = PENDING
+            return V_DROP
+        _rewrite(p, m.l4_off, alen, self.next_addr + 16 * f.nat_index, f.nat_port, stack, port)
+        if flags & TCP_RST:
+            f.state = ST_RESET
+        elif flags & TCP_FIN:
+            f.fins |= FIN_CLIENT
+            _fin_state(f)
+        f.pout += 1
+        f.bout += m.payload_len
+        f.last_seen = now
+        return verdict
+
+
+def _key(src, dst):
+    v, s = key_addr(src)
+    v2, t = key_addr(dst)
+    if v != v2:
+        raise ValueError("source and destination must be of one IP version")
+    return v, s, t

@@ -1,0 +1,267 @@
+"""The NAT flow table behind the system stack: the pure-Python twin of nat.pyx.
+
+Client packets C:c -> D:d are rewritten to B:n -> A:P (the kernel listener) and the
+kernel's replies A:P -> B:n back to D:d -> C:c, with RFC 1624 checksum updates.
+"""
+
+import struct
+from collections import deque
+
+import numpy as np
+
+from ..errors import NatPortsExhausted, NatTableFull
+from . import defs as d
+from .checksum_py import update16, update_addr
+from .nat_config import NatConfig, counters, flow_info, key_addr
+
+
+class _Flow:
+    __slots__ = ("key", "nat_index", "nat_port", "state", "fins", "decision", "created", "last_seen", "pout", "bout", "pin", "bin")
+
+    def __init__(self, key, nat_index, nat_port, now):
+        self.key = key  # (version, proto, src16, sport, dst16, dport)
+        self.nat_index = nat_index
+        self.nat_port = nat_port
+        self.state = d.ST_SYN_SENT
+        self.fins = 0
+        self.decision = d.D_PENDING
+        self.created = self.last_seen = now
+        self.pout = self.bout = self.pin = self.bin = 0
+
+
+class NatTable:
+    """Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
+
+    def __init__(self, config: NatConfig):
+        self.config = config
+        self.capacity = config.capacity
+        self._next = config.next_addresses
+        self._n4 = len(config.next4)
+        self._stack4 = config.stack4
+        self._stack6 = config.stack6
+        self._flows = [None] * config.capacity
+        self._free = list(range(config.capacity - 1, -1, -1))
+        self._index = {}
+        self._rev = {}
+        self._ports = [deque(range(config.port_min, config.port_max + 1)) for _ in self._next]
+        self._cursor = 0
+        self._timeouts = config.timeouts
+        self.verdict_counts = np.zeros(d.N_VERDICTS, dtype=np.uint64)
+        self.drop_counts = np.zeros(d.N_REASONS, dtype=np.uint64)
+
+    def __len__(self):
+        return len(self._index)
+
+    # -- allocation ---------------------------------------------------------
+
+    def _alloc(self, key, now):
+        """A new flow for key, or a negative drop reason."""
+        if not self._free:
+            return -d.TABLE_FULL
+        lo, hi = (0, self._n4) if key[0] == 4 else (self._n4, len(self._next))
+        for idx in range(lo, hi):
+            if self._ports[idx]:
+                break
+        else:
+            return -d.NO_PORT
+        port = self._ports[idx].popleft()
+        fid = self._free.pop()
+        self._flows[fid] = _Flow(key, idx, port, now)
+        self._index[key] = fid
+        self._rev[(idx, port)] = fid
+        return fid
+
+    def delete(self, fid: int) -> None:
+        """Remove flow fid and free its NAT port (to the back of the queue: reused last)."""
+        f = self._flow(fid)
+        del self._index[f.key]
+        del self._rev[(f.nat_index, f.nat_port)]
+        self._ports[f.nat_index].append(f.nat_port)
+        self._flows[fid] = None
+        self._free.append(fid)
+
+    def _flow(self, fid):
+        f = self._flows[fid] if 0 <= fid < self.capacity else None
+        if f is None:
+            raise KeyError(f"no flow {fid}")
+        return f
+
+    # -- Python API ---------------------------------------------------------
+
+    def insert(self, proto, src, sport, dst, dport, now=0.0) -> int:
+        """Add a flow (decision pending) and return its id; NatTableFull / NatPortsExhausted when refused."""
+        key = _key(proto, src, sport, dst, dport)
+        if key in self._index:
+            raise ValueError("flow exists")
+        fid = self._alloc(key, now)
+        if fid < 0:
+            self.drop_counts[-fid] += 1
+            raise (NatTableFull if -fid == d.TABLE_FULL else NatPortsExhausted)(d.REASON_NAMES[-fid])
+        return fid
+
+    def lookup(self, proto, src, sport, dst, dport) -> int:
+        """The id of the flow with this 5-tuple, or -1."""
+        return self._index.get(_key(proto, src, sport, dst, dport), -1)
+
+    def lookup_nat(self, addr, port) -> int:
+        """The id of the flow that owns next address addr, NAT port port (an accepted socket's peer), or -1."""
+        _, a = key_addr(addr)
+        for idx, b in enumerate(self._next):
+            if (b + bytes(12))[:16] == a:
+                return self._rev.get((idx, port), -1)
+        return -1
+
+    def flow(self, fid):
+        f = self._flow(fid)
+        v, proto, src, sport, dst, dport = f.key
+        return flow_info(self.config, fid, v, proto, src, sport, dst, dport, f.nat_index, f.nat_port,
+                         f.state, f.decision, f.created, f.last_seen, f.pout, f.bout, f.pin, f.bin)
+
+    def allow(self, fid):
+        self._flow(fid).decision = d.D_ALLOW
+
+    def block(self, fid):
+        self._flow(fid).decision = d.D_BLOCK
+
+    def touch(self, fid, now):
+        self._flow(fid).last_seen = now
+
+    def free_ports(self) -> int:
+        return sum(len(q) for q in self._ports)
+
+    def counters(self) -> dict:
+        return counters(self.verdict_counts, self.drop_counts)
+
+    def sweep(self, now, limit=4096) -> int:
+        """Look at up to limit slots from where the last sweep stopped; delete idle flows. Returns how many."""
+        expired = 0
+        for _ in range(min(limit, self.capacity)):
+            f = self._flows[self._cursor]
+            if f is not None and now - f.last_seen > self._timeouts[f.state]:
+                self.delete(self._cursor)
+                expired += 1
+            self._cursor = (self._cursor + 1) % self.capacity
+        return expired
+
+    # -- the batch path -------------------------------------------------------
+
+    def process_batch(self, batch, now) -> int:
+        """Rewrite TCP slots in place and set batch.verdicts/reasons/flow_ids; return the slots Python must look at."""
+        rare = 0
+        for i in range(batch.count):
+            verdict, reason, fid = self._one(batch, i, batch.meta[i], now)
+            batch.verdicts[i] = verdict
+            batch.reasons[i] = reason
+            batch.flow_ids[i] = fid
+            self.verdict_counts[verdict] += 1
+            if verdict == d.V_DROP:
+                self.drop_counts[reason] += 1
+            elif verdict != d.V_WRITE:
+                rare += 1
+        return rare
+
+    def _one(self, batch, i, m, now):
+        if m["status"] != d.OK:
+            return d.V_DROP, int(m["status"]), -1
+        version, proto = int(m["version"]), int(m["proto"])
+        if m["frag"] != d.FRAG_NONE:
+            return d.V_OTHER, 0, -1
+        if proto == d.PROTO_UDP:
+            return d.V_UDP, 0, -1
+        if proto == (d.PROTO_ICMP if version == 4 else d.PROTO_ICMPV6):
+            return d.V_ICMP, 0, -1
+        if proto != d.PROTO_TCP:
+            return d.V_OTHER, 0, -1
+        alen = 4 if version == 4 else 16
+        src, dst = m["src"].tobytes(), m["dst"].tobytes()
+        sport, dport, flags = int(m["src_port"]), int(m["dst_port"]), int(m["tcp_flags"])
+        size = int(m["payload_len"])
+        stack, port = (self._stack4, self.config.port4) if version == 4 else (self._stack6, self.config.port6)
+
+        if stack is not None and src[:alen] == stack and sport == port:  # kernel reply A:P -> B:n
+            lo, hi = (0, self._n4) if version == 4 else (self._n4, len(self._next))
+            idx = next((k for k in range(lo, hi) if self._next[k] == dst[:alen]), -1)
+            fid = self._rev.get((idx, dport), -1)
+            if fid < 0:
+                return d.V_DROP, d.NO_FLOW, -1
+            f = self._flows[fid]
+            _, _, csrc, csport, cdst, cdport = f.key
+            _rewrite(batch, i, m, alen, cdst[:alen], cdport, csrc[:alen], csport)
+            if flags & d.TCP_RST:
+                f.state = d.ST_RESET
+            else:
+                if f.state == d.ST_SYN_SENT and flags & d.TCP_SYN and flags & d.TCP_ACK:
+                    f.state = d.ST_ESTABLISHED
+                if flags & d.TCP_FIN:
+                    f.fins |= d.FIN_SERVER
+                _fin_state(f)
+            f.pin += 1
+            f.bin += size
+            f.last_seen = now
+            return d.V_WRITE, 0, fid
+
+        key = (version, proto, src, sport, dst, dport)
+        fid = self._index.get(key, -1)
+        syn_only = flags & (d.TCP_SYN | d.TCP_ACK | d.TCP_RST) == d.TCP_SYN
+        if fid >= 0 and syn_only and self._flows[fid].state in (d.ST_CLOSING, d.ST_RESET):
+            self.delete(fid)  # the client reuses its port: a new connection
+            fid = -1
+        verdict = d.V_WRITE
+        if fid < 0:
+            if not syn_only:
+                return d.V_DROP, d.NO_FLOW, -1
+            fid = self._alloc(key, now)
+            if fid < 0:
+                return d.V_DROP, -fid, -1
+            verdict = d.V_NEW_FLOW
+        f = self._flows[fid]
+        if f.decision == d.D_BLOCK:
+            f.last_seen = now
+            return d.V_DROP, d.BLOCKED, fid
+        if f.decision == d.D_PENDING and verdict != d.V_NEW_FLOW:
+            return d.V_DROP, d.PENDING, fid
+        _rewrite(batch, i, m, alen, self._next[f.nat_index], f.nat_port, stack, port)
+        if flags & d.TCP_RST:
+            f.state = d.ST_RESET
+        elif flags & d.TCP_FIN:
+            f.fins |= d.FIN_CLIENT
+            _fin_state(f)
+        f.pout += 1
+        f.bout += size
+        f.last_seen = now
+        return verdict, 0, fid
+
+
+def _key(proto, src, sport, dst, dport):
+    v, s = key_addr(src)
+    v2, t = key_addr(dst)
+    if v != v2:
+        raise ValueError("source and destination must be of one IP version")
+    return (v, proto, s, sport, t, dport)
+
+
+def _fin_state(f):
+    if f.state != d.ST_RESET and f.fins:
+        f.state = d.ST_CLOSING if f.fins == d.FIN_CLIENT | d.FIN_SERVER else d.ST_FIN_WAIT
+
+
+def _rewrite(batch, i, m, alen, new_src, new_sport, new_dst, new_dport):
+    """Set the packet's addresses and TCP ports, updating the IPv4 header and TCP checksums incrementally."""
+    buf = batch.data[i]
+    base = batch.headroom
+    a_off = base + (12 if alen == 4 else 8)
+    old_src = buf[a_off : a_off + alen].tobytes()
+    old_dst = buf[a_off + alen : a_off + 2 * alen].tobytes()
+    if alen == 4:
+        (ipcs,) = struct.unpack_from("!H", buf, base + 10)
+        ipcs = update_addr(update_addr(ipcs, old_src, new_src), old_dst, new_dst)
+        struct.pack_into("!H", buf, base + 10, ipcs)
+    buf[a_off : a_off + alen] = np.frombuffer(new_src, dtype=np.uint8)
+    buf[a_off + alen : a_off + 2 * alen] = np.frombuffer(new_dst, dtype=np.uint8)
+    l4 = base + int(m["l4_off"])
+    sport, dport = struct.unpack_from("!HH", buf, l4)
+    (cs,) = struct.unpack_from("!H", buf, l4 + 16)
+    cs = update_addr(update_addr(cs, old_src, new_src), old_dst, new_dst)
+    cs = update16(update16(cs, sport, new_sport), dport, new_dport)
+    struct.pack_into("!HH", buf, l4, new_sport, new_dport)
+    struct.pack_into("!H", buf, l4 + 16, cs)

@@ -1,0 +1,213 @@
+"""Batch parse of raw IPv4/IPv6 packets and checksum verification, compiled.
+
+A malformed packet yields a status code, never an exception or an out-of-bounds read;
+its row is all zeros but for the status. packet_py.py is the twin.
+"""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.string cimport memcpy, memset
+
+from core cimport *
+
+
+cdef int parse_one(const uint8_t *p, Py_ssize_t n, Meta *m) noexcept nogil:
+    """Fill *m from the n bytes at p; return the status (also stored in m.status)."""
+    cdef uint32_t ihl, total, l4, avail, hlen, doff, ulen, offset
+    cdef uint16_t fo
+    cdef int version, proto, count, frag = FRAG_NONE
+    memset(m, 0, sizeof(Meta))
+    if n <= 0:
+        return _bad(m, EMPTY)
+    version = p[0] >> 4
+    if version == 4:
+        if n < 20:
+            return _bad(m, TRUNCATED)
+        ihl = (p[0] & 0x0F) * 4
+        if ihl < 20:
+            return _bad(m, BAD_IHL)
+        total = zt_be16(p + 2)
+        if total < ihl:
+            return _bad(m, BAD_LENGTH)
+        if total > n:
+            return _bad(m, TRUNCATED)
+        proto = p[9]
+        m.hop_limit = p[8]
+        memcpy(m.src, p + 12, 4)
+        memcpy(m.dst, p + 16, 4)
+        fo = zt_be16(p + 6)
+        offset = (fo & 0x1FFF) * 8
+        if offset:
+            frag = FRAG_LATER
+        elif fo & 0x2000:
+            frag = FRAG_FIRST
+        if frag:
+            m.frag_id = zt_be16(p + 4)
+            m.frag_offset = <uint16_t>offset
+        l4 = ihl
+    elif version == 6:
+        if n < 40:
+            return _bad(m, TRUNCATED)
+        if zt_be16(p + 4) == 0:
+            return _bad(m, BAD_LENGTH)
+        total = 40 + zt_be16(p + 4)
+        if total > n:
+            return _bad(m, TRUNCATED)
+        m.hop_limit = p[7]
+        memcpy(m.src, p + 8, 16)
+        memcpy(m.dst, p + 24, 16)
+        proto = p[6]
+        l4 = 40
+        count = 0
+        while (proto == 0 or proto == 43 or proto == 60 or proto == 44) and frag != FRAG_LATER:
+            if count == MAX_EXT_HEADERS:
+                return _bad(m, BAD_EXT_HEADER)
+            if l4 + 8 > total:
+                return _bad(m, TRUNCATED)
+            if proto == 44:
+                fo = zt_be16(p + l4 + 2)
+                offset = fo & 0xFFF8
+                if offset:
+                    frag = FRAG_LATER
+                elif fo & 1:
+                    frag = FRAG_FIRST
+                m.frag_id = zt_be32(p + l4 + 4)
+                m.frag_offset = <uint16_t>offset
+                hlen = 8
+            else:
+                hlen = (p[l4 + 1] + 1) * 8
+                if l4 + hlen > total:
+                    return _bad(m, TRUNCATED)
+            proto = p[l4]
+            l4 += hlen
+            count += 1
+    else:
+        return _bad(m, BAD_VERSION)
+
+    m.version = version
+    m.proto = proto
+    m.frag = frag
+    m.ip_len = total
+    m.l4_off = l4
+    avail = total - l4
+    m.payload_off = l4
+    m.payload_len = avail
+    if frag == FRAG_LATER:
+        return OK
+    if proto == PROTO_TCP:
+        if avail < 20:
+            return _bad(m, TRUNCATED)
+        doff = (p[l4 + 12] >> 4) * 4
+        if doff < 20:
+            return _bad(m, BAD_TCP_HEADER)
+        if doff > avail:
+            return _bad(m, TRUNCATED)
+        m.src_port = zt_be16(p + l4)
+        m.dst_port = zt_be16(p + l4 + 2)
+        m.seq = zt_be32(p + l4 + 4)
+        m.ack = zt_be32(p + l4 + 8)
+        m.tcp_flags = p[l4 + 13]
+        m.payload_off = l4 + doff
+        m.payload_len = avail - doff
+    elif proto == PROTO_UDP:
+        if avail < 8:
+            return _bad(m, TRUNCATED)
+        ulen = zt_be16(p + l4 + 4)
+        if frag == FRAG_NONE:
+            if ulen < 8 or ulen > avail:
+                return _bad(m, BAD_UDP_LENGTH)
+            m.payload_len = ulen - 8
+        else:
+            m.payload_len = avail - 8
+        m.src_port = zt_be16(p + l4)
+        m.dst_port = zt_be16(p + l4 + 2)
+        m.payload_off = l4 + 8
+    elif (version == 4 and proto == PROTO_ICMP) or (version == 6 and proto == PROTO_ICMPV6):
+        if avail < 8:
+            return _bad(m, TRUNCATED)
+        m.icmp_type = p[l4]
+        m.icmp_code = p[l4 + 1]
+        m.payload_off = l4 + 8
+        m.payload_len = avail - 8
+    return OK
+
+
+cdef inline int _bad(Meta *m, int status) noexcept nogil:
+    memset(m, 0, sizeof(Meta))
+    m.status = <uint8_t>status
+    return status
+
+
+cdef Meta *meta_ptr(batch) except NULL:
+    """The batch's meta array as Meta records, after checking its layout."""
+    cdef uint8_t[::1] raw = batch.meta.view("u1")
+    if batch.meta.dtype.itemsize != sizeof(Meta):
+        raise TypeError("batch.meta does not have the Meta layout")
+    return <Meta *>&raw[0]
+
+
+def parse_batch(batch):
+    """Parse slots 0..batch.count-1 into batch.meta, one row per slot."""
+    cdef uint8_t[:, ::1] data = batch.data
+    cdef int[::1] lengths = batch.lengths
+    cdef Meta *meta = meta_ptr(batch)
+    cdef Py_ssize_t count = batch.count, room = data.shape[1] - HEADROOM, i, n
+    if count < 0 or count > data.shape[0]:
+        raise ValueError(f"batch.count {count} outside 0..{data.shape[0]}")
+    with nogil:
+        for i in range(count):
+            n = lengths[i]
+            if n > room:
+                n = room
+            parse_one(&data[i, HEADROOM], n, &meta[i])
+
+
+def verify_checksums(const uint8_t[::1] packet):
+    """Check the IPv4 header checksum and the TCP/UDP/ICMP/ICMPv6 checksum of one packet (a CS_* code)."""
+    cdef Meta m
+    cdef const uint8_t *p
+    cdef uint32_t initial = 0, seglen, alen
+    cdef uint8_t tail[8]
+    if packet.shape[0] == 0:
+        return CS_UNCHECKED
+    p = &packet[0]
+    if parse_one(p, packet.shape[0], &m) != OK:
+        return CS_UNCHECKED
+    if m.version == 4 and zt_sum(p, (p[0] & 0x0F) * 4, 0) != 0xFFFF:
+        return CS_BAD_IP
+    if m.frag != FRAG_NONE:
+        return CS_UNCHECKED
+    seglen = m.ip_len - m.l4_off
+    if m.proto == PROTO_UDP:
+        seglen = zt_be16(p + m.l4_off + 4)
+        if zt_be16(p + m.l4_off + 6) == 0:
+            return CS_OK if m.version == 4 else CS_UDP6_ZERO
+    if m.proto == PROTO_TCP or m.proto == PROTO_UDP or (m.proto == PROTO_ICMPV6 and m.version == 6):
+        alen = 4 if m.version == 4 else 16
+        if m.version == 4:
+            tail[0] = 0
+            tail[1] = m.proto
+            tail[2] = <uint8_t>(seglen >> 8)
+            tail[3] = <uint8_t>seglen
+        else:
+            memset(tail, 0, 8)
+            tail[0] = <uint8_t>(seglen >> 24)
+            tail[1] = <uint8_t>(seglen >> 16)
+            tail[2] = <uint8_t>(seglen >> 8)
+            tail[3] = <uint8_t>seglen
+            tail[7] = m.proto
+        initial = zt_sum(tail, 4 if m.version == 4 else 8, zt_sum(m.src, alen, zt_sum(m.dst, alen, 0)))
+    elif not (m.proto == PROTO_ICMP and m.version == 4):
+        return CS_UNCHECKED
+    return CS_OK if zt_sum(p + m.l4_off, seglen, initial) == 0xFFFF else CS_BAD_L4
+
+
+def _c_layout():
+    """Field offsets and size of the C Meta record, for the layout test."""
+    cdef Meta m
+    base = <size_t>&m
+    return sizeof(Meta), {
+        "status": <size_t>&m.status - base, "src_port": <size_t>&m.src_port - base,
+        "frag_offset": <size_t>&m.frag_offset - base, "l4_off": <size_t>&m.l4_off - base,
+        "ip_len": <size_t>&m.ip_len - base, "seq": <size_t>&m.seq - base,
+        "frag_id": <size_t>&m.frag_id - base, "src": <size_t>&m.src[0] - base,
+        "dst": <size_t>&m.dst[0] - base,
+    }
