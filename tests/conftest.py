@@ -1,0 +1,39 @@
+"""Fixtures shared by the unit tests: every packet-core test runs on both implementations."""
+
+import importlib
+import os
+import types
+
+import pytest
+
+NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def _load(kind: str) -> types.SimpleNamespace:
+    names = ("checksum", "packet", "nat")
+    suffix = "" if kind == "cython" else "_py"
+    mods = {}
+    for name in names:
+        try:
+            mods[name] = importlib.import_module(f"ztun._fast.{name}{suffix}")
+        except ImportError as e:
+            pytest.fail(f"compiled module ztun._fast.{name} is missing ({e}); build it with `pip install -e .`")
+        if kind == "cython" and not mods[name].__file__.endswith((".so", ".pyd")):
+            pytest.fail(f"ztun._fast.{name} is not compiled: {mods[name].__file__}")
+    return types.SimpleNamespace(kind=kind, **mods)
+
+
+@pytest.fixture(scope="session", params=["cython", "python"])
+def impl(request):
+    """The compiled packet core, then the pure-Python twin."""
+    if request.param == "cython" and NO_EXT:
+        pytest.skip("ZTUN_NO_EXTENSIONS=1: testing the pure-Python twin only")
+    return _load(request.param)
+
+
+@pytest.fixture(scope="session")
+def both():
+    """The compiled core and the twin together, for tests that compare them."""
+    if NO_EXT:
+        pytest.skip("ZTUN_NO_EXTENSIONS=1: nothing compiled to compare with")
+    return _load("cython"), _load("python")
