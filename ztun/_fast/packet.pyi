@@ -1,0 +1,6 @@
+from collections.abc import Buffer
+
+from .batch import PacketBatch
+
+def parse_batch(batch: PacketBatch) -> None: ...
+def verify_checksums(packet: Buffer) -> int: ...
