@@ -299,3 +299,35 @@ def test_fuzz_traffic_identical(both, batches):
             results.append((out, v, r, f, table.counters(), len(table), table.free_ports(), table.sweep(now, limit=3)))
         assert results[0] == results[1]
         now += 1.5
+
+
+def test_random_insert_delete_against_model(impl):
+    """20,000 random inserts, deletes and sweeps on a small-ports table, checked against a dict."""
+    rng = random.Random(99)
+    table = impl.nat.NatTable(config(capacity=3000, port_min=2000, port_max=4999, timeouts=(0.0, 5.0, 5.0, 5.0, 5.0, 5.0)))
+    model = {}  # key -> fid
+    now = 0.0
+    for step in range(20_000):
+        key = (f"198.18.{rng.randrange(4)}.{rng.randrange(1, 60)}", rng.randrange(1, 40))
+        op = rng.random()
+        if op < 0.55 and key not in model:
+            try:
+                model[key] = table.insert(6, key[0], key[1], "198.19.0.1", 80, now=now)
+            except NatTableFull:
+                assert len(model) == 3000
+        elif op < 0.9 and key in model:
+            table.delete(model.pop(key))
+        elif op >= 0.999:
+            now += 10.0
+            table.sweep(now, limit=3000)
+            model.clear()
+        assert table.lookup(6, key[0], key[1], "198.19.0.1", 80) == model.get(key, -1)
+    assert len(table) == len(model)
+    ports = set()
+    for key, fid in model.items():
+        f = table.flow(fid)
+        assert (str(f.src), f.sport) == key
+        assert table.lookup_nat(f.nat_addr, f.nat_port) == fid
+        ports.add(f.nat_port)
+    assert len(ports) == len(model)
+    assert table.free_ports() == 3000 - len(model) + 3000  # IPv4 ring plus the untouched IPv6 one
