@@ -6,7 +6,8 @@ import re
 import ztun._fast as fast
 from ztun._fast import defs
 
-PXD = pathlib.Path(defs.__file__).with_name("includes") / "core.pxd"
+# The source tree's copy: wheels do not ship .pxd files.
+PXD = pathlib.Path(__file__).resolve().parents[1] / "ztun" / "_fast" / "includes" / "core.pxd"
 
 
 def test_pxd_enum_matches_defs():
