@@ -13,12 +13,14 @@ class PacketBatch:
     the ``headroom`` bytes in front leave room for a virtio_net_hdr or a utun
     address-family header. ``count`` says how many slots the last read filled.
     The per-slot result arrays (``meta``, ``verdicts``, ``reasons``, ``flow_ids``)
-    are filled by ``parse_batch`` and ``NatTable.process_batch``.
+    are filled by ``parse_batch`` and ``NatTable.process_batch``. With ``vnet_hdr``
+    (a TUN opened with IFF_VNET_HDR) each packet's 10-byte virtio_net_hdr sits in the
+    last 10 bytes of headroom, ``data[i, headroom - 10 : headroom]``.
     """
 
-    __slots__ = ("data", "lengths", "meta", "verdicts", "reasons", "flow_ids", "count", "headroom", "max_packet")
+    __slots__ = ("data", "lengths", "meta", "verdicts", "reasons", "flow_ids", "count", "headroom", "max_packet", "vnet_hdr")
 
-    def __init__(self, slots: int = 64, max_packet: int = MAX_PACKET, headroom: int = HEADROOM):
+    def __init__(self, slots: int = 64, max_packet: int = MAX_PACKET, headroom: int = HEADROOM, vnet_hdr: bool = False):
         if not 1 <= slots <= 65536:
             raise PacketError(f"slots must be 1..65536, got {slots}")
         if not 68 <= max_packet <= MAX_PACKET + 40:
@@ -34,6 +36,7 @@ class PacketBatch:
         self.reasons = np.zeros(slots, dtype=np.uint8)
         self.flow_ids = np.full(slots, -1, dtype=np.int32)
         self.count = 0
+        self.vnet_hdr = bool(vnet_hdr)
 
     @property
     def slots(self) -> int:

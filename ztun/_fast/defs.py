@@ -10,6 +10,18 @@ import numpy as np
 HEADROOM = 16
 MAX_PACKET = 65535
 
+# With IFF_VNET_HDR every packet is preceded by a 10-byte virtio_net_hdr (native byte
+# order, little-endian on every platform ztun supports), kept at data[i, HEADROOM-10:HEADROOM].
+VNET_HDR_LEN = 10
+VNET_F_NEEDS_CSUM = 1  # checksum field holds the pseudo-header sum; csum_start/offset say where
+VNET_F_DATA_VALID = 2
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_UDP = 3
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
+GSO_ECN = 0x80
+
 # Parse status and drop reasons share one numbering: a malformed packet's drop reason
 # is its parse status.
 OK = 0
@@ -26,7 +38,8 @@ TABLE_FULL = 10  # new flow refused: every flow slot in use
 NO_PORT = 11  # new flow refused: no NAT port free
 BLOCKED = 12  # the handler chose to drop this flow
 PENDING = 13  # the flow's first packet is still waiting for the handler's decision
-N_REASONS = 14
+BAD_VNET_HDR = 14  # virtio_net_hdr inconsistent with the packet (offsets beyond it, gso_size 0, wrong type)
+N_REASONS = 15
 
 REASON_NAMES = (
     "ok",
@@ -43,6 +56,7 @@ REASON_NAMES = (
     "no_port",
     "blocked",
     "pending",
+    "bad_vnet_hdr",
 )
 
 MAX_EXT_HEADERS = 8
@@ -113,7 +127,7 @@ META_DTYPE = np.dtype(
         ("src_port", np.uint16),
         ("dst_port", np.uint16),
         ("frag_offset", np.uint16),
-        ("_pad0", np.uint16),
+        ("gso_size", np.uint16),  # from the virtio_net_hdr, when the batch has one
         ("l4_off", np.uint32),
         ("payload_off", np.uint32),
         ("payload_len", np.uint32),
@@ -121,7 +135,9 @@ META_DTYPE = np.dtype(
         ("seq", np.uint32),
         ("ack", np.uint32),
         ("frag_id", np.uint32),
-        ("_pad1", np.uint32),
+        ("vnet_flags", np.uint8),  # virtio_net_hdr flags (VNET_F_NEEDS_CSUM: partial checksum)
+        ("gso_type", np.uint8),
+        ("_pad", np.uint16),
         ("src", np.uint8, (16,)),
         ("dst", np.uint8, (16,)),
     ]

@@ -44,19 +44,27 @@ cdef inline uint64_t _load64(const uint8_t *p) noexcept nogil:
     return v
 
 
-cdef inline void _rewrite(uint8_t *p, uint32_t l4_off, int alen, const uint8_t *nsrc, uint16_t nsport,
+cdef inline void _rewrite(uint8_t *p, const Meta *m, int alen, const uint8_t *nsrc, uint16_t nsport,
                           const uint8_t *ndst, uint16_t ndport) noexcept nogil:
+    """Set addresses and TCP ports; RFC 1624 updates of the IPv4 header and TCP checksums.
+
+    With VNET_F_NEEDS_CSUM the TCP checksum field holds the (uncomplemented) pseudo-header
+    sum, which covers the addresses but not the ports: it gets the address delta only.
+    """
     cdef int aoff = 12 if alen == 4 else 8
     cdef uint32_t delta = zt_delta(p + aoff, nsrc, alen) + zt_delta(p + aoff + alen, ndst, alen)
-    cdef uint8_t *l4 = p + l4_off
+    cdef uint8_t *l4 = p + m.l4_off
     if alen == 4:
         zt_put16(p + 10, zt_apply(zt_be16(p + 10), delta))
     memcpy(p + aoff, nsrc, alen)
     memcpy(p + aoff + alen, ndst, alen)
-    delta += <uint16_t>~zt_be16(l4) + <uint32_t>nsport + <uint16_t>~zt_be16(l4 + 2) + <uint32_t>ndport
+    if m.vnet_flags & VNET_F_NEEDS_CSUM:
+        zt_put16(l4 + 16, <uint16_t>zt_fold(<uint64_t>zt_be16(l4 + 16) + delta))
+    else:
+        delta += <uint16_t>~zt_be16(l4) + <uint32_t>nsport + <uint16_t>~zt_be16(l4 + 2) + <uint32_t>ndport
+        zt_put16(l4 + 16, zt_apply(zt_be16(l4 + 16), delta))
     zt_put16(l4, nsport)
     zt_put16(l4 + 2, ndport)
-    zt_put16(l4 + 16, zt_apply(zt_be16(l4 + 16), delta))
 
 
 cdef inline void _fin_state(Flow *f) noexcept nogil:
@@ -415,7 +423,7 @@ cdef class NatTable:
                 reason[0] = NO_FLOW
                 return V_DROP
             f = &self.flows[fid]
-            _rewrite(p, m.l4_off, alen, f.dst, f.dport, f.src, f.sport)
+            _rewrite(p, m, alen, f.dst, f.dport, f.src, f.sport)
             if flags & TCP_RST:
                 f.state = ST_RESET
             else:
@@ -455,7 +463,7 @@ cdef class NatTable:
         if f.decision == D_PENDING and verdict != V_NEW_FLOW:
             reason[0] = PENDING
             return V_DROP
-        _rewrite(p, m.l4_off, alen, self.next_addr + 16 * f.nat_index, f.nat_port, stack, port)
+        _rewrite(p, m, alen, self.next_addr + 16 * f.nat_index, f.nat_port, stack, port)
         if flags & TCP_RST:
             f.state = ST_RESET
         elif flags & TCP_FIN:

@@ -246,7 +246,11 @@ def _fin_state(f):
 
 
 def _rewrite(batch, i, m, alen, new_src, new_sport, new_dst, new_dport):
-    """Set the packet's addresses and TCP ports, updating the IPv4 header and TCP checksums incrementally."""
+    """Set the packet's addresses and TCP ports, updating the IPv4 header and TCP checksums incrementally.
+
+    With VNET_F_NEEDS_CSUM the TCP checksum field holds the (uncomplemented) pseudo-header
+    sum, which covers the addresses but not the ports: it gets the address change only.
+    """
     buf = batch.data[i]
     base = batch.headroom
     a_off = base + (12 if alen == 4 else 8)
@@ -261,7 +265,10 @@ def _rewrite(batch, i, m, alen, new_src, new_sport, new_dst, new_dport):
     l4 = base + int(m["l4_off"])
     sport, dport = struct.unpack_from("!HH", buf, l4)
     (cs,) = struct.unpack_from("!H", buf, l4 + 16)
-    cs = update_addr(update_addr(cs, old_src, new_src), old_dst, new_dst)
-    cs = update16(update16(cs, sport, new_sport), dport, new_dport)
+    if m["vnet_flags"] & d.VNET_F_NEEDS_CSUM:
+        cs = ~update_addr(update_addr(~cs & 0xFFFF, old_src, new_src), old_dst, new_dst) & 0xFFFF
+    else:
+        cs = update_addr(update_addr(cs, old_src, new_src), old_dst, new_dst)
+        cs = update16(update16(cs, sport, new_sport), dport, new_dport)
     struct.pack_into("!HH", buf, l4, new_sport, new_dport)
     struct.pack_into("!H", buf, l4 + 16, cs)

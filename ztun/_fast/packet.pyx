@@ -130,6 +130,35 @@ cdef int parse_one(const uint8_t *p, Py_ssize_t n, Meta *m) noexcept nogil:
     return OK
 
 
+cdef int check_vnet(const uint8_t *h, Meta *m) noexcept nogil:
+    """Validate a virtio_net_hdr against the parsed packet in *m; record its flags and GSO fields."""
+    cdef int flags = h[0], gso_type = h[1], gso = h[1] & ~GSO_ECN
+    cdef uint32_t hdr_len = zt_le16(h + 2), gso_size = zt_le16(h + 4)
+    cdef uint32_t start = zt_le16(h + 6), offset = zt_le16(h + 8)
+    cdef bint ok
+    if flags & VNET_F_NEEDS_CSUM:
+        if start + offset + 2 > m.ip_len:
+            return _bad(m, BAD_VNET_HDR)
+        # the NAT updates the partial sum where the transport checksum lives
+        if m.proto == PROTO_TCP and (start != m.l4_off or offset != 16):
+            return _bad(m, BAD_VNET_HDR)
+        if m.proto == PROTO_UDP and (start != m.l4_off or offset != 6):
+            return _bad(m, BAD_VNET_HDR)
+    if gso != GSO_NONE:
+        if gso == GSO_TCPV4:
+            ok = m.version == 4 and m.proto == PROTO_TCP
+        elif gso == GSO_TCPV6:
+            ok = m.version == 6 and m.proto == PROTO_TCP
+        else:
+            ok = (gso == GSO_UDP or gso == GSO_UDP_L4) and m.proto == PROTO_UDP
+        if not ok or gso_size == 0 or hdr_len > m.ip_len or m.frag != FRAG_NONE:
+            return _bad(m, BAD_VNET_HDR)
+    m.vnet_flags = <uint8_t>flags
+    m.gso_type = <uint8_t>gso_type
+    m.gso_size = <uint16_t>gso_size
+    return OK
+
+
 cdef inline int _bad(Meta *m, int status) noexcept nogil:
     memset(m, 0, sizeof(Meta))
     m.status = <uint8_t>status
@@ -150,6 +179,7 @@ def parse_batch(batch):
     cdef int[::1] lengths = batch.lengths
     cdef Meta *meta = meta_ptr(batch)
     cdef Py_ssize_t count = batch.count, room = data.shape[1] - HEADROOM, i, n
+    cdef bint vnet = batch.vnet_hdr
     if count < 0 or count > data.shape[0]:
         raise ValueError(f"batch.count {count} outside 0..{data.shape[0]}")
     with nogil:
@@ -157,7 +187,8 @@ def parse_batch(batch):
             n = lengths[i]
             if n > room:
                 n = room
-            parse_one(&data[i, HEADROOM], n, &meta[i])
+            if parse_one(&data[i, HEADROOM], n, &meta[i]) == OK and vnet:
+                check_vnet(&data[i, HEADROOM - VNET_HDR_LEN], &meta[i])
 
 
 def verify_checksums(const uint8_t[::1] packet):
@@ -209,5 +240,7 @@ def _c_layout():
         "frag_offset": <size_t>&m.frag_offset - base, "l4_off": <size_t>&m.l4_off - base,
         "ip_len": <size_t>&m.ip_len - base, "seq": <size_t>&m.seq - base,
         "frag_id": <size_t>&m.frag_id - base, "src": <size_t>&m.src[0] - base,
+        "gso_size": <size_t>&m.gso_size - base, "vnet_flags": <size_t>&m.vnet_flags - base,
+        "gso_type": <size_t>&m.gso_type - base,
         "dst": <size_t>&m.dst[0] - base,
     }

@@ -112,6 +112,26 @@ def _parse(p: bytes) -> dict:
     return r
 
 
+def _check_vnet(h: bytes, r: dict) -> None:
+    """Validate a virtio_net_hdr against the parsed packet; record its flags and GSO fields."""
+    flags, gso_type, hdr_len, gso_size, start, offset = struct.unpack("<BBHHHH", h)
+    proto, l4, total = r["proto"], r["l4_off"], r["ip_len"]
+    if flags & d.VNET_F_NEEDS_CSUM:
+        if start + offset + 2 > total:
+            raise _Bad(d.BAD_VNET_HDR)
+        # the NAT updates the partial sum where the transport checksum lives
+        want = {d.PROTO_TCP: 16, d.PROTO_UDP: 6}.get(proto)
+        if want is not None and (start != l4 or offset != want):
+            raise _Bad(d.BAD_VNET_HDR)
+    gso = gso_type & ~d.GSO_ECN
+    if gso != d.GSO_NONE:
+        kinds = {d.GSO_TCPV4: (4, d.PROTO_TCP), d.GSO_TCPV6: (6, d.PROTO_TCP)}
+        ok = (r["version"], proto) == kinds[gso] if gso in kinds else gso in (d.GSO_UDP, d.GSO_UDP_L4) and proto == d.PROTO_UDP
+        if not ok or gso_size == 0 or hdr_len > total or r["frag"] != d.FRAG_NONE:
+            raise _Bad(d.BAD_VNET_HDR)
+    r.update(vnet_flags=flags, gso_type=gso_type, gso_size=gso_size)
+
+
 def _row(fields: dict) -> tuple:
     return tuple(
         list(fields.get(name, _ZERO)) if name in ("src", "dst") else fields.get(name, 0)
@@ -127,6 +147,8 @@ def parse_batch(batch) -> None:
         n = min(max(n, 0), batch.data.shape[1] - h)
         try:
             fields = _parse(batch.data[i, h : h + n].tobytes())
+            if batch.vnet_hdr:
+                _check_vnet(batch.data[i, h - d.VNET_HDR_LEN : h].tobytes(), fields)
         except _Bad as bad:
             fields = {"status": bad.status}
         batch.meta[i] = _row(fields)

@@ -6,6 +6,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t
 cdef extern from "zt_bytes.h" nogil:
     uint16_t zt_be16(const uint8_t *p)
     uint32_t zt_be32(const uint8_t *p)
+    uint16_t zt_le16(const uint8_t *p)
     void zt_put16(uint8_t *p, uint16_t v)
     uint32_t zt_fold(unsigned long long s)
     uint16_t zt_sum(const uint8_t *p, size_t n, uint32_t initial)
@@ -29,7 +30,16 @@ cdef enum:
     NO_PORT = 11
     BLOCKED = 12
     PENDING = 13
-    N_REASONS = 14
+    BAD_VNET_HDR = 14
+    N_REASONS = 15
+    VNET_HDR_LEN = 10
+    VNET_F_NEEDS_CSUM = 1
+    GSO_NONE = 0
+    GSO_TCPV4 = 1
+    GSO_UDP = 3
+    GSO_TCPV6 = 4
+    GSO_UDP_L4 = 5
+    GSO_ECN = 0x80
     MAX_EXT_HEADERS = 8
     FRAG_NONE = 0
     FRAG_FIRST = 1
@@ -80,7 +90,7 @@ cdef packed struct Meta:
     uint16_t src_port
     uint16_t dst_port
     uint16_t frag_offset
-    uint16_t _pad0
+    uint16_t gso_size
     uint32_t l4_off
     uint32_t payload_off
     uint32_t payload_len
@@ -88,6 +98,8 @@ cdef packed struct Meta:
     uint32_t seq
     uint32_t ack
     uint32_t frag_id
-    uint32_t _pad1
+    uint8_t vnet_flags
+    uint8_t gso_type
+    uint16_t _pad
     uint8_t src[16]
     uint8_t dst[16]

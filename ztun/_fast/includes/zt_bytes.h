@@ -12,6 +12,8 @@ static inline uint32_t zt_be32(const uint8_t *p) {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
+static inline uint16_t zt_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
 static inline void zt_put16(uint8_t *p, uint16_t v) {
     p[0] = (uint8_t)(v >> 8);
     p[1] = (uint8_t)v;
