@@ -6,7 +6,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 TRACE = os.environ.get("ZTUN_CYTHON_TRACE") == "1"
-MODULES = [m for m in ["checksum", "packet", "nat", "gso", "icmp", "tunio"] if os.path.exists(f"ztun/_fast/{m}.pyx")]
+MODULES = [m for m in ["checksum", "packet", "nat", "gso", "build", "icmp", "tunio", "utunio"] if os.path.exists(f"ztun/_fast/{m}.pyx")]
 
 macros = [("CYTHON_TRACE_NOGIL", "1")] if TRACE else []
 extra = [] if os.name == "nt" else ["-O3"]
