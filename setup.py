@@ -1,12 +1,17 @@
 """Build the Cython extensions of ztun._fast (metadata lives in pyproject.toml)."""
 
 import os
+import sys
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 TRACE = os.environ.get("ZTUN_CYTHON_TRACE") == "1"
-MODULES = [m for m in ["checksum", "packet", "nat", "gso", "build", "icmp", "tunio", "utunio"] if os.path.exists(f"ztun/_fast/{m}.pyx")]
+CORE = ["checksum", "packet", "nat", "gso", "build", "icmp"]
+# Device I/O is POSIX: tunio (Linux TUN) and utunio (macOS utun framing, also built on Linux
+# for its socketpair tests). Windows reads Wintun's rings through ctypes.
+PLATFORM = {"linux": ["tunio", "utunio"], "darwin": ["utunio"]}
+MODULES = CORE + PLATFORM.get("linux" if sys.platform.startswith("linux") else sys.platform, [])
 
 macros = [("CYTHON_TRACE_NOGIL", "1")] if TRACE else []
 extra = [] if os.name == "nt" else ["-O3"]

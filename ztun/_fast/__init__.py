@@ -5,6 +5,7 @@ cannot load) selects the twins; IMPLEMENTATION says which is in use.
 """
 
 import os
+import sys
 
 from .batch import PacketBatch
 from .defs import HEADROOM, MAX_PACKET, META_DTYPE
@@ -12,19 +13,35 @@ from .defs import HEADROOM, MAX_PACKET, META_DTYPE
 IMPLEMENTATION = "python"
 if os.environ.get("ZTUN_NO_EXTENSIONS", "") in ("", "0"):
     try:
-        from . import checksum, nat, packet
+        from . import build, checksum, gso, icmp, nat, packet
 
         IMPLEMENTATION = "cython"
     except ImportError:
         pass
 if IMPLEMENTATION == "python":
+    from . import build_py as build
     from . import checksum_py as checksum
+    from . import gso_py as gso
+    from . import icmp_py as icmp
     from . import nat_py as nat
     from . import packet_py as packet
+
+# Device I/O exists where the platform has it (Linux TUN, macOS utun; Windows uses ctypes).
+tunio = utunio = None
+if sys.platform != "win32":
+    if IMPLEMENTATION == "cython":
+        try:
+            from . import tunio, utunio
+        except ImportError:  # pragma: no cover - a platform build without them
+            pass
+    if tunio is None:
+        from . import tunio_py as tunio
+        from . import utunio_py as utunio
 
 NatTable = nat.NatTable
 parse_batch = packet.parse_batch
 verify_checksums = packet.verify_checksums
+echo_batch = icmp.echo_batch
 
 __all__ = [
     "HEADROOM",
@@ -33,9 +50,15 @@ __all__ = [
     "META_DTYPE",
     "NatTable",
     "PacketBatch",
+    "build",
     "checksum",
+    "echo_batch",
+    "gso",
+    "icmp",
     "nat",
     "packet",
     "parse_batch",
+    "tunio",
+    "utunio",
     "verify_checksums",
 ]

@@ -1,0 +1,190 @@
+"""Namespace tests: each test gets its own network namespace, deleted afterwards, and runs the appliance in it.
+
+Everything here needs Linux, root, `ip netns` and /dev/net/tun; without them the tests are
+skipped with the reason. Nothing touches the root namespace.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+
+
+def _why_not():
+    if not sys.platform.startswith("linux"):
+        return "needs Linux"
+    if os.geteuid() != 0:
+        return "needs root (network namespaces and TUN devices)"
+    if shutil.which("ip") is None:
+        return "needs iproute2's `ip`"
+    if not os.path.exists("/dev/net/tun"):
+        return "needs /dev/net/tun (modprobe tun)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _why_not()
+    for item in items:
+        if HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.linux_root)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def need(tool: str, package: str):
+    if shutil.which(tool) is None:
+        pytest.skip(f"needs `{tool}` (apt-get install {package})")
+
+
+def env():
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
+    return e
+
+
+class Appliance:
+    """One `python -m ztun.appliance` process inside a namespace; its stderr goes to a file."""
+
+    def __init__(self, ns: "Netns", args, command="run"):
+        self.ns = ns
+        self.logfile = ns.tmp / f"appliance-{len(ns.procs)}.log"
+        self._log = open(self.logfile, "wb")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns.name, sys.executable, "-m", "ztun.appliance", command, *args],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env(), cwd=REPO,
+        )  # `ip netns exec` execs python: this PID is the appliance's
+        ns.procs.append(self.proc)
+
+    @property
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")
+
+    def wait_ready(self, timeout=READY_TIMEOUT) -> "Appliance":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready: " in self.log:
+                return self
+            if self.proc.poll() is not None:
+                pytest.fail(f"appliance exited with {self.proc.returncode} before it was ready:\n{self.log}")
+            time.sleep(0.05)
+        pytest.fail(f"appliance not ready after {timeout}s:\n{self.log}")
+
+    def send(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=STOP_TIMEOUT) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"appliance did not exit within {timeout}s:\n{self.log}")
+        self._log.close()
+        return rc
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        self.send(sig)
+        return self.wait()
+
+    def stats(self) -> dict:
+        found = re.findall(r"stats: (.*)", self.log)
+        assert found, f"no stats line in the log:\n{self.log}"
+        return {k: int(v) for k, v in (kv.split("=") for kv in found[-1].split())}
+
+
+class Netns:
+    """A network namespace of this test, and helpers that run commands inside it."""
+
+    def __init__(self, name: str, tmp: Path):
+        self.name = name
+        self.tmp = tmp
+        self.procs: list = []
+
+    def run(self, *cmd, check=True, timeout=60) -> subprocess.CompletedProcess:
+        r = subprocess.run(["ip", "netns", "exec", self.name, *cmd], capture_output=True, text=True,
+                           timeout=timeout, env=env(), cwd=REPO)
+        if check and r.returncode != 0:
+            pytest.fail(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+        return r
+
+    def ip(self, *args, check=True) -> str:
+        return self.run("ip", *args, check=check).stdout
+
+    def python(self, code: str, *args, check=True, timeout=60) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-c", code, *args, check=check, timeout=timeout)
+
+    def appliance(self, *args, command="run") -> Appliance:
+        return Appliance(self, args, command)
+
+    def snapshot(self) -> dict:
+        """Everything ztun may touch: rules, routes of every table, links and addresses."""
+        shot = {}
+        for key, args in {
+            "rules4": ("rule",), "rules6": ("-6", "rule"),
+            "routes4": ("route", "show", "table", "all"), "routes6": ("-6", "route", "show", "table", "all"),
+        }.items():
+            shot[key] = self.ip(*args)
+        shot["addrs"] = {a["ifname"]: a["addr_info"] for a in json.loads(self.ip("-j", "addr"))}
+        links = json.loads(self.ip("-j", "-d", "link"))
+        for link in links:
+            # Bringing a link up once attaches a default qdisc and, on a TUN, switches the IPv6
+            # address generation mode to random; both stay, and both are the kernel's doing.
+            link.pop("qdisc", None)
+            link.pop("inet6_addr_gen_mode", None)
+        shot["links"] = links
+        return shot
+
+    def link_stats(self, ifname: str) -> dict:
+        return json.loads(self.ip("-j", "-s", "link", "show", "dev", ifname))[0]["stats64"]
+
+    def ping(self, *args, timeout=60) -> subprocess.CompletedProcess:
+        return self.run("ping", *args, check=False, timeout=timeout)
+
+    def teardown(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    pass
+        # Whatever else still runs in the namespace was started by this test.
+        pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+@pytest.fixture
+def netns(tmp_path):
+    """A fresh network namespace `ztun-t-<random>`, deleted (with what runs in it) also when the test fails."""
+    name = f"ztun-t-{uuid.uuid4().hex[:8]}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
+    ns = Netns(name, tmp_path)
+    try:
+        yield ns
+    finally:
+        ns.teardown()
+
+
+def received(ping: subprocess.CompletedProcess) -> tuple[int, int]:
+    """(transmitted, received) from ping's summary."""
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", ping.stdout)
+    assert m, f"no ping summary:\n{ping.stdout}{ping.stderr}"
+    return int(m.group(1)), int(m.group(2))

@@ -1,0 +1,79 @@
+"""`ztun-appliance` without root: version, bad flags (exit 2 naming the flag), one-line runtime errors (exit 1)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ztun import __version__
+from ztun.appliance import cli
+
+
+def test_version(capsys):
+    assert cli.main(["version"]) == 0
+    assert capsys.readouterr().out.startswith(f"ztun {__version__} (")
+
+
+def test_python_dash_m_works():
+    r = subprocess.run([sys.executable, "-m", "ztun.appliance", "version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and __version__ in r.stdout
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["run", "--mtu", "100"], "--mtu"),
+    (["run", "--mtu", "x"], "--mtu"),
+    (["run", "--mtu", "1000"], "--mtu"),
+    (["run", "--tun-name", "a-very-long-name0"], "--tun-name"),
+    (["run", "--inet4", "bogus"], "--inet4"),
+    (["run", "--inet6", "fd00::1/128"], "--inet6"),
+    (["run", "--route", "198.19.0.7/16"], "--route"),
+    (["run", "--exclude-route", "198.19.5.0/24"], "--exclude-route"),
+    (["run", "--strict-route"], "--strict-route"),
+    (["run", "--table", "254"], "--table"),
+    (["run", "--table", "main"], "--table"),
+    (["run", "--fwmark", "0"], "--fwmark"),
+    (["run", "--rule-priority", "40000"], "--rule-priority"),
+    (["run", "--log-level", "LOUD"], "--log-level"),
+    (["run", "--bogus"], "--bogus"),
+    (["cleanup", "--table", "255"], "--table"),
+])
+def test_bad_flags_exit_2_naming_the_flag(capsys, argv, flag):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([])
+    assert e.value.code == 2
+
+
+def test_flags_reach_the_options():
+    parser = cli.build_parser()
+    args = parser.parse_args(["run", "--tun-name", "zt9", "--mtu", "1400", "--inet4", "198.18.0.1/30", "--inet6", "none",
+                              "--route", "198.19.0.0/16", "--route", "198.20.0.0/16", "--exclude-route", "198.19.5.0/24",
+                              "--auto-route", "--strict-route", "--table", "0x100", "--fwmark", "0x55", "--rule-priority", "700"])
+    o = cli._options(parser.commands["run"], args, tuple(cli.FLAGS))
+    assert (o.name, o.mtu, str(o.inet4), o.inet6) == ("zt9", 1400, "198.18.0.1/30", None)
+    assert [str(r) for r in o.routes] == ["198.19.0.0/16", "198.20.0.0/16"]
+    assert [str(r) for r in o.exclude_routes] == ["198.19.5.0/24"]
+    assert o.auto_route and o.strict_route and (o.table, o.fwmark, o.rule_priority) == (256, 0x55, 700)
+
+
+def test_unset_flags_keep_the_defaults():
+    parser = cli.build_parser()
+    args = parser.parse_args(["run"])
+    assert cli._options(parser.commands["run"], args, tuple(cli.FLAGS)) == cli.TunOptions()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux TUN device")
+def test_missing_dev_net_tun_is_one_line(capsys, monkeypatch, tmp_path):
+    from ztun.tun import device_linux
+
+    monkeypatch.setattr(device_linux, "TUN_PATH", str(tmp_path / "tun"))
+    assert cli.main(["run", "--tun-name", "zt-none0", "--log-level", "ERROR"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ztun-appliance: error: no ") and "modprobe tun" in err

@@ -1,0 +1,84 @@
+"""The routes and policy rules computed for each mode, checked rule by rule (no system calls)."""
+
+from ztun.system.route_plan import Route, Rule, plan
+from ztun.tun.options import TunOptions
+
+BASE = dict(name="zt0", inet4="198.18.0.1/30", inet6="fd00:18::1/126", table=100, rule_priority=500, fwmark=0x77)
+
+
+def lines(p):
+    return [str(r) for r in p.routes], [str(r) for r in p.rules]
+
+
+def test_nothing_routed_means_no_rules():
+    assert plan(TunOptions(**BASE)) == plan(TunOptions(**dict(BASE, inet6=None)))
+    assert plan(TunOptions(**BASE)).rules == () and plan(TunOptions(**BASE)).routes == ()
+
+
+def test_route_mode():
+    routes, rules = lines(plan(TunOptions(**BASE, routes=["198.19.0.0/16"], exclude_routes=["198.19.5.0/24"])))
+    assert routes == ["198.19.0.0/16 dev zt0 table 100", "throw 198.19.5.0/24 table 100"]
+    assert rules == [
+        "ip rule 509: from all nop",
+        "ip rule 500: from all fwmark 0x77 goto 509",
+        "ip rule 501: from all iif zt0 goto 509",
+        "ip rule 502: from all lookup 100",
+    ]
+
+
+def test_route_mode_both_families():
+    p = plan(TunOptions(**BASE, routes=["198.19.0.0/16", "fd00:19::/64"]))
+    assert {r.family for r in p.rules} == {4, 6}
+    assert [str(r) for r in p.routes] == ["198.19.0.0/16 dev zt0 table 100", "fd00:19::/64 dev zt0 table 100"]
+
+
+def test_auto_route():
+    routes, rules = lines(plan(TunOptions(**BASE, auto_route=True, exclude_routes=["198.19.5.0/24"])))
+    assert routes == ["0.0.0.0/0 dev zt0 table 100", "throw 198.19.5.0/24 table 100", "::/0 dev zt0 table 100"]
+    assert rules == [
+        "ip rule 509: from all nop",
+        "ip -6 rule 509: from all nop",
+        "ip rule 500: from all fwmark 0x77 goto 509",
+        "ip rule 501: from all iif zt0 goto 509",
+        "ip rule 502: from all lookup 100 suppress_prefixlength 0",
+        "ip rule 503: from all lookup main suppress_prefixlength 0",
+        "ip rule 504: from 198.18.0.0/30 iif lo lookup 100",
+        "ip rule 505: from 0.0.0.0/32 iif lo lookup 100",
+        "ip rule 506: from all iif lo goto 509",
+        "ip rule 507: from all lookup 100",
+        "ip -6 rule 500: from all fwmark 0x77 goto 509",
+        "ip -6 rule 501: from all iif zt0 goto 509",
+        "ip -6 rule 502: from all lookup 100 suppress_prefixlength 0",
+        "ip -6 rule 503: from all lookup main suppress_prefixlength 0",
+        "ip -6 rule 504: from fd00:18::/126 iif lo lookup 100",
+        "ip -6 rule 506: from ::/1 iif lo goto 509",
+        "ip -6 rule 506: from 8000::/1 iif lo goto 509",
+        "ip -6 rule 507: from all lookup 100",
+    ]
+
+
+def test_strict_route_blocks_the_family_without_address():
+    p = plan(TunOptions(**dict(BASE, inet6=None), auto_route=True, strict_route=True))
+    six = [str(r) for r in p.rules if r.family == 6]
+    assert six == ["ip -6 rule 509: from all nop", "ip -6 rule 500: from all fwmark 0x77 goto 509", "ip -6 rule 501: from all unreachable"]
+    assert not [r for r in p.routes if r.family == 6]
+
+
+def test_without_strict_route_the_other_family_is_left_alone():
+    p = plan(TunOptions(**dict(BASE, inet6=None), auto_route=True))
+    assert {r.family for r in p.rules} == {4}
+
+
+def test_every_goto_lands_on_a_nop_added_before_it():
+    p = plan(TunOptions(**BASE, auto_route=True))
+    for fam in (4, 6):
+        rules = [r for r in p.rules if r.family == fam]
+        nops = {r.priority for r in rules if r.action == "nop"}
+        first_goto = min(i for i, r in enumerate(rules) if r.action == "goto")
+        assert all(r.goto in nops for r in rules if r.action == "goto")
+        assert all(r.action == "nop" for r in rules[:first_goto]) and nops
+    assert all(r.priority in range(500, 510) for r in p.rules)
+
+
+def test_specs_are_values():
+    assert Route.__hash__ and Rule(4, 1, "nop") == Rule(4, 1, "nop")

@@ -1,0 +1,179 @@
+"""Batch read and write of raw IP packets on a TUN fd, and the Linux TUN ioctls, compiled.
+
+The syscalls run with the GIL released; tunio_py.py is the twin. Slot i's packet sits at
+data[i, HEADROOM:], and `hdr` bytes of the headroom in front of it (a virtio_net_hdr, a
+utun family header) are read and written with it.
+"""
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport EINTR, EINVAL, errno
+from libc.stdint cimport uint8_t
+from libc.string cimport memcpy, memset
+
+from ..errors import TunError
+
+from core cimport HEADROOM
+from system cimport *
+
+LINUX_TUN = bool(ZT_HAVE_LINUX_TUN)
+
+# The values of <linux/if_tun.h>, for the test that keeps the twin's numbers honest.
+CONSTANTS = {
+    "TUNSETIFF": TUNSETIFF,
+    "TUNGETIFF": TUNGETIFF,
+    "TUNSETPERSIST": TUNSETPERSIST,
+    "TUNSETOFFLOAD": TUNSETOFFLOAD,
+    "TUNSETVNETHDRSZ": TUNSETVNETHDRSZ,
+    "TUNGETFEATURES": TUNGETFEATURES,
+    "IFF_TUN": IFF_TUN,
+    "IFF_NO_PI": IFF_NO_PI,
+    "IFF_MULTI_QUEUE": IFF_MULTI_QUEUE,
+    "IFF_VNET_HDR": IFF_VNET_HDR,
+    "IFF_TUN_EXCL": IFF_TUN_EXCL,
+    "IFF_PERSIST": IFF_PERSIST,
+    "IFNAMSIZ": IFNAMSIZ,
+} if ZT_HAVE_LINUX_TUN else {}
+
+
+cdef Py_ssize_t _read_some(int fd, uint8_t[:, ::1] data, int[::1] lengths, Py_ssize_t i,
+                           Py_ssize_t room, int hdr, bint blocking, int *err) noexcept nogil:
+    """Read into slots i.. until full, would-block or an error (*err); return the next free slot."""
+    cdef Py_ssize_t slots = data.shape[0]
+    cdef ssize_t n
+    cdef pollfd pfd
+    pfd.fd = fd
+    pfd.events = POLLIN
+    err[0] = 0
+    while i < slots:
+        if blocking and i > 0:
+            # Only the first read of a blocking fd may wait; the rest take what is queued.
+            pfd.revents = 0
+            if poll(&pfd, 1, 0) <= 0:
+                break
+        n = read(fd, &data[i, HEADROOM - hdr], room + hdr)
+        if n < 0:
+            if not ZT_WOULD_BLOCK(errno):
+                err[0] = errno
+            break
+        if n == 0:
+            break
+        n -= hdr
+        if n < 0:
+            n = 0
+        elif n > room:
+            n = room  # the kernel reports the full length of a packet it truncated
+        lengths[i] = <int>n
+        i += 1
+    return i
+
+
+def read_batch(int fd, batch, bint blocking=False, int hdr=0):
+    """Read packets into batch slots 0.. until it is full or fd has none queued; return batch.count.
+
+    A non-blocking fd returns 0 when nothing is queued. An error before the first packet
+    raises TunError; an error after it ends the batch (the next call reports it).
+    """
+    cdef uint8_t[:, ::1] data = batch.data
+    cdef int[::1] lengths = batch.lengths
+    cdef Py_ssize_t room = data.shape[1] - HEADROOM, i = 0
+    cdef int err = 0
+    if hdr < 0 or hdr > HEADROOM:
+        raise ValueError(f"hdr must be 0..{HEADROOM}, got {hdr}")
+    while True:
+        with nogil:
+            i = _read_some(fd, data, lengths, i, room, hdr, blocking, &err)
+        if err != EINTR:
+            break
+        PyErr_CheckSignals()
+    batch.count = i
+    if i == 0 and err:
+        raise TunError(f"read from fd {fd}", err)
+    return i
+
+
+def write_batch(int fd, batch, Py_ssize_t n, int[::1] errnos, int only_verdict=-1, int hdr=0):
+    """Write slots 0..n-1 with one write() each; return how many were written.
+
+    With only_verdict >= 0 only slots whose batch.verdicts equal it are written. errnos[i]
+    gets 0 for a slot written or skipped and the errno of a failed write otherwise, so one
+    bad packet never stops the rest.
+    """
+    cdef uint8_t[:, ::1] data = batch.data
+    cdef int[::1] lengths = batch.lengths
+    cdef const uint8_t[::1] verdicts = batch.verdicts
+    cdef Py_ssize_t room = data.shape[1] - HEADROOM, i, length, written = 0
+    cdef ssize_t r
+    if hdr < 0 or hdr > HEADROOM:
+        raise ValueError(f"hdr must be 0..{HEADROOM}, got {hdr}")
+    if n < 0 or n > data.shape[0]:
+        raise ValueError(f"n {n} outside 0..{data.shape[0]}")
+    if errnos.shape[0] < n:
+        raise ValueError(f"errnos holds {errnos.shape[0]} entries, needs {n}")
+    with nogil:
+        for i in range(n):
+            errnos[i] = 0
+            if only_verdict >= 0 and verdicts[i] != only_verdict:
+                continue
+            length = lengths[i]
+            if length <= 0 or length > room:
+                errnos[i] = EINVAL
+                continue
+            while True:
+                r = write(fd, &data[i, HEADROOM - hdr], length + hdr)
+                if r >= 0 or errno != EINTR:
+                    break
+            if r < 0:
+                errnos[i] = errno
+            else:
+                written += 1
+    return written
+
+
+cdef bytes _ifname(name):
+    b = name.encode() if isinstance(name, str) else bytes(name)
+    if not 0 < len(b) < IFNAMSIZ:
+        raise ValueError(f"interface name must be 1..{IFNAMSIZ - 1} bytes, got {len(b)}")
+    return b
+
+
+cdef _need_linux():
+    if not ZT_HAVE_LINUX_TUN:
+        raise TunError("Linux TUN ioctls are not available on this platform")
+
+
+def set_iff(int fd, name, int flags):
+    """TUNSETIFF: create or attach the TUN device `name` with `flags` on fd; return its name."""
+    cdef ifreq ifr
+    cdef int r
+    _need_linux()
+    b = _ifname(name)
+    memset(&ifr, 0, sizeof(ifr))
+    memcpy(ifr.ifr_name, <const char *>b, len(b))
+    ifr.ifr_flags = <short>flags
+    with nogil:
+        r = ioctl(fd, TUNSETIFF, &ifr)
+    if r < 0:
+        raise TunError(f"TUNSETIFF {name}", errno)
+    return ifr.ifr_name[:IFNAMSIZ].split(b"\0", 1)[0].decode()
+
+
+def get_iff(int fd):
+    """TUNGETIFF: (name, flags) of the TUN device attached to fd."""
+    cdef ifreq ifr
+    cdef int r
+    _need_linux()
+    memset(&ifr, 0, sizeof(ifr))
+    with nogil:
+        r = ioctl(fd, TUNGETIFF, &ifr)
+    if r < 0:
+        raise TunError(f"TUNGETIFF on fd {fd}", errno)
+    return ifr.ifr_name[:IFNAMSIZ].split(b"\0", 1)[0].decode(), ifr.ifr_flags & 0xFFFF
+
+
+def set_vnet_hdr_size(int fd, int size):
+    """TUNSETVNETHDRSZ: the virtio_net_hdr length the device puts in front of each packet."""
+    cdef int r
+    _need_linux()
+    with nogil:
+        r = ioctl(fd, TUNSETVNETHDRSZ, &size)
+    if r < 0:
+        raise TunError(f"TUNSETVNETHDRSZ {size} on fd {fd}", errno)

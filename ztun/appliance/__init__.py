@@ -1,0 +1,1 @@
+"""The ztun appliance: the `ztun-appliance` command and the Gateway it runs."""

@@ -1,0 +1,106 @@
+"""Gateway: the TUN device, its addresses, routes and rules, and the stack, set up in order and torn down in reverse."""
+
+import logging
+
+from ..errors import TunError
+from ..system import route_plan
+from ..system.router import open_router
+from ..tun.device import open_tun
+from ..tun.options import TunOptions
+from ..tun.stack_system import SystemStack
+
+log = logging.getLogger("ztun.gateway")
+
+
+class Gateway:
+    """Owns one TUN device, the Router that configured it, and the SystemStack reading it.
+
+    open() runs: open the device (failing early if another process holds it), remove a
+    crashed run's leftovers (rules in ztun's priority range, routes in its table), set MTU,
+    addresses and link up, add the routes and rules of route_plan.plan(), start the stack.
+    close() undoes exactly what open() did, in reverse, also after a failed open().
+    An adopted fd's device is left as its owner configured it (no MTU, address or link change).
+    """
+
+    def __init__(self, options: TunOptions):
+        self.options = options
+        self.device = None
+        self.router = None
+        self.stack = None
+        self.failure = None  # the error that stopped the stack, if any
+        self._loop = None
+
+    def open(self) -> "Gateway":
+        opts = self.options
+        try:
+            self.device = open_tun(opts)
+            self.router = open_router()
+            name = self.device.name
+            plan = route_plan.plan(opts, name)
+            self.router.remove_leftovers(opts.table, opts.rule_priorities)
+            if not getattr(self.device, "adopted", False):
+                self.router.set_link(name, mtu=opts.mtu)
+                for addr in opts.addresses:
+                    self.router.add_address(name, addr)
+                self.router.set_link(name, up=True)
+            for route in plan.routes:
+                self.router.add(route)
+            for rule in plan.rules:
+                self.router.add(rule)
+            self.stack = SystemStack(self.device)
+            self.stack.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def attach(self, loop) -> None:
+        """Let loop drive the stack: read the device whenever it is readable."""
+        self._loop = loop
+        loop.add_reader(self.stack.fileno(), self._on_readable)
+
+    def _on_readable(self):
+        try:
+            self.stack.on_readable()
+        except TunError as e:
+            log.error("the TUN device failed: %s; stopping", e)
+            self.failure = e
+            self._loop.remove_reader(self.stack.fileno())
+            self._loop.stop()
+
+    def describe(self) -> str:
+        o, dev = self.options, self.device
+        parts = [f"{dev.name} (index {dev.if_index}) mtu {o.mtu}"]
+        parts += [str(a) for a in o.addresses]
+        if o.routes:
+            parts.append("routes " + ",".join(map(str, o.routes)))
+        if o.exclude_routes:
+            parts.append("excluding " + ",".join(map(str, o.exclude_routes)))
+        if o.auto_route:
+            parts.append("auto-route" + (" strict" if o.strict_route else ""))
+        if o.routes or o.auto_route:
+            parts.append(f"table {o.table} rules {o.rule_priority}..{o.rule_priority + 9} fwmark {o.fwmark:#x}")
+        return ", ".join(parts)
+
+    def close(self) -> None:
+        """Stop the stack, undo every route, rule, address and link change, close the device. Idempotent."""
+        if self._loop is not None and self.stack is not None:
+            try:
+                self._loop.remove_reader(self.stack.fileno())
+            except Exception:
+                pass
+            self._loop = None
+        if self.stack is not None:
+            self.stack.stop()
+        if self.router is not None:
+            self.router.close()
+            self.router = None
+        if self.device is not None:
+            self.device.close()
+            self.device = None
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,1 @@
+"""The host side of ztun: routes, addresses and policy rules, per platform."""

@@ -1,0 +1,151 @@
+"""The routes and Linux policy rules that send traffic into the TUN, computed from TunOptions (no system calls).
+
+With P = rule_priority, T = table, M = fwmark and NOP = P+9, per address family that has
+something to route (sing-tun's rule set, with an fwmark exception instead of binding
+ztun's own sockets to an interface):
+
+Table T holds the routes given (dev TUN), a default route when auto-route is on, and a
+`throw` route for every excluded prefix: a lookup that lands on it falls through to the
+next rule, so excluded traffic ends in the main table.
+
+    P+0  fwmark M goto NOP              ztun's own sockets skip every ztun rule: no loops
+    P+1  iif TUN goto NOP               what the stack writes back is never sent back in
+    P+2  lookup T                       the routes given (route mode)
+    P+2  lookup T suppress_prefixlength 0   the same, without T's default (auto-route)
+  auto-route only:
+    P+3  lookup main suppress_prefixlength 0   main's specific routes win: the LAN, the
+                                        uplink's subnets, the TUN's own prefix
+    P+4  iif lo from PREFIX lookup T    local sockets bound to the TUN's address
+    P+5  iif lo from 0.0.0.0 lookup T   (IPv4) local sockets with no source address yet
+    P+6  iif lo goto NOP                (IPv4) local sockets bound to another address:
+                                        replies of services reached over the uplink, and
+                                        rp_filter's reverse lookups, use the main table
+    P+6  iif lo from ::/1, 8000::/1 goto NOP   (IPv6) the same; these only match a known
+                                        source, so unbound IPv6 sockets go on to P+7
+    P+7  lookup T                       the rest: unbound local IPv6 sockets, and traffic
+                                        forwarded from other hosts
+    P+9  nop                            where the gotos land; then main and default
+
+Loopback never reaches these rules (the local table's rule 0 comes first). With
+strict-route, a family with no address on the TUN gets `P+0 fwmark M goto NOP`,
+`P+1 unreachable` and the nop, so it fails instead of leaking around the TUN.
+"""
+
+import ipaddress
+from dataclasses import dataclass
+
+from ..tun.options import TunOptions
+
+MAIN_TABLE = 254
+FAMILIES = (4, 6)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route: to cidr out of iface (and/or via gateway) in table; kind unicast, throw or unreachable."""
+
+    cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
+    iface: str | None = None
+    table: int = MAIN_TABLE
+    kind: str = "unicast"
+    gateway: object = None
+
+    @property
+    def family(self) -> int:
+        return self.cidr.version
+
+    def __str__(self):
+        head = "" if self.kind == "unicast" else f"{self.kind} "
+        via = f" via {self.gateway}" if self.gateway is not None else ""
+        dev = f" dev {self.iface}" if self.iface else ""
+        return f"{head}{self.cidr}{via}{dev} table {self.table}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One policy rule. action: lookup (table), goto (target priority), nop or unreachable."""
+
+    family: int
+    priority: int
+    action: str
+    table: int | None = None
+    goto: int | None = None
+    iif: str | None = None
+    src: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
+    suppress_prefixlength: int | None = None
+
+    def __str__(self):
+        parts = [f"{self.priority}:", f"from {self.src}" if self.src is not None else "from all"]
+        if self.fwmark is not None:
+            parts.append(f"fwmark {self.fwmark:#x}" + (f"/{self.fwmask:#x}" if self.fwmask not in (None, 0xFFFFFFFF) else ""))
+        if self.iif:
+            parts.append(f"iif {self.iif}")
+        if self.action == "lookup":
+            parts.append(f"lookup {'main' if self.table == MAIN_TABLE else self.table}")
+        elif self.action == "goto":
+            parts.append(f"goto {self.goto}")
+        else:
+            parts.append(self.action)
+        if self.suppress_prefixlength is not None:
+            parts.append(f"suppress_prefixlength {self.suppress_prefixlength}")
+        return f"{'ip' if self.family == 4 else 'ip -6'} rule " + " ".join(parts)
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    routes: tuple
+    rules: tuple
+
+
+def _net(text: str):
+    return ipaddress.ip_network(text)
+
+
+def plan(options: TunOptions, iface: str | None = None) -> RoutePlan:
+    """Routes (table T) and rules for options, for the TUN interface iface (default options.name)."""
+    iface = iface or options.name
+    T, P, M = options.table, options.rule_priority, options.fwmark
+    nop = P + 9
+    routes, rules = [], []
+    for fam in FAMILIES:
+        prefix = getattr(options, f"inet{fam}")
+        given = [r for r in options.routes if r.version == fam]
+        routed = prefix is not None and (given or options.auto_route)
+        if routed:
+            routes += [Route(net, iface, T) for net in given]
+            if options.auto_route:
+                routes.append(Route(_net("0.0.0.0/0" if fam == 4 else "::/0"), iface, T))
+            routes += [Route(net, None, T, "throw") for net in options.exclude_routes if net.version == fam]
+            rules += [
+                Rule(fam, P, "goto", goto=nop, fwmark=M, fwmask=0xFFFFFFFF),
+                Rule(fam, P + 1, "goto", goto=nop, iif=iface),
+                Rule(fam, P + 2, "lookup", table=T, suppress_prefixlength=0 if options.auto_route else None),
+            ]
+            if options.auto_route:
+                rules += [
+                    Rule(fam, P + 3, "lookup", table=MAIN_TABLE, suppress_prefixlength=0),
+                    Rule(fam, P + 4, "lookup", table=T, iif="lo", src=prefix.network),
+                ]
+                if fam == 4:
+                    rules += [
+                        Rule(fam, P + 5, "lookup", table=T, iif="lo", src=_net("0.0.0.0/32")),
+                        Rule(fam, P + 6, "goto", goto=nop, iif="lo"),
+                    ]
+                else:
+                    rules += [
+                        Rule(fam, P + 6, "goto", goto=nop, iif="lo", src=_net("::/1")),
+                        Rule(fam, P + 6, "goto", goto=nop, iif="lo", src=_net("8000::/1")),
+                    ]
+                rules.append(Rule(fam, P + 7, "lookup", table=T))
+            rules.append(Rule(fam, nop, "nop"))
+        elif prefix is None and options.strict_route:
+            rules += [
+                Rule(fam, P, "goto", goto=nop, fwmark=M, fwmask=0xFFFFFFFF),
+                Rule(fam, P + 1, "unreachable"),
+                Rule(fam, nop, "nop"),
+            ]
+    # The nop targets go in first, so no goto is ever left pointing nowhere.
+    rules.sort(key=lambda r: r.action != "nop")
+    return RoutePlan(tuple(routes), tuple(rules))

@@ -1,0 +1,254 @@
+"""The Linux Router: links, addresses, routes and policy rules over netlink with pyroute2 (IPRoute, no shelling out).
+
+Each change that was made (not one that found its target already in place) is pushed on
+an undo log; close() replays it backwards, so ztun removes exactly what it added.
+"""
+
+import errno
+import ipaddress
+import logging
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..errors import RouteError
+from .route_plan import Route, Rule
+
+log = logging.getLogger("ztun.router")
+
+IFA_F_NODAD = 0x02
+_AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+_ROUTE_TYPES = {"unicast": 1, "unreachable": 7, "throw": 9}
+_RULE_ACTIONS = {"lookup": "FR_ACT_TO_TBL", "goto": "FR_ACT_GOTO", "nop": "FR_ACT_NOP", "unreachable": "FR_ACT_UNREACHABLE"}
+_GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL)
+
+
+def _code(e: NetlinkError) -> int:
+    return e.code if isinstance(e.code, int) else errno.EIO
+
+
+class LinuxRouter:
+    """Router and PolicyRouter for Linux, in the network namespace the process runs in."""
+
+    def __init__(self, ipr: IPRoute | None = None):
+        try:
+            self._ipr = ipr or IPRoute()
+        except OSError as e:
+            raise RouteError("cannot open a netlink socket", e.errno) from None
+        self._undo: list = []  # (description, callable)
+        self._closed = False
+
+    # --- interfaces ----------------------------------------------------------------
+
+    def get_interface_index(self, name: str) -> int:
+        found = self._call(f"look up interface {name}", self._ipr.link_lookup, ifname=name)
+        if not found:
+            raise RouteError(f"no interface named {name}", errno.ENODEV)
+        return found[0]
+
+    def tun_attached(self, name: str) -> bool:
+        """Whether name is a TUN device some process holds open (the kernel turns its carrier on while a queue is attached)."""
+        found = self._call(f"look up interface {name}", self._ipr.link_lookup, ifname=name)
+        if not found:
+            return False
+        link = self._call(f"read link {name}", self._ipr.link, "get", index=found[0])[0]
+        info = link.get("IFLA_LINKINFO")
+        return info is not None and info.get("IFLA_INFO_KIND") == "tun" and bool(link.get("IFLA_CARRIER"))
+
+    def set_link(self, iface: str, *, up: bool | None = None, mtu: int | None = None) -> None:
+        idx = self.get_interface_index(iface)
+        link = self._call(f"read link {iface}", self._ipr.link, "get", index=idx)[0]
+        was_up = bool(link["flags"] & 1)
+        old_mtu = link.get("IFLA_MTU")
+        if mtu is not None and mtu != old_mtu:
+            self._call(f"set MTU {mtu} on {iface}", self._ipr.link, "set", index=idx, mtu=mtu)
+            self._record(f"restore MTU {old_mtu} on {iface}", self._ipr.link, "set", index=idx, mtu=old_mtu)
+            log.info("set MTU %d on %s", mtu, iface)
+        if up is not None and up != was_up:
+            state = "up" if up else "down"
+            self._call(f"set {iface} {state}", self._ipr.link, "set", index=idx, state=state)
+            self._record(f"set {iface} {'down' if up else 'up'}", self._ipr.link, "set", index=idx, state="down" if up else "up")
+            log.info("set %s %s", iface, state)
+
+    def add_address(self, iface: str, cidr) -> bool:
+        addr = ipaddress.ip_interface(cidr)
+        idx = self.get_interface_index(iface)
+        kw = dict(index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+        if addr.version == 6:
+            kw["flags"] = IFA_F_NODAD  # a TUN has no neighbours to collide with; usable at once
+        if not self._add(f"add address {addr} to {iface}", self._ipr.addr, **kw):
+            log.info("address %s already on %s; left as it is", addr, iface)
+            return False
+        self._record(f"delete address {addr} from {iface}", self._ipr.addr, "del", index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+        log.info("added address %s to %s", addr, iface)
+        return True
+
+    # --- routes --------------------------------------------------------------------
+
+    def _route_kw(self, route: Route) -> dict:
+        kw = dict(family=_AF[route.family], dst=str(route.cidr), table=route.table, type=_ROUTE_TYPES[route.kind])
+        if route.iface:
+            kw["oif"] = self.get_interface_index(route.iface)
+        if route.gateway is not None:
+            kw["gateway"] = str(route.gateway)
+        return kw
+
+    def _route(self, cidr, gateway, iface, table, kind) -> Route:
+        if kind not in _ROUTE_TYPES:
+            raise RouteError(f"route kind must be one of {sorted(_ROUTE_TYPES)}, got {kind!r}")
+        return Route(ipaddress.ip_network(cidr), iface, 254 if table is None else table, kind,
+                     None if gateway is None else ipaddress.ip_address(gateway))
+
+    def add_route(self, cidr, gateway=None, iface=None, *, table=None, kind="unicast") -> bool:
+        return self.add(self._route(cidr, gateway, iface, table, kind))
+
+    def delete_route(self, cidr, gateway=None, iface=None, *, table=None, kind="unicast") -> bool:
+        return self.delete(self._route(cidr, gateway, iface, table, kind))
+
+    # --- rules ---------------------------------------------------------------------
+
+    def _rule_kw(self, rule: Rule) -> dict:
+        kw = dict(family=_AF[rule.family], priority=rule.priority, action=_RULE_ACTIONS[rule.action])
+        if rule.action == "lookup":
+            kw["table"] = rule.table
+        if rule.goto is not None:
+            kw["goto"] = rule.goto
+        if rule.iif:
+            kw["iifname"] = rule.iif
+        if rule.src is not None:
+            kw["src"] = str(rule.src.network_address)
+            kw["src_len"] = rule.src.prefixlen
+        if rule.fwmark is not None:
+            kw["fwmark"] = rule.fwmark
+            kw["fwmask"] = 0xFFFFFFFF if rule.fwmask is None else rule.fwmask
+        if rule.suppress_prefixlength is not None:
+            kw["suppress_prefixlen"] = rule.suppress_prefixlength
+        return kw
+
+    def add_rule(self, rule: Rule) -> bool:
+        return self.add(rule)
+
+    def delete_rule(self, rule: Rule) -> bool:
+        return self.delete(rule)
+
+    # --- routes and rules alike ------------------------------------------------------
+
+    def add(self, item: Route | Rule) -> bool:
+        """Add a route or rule and record its removal; False if it was already there."""
+        call, kw = self._target(item)
+        if not self._add(f"add {item}", call, **kw):
+            log.info("%s already exists; left as it is", item)
+            return False
+        self._record(f"delete {item}", call, "del", **kw)
+        log.info("added %s", item)
+        return True
+
+    def delete(self, item: Route | Rule) -> bool:
+        call, kw = self._target(item)
+        try:
+            call("del", **kw)
+        except NetlinkError as e:
+            if _code(e) in _GONE:
+                return False
+            raise RouteError(f"delete {item}", _code(e)) from None
+        self._undo = [u for u in self._undo if u[0] != f"delete {item}"]
+        return True
+
+    def _target(self, item):
+        if isinstance(item, Rule):
+            return self._ipr.rule, self._rule_kw(item)
+        return self._ipr.route, self._route_kw(item)
+
+    # --- crash leftovers ---------------------------------------------------------------
+
+    def remove_leftovers(self, table: int, priorities: range) -> int:
+        """Delete every IPv4/IPv6 rule with a priority in priorities and every route in table."""
+        removed = 0
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self._call("list rules", self._ipr.rule, "dump", family=family):
+                prio = msg.get("FRA_PRIORITY")
+                if prio is None or prio not in priorities:
+                    continue
+                kw = {"family": family, "priority": prio, "action": msg["action"]}
+                for nla, key in (("FRA_TABLE", "table"), ("FRA_GOTO", "goto"), ("FRA_IIFNAME", "iifname"),
+                                 ("FRA_FWMARK", "fwmark"), ("FRA_FWMASK", "fwmask"), ("FRA_SRC", "src"),
+                                 ("FRA_SUPPRESS_PREFIXLEN", "suppress_prefixlen")):
+                    if msg.get(nla) is not None:
+                        kw[key] = msg.get(nla)
+                if "src" in kw:
+                    kw["src_len"] = msg["src_len"]
+                if self._delete_quietly(f"leftover rule {prio}", self._ipr.rule, **kw):
+                    removed += 1
+            for msg in self._call("list routes", self._ipr.route, "dump", family=family, table=table):
+                if msg.get("RTA_TABLE", msg["table"]) != table:
+                    continue
+                kw = {"family": family, "table": table, "type": msg["type"], "dst_len": msg["dst_len"]}
+                for nla, key in (("RTA_DST", "dst"), ("RTA_OIF", "oif"), ("RTA_GATEWAY", "gateway"), ("RTA_PRIORITY", "priority")):
+                    if msg.get(nla) is not None:
+                        kw[key] = msg.get(nla)
+                if self._delete_quietly(f"leftover route in table {table}", self._ipr.route, **kw):
+                    removed += 1
+        if removed:
+            log.warning("removed %d leftover rules and routes of an earlier run (table %d, priorities %d..%d)",
+                        removed, table, priorities.start, priorities.stop - 1)
+        return removed
+
+    def _delete_quietly(self, what, call, **kw) -> bool:
+        try:
+            call("del", **kw)
+            return True
+        except NetlinkError as e:
+            if _code(e) in _GONE:
+                return False
+            raise RouteError(f"delete {what} {kw}", _code(e)) from None
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def _call(self, what, call, *args, **kw):
+        try:
+            result = call(*args, **kw)
+            return list(result) if not isinstance(result, (list, tuple)) else result
+        except NetlinkError as e:
+            raise RouteError(what, _code(e)) from None
+        except OSError as e:
+            raise RouteError(what, e.errno) from None
+
+    def _add(self, what, call, **kw) -> bool:
+        try:
+            call("add", **kw)
+            return True
+        except NetlinkError as e:
+            if _code(e) == errno.EEXIST:
+                return False
+            if _code(e) == errno.EPERM:
+                raise RouteError(f"{what} (needs root or CAP_NET_ADMIN)", _code(e)) from None
+            raise RouteError(what, _code(e)) from None
+
+    def _record(self, what, call, *args, **kw):
+        self._undo.append((what, lambda: call(*args, **kw)))
+
+    def close(self) -> None:
+        """Undo every recorded change, newest first; what is already gone is fine. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        while self._undo:
+            what, undo = self._undo.pop()
+            try:
+                undo()
+                log.info("%s", what)
+            except NetlinkError as e:
+                if _code(e) in _GONE:
+                    log.debug("%s: already gone", what)
+                else:
+                    log.warning("%s failed: %s", what, e)
+            except Exception as e:  # keep undoing the rest whatever happens
+                log.warning("%s failed: %s", what, e)
+        self._ipr.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

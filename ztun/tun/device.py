@@ -1,0 +1,60 @@
+"""TunDevice: the protocol every platform's TUN device satisfies, and open_tun() that picks one."""
+
+import sys
+from typing import Protocol, runtime_checkable
+
+from ..errors import ZtunError
+from .options import TunOptions
+
+
+@runtime_checkable
+class TunDevice(Protocol):
+    """An open TUN interface moving raw IP packets (no packet-info header) to and from the kernel."""
+
+    name: str  # the interface name the kernel gave the device
+    if_index: int  # its interface index
+    mtu: int  # the largest packet it carries
+
+    def fileno(self) -> int:
+        """The fd to wait on for readability."""
+
+    def read(self, buf) -> int:
+        """Read one packet into buf; return its length. BlockingIOError if none is queued (non-blocking)."""
+
+    def write(self, buf) -> int:
+        """Write one packet; return its length."""
+
+    def read_batch(self, batch) -> int:
+        """Read packets into batch's slots until it is full or none is queued; return batch.count."""
+
+    def write_batch(self, batch, n: int, *, only_verdict: int | None = None) -> int:
+        """Write slots 0..n-1 (only those with that verdict if given); return how many were written.
+
+        A slot that fails does not stop the rest: failed_slots() says which and why.
+        """
+
+    def failed_slots(self) -> list:
+        """(slot, errno) of each slot the last write_batch could not write."""
+
+    def set_nonblocking(self, nonblocking: bool) -> None:
+        """Make read and read_batch return at once when nothing is queued."""
+
+    def close(self) -> None:
+        """Close the device; a device ztun created disappears. Idempotent."""
+
+
+def open_tun(options: TunOptions) -> TunDevice:
+    """Open the TUN device described by options with this platform's implementation."""
+    if sys.platform.startswith("linux"):
+        from .device_linux import LinuxTunDevice
+
+        return LinuxTunDevice.open(options)
+    if sys.platform == "darwin":
+        from .device_darwin import DarwinTunDevice
+
+        return DarwinTunDevice.open(options)
+    if sys.platform == "win32":
+        from .device_windows import WintunDevice
+
+        return WintunDevice.open(options)
+    raise ZtunError(f"ztun has no TUN device for platform {sys.platform!r} (Linux, macOS and Windows only)")
