@@ -1,0 +1,94 @@
+"""The direct outbound: connect to a flow's original destination with ztun's fwmark, never blocking."""
+
+import errno
+import ipaddress
+import socket
+
+from ..system.sockopt import mark_socket
+
+
+class Connecting:
+    """A connect in progress; cancel() closes it without calling back."""
+
+    __slots__ = ("loop", "sock", "on_done", "timer", "done")
+
+    def __init__(self, loop, sock, on_done, timeout):
+        self.loop, self.sock, self.on_done, self.done = loop, sock, on_done, False
+        self.timer = loop.call_later(timeout, self._finish, errno.ETIMEDOUT)
+        loop.add_writer(sock.fileno(), self._writable)
+
+    def _writable(self):
+        self._finish(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+
+    def _finish(self, err):
+        if self.done:
+            return
+        self.done = True
+        self.timer.cancel()
+        self.loop.remove_writer(self.sock.fileno())
+        if err:
+            self.sock.close()
+            self.on_done(None, OSError(err, f"connect: {errno.errorcode.get(err, err)}"))
+        else:
+            self.on_done(self.sock, None)
+
+    def cancel(self):
+        if not self.done:
+            self.done = True
+            self.timer.cancel()
+            self.loop.remove_writer(self.sock.fileno())
+            self.sock.close()
+
+
+def tcp_socket(family: int, fwmark: int = 0) -> socket.socket:
+    """A non-blocking TCP socket with TCP_NODELAY (the relay forwards what it has at once) and the fwmark."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if fwmark:
+            mark_socket(sock, fwmark)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def connect(loop, address: tuple, on_done, *, fwmark: int = 0, timeout: float = 10.0) -> Connecting:
+    """Start a non-blocking TCP connect to address; on_done(sock, None) or on_done(None, OSError) runs once."""
+    host, port = address[0], address[1]
+    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    sock = tcp_socket(family, fwmark)
+    err = sock.connect_ex((str(host), port))
+    if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+        sock.close()
+        loop.call_soon(on_done, None, OSError(err, f"connect: {errno.errorcode.get(err, err)}"))
+        return None
+    return Connecting(loop, sock, on_done, timeout)
+
+
+class DirectOutbound:
+    """Flows go straight to their destination, from sockets carrying ztun's fwmark."""
+
+    name = "direct"
+
+    def __init__(self, loop, *, fwmark: int = 0, connect_timeout: float = 10.0):
+        self.loop = loop
+        self.fwmark = fwmark
+        self.connect_timeout = connect_timeout
+
+    def open_tcp(self, destination: tuple, on_done, domain: str | None = None):
+        """Connect to destination (host, port); on_done(sock, error) runs once on the loop."""
+        return connect(self.loop, destination, on_done, fwmark=self.fwmark, timeout=self.connect_timeout)
+
+    def udp_socket(self, family: int) -> socket.socket:
+        """A non-blocking UDP socket with the fwmark, for one UDP session."""
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if self.fwmark:
+                mark_socket(sock, self.fwmark)
+        except BaseException:
+            sock.close()
+            raise
+        return sock

@@ -1,0 +1,61 @@
+"""OutQueue: packets the system stack originates (UDP replies, resets, unreachables), written to the TUN in batches."""
+
+import logging
+
+from .._fast import PacketBatch, build
+
+log = logging.getLogger("ztun.stack")
+
+
+class OutQueue:
+    """Builds packets into a reused batch and writes it when full or at the end of the loop iteration."""
+
+    def __init__(self, loop, device, *, slots: int = 64, max_packet: int = 65535):
+        self.loop = loop
+        self.device = device
+        self.batch = PacketBatch(slots, max_packet=max_packet, vnet_hdr=getattr(device, "vnet_hdr", False))
+        self.n = 0
+        self.written = 0
+        self.failed = 0
+        self.too_big = 0
+        self._flush_handle = None
+
+    def _slot(self) -> int:
+        if self.n == self.batch.slots:
+            self.flush()
+        return self.n
+
+    def _added(self, length: int) -> bool:
+        if not length:
+            self.too_big += 1
+            return False
+        self.n += 1
+        if self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self.flush)
+        return True
+
+    def udp(self, src: bytes, sport: int, dst: bytes, dport: int, payload) -> bool:
+        """Queue a UDP datagram src:sport -> dst:dport (addresses packed, 4 or 16 bytes)."""
+        return self._added(build.udp_packet(self.batch, self._slot(), src, sport, dst, dport, payload))
+
+    def reset(self, batch, i: int) -> bool:
+        """Queue the TCP RST answering slot i of batch."""
+        return self._added(build.tcp_reset(batch, i, self.batch, self._slot()))
+
+    def unreachable(self, batch, i: int, code: int = 3) -> bool:
+        """Queue an ICMP destination unreachable (code 3 port, 13 prohibited) for slot i of batch."""
+        return self._added(build.icmp_unreachable(batch, i, self.batch, self._slot(), code))
+
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        n, self.n = self.n, 0
+        if not n:
+            return
+        self.batch.count = n
+        written = self.device.write_batch(self.batch, n)
+        self.written += written
+        if written < n:
+            self.failed += n - written
+            log.debug("could not write %d of %d originated packets: %s", n - written, n, self.device.failed_slots())
