@@ -82,3 +82,14 @@ def test_every_goto_lands_on_a_nop_added_before_it():
 
 def test_specs_are_values():
     assert Route.__hash__ and Rule(4, 1, "nop") == Rule(4, 1, "nop")
+
+
+def test_strict_rp_filter_sources_resolve_through_main():
+    from ztun.system import route_plan
+    from ztun.tun.options import TunOptions
+
+    opts = TunOptions(name="zt0", inet4="198.18.0.1/30", inet6="fd00:18::1/126", routes=("198.19.0.0/16",))
+    rules = [str(r) for r in route_plan.plan(opts, rp_sources=["198.18.10.1"]).rules]
+    assert "ip rule 9001: from 198.18.10.1/32 iif lo goto 9009" in rules
+    assert not any("iif lo" in r for r in rules if r.startswith("ip -6"))  # IPv6 has no rp_filter
+    assert rules.index("ip rule 9001: from 198.18.10.1/32 iif lo goto 9009") > rules.index("ip rule 9009: from all nop")

@@ -148,6 +148,23 @@ class Netns:
     def link_stats(self, ifname: str) -> dict:
         return json.loads(self.ip("-j", "-s", "link", "show", "dev", ifname))[0]["stats64"]
 
+    def spawn(self, *cmd, ready: str | None = None, timeout=READY_TIMEOUT) -> subprocess.Popen:
+        """Start cmd in the background (killed at teardown); wait until its output contains ready."""
+        out = self.tmp / f"{self.name}-proc-{len(self.procs)}.log"
+        with open(out, "wb") as f:
+            p = subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], stdout=f, stderr=subprocess.STDOUT, env=env(), cwd=REPO)
+        self.procs.append(p)
+        deadline = time.monotonic() + timeout
+        while ready is not None and ready not in out.read_text(errors="replace"):
+            if p.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{' '.join(cmd)} did not get ready:\n{out.read_text(errors='replace')}")
+            time.sleep(0.05)
+        return p
+
+    def server(self, kind: str, port: int) -> subprocess.Popen:
+        """One of tests/linux/servers.py's servers, listening on [::]:port."""
+        return self.spawn(sys.executable, str(HERE / "servers.py"), kind, str(port), ready="ready")
+
     def ping(self, *args, timeout=60) -> subprocess.CompletedProcess:
         return self.run("ping", *args, check=False, timeout=timeout)
 
@@ -188,3 +205,53 @@ def received(ping: subprocess.CompletedProcess) -> tuple[int, int]:
     m = re.search(r"(\d+) packets transmitted, (\d+) received", ping.stdout)
     assert m, f"no ping summary:\n{ping.stdout}{ping.stderr}"
     return int(m.group(1)), int(m.group(2))
+
+
+class Lan:
+    """Two namespaces joined by a veth: `client` (where ztun runs) and `server`.
+
+    client zt-c0 198.18.10.1/24 fd00:10::1/64 <-> server zt-s0 198.18.10.2/24 fd00:10::2/64;
+    the servers listen on the server's loopback addresses 198.19.0.1 and fd00:19::1, which the
+    client's main table reaches over the veth: only traffic that skips ztun's rules (its own
+    marked sockets) takes that path, everything else is routed into the TUN.
+    """
+
+    SERVER4, SERVER6 = "198.19.0.1", "fd00:19::1"
+
+    def __init__(self, client: Netns, server: Netns):
+        self.client, self.server = client, server
+        c, s = client, server
+        c.ip("link", "add", "zt-c0", "type", "veth", "peer", "name", "zt-s0", "netns", s.name)
+        for ns, dev, a4, a6 in ((c, "zt-c0", "198.18.10.1/24", "fd00:10::1/64"), (s, "zt-s0", "198.18.10.2/24", "fd00:10::2/64")):
+            ns.ip("link", "set", "lo", "up")
+            ns.ip("link", "set", dev, "addrgenmode", "none")  # no link-local address appearing mid-test
+            ns.ip("addr", "add", a4, "dev", dev)
+            ns.ip("-6", "addr", "add", a6, "dev", dev, "nodad")
+            ns.ip("link", "set", dev, "up")
+        s.ip("addr", "add", self.SERVER4 + "/32", "dev", "lo")
+        s.ip("-6", "addr", "add", self.SERVER6 + "/128", "dev", "lo")
+        c.ip("route", "add", "198.19.0.0/16", "via", "198.18.10.2")
+        c.ip("-6", "route", "add", "fd00:19::/64", "via", "fd00:10::2")
+
+    APPLIANCE = ("--tun-name", "zt-tun0", "--inet4", "198.18.0.1/30", "--inet6", "fd00:18::1/126",
+                 "--route", "198.19.0.0/16", "--route", "fd00:19::/64")
+
+    def appliance(self, *extra) -> Appliance:
+        return self.client.appliance(*self.APPLIANCE, *extra).wait_ready()
+
+
+@pytest.fixture
+def lan(tmp_path):
+    """A client and a server namespace joined by a veth (see Lan); both deleted afterwards."""
+    made = []
+    try:
+        for role in ("c", "s"):
+            name = f"ztun-t{role}-{uuid.uuid4().hex[:8]}"
+            r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+            if r.returncode != 0:
+                pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
+            made.append(Netns(name, tmp_path))
+        yield Lan(*made)
+    finally:
+        for ns in made:
+            ns.teardown()

@@ -52,7 +52,7 @@ def test_ping_through_the_tun_then_sigterm_removes_everything(netns):
 
     assert app.stop() == 0, app.log
     stats = app.stats()
-    assert stats["echo_answered"] >= 6 and stats["replies_written"] == stats["echo_answered"]
+    assert stats["echo_answered"] >= 6 and stats["written_back"] == stats["echo_answered"]
     assert "everything ztun added is removed" in app.log
     assert netns.snapshot() == before
 

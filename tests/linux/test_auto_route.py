@@ -69,15 +69,15 @@ def test_auto_route_answers_everything_and_marked_sockets_bypass(netns):
         assert route_dev(netns, dst, "mark", hex(MARK)) == "zt-up0"
         to_tun, to_uplink = sent_through(netns, dst, MARK)
         assert to_uplink >= 20 and to_tun < 20, (dst, to_tun, to_uplink)
-        to_tun, to_uplink = sent_through(netns, dst, 0)
-        assert to_tun >= 20 and to_uplink < 20, (dst, to_tun, to_uplink)
+        to_tun, _ = sent_through(netns, dst, 0)  # the uplink now also carries ztun's forwarded copies
+        assert to_tun >= 20, (dst, to_tun)
 
     assert route_dev(netns, "198.19.5.7") == "zt-up0"  # excluded
     assert route_dev(netns, "198.18.3.9") == "zt-up0"  # the uplink's own subnet stays on the uplink
     assert route_dev(netns, "198.19.77.5", "from", "198.18.3.1") == "zt-up0"  # bound to the uplink address
 
     assert app.stop() == 0, app.log
-    assert app.stats()["dropped_udp"] >= 40
+    assert app.stats()["udp_datagrams"] >= 40
     assert netns.snapshot() == before
 
 

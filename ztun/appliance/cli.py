@@ -40,6 +40,16 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400 seconds, got {text}")
+    return value
+
+
 def _prefix_or_none(text: str):
     return None if text.lower() in ("none", "off", "") else text
 
@@ -77,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--auto-route", action="store_true", help="send all traffic through the TUN but ztun's own, loopback and excluded")
     run.add_argument("--strict-route", action="store_true", help="with --auto-route: make a family with no TUN address unreachable")
     run.add_argument("--fwmark", type=_int, metavar="N", help="fwmark of ztun's own sockets, skipped by its rules (default 0x2022)")
+    run.add_argument("--udp-timeout", type=_seconds, metavar="SECONDS", help="idle timeout of a UDP session (default 60)")
+    run.add_argument("--connect-timeout", type=_seconds, metavar="SECONDS", help="outbound TCP connect timeout (default 10)")
 
     cleanup = sub.add_parser("cleanup", help="remove what a crashed run left behind (rules, routes)",
                              description="Remove the rules in ztun's priority range and the routes in its table, "
@@ -130,33 +142,38 @@ class _Interrupts:
             signal.signal(s, h)
 
 
-def _run(options: TunOptions) -> int:
+def _run(options: TunOptions, udp_timeout: float = 60.0, connect_timeout: float = 10.0) -> int:
+    from ..outbound.direct import DirectOutbound
+    from .forwarder import Forwarder
     from .gateway import Gateway
 
     interrupts = _Interrupts()
-    loop = gateway = None
+    loop = gateway = forwarder = None
     try:
         loop = Loop()
-        gateway = Gateway(options)
+        gateway = Gateway(options, udp_timeout=udp_timeout)
         gateway.open()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, _stopping, loop, signum)
-        gateway.attach(loop)
+        forwarder = Forwarder(loop, DirectOutbound(loop, fwmark=options.fwmark, connect_timeout=connect_timeout))
+        gateway.attach(loop, forwarder)
         if log.isEnabledFor(logging.DEBUG):
             _log_stats_every(loop, gateway, STATS_INTERVAL)
-        log.info("ready: %s; answering ICMP echo", gateway.describe())
+        log.info("ready: %s; TCP and UDP go direct, ICMP echo is answered", gateway.describe())
         loop.run()
     except _Stop:
         log.info("interrupted during setup")
     finally:
         # Nothing may interrupt the teardown: a second signal just waits for it.
         interrupts.tearing_down = True
-        if loop is not None:
-            loop.close()  # puts interrupts' handlers back, which now ignore signals
+        if forwarder is not None:
+            forwarder.close()
         if gateway is not None:
             if gateway.stack is not None:
                 log.info("stats: %s", _fmt(gateway.stack.stats()))
             gateway.close()
+        if loop is not None:
+            loop.close()  # puts interrupts' handlers back, which now ignore signals
         interrupts.restore()
     if gateway is not None and gateway.failure is not None:
         raise gateway.failure
@@ -211,7 +228,9 @@ def main(argv=None) -> int:
     try:
         if args.command == "run":
             return _run(_options(command, args, ("name", "mtu", "inet4", "inet6", "routes", "exclude_routes",
-                                                "auto_route", "strict_route", "table", "rule_priority", "fwmark")))
+                                                "auto_route", "strict_route", "table", "rule_priority", "fwmark")),
+                        udp_timeout=getattr(args, "udp_timeout", 60.0),
+                        connect_timeout=getattr(args, "connect_timeout", 10.0))
         return _cleanup(_options(command, args, ("name", "table", "rule_priority")))
     except ZtunError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

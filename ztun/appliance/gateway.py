@@ -22,8 +22,9 @@ class Gateway:
     An adopted fd's device is left as its owner configured it (no MTU, address or link change).
     """
 
-    def __init__(self, options: TunOptions):
+    def __init__(self, options: TunOptions, *, udp_timeout: float = 60.0):
         self.options = options
+        self.udp_timeout = udp_timeout
         self.device = None
         self.router = None
         self.stack = None
@@ -36,7 +37,13 @@ class Gateway:
             self.device = open_tun(opts)
             self.router = open_router()
             name = self.device.name
-            plan = route_plan.plan(opts, name)
+            rp_sources = ()
+            if hasattr(self.router, "strict_rp_filter_sources") and (opts.routes or opts.auto_route):
+                rp_sources = self.router.strict_rp_filter_sources(skip=name)
+                if rp_sources:
+                    log.info("strict rp_filter on the interfaces of %s: their replies are looked up in the main table",
+                             ", ".join(map(str, rp_sources)))
+            plan = route_plan.plan(opts, name, rp_sources)
             self.router.remove_leftovers(opts.table, opts.rule_priorities)
             if not getattr(self.device, "adopted", False):
                 self.router.set_link(name, mtu=opts.mtu)
@@ -47,16 +54,16 @@ class Gateway:
                 self.router.add(route)
             for rule in plan.rules:
                 self.router.add(rule)
-            self.stack = SystemStack(self.device)
-            self.stack.start()
+            self.stack = SystemStack(self.device, opts, udp_timeout=self.udp_timeout)
         except BaseException:
             self.close()
             raise
         return self
 
-    def attach(self, loop) -> None:
-        """Let loop drive the stack: read the device whenever it is readable."""
+    def attach(self, loop, handler=None) -> None:
+        """Start the stack on loop with handler (None: answer ICMP echo only); read the device when readable."""
         self._loop = loop
+        self.stack.start(handler, loop)
         loop.add_reader(self.stack.fileno(), self._on_readable)
 
     def _on_readable(self):

@@ -4,6 +4,10 @@ import errno
 import ipaddress
 import socket
 
+UDP_BUFFER = 4 << 20  # a session's socket absorbs bursts while the loop is busy elsewhere
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
 from ..system.sockopt import mark_socket
 
 
@@ -86,9 +90,19 @@ class DirectOutbound:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            _buffers(sock, UDP_BUFFER)
             if self.fwmark:
                 mark_socket(sock, self.fwmark)
         except BaseException:
             sock.close()
             raise
         return sock
+
+
+def _buffers(sock: socket.socket, size: int) -> None:
+    """Socket buffers of size bytes: beyond net.core.[rw]mem_max where CAP_NET_ADMIN allows it."""
+    for force, plain in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)

@@ -10,6 +10,12 @@ next rule, so excluded traffic ends in the main table.
 
     P+0  fwmark M goto NOP              ztun's own sockets skip every ztun rule: no loops
     P+1  iif TUN goto NOP               what the stack writes back is never sent back in
+    P+1  iif lo from ADDR goto NOP      (IPv4, one per address of an interface with strict
+                                        rp_filter) the reverse-path check of a reply to
+                                        ztun's own sockets looks its source up with iif lo,
+                                        mark 0 and our address as source: it must resolve
+                                        through the uplink, not ztun's table, or the reply
+                                        is dropped
     P+2  lookup T                       the routes given (route mode)
     P+2  lookup T suppress_prefixlength 0   the same, without T's default (auto-route)
   auto-route only:
@@ -103,8 +109,11 @@ def _net(text: str):
     return ipaddress.ip_network(text)
 
 
-def plan(options: TunOptions, iface: str | None = None) -> RoutePlan:
-    """Routes (table T) and rules for options, for the TUN interface iface (default options.name)."""
+def plan(options: TunOptions, iface: str | None = None, rp_sources=()) -> RoutePlan:
+    """Routes (table T) and rules for options, for the TUN interface iface (default options.name).
+
+    rp_sources: IPv4 addresses of interfaces with strict rp_filter (see the module docstring).
+    """
     iface = iface or options.name
     T, P, M = options.table, options.rule_priority, options.fwmark
     nop = P + 9
@@ -123,6 +132,8 @@ def plan(options: TunOptions, iface: str | None = None) -> RoutePlan:
                 Rule(fam, P + 1, "goto", goto=nop, iif=iface),
                 Rule(fam, P + 2, "lookup", table=T, suppress_prefixlength=0 if options.auto_route else None),
             ]
+            rules += [Rule(fam, P + 1, "goto", goto=nop, iif="lo", src=ipaddress.ip_network(a))
+                      for a in rp_sources if ipaddress.ip_address(a).version == fam]
             if options.auto_route:
                 rules += [
                     Rule(fam, P + 3, "lookup", table=MAIN_TABLE, suppress_prefixlength=0),

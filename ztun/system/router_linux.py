@@ -56,6 +56,21 @@ class LinuxRouter:
         info = link.get("IFLA_LINKINFO")
         return info is not None and info.get("IFLA_INFO_KIND") == "tun" and bool(link.get("IFLA_CARRIER"))
 
+    def strict_rp_filter_sources(self, skip: str) -> list:
+        """IPv4 addresses of the interfaces (but skip and lo) whose effective rp_filter is strict (1).
+
+        The effective value is max(conf/all, conf/IFACE); 2 (loose) is fine for ztun.
+        """
+        out = []
+        for msg in self._call("list addresses", self._ipr.get_addr, family=socket.AF_INET):
+            name = msg.get_attr("IFA_LABEL") or ""
+            dev = name.split(":")[0]
+            if not dev or dev in (skip, "lo"):
+                continue
+            if max(_rp_filter("all"), _rp_filter(dev)) == 1:
+                out.append(ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")))
+        return out
+
     def set_link(self, iface: str, *, up: bool | None = None, mtu: int | None = None) -> None:
         idx = self.get_interface_index(iface)
         link = self._call(f"read link {iface}", self._ipr.link, "get", index=idx)[0]
@@ -252,3 +267,11 @@ class LinuxRouter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _rp_filter(key: str) -> int:
+    try:
+        with open(f"/proc/sys/net/ipv4/conf/{key}/rp_filter") as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0

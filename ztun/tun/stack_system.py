@@ -1,52 +1,148 @@
-"""SystemStack: the NAT-based system stack over a TUN device. So far it answers ICMP echo; the rest is counted and dropped.
+"""SystemStack: the NAT-based system stack over a TUN device (DESIGN.md, "how a TCP flow crosses it").
 
-Per readable event: read a batch (GIL released), parse it, turn echo requests into replies
-in place, write the replies back in one call; all of it compiled, no per-packet Python.
+Per readable event: read a batch (GIL released), parse it, rewrite every TCP packet of a
+known flow in place and answer ICMP echo in place (compiled, no per-packet Python), write
+the batch back in one call. Python runs only for the rare slots: the first packet of a new
+flow (the handler decides), UDP datagrams (the user-space UDP NAT), packets of unknown
+flows (answered with a reset). The kernel's own TCP terminates every connection on a
+listener at the stack's address A; accepted sockets go to the handler with the flow's
+original endpoints.
 """
 
 import errno
+import ipaddress
 import logging
+import socket
+import time
 from collections import Counter
 
 import numpy as np
 
-from .._fast import PacketBatch, echo_batch, parse_batch
+from .._fast import NatTable, PacketBatch, echo_batch, parse_batch
 from .._fast import defs as d
+from .._fast.nat_config import NatConfig
+from .handler import Flow, Verdict
+from .outq import OutQueue
+from .udp import UdpNat
 
 log = logging.getLogger("ztun.stack")
 
 DEFAULT_SLOTS = 64
 MAX_BATCHES = 16  # per readable event, so other fds of the loop get their turn
+ACCEPTS_PER_EVENT = 64
+SWEEP_INTERVAL = 1.0
+SWEEP_FRACTION = 8  # each sweep looks at capacity/8 NAT slots: a full pass every 8 s
+LISTEN_BACKLOG = 4096
+_IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
+_IPV6_FREEBIND = 78
 
 
 class SystemStack:
-    """Answers every ICMP/ICMPv6 echo request read from the device (any destination) through it.
+    """Terminates the TCP, UDP and ICMP flows routed into the TUN and hands them to a PacketHandler.
 
-    Everything else read is counted by kind (TCP and other protocols, UDP, other ICMP,
-    malformed by reason) and dropped: TCP and UDP come with the NAT in the next step.
+    With no options (or no handler) it only answers ICMP echo and counts the rest as dropped.
     """
 
-    def __init__(self, device, *, slots: int = DEFAULT_SLOTS, max_batches: int = MAX_BATCHES):
+    def __init__(self, device, options=None, *, slots: int = DEFAULT_SLOTS, max_batches: int = MAX_BATCHES,
+                 nat_capacity: int = 65536, udp_timeout: float = 60.0, udp_max_sessions: int = 16384):
         self.device = device
-        # With IFF_VNET_HDR each slot's virtio_net_hdr sits in its headroom; parse_batch checks it.
+        self.options = options
         self.batch = PacketBatch(slots, max_packet=max(device.mtu, 68), vnet_hdr=getattr(device, "vnet_hdr", False))
         self.max_batches = max_batches
+        self.nat_capacity = nat_capacity
+        self.udp_timeout = udp_timeout
+        self.udp_max_sessions = udp_max_sessions
         self.handler = None
-        self.verdict_counts = np.zeros(d.N_VERDICTS, dtype=np.uint64)
+        self.loop = None
+        self.nat = None
+        self.udp = None
+        self.out = None
+        self.listeners: list = []
+        self._deferred: dict = {}  # fid -> (flow key, rewritten SYN bytes, virtio header, parse row)
+        self._sweep_timer = None
+        self.verdict_counts = np.zeros(d.N_VERDICTS, dtype=np.uint64)  # echo-only mode
         self.drop_counts = np.zeros(d.N_REASONS, dtype=np.uint64)
+        self.counters: Counter = Counter()
         self.packets_read = 0
         self.batches_read = 0
         self.replies_written = 0
         self.write_failures: Counter = Counter()  # errno -> slots that failed with it
         self._running = False
 
-    def start(self, handler=None) -> None:
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self, handler=None, loop=None) -> None:
+        """Start processing; with a handler and a loop (and options) TCP and UDP flows go to the handler."""
         self.handler = handler
+        self.loop = loop
         self.device.set_nonblocking(True)
+        if handler is not None and loop is not None and self.options is not None:
+            try:
+                self._start_flows()
+            except BaseException:
+                self.stop()
+                raise
         self._running = True
+
+    def _start_flows(self):
+        o = self.options
+        ports = {}
+        for version, iface in ((4, o.inet4), (6, o.inet6)):
+            if iface is not None:
+                ports[version] = self._listen(version, iface.ip)
+        self.nat = NatTable(NatConfig.from_prefixes(
+            o.inet4 and str(o.inet4), o.inet6 and str(o.inet6), port4=ports.get(4, 0), port6=ports.get(6, 0),
+            capacity=self.nat_capacity))
+        self.out = OutQueue(self.loop, self.device, max_packet=self.batch.max_packet)
+        self.udp = UdpNat(self.loop, self.out, self.handler, timeout=self.udp_timeout, max_sessions=self.udp_max_sessions)
+        self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _listen(self, version: int, address) -> int:
+        """The kernel listener at A (any port): every rewritten client SYN goes to it."""
+        family = socket.AF_INET if version == 4 else socket.AF_INET6
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            # bind before the address finishes appearing (no DAD wait for IPv6)
+            if version == 4:
+                sock.setsockopt(socket.SOL_IP, _IP_FREEBIND, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_FREEBIND, 1)
+            sock.bind((str(address), 0))
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        self.listeners.append(sock)
+        self.loop.add_reader(sock.fileno(), self._accept, sock)
+        port = sock.getsockname()[1]
+        log.debug("listening on %s port %d", address, port)
+        return port
 
     def fileno(self) -> int:
         return self.device.fileno()
+
+    def stop(self) -> None:
+        """Stop processing and close the listeners and UDP sessions; the device stays open. Idempotent."""
+        self._running = False
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
+        for sock in self.listeners:
+            if self.loop is not None:
+                self.loop.remove_reader(sock.fileno())
+            sock.close()
+        self.listeners.clear()
+        if self.udp is not None:
+            self.udp.close()
+        if self.out is not None:
+            try:
+                self.out.flush()
+            except OSError:
+                pass
+        self._deferred.clear()
+
+    # -- the packet path ----------------------------------------------------------
 
     def on_readable(self) -> int:
         """Process up to max_batches batches of what the device has queued; return packets read."""
@@ -60,16 +156,150 @@ class SystemStack:
             total += n
             self.batches_read += 1
             parse_batch(batch)
-            answered = echo_batch(batch, True, self.verdict_counts, self.drop_counts)
-            if answered:
-                written = dev.write_batch(batch, n, only_verdict=d.V_WRITE)
-                self.replies_written += written
-                if written < answered:
-                    self._note_failures(dev.failed_slots())
+            if self.nat is None:
+                echo_batch(batch, True, self.verdict_counts, self.drop_counts)
+            else:
+                self._flows(batch, n)
+            self._write(batch, n)
             if n < batch.slots:
                 break
         self.packets_read += total
         return total
+
+    def _write(self, batch, n):
+        want = int(np.count_nonzero(batch.verdicts[:n] == d.V_WRITE))
+        if not want:
+            return
+        written = self.device.write_batch(batch, n, only_verdict=d.V_WRITE)
+        self.replies_written += written
+        if written < want:
+            self._note_failures(self.device.failed_slots())
+
+    def _flows(self, batch, n):
+        nat = self.nat
+        no_flow_before = int(nat.drop_counts[d.NO_FLOW])
+        now = time.monotonic()
+        rare = nat.process_batch(batch, now)
+        if rare:
+            verdicts = batch.verdicts
+            for i in np.flatnonzero(verdicts[:n] >= d.V_NEW_FLOW):
+                v = verdicts[i]
+                if v == d.V_NEW_FLOW:
+                    self._new_flow(batch, int(i), int(batch.flow_ids[i]))
+                elif v == d.V_UDP:
+                    verdicts[i] = d.V_DROP
+                    self.udp.on_packet(batch, int(i), now)
+            self._icmp(batch, n)
+        if int(nat.drop_counts[d.NO_FLOW]) != no_flow_before:
+            # A host answers a segment of no connection with a reset: the client (or the
+            # kernel's side, for a flow that expired) learns at once instead of retrying.
+            for i in np.flatnonzero((batch.verdicts[:n] == d.V_DROP) & (batch.reasons[:n] == d.NO_FLOW)):
+                if self.out.reset(batch, int(i)):
+                    self.counters["tcp_reset_no_flow"] += 1
+
+    def _icmp(self, batch, n):
+        policy = getattr(self.handler, "icmp_echo", "reply")
+        icmp = batch.verdicts[:n] == d.V_ICMP
+        if not icmp.any():
+            return
+        if policy == "drop":
+            batch.verdicts[:n][icmp] = d.V_DROP
+            self.counters["icmp_dropped"] += int(icmp.sum())
+            return
+        if policy == "ask":
+            for i in np.flatnonzero(icmp):
+                m = batch.meta[i]
+                if self.handler.handle_icmp(Flow(int(m["proto"]), (_addr(m, "src"), 0), (_addr(m, "dst"), 0))) != Verdict.ALLOW:
+                    batch.verdicts[i] = d.V_DROP
+        answered = echo_batch(batch, False)
+        self.counters["echo_answered"] += answered
+        self.counters["icmp_dropped"] += int(np.count_nonzero(batch.verdicts[:n] == d.V_ICMP))
+        batch.verdicts[:n][batch.verdicts[:n] == d.V_ICMP] = d.V_DROP
+
+    def _new_flow(self, batch, i, fid):
+        info = self.nat.flow(fid)
+        flow = Flow(d.PROTO_TCP, (str(info.src), info.sport), (str(info.dst), info.dport))
+        key = (flow.source, flow.destination, info.nat_port)
+        try:
+            verdict = self.handler.prepare(flow, lambda v: self._decide(fid, key, v))
+        except Exception:
+            log.exception("prepare failed for %s", flow)
+            verdict = Verdict.REJECT
+        if verdict == Verdict.DEFER:
+            h = batch.headroom
+            hdr = batch.data[i, h - d.VNET_HDR_LEN : h].tobytes() if batch.vnet_hdr else None
+            self._deferred[fid] = (key, batch.data[i, h : h + int(batch.lengths[i])].tobytes(), hdr, batch.meta[i].copy())
+            batch.verdicts[i] = d.V_DROP
+            self.counters["tcp_deferred"] += 1
+            return
+        batch.verdicts[i] = d.V_WRITE if verdict == Verdict.ALLOW else d.V_DROP
+        self._apply(fid, verdict, batch, i)
+
+    def _apply(self, fid, verdict, batch, i):
+        if verdict == Verdict.ALLOW:
+            self.nat.allow(fid)
+            self.counters["tcp_allowed"] += 1
+        elif verdict == Verdict.REJECT:
+            self.out.reset(batch, i)  # from the parse row: the client's original SYN
+            self.nat.delete(fid)
+            self.counters["tcp_rejected"] += 1
+        else:
+            self.nat.block(fid)
+            self.counters["tcp_blocked"] += 1
+
+    def _decide(self, fid, key, verdict):
+        """The handler's later decision about a deferred flow."""
+        held = self._deferred.get(fid)
+        if held is None or held[0] != key or not self._running:
+            return  # the flow is gone (expired, stack stopped): nothing to release
+        del self._deferred[fid]
+        _, packet, hdr, row = held
+        one = PacketBatch(1, max_packet=max(len(packet), 68), vnet_hdr=hdr is not None)
+        one.set_packet(0, packet)
+        if hdr is not None:
+            one.data[0, one.headroom - d.VNET_HDR_LEN : one.headroom] = np.frombuffer(hdr, dtype=np.uint8)
+        one.meta[0] = row
+        one.count = 1
+        self._apply(fid, verdict, one, 0)
+        if verdict == Verdict.ALLOW:
+            one.verdicts[0] = d.V_WRITE
+            self.out.flush()  # keep the order: replies queued before this SYN go first
+            self._write(one, 1)
+
+    def _accept(self, listener):
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("accept: %s", e)
+                    return
+                continue
+            fid = self.nat.lookup_nat(peer[0], peer[1])
+            if fid < 0:
+                self.counters["tcp_accept_no_flow"] += 1
+                _reset(sock)
+                continue
+            info = self.nat.flow(fid)
+            sock.setblocking(False)
+            try:
+                self.handler.handle_tcp(sock, (str(info.src), info.sport), (str(info.dst), info.dport))
+            except Exception:
+                log.exception("handle_tcp failed")
+                _reset(sock)
+
+    def _sweep(self):
+        self.nat.sweep(time.monotonic(), max(1, self.nat.capacity // SWEEP_FRACTION))
+        for fid, held in list(self._deferred.items()):  # the handler never decided and the flow idled out
+            try:
+                f = self.nat.flow(fid)
+            except KeyError:
+                f = None
+            if f is None or ((str(f.src), f.sport), (str(f.dst), f.dport), f.nat_port) != held[0]:
+                del self._deferred[fid]
+        self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _note_failures(self, failed) -> None:
         for _, err in failed:
@@ -77,8 +307,30 @@ class SystemStack:
                 log.warning("writing to %s failed: %s (errno %d); counting further failures", self.device.name, errno.errorcode.get(err, err), err)
             self.write_failures[err] += 1
 
+    # -- counters -------------------------------------------------------------------
+
     def stats(self) -> dict:
-        """Counters by name. dropped = packets read and not answered, plus replies that failed to write."""
+        """Counters by name: packets, verdicts, drops by reason, flows, UDP sessions, write failures."""
+        if self.nat is None:
+            return self._echo_stats()
+        nat, udp = self.nat, self.udp
+        v = nat.verdict_counts
+        out = {"packets_read": self.packets_read, "batches_read": self.batches_read, "written_back": self.replies_written,
+               "write_failed": sum(self.write_failures.values()), "tcp_flows": len(nat), "udp_sessions": len(udp.sessions)}
+        out["echo_answered"] = self.counters["echo_answered"]
+        udp_dropped = sum(c for k, c in udp.counters.items() if k.startswith("dropped_"))
+        # read and neither written back, nor given to a UDP session, nor held for the handler
+        out["dropped"] = (int(v[d.V_DROP]) - self.counters["tcp_deferred"] + int(v[d.V_OTHER])
+                          + self.counters["icmp_dropped"] + udp_dropped + out["write_failed"])
+        out.update({k: v for k, v in nat.counters().items() if v})
+        out.update({k: c for k, c in self.counters.items() if k != "echo_answered"})
+        out.update({f"udp_{k}": c for k, c in udp.counters.items()})
+        out["originated_written"] = self.out.written
+        out["originated_failed"] = self.out.failed
+        out.update({f"write_failed_{errno.errorcode.get(e, e)}": c for e, c in self.write_failures.items()})
+        return out
+
+    def _echo_stats(self) -> dict:
         v = self.verdict_counts
         out = {
             "packets_read": self.packets_read,
@@ -96,5 +348,15 @@ class SystemStack:
         out.update({f"write_failed_{errno.errorcode.get(e, e)}": c for e, c in self.write_failures.items()})
         return out
 
-    def stop(self) -> None:
-        self._running = False
+
+def _addr(m, field):
+    alen = 4 if m["version"] == 4 else 16
+    return str(ipaddress.ip_address(m[field].tobytes()[:alen]))
+
+
+def _reset(sock):
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    except OSError:
+        pass
+    sock.close()

@@ -66,6 +66,7 @@ class UdpNat:
     def on_packet(self, batch, i: int, now: float) -> None:
         """Handle UDP slot i of a parsed batch."""
         m = batch.meta[i]
+        self.counters["datagrams"] += 1
         if m["frag"] != d.FRAG_NONE:
             # IPv4/IPv6 fragments are not reassembled: a client behind a TUN with MTU >= 1280
             # only fragments datagrams larger than the MTU, which UDP applications avoid.
