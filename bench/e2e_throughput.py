@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""End-to-end figures of ztun against the kernel-only path; run as root: `sudo python bench/e2e_throughput.py`.
+
+Builds its own namespaces (removed at the end, also on errors): a client namespace that runs
+ztun and a server namespace behind a veth with nginx, iperf3 and a TCP echo server on
+198.19.0.1. "kernel" is the client reaching the server over the veth with no ztun; every
+"ztun-*" configuration routes 198.19.0.0/16 into the TUN, and ztun forwards it directly.
+Configurations alternate round by round (A B C A B C ...) because this machine drifts.
+Prints one `name value unit` line per metric (medians over rounds), then ratios to kernel.
+Needs iperf3, ab (apache2-utils) and nginx (nginx-light).
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER4 = "198.19.0.1"
+TUN_ARGS = ["--tun-name", "zt-bench0", "--inet4", "198.18.0.1/30", "--inet6", "fd00:18::1/126",
+            "--route", "198.19.0.0/16", "--route", "fd00:19::/64"]
+CONFIGS = {
+    "kernel": None,
+    "ztun": {"mtu": "9000"},
+    "ztun-mtu1500": {"mtu": "1500"},
+    "ztun-mtu65535": {"mtu": "65535"},
+    "ztun-python": {"mtu": "9000", "env": {"ZTUN_NO_EXTENSIONS": "1"}},
+}
+
+ECHO_SERVER = r"""
+import socket, threading
+srv = socket.create_server(("::", 9009), family=socket.AF_INET6, dualstack_ipv6=True, backlog=64)
+print("ready", flush=True)
+def serve(c):
+    with c:
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while d := c.recv(4096):
+            c.sendall(d)
+while True:
+    threading.Thread(target=serve, args=(srv.accept()[0],), daemon=True).start()
+"""
+
+RTT_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 9009), timeout=10)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+n = int(sys.argv[2])
+out = []
+for i in range(n + 200):
+    t = time.perf_counter_ns()
+    s.send(b"x")
+    s.recv(1)
+    if i >= 200:
+        out.append(time.perf_counter_ns() - t)
+out.sort()
+print(out[len(out) // 2] / 1000, out[len(out) * 99 // 100] / 1000)
+"""
+
+HOLD_CONNECTIONS = r"""
+import socket, sys, time
+conns = [socket.create_connection((sys.argv[1], 9009), timeout=10) for _ in range(int(sys.argv[2]))]
+print("open", flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+NGINX_CONF = """
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 8080 reuseport;
+        listen [::]:8080 reuseport;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+
+class Bench:
+    def __init__(self, seconds: float, tmp: Path):
+        self.seconds = seconds
+        self.tmp = tmp
+        tag = uuid.uuid4().hex[:6]
+        self.client, self.server = f"ztun-bc-{tag}", f"ztun-bs-{tag}"
+        self.procs: list = []
+
+    # -- plumbing --------------------------------------------------------------
+
+    def ns(self, name, *cmd, check=True, timeout=120, env=None):
+        r = subprocess.run(["ip", "netns", "exec", name, *cmd], capture_output=True, text=True, timeout=timeout,
+                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+        if check and r.returncode:
+            raise RuntimeError(f"{' '.join(cmd)}: {r.stdout}{r.stderr}")
+        return r
+
+    def spawn(self, name, *cmd, ready=None, env=None, log=None):
+        log = log or self.tmp / f"proc-{len(self.procs)}.log"
+        with open(log, "wb") as f:
+            p = subprocess.Popen(["ip", "netns", "exec", name, *cmd], stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+                                 env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+        self.procs.append(p)
+        deadline = time.monotonic() + 30
+        while ready and ready not in log.read_text(errors="replace"):
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(cmd)} did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.05)
+        return p, log
+
+    def setup(self):
+        for name in (self.client, self.server):
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        c, s = self.client, self.server
+        self.ns(c, "ip", "link", "add", "zt-c0", "type", "veth", "peer", "name", "zt-s0", "netns", s)
+        for name, dev, a4, a6 in ((c, "zt-c0", "198.18.10.1/24", "fd00:10::1/64"), (s, "zt-s0", "198.18.10.2/24", "fd00:10::2/64")):
+            self.ns(name, "ip", "link", "set", "lo", "up")
+            self.ns(name, "ip", "addr", "add", a4, "dev", dev)
+            self.ns(name, "ip", "-6", "addr", "add", a6, "dev", dev, "nodad")
+            self.ns(name, "ip", "link", "set", dev, "up")
+        self.ns(s, "ip", "addr", "add", SERVER4 + "/32", "dev", "lo")
+        self.ns(s, "ip", "-6", "addr", "add", "fd00:19::1/128", "dev", "lo")
+        self.ns(c, "ip", "route", "add", "198.19.0.0/16", "via", "198.18.10.2")
+        self.ns(c, "ip", "-6", "route", "add", "fd00:19::/64", "via", "fd00:10::2")
+        conf = self.tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=self.tmp))
+        self.spawn(s, "nginx", "-c", str(conf), "-g", "daemon off;")
+        self.spawn(s, "iperf3", "-s", "-B", SERVER4, "-p", "5201", "--forceflush", ready="listening")
+        self.spawn(s, sys.executable, "-c", ECHO_SERVER, ready="ready")
+        time.sleep(0.3)
+
+    def teardown(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        for name in (self.client, self.server):
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+    def start_ztun(self, cfg):
+        args = [*TUN_ARGS, "--mtu", cfg["mtu"], "--log-level", "WARNING"]
+        log = self.tmp / f"ztun-{len(self.procs)}.log"
+        p, _ = self.spawn(self.client, sys.executable, "-m", "ztun.appliance", "run", *args, env=cfg.get("env"), log=log)
+        # WARNING level hides the ready line: wait for the TUN route instead
+        deadline = time.monotonic() + 30
+        while "zt-bench0" not in self.ns(self.client, "ip", "route", "get", SERVER4).stdout:
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ztun did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        time.sleep(0.2)
+        return p
+
+    def stop_ztun(self, p):
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+
+    # -- metrics --------------------------------------------------------------------
+
+    def iperf(self, *extra):
+        r = self.ns(self.client, "iperf3", "-c", SERVER4, "-p", "5201", "-J", "-t", str(self.seconds), *extra,
+                    timeout=self.seconds + 60)
+        result = json.loads(r.stdout)
+        if "error" in result:
+            raise RuntimeError(f"iperf3 {' '.join(extra)}: {result['error']}")
+        return result["end"]
+
+    def measure(self, pid):
+        out = {}
+        cpu0 = _cpu(pid)
+        t0 = time.monotonic()
+        out["tcp_up"] = (self.iperf()["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
+        out["tcp_down"] = (self.iperf("-R")["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
+        out["tcp_4streams"] = (self.iperf("-P", "4")["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
+        if pid:
+            out["cpu_during_tcp"] = ((_cpu(pid) - cpu0) / (time.monotonic() - t0) * 100, "%")
+        r = self.ns(self.client, "ab", "-q", "-n", "20000", "-c", "32", "-s", "10", f"http://{SERVER4}:8080/", timeout=120)
+        out["http_conn_per_s"] = (float(re.search(r"Requests per second:\s+([\d.]+)", r.stdout).group(1)), "conn/s")
+        failed = int(re.search(r"Failed requests:\s+(\d+)", r.stdout).group(1))
+        out["http_failed"] = (failed, "requests")
+        p50, p99 = map(float, self.ns(self.client, sys.executable, "-c", RTT_CLIENT, SERVER4, "3000").stdout.split())
+        out["rtt_p50"] = (p50, "us")
+        out["rtt_p99"] = (p99, "us")
+        udp = self.iperf("-u", "-b", "300M", "-l", "1400")["sum"]
+        out["udp_300m_rate"] = (udp["bits_per_second"] / 1e6, "Mbit/s")
+        out["udp_300m_loss"] = (udp["lost_percent"], "%")
+        if pid:
+            out["rss"] = (_rss(pid) / 1024, "MiB")
+        return out
+
+    def rss_with_connections(self, pid, n=1000):
+        p, log = self.spawn(self.client, sys.executable, "-c", HOLD_CONNECTIONS, SERVER4, str(n), "30", ready="open")
+        rss = _rss(pid) / 1024
+        p.kill()
+        p.wait(10)
+        return rss
+
+
+def _cpu(pid) -> float:
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss(pid) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each iperf3 run")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the benchmark builds network namespaces")
+    missing = [t for t in ("iperf3", "ab", "nginx") if shutil.which(t) is None]
+    if missing:
+        raise SystemExit(f"needs {', '.join(missing)} (apt-get install iperf3 apache2-utils nginx-light)")
+    configs = args.configs.split(",")
+    results = {c: {} for c in configs}
+    with tempfile.TemporaryDirectory(prefix="ztun-bench-") as tmp:
+        os.chmod(tmp, 0o755)
+        bench = Bench(args.seconds, Path(tmp))
+        try:
+            bench.setup()
+            for _ in range(args.rounds):
+                for name in configs:
+                    cfg = CONFIGS[name]
+                    p = bench.start_ztun(cfg) if cfg else None
+                    try:
+                        for metric, (value, unit) in bench.measure(p.pid if p else 0).items():
+                            results[name].setdefault(metric, ([], unit))[0].append(value)
+                        if p and "rss_1000_conns" not in results[name]:
+                            results[name]["rss_1000_conns"] = ([bench.rss_with_connections(p.pid)], "MiB")
+                    finally:
+                        if p:
+                            bench.stop_ztun(p)
+        finally:
+            bench.teardown()
+    for name in configs:
+        for metric, (values, unit) in results[name].items():
+            print(f"{name}_{metric} {statistics.median(values):.4g} {unit}", flush=True)
+    if "kernel" in results:
+        for name in configs:
+            if name == "kernel":
+                continue
+            for metric in ("tcp_up", "tcp_down", "tcp_4streams", "http_conn_per_s"):
+                if metric in results[name]:
+                    k = statistics.median(results["kernel"][metric][0])
+                    print(f"ratio_{name}_{metric} {statistics.median(results[name][metric][0]) / k:.3f} of-kernel")
+            if "rtt_p50" in results[name]:
+                added = statistics.median(results[name]["rtt_p50"][0]) - statistics.median(results["kernel"]["rtt_p50"][0])
+                print(f"added_{name}_rtt_p50 {added:.1f} us")
+
+
+if __name__ == "__main__":
+    main()
