@@ -114,3 +114,28 @@ def test_close_restores_signals_and_is_idempotent():
     assert signal.getsignal(signal.SIGUSR2) == previous
     with pytest.raises(RuntimeError):
         lp.call_later(1, print)
+
+
+def test_cancelled_timers_release_their_callbacks_and_the_heap():
+    import gc
+    import weakref
+
+    from ztun.tun.loop import Loop
+
+    class Payload:
+        def run(self):
+            pass
+
+    with Loop() as loop:
+        payloads = [Payload() for _ in range(1000)]
+        refs = [weakref.ref(p) for p in payloads]
+        handles = [loop.call_later(3600, p.run) for p in payloads]
+        del payloads
+        for h in handles:
+            h.cancel()
+        gc.collect()
+        assert not any(r() for r in refs)  # nothing kept alive for an hour
+        assert len(loop._timers) < 100  # and the heap was compacted
+        kept = loop.call_later(0, lambda: None)
+        loop.run_once(0.01)
+        assert not kept.cancelled

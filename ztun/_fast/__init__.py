@@ -27,16 +27,18 @@ if IMPLEMENTATION == "python":
     from . import packet_py as packet
 
 # Device I/O exists where the platform has it (Linux TUN, macOS utun; Windows uses ctypes).
-tunio = utunio = None
-if sys.platform != "win32":
-    if IMPLEMENTATION == "cython":
-        try:
-            from . import tunio, utunio
-        except ImportError:  # pragma: no cover - a platform build without them
-            pass
-    if tunio is None:
+# (No placeholder names before these imports: `from . import x` returns an existing attribute x.)
+if sys.platform == "win32":
+    tunio = utunio = None
+elif IMPLEMENTATION == "cython":
+    try:
+        from . import tunio, utunio
+    except ImportError:  # pragma: no cover - a build without them
         from . import tunio_py as tunio
         from . import utunio_py as utunio
+else:
+    from . import tunio_py as tunio
+    from . import utunio_py as utunio
 
 NatTable = nat.NatTable
 parse_batch = packet.parse_batch

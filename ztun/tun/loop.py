@@ -21,16 +21,23 @@ _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 class Handle:
     """A scheduled callback; cancel() keeps it from running."""
 
-    __slots__ = ("when", "callback", "args", "cancelled")
+    __slots__ = ("when", "callback", "args", "cancelled", "loop")
 
-    def __init__(self, when: float, callback, args):
+    def __init__(self, when: float, callback, args, loop=None):
         self.when = when
         self.callback = callback
         self.args = args
         self.cancelled = False
+        self.loop = loop  # set for timers: the loop counts cancelled ones to compact its heap
 
     def cancel(self) -> None:
+        if self.cancelled:
+            return
         self.cancelled = True
+        # Drop the references now: a cancelled timer may wait in the heap for hours.
+        self.callback, self.args = _noop, ()
+        if self.loop is not None:
+            self.loop._timer_cancelled()
 
     def __repr__(self):
         return f"<Handle {getattr(self.callback, '__qualname__', self.callback)} at {self.when:.3f}{' cancelled' if self.cancelled else ''}>"
@@ -42,6 +49,7 @@ class Loop:
     def __init__(self, selector: selectors.BaseSelector | None = None):
         self._sel = selector or selectors.DefaultSelector()
         self._timers: list = []  # heap of (when, seq, Handle)
+        self._cancelled_timers = 0
         self._seq = itertools.count()
         self._ready: deque = deque()
         self._stopping = False
@@ -118,9 +126,17 @@ class Loop:
 
     def call_at(self, when: float, callback, *args) -> Handle:
         self._check_open()
-        h = Handle(when, callback, args)
+        h = Handle(when, callback, args, self)
         heapq.heappush(self._timers, (when, next(self._seq), h))
         return h
+
+    def _timer_cancelled(self) -> None:
+        self._cancelled_timers += 1
+        # Rebuild the heap when most of it is cancelled timers (as asyncio does).
+        if self._cancelled_timers > 64 and self._cancelled_timers * 2 > len(self._timers):
+            self._timers = [t for t in self._timers if not t[2].cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled_timers = 0
 
     # --- signals ---------------------------------------------------------------
 
@@ -193,7 +209,12 @@ class Loop:
                 self._ready.append(writer)
         now = self.time()
         while self._timers and self._timers[0][0] <= now:
-            self._ready.append(heapq.heappop(self._timers)[2])
+            h = heapq.heappop(self._timers)[2]
+            if h.cancelled:
+                self._cancelled_timers = max(0, self._cancelled_timers - 1)
+            else:
+                h.loop = None  # due: a cancel() from now on no longer concerns the heap
+                self._ready.append(h)
         for _ in range(len(self._ready)):
             h = self._ready.popleft()
             if h.cancelled:
@@ -228,4 +249,8 @@ class Loop:
 
 
 def _ignore(signum, frame):
+    pass
+
+
+def _noop(*args):
     pass
