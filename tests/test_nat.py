@@ -331,3 +331,14 @@ def test_random_insert_delete_against_model(impl):
         ports.add(f.nat_port)
     assert len(ports) == len(model)
     assert table.free_ports() == 3000 - len(model) + 3000  # IPv4 ring plus the untouched IPv6 one
+
+
+def test_endpoints_as_text(impl):
+    table = impl.nat.NatTable(config())
+    a = table.insert(6, "198.18.9.9", 4000, "198.19.0.1", 80)
+    b = table.insert(6, "fd00:5::1", 4001, "fd00:19::1", 443)
+    assert table.endpoints(a) == (("198.18.9.9", 4000), ("198.19.0.1", 80), table.flow(a).nat_port)
+    assert table.endpoints(b) == (("fd00:5::1", 4001), ("fd00:19::1", 443), table.flow(b).nat_port)
+    table.delete(a)
+    with pytest.raises(KeyError):
+        table.endpoints(a)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ztun.outbound.relay import HAVE_SPLICE, Relay
+from ztun.outbound.relay import HAVE_SPLICE, PIPES, Relay
 from ztun.tun.loop import Loop
 
 MODES = [pytest.param(True, id="splice", marks=pytest.mark.skipif(not HAVE_SPLICE, reason="no os.splice on this platform")), pytest.param(False, id="copy")]
@@ -160,6 +160,7 @@ def test_idle_timeout_resets_both(rig_factory, splice):
 def test_no_fd_leak(rig_factory):
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc/self/fd to count fds")
+    PIPES.clear()
     before = len(os.listdir("/proc/self/fd"))
     for i in range(100):
         rig = Rig(splice=i % 2 == 0 and HAVE_SPLICE)
@@ -168,4 +169,6 @@ def test_no_fd_leak(rig_factory):
         rig.app_server.shutdown(socket.SHUT_WR)
         rig.run_until(lambda: rig.closed)
         rig.close()
+    assert len(PIPES.free) <= 2  # sequential relays reuse one pair of pipes
+    PIPES.clear()
     assert len(os.listdir("/proc/self/fd")) == before

@@ -11,6 +11,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memcpy, memcmp, memset
 
 import os
+import socket
 
 import numpy as np
 
@@ -315,6 +316,13 @@ cdef class NatTable:
         return flow_info(self.config, fid, f.version, f.proto, f.src[:16], f.sport, f.dst[:16], f.dport,
                          f.nat_index, f.nat_port, f.state, f.decision, f.created, f.last_seen,
                          f.pout, f.bout, f.pin, f.bin)
+
+    def endpoints(self, Py_ssize_t fid):
+        """((source address, port), (destination address, port), NAT port) of flow fid, addresses as text."""
+        cdef Flow *f = self._get(fid)
+        fam = socket.AF_INET if f.version == 4 else socket.AF_INET6
+        alen = 4 if f.version == 4 else 16
+        return ((socket.inet_ntop(fam, f.src[:alen]), f.sport), (socket.inet_ntop(fam, f.dst[:alen]), f.dport), f.nat_port)
 
     def allow(self, Py_ssize_t fid):
         self._get(fid).decision = D_ALLOW

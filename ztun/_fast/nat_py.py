@@ -4,6 +4,7 @@ Client packets C:c -> D:d are rewritten to B:n -> A:P (the kernel listener) and 
 kernel's replies A:P -> B:n back to D:d -> C:c, with RFC 1624 checksum updates.
 """
 
+import socket
 import struct
 from collections import deque
 
@@ -116,6 +117,13 @@ class NatTable:
         v, proto, src, sport, dst, dport = f.key
         return flow_info(self.config, fid, v, proto, src, sport, dst, dport, f.nat_index, f.nat_port,
                          f.state, f.decision, f.created, f.last_seen, f.pout, f.bout, f.pin, f.bin)
+
+    def endpoints(self, fid):
+        """((source address, port), (destination address, port), NAT port) of flow fid, addresses as text."""
+        f = self._flow(fid)
+        v, _, src, sport, dst, dport = f.key
+        fam, alen = (socket.AF_INET, 4) if v == 4 else (socket.AF_INET6, 16)
+        return ((socket.inet_ntop(fam, src[:alen]), sport), (socket.inet_ntop(fam, dst[:alen]), dport), f.nat_port)
 
     def allow(self, fid):
         self._flow(fid).decision = d.D_ALLOW

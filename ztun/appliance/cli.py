@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Create and configure the TUN device, route traffic into it and answer it. "
                                      "SIGINT or SIGTERM removes everything it added and exits 0.")
     _common(run)
-    run.add_argument("--mtu", type=_int, metavar="N", help="TUN MTU, 576..65535, >= 1280 with IPv6 (default 9000)")
+    run.add_argument("--mtu", type=_int, metavar="N", help="TUN MTU, 576..65535, >= 1280 with IPv6 (default 65535)")
     run.add_argument("--inet4", type=_prefix_or_none, metavar="CIDR", help="the stack's IPv4 address and prefix, or 'none' (default 172.19.0.1/30)")
     run.add_argument("--inet6", type=_prefix_or_none, metavar="CIDR", help="the stack's IPv6 address and prefix, or 'none' (default fdfe:dcba:9876::1/126)")
     run.add_argument("--route", dest="routes", action="append", metavar="CIDR", help="route CIDR into the TUN (repeatable)")

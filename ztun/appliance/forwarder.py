@@ -10,7 +10,7 @@ import socket
 import time
 
 from ..outbound.direct import DirectOutbound
-from ..outbound.relay import Relay
+from ..outbound.relay import PIPES, Relay
 from ..tun.handler import Verdict
 
 log = logging.getLogger("ztun.flows")
@@ -120,6 +120,7 @@ class Forwarder:
             _discard(self._ready.pop(key))
         for session in list(self.udp):
             session.close()
+        PIPES.clear()
 
 
 def _discard(entry):

@@ -25,6 +25,40 @@ _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 
+class _PipePool:
+    """Empty splice pipes kept for the next relay: a short connection then costs no pipe2/fcntl/close."""
+
+    def __init__(self, keep: int = 256):
+        self.keep = keep
+        self.free: list = []
+
+    def get(self):
+        if self.free:
+            return self.free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            size = fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            size = 65536
+        return r, w, size
+
+    def put(self, pipe, empty: bool):
+        if empty and len(self.free) < self.keep:
+            self.free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def clear(self):
+        while self.free:
+            r, w, _ = self.free.pop()
+            os.close(r)
+            os.close(w)
+
+
+PIPES = _PipePool()
+
+
 class _Direction:
     """One way of a relay: read from src, write to dst."""
 
@@ -40,11 +74,7 @@ class _Direction:
         self.pipe_r = self.pipe_w = -1
         self.buf = self.view = None
         if splice:
-            self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            try:
-                self.capacity = fcntl.fcntl(self.pipe_w, _F_SETPIPE_SZ, PIPE_SIZE)
-            except OSError:
-                self.capacity = 65536
+            self.pipe_r, self.pipe_w, self.capacity = PIPES.get()
         else:
             self.capacity = COPY_BUFFER
             self.buf = bytearray(COPY_BUFFER)
@@ -122,9 +152,8 @@ class _Direction:
         if self.writing:
             self.relay.loop.remove_writer(self.dst.fileno())
             self.writing = False
-        for fd in (self.pipe_r, self.pipe_w):
-            if fd >= 0:
-                os.close(fd)
+        if self.pipe_r >= 0:
+            PIPES.put((self.pipe_r, self.pipe_w, self.capacity), self.pending == 0)
         self.pipe_r = self.pipe_w = -1
 
 

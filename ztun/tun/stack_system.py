@@ -94,6 +94,7 @@ class SystemStack:
             o.inet4 and str(o.inet4), o.inet6 and str(o.inet6), port4=ports.get(4, 0), port6=ports.get(6, 0),
             capacity=self.nat_capacity))
         self.out = OutQueue(self.loop, self.device, max_packet=self.batch.max_packet)
+        self._one = PacketBatch(1, max_packet=self.batch.max_packet, vnet_hdr=self.batch.vnet_hdr)  # a released SYN
         self.udp = UdpNat(self.loop, self.out, self.handler, timeout=self.udp_timeout, max_sessions=self.udp_max_sessions)
         self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
@@ -217,9 +218,8 @@ class SystemStack:
         batch.verdicts[:n][batch.verdicts[:n] == d.V_ICMP] = d.V_DROP
 
     def _new_flow(self, batch, i, fid):
-        info = self.nat.flow(fid)
-        flow = Flow(d.PROTO_TCP, (str(info.src), info.sport), (str(info.dst), info.dport))
-        key = (flow.source, flow.destination, info.nat_port)
+        key = self.nat.endpoints(fid)
+        flow = Flow(d.PROTO_TCP, key[0], key[1])
         try:
             verdict = self.handler.prepare(flow, lambda v: self._decide(fid, key, v))
         except Exception:
@@ -254,7 +254,7 @@ class SystemStack:
             return  # the flow is gone (expired, stack stopped): nothing to release
         del self._deferred[fid]
         _, packet, hdr, row = held
-        one = PacketBatch(1, max_packet=max(len(packet), 68), vnet_hdr=hdr is not None)
+        one = self._one
         one.set_packet(0, packet)
         if hdr is not None:
             one.data[0, one.headroom - d.VNET_HDR_LEN : one.headroom] = np.frombuffer(hdr, dtype=np.uint8)
@@ -282,10 +282,10 @@ class SystemStack:
                 self.counters["tcp_accept_no_flow"] += 1
                 _reset(sock)
                 continue
-            info = self.nat.flow(fid)
+            source, destination, _ = self.nat.endpoints(fid)
             sock.setblocking(False)
             try:
-                self.handler.handle_tcp(sock, (str(info.src), info.sport), (str(info.dst), info.dport))
+                self.handler.handle_tcp(sock, source, destination)
             except Exception:
                 log.exception("handle_tcp failed")
                 _reset(sock)
@@ -294,10 +294,10 @@ class SystemStack:
         self.nat.sweep(time.monotonic(), max(1, self.nat.capacity // SWEEP_FRACTION))
         for fid, held in list(self._deferred.items()):  # the handler never decided and the flow idled out
             try:
-                f = self.nat.flow(fid)
+                key = self.nat.endpoints(fid)
             except KeyError:
-                f = None
-            if f is None or ((str(f.src), f.sport), (str(f.dst), f.dport), f.nat_port) != held[0]:
+                key = None
+            if key != held[0]:
                 del self._deferred[fid]
         self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
