@@ -32,8 +32,10 @@ TUN_ARGS = ["--tun-name", "zt-bench0", "--inet4", "198.18.0.1/30", "--inet6", "f
 CONFIGS = {
     "kernel": None,
     "ztun": {"mtu": "65535"},
+    "ztun-offload": {"mtu": "65535", "args": ["--offload", "on"]},
     "ztun-mtu9000": {"mtu": "9000"},
     "ztun-mtu1500": {"mtu": "1500"},
+    "ztun-mtu1500-offload": {"mtu": "1500", "args": ["--offload", "on"]},
     "ztun-python": {"mtu": "65535", "env": {"ZTUN_NO_EXTENSIONS": "1"}},
 }
 
@@ -160,7 +162,7 @@ class Bench:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
     def start_ztun(self, cfg):
-        args = [*TUN_ARGS, "--mtu", cfg["mtu"], "--log-level", "WARNING"]
+        args = [*TUN_ARGS, "--mtu", cfg["mtu"], *cfg.get("args", ()), "--log-level", "WARNING"]
         log = self.tmp / f"ztun-{len(self.procs)}.log"
         p, _ = self.spawn(self.client, sys.executable, "-m", "ztun.appliance", "run", *args, env=cfg.get("env"), log=log)
         # WARNING level hides the ready line: wait for the TUN route instead

@@ -177,3 +177,25 @@ def test_strict_rp_filter_everywhere(lan):
     r = c.python(f"import hashlib, urllib.request; print(hashlib.sha256(urllib.request.urlopen('http://{lan.SERVER4}:8080/bytes/{size}', timeout=30).read()).hexdigest())", check=False, timeout=60)
     assert r.stdout.strip() == sha(body(size)), r.stdout + r.stderr + app.log
     assert app.stop() == 0, app.log
+
+
+def test_offload_super_packets(lan, tmp_path):
+    """--offload on at MTU 1500: TCP crosses the TUN as super-packets (rewritten with partial checksums)."""
+    need("curl", "curl")
+    lan.server.server("http", 8080)
+    lan.server.server("udp-echo", 9007)
+    app = lan.appliance("--offload", "on", "--mtu", "1500")
+    assert "offload on zt-tun0: csum,tso4,tso6" in app.log, app.log
+    size = 20 * MB
+    out = tmp_path / "down"
+    lan.client.run("curl", "-sS", "--max-time", "60", "-o", str(out), f"http://{lan.SERVER4}:8080/bytes/{size}", timeout=90)
+    assert sha(out.read_bytes()) == sha(body(size))
+    up = tmp_path / "up"
+    up.write_bytes(os.urandom(size))
+    r = lan.client.run("curl", "-sS", "--max-time", "60", "--data-binary", f"@{up}", f"http://[{lan.SERVER6}]:8080/upload", timeout=90)
+    assert r.stdout.strip() == sha(up.read_bytes())
+    stats = lan.client.link_stats("zt-tun0")
+    assert stats["tx"]["bytes"] / stats["tx"]["packets"] > 4000, stats  # far above the 1500-byte MTU
+    r = lan.client.python(UDP_ECHO, lan.SERVER4, "1000", "1472", timeout=60)
+    assert r.stdout.split() == ["1000", "0", "0"], r.stdout + r.stderr
+    assert app.stop() == 0, app.log

@@ -29,6 +29,7 @@ FLAGS = {
     "table": "--table",
     "rule_priority": "--rule-priority",
     "fwmark": "--fwmark",
+    "offload": "--offload",
 }
 
 
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--auto-route", action="store_true", help="send all traffic through the TUN but ztun's own, loopback and excluded")
     run.add_argument("--strict-route", action="store_true", help="with --auto-route: make a family with no TUN address unreachable")
     run.add_argument("--fwmark", type=_int, metavar="N", help="fwmark of ztun's own sockets, skipped by its rules (default 0x2022)")
+    run.add_argument("--offload", choices=("auto", "on", "off"), metavar="auto|on|off",
+                     help="IFF_VNET_HDR with checksum and TCP segmentation offload: TCP moves as 64 KiB "
+                          "super-packets; auto and on enable what the kernel accepts (default off)")
     run.add_argument("--udp-timeout", type=_seconds, metavar="SECONDS", help="idle timeout of a UDP session (default 60)")
     run.add_argument("--connect-timeout", type=_seconds, metavar="SECONDS", help="outbound TCP connect timeout (default 10)")
 
@@ -102,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _options(parser, args, fields) -> TunOptions:
     kw = {f: getattr(args, f) for f in fields if hasattr(args, f)}
+    if "offload" in kw:
+        kw["offload"] = kw["offload"] != "off"
     for f in ("routes", "exclude_routes"):
         if f in kw:
             kw[f] = tuple(kw[f])
@@ -228,7 +234,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "run":
             return _run(_options(command, args, ("name", "mtu", "inet4", "inet6", "routes", "exclude_routes",
-                                                "auto_route", "strict_route", "table", "rule_priority", "fwmark")),
+                                                "auto_route", "strict_route", "table", "rule_priority", "fwmark", "offload")),
                         udp_timeout=getattr(args, "udp_timeout", 60.0),
                         connect_timeout=getattr(args, "connect_timeout", 10.0))
         return _cleanup(_options(command, args, ("name", "table", "rule_priority")))

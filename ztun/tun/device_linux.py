@@ -17,6 +17,30 @@ log = logging.getLogger("ztun.tun.device")
 TUN_PATH = "/dev/net/tun"
 _C = tunio.CONSTANTS
 
+# <linux/if_tun.h>: TUNSETOFFLOAD = _IOW('T', 208, unsigned int) and its flags
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+# TCP super-packets both ways; UDP segmentation offload (USO) stays off: the UDP NAT
+# handles datagrams one by one.
+OFFLOAD = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+_OFFLOAD_NAMES = {TUN_F_CSUM: "csum", TUN_F_TSO4: "tso4", TUN_F_TSO6: "tso6", TUN_F_TSO_ECN: "tso_ecn"}
+
+
+def _set_offload(fd: int, name: str) -> int:
+    """Enable checksum and TSO offload, falling back to what the kernel accepts; return the flags set."""
+    import fcntl
+
+    for flags in (OFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, TUN_F_CSUM, 0):
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+        except OSError as e:
+            log.debug("TUNSETOFFLOAD 0x%x on %s: %s", flags, name, e)
+            continue
+        on = ",".join(n for f, n in _OFFLOAD_NAMES.items() if flags & f) or "none"
+        log.info("offload on %s: %s", name, on)
+        return flags
+    return 0
+
 
 def _if_index(name: str) -> int:
     try:
@@ -67,6 +91,7 @@ class LinuxTunDevice:
         self.created = created
         self.adopted = adopted
         self.vnet_hdr = bool(flags & _C.get("IFF_VNET_HDR", 0))
+        self.offload = 0  # TUN_F_* flags enabled with TUNSETOFFLOAD
         self.multi_queue = bool(flags & _C.get("IFF_MULTI_QUEUE", 0))
         self._hdr = VNET_HDR_LEN if self.vnet_hdr else 0
         self._nonblocking = not os.get_blocking(fd)
@@ -86,13 +111,16 @@ class LinuxTunDevice:
         existed = _if_index(options.name) != 0
         fd = _open_control()
         name = _attach(fd, options.name, flags, existed)
+        offload = 0
         if options.offload:
             try:
                 tunio.set_vnet_hdr_size(fd, VNET_HDR_LEN)
             except TunError:
                 os.close(fd)
                 raise
+            offload = _set_offload(fd, name)
         dev = cls(fd, name, options.mtu, flags=flags, created=not existed)
+        dev.offload = offload
         log.info("%s TUN device %s (index %d, flags 0x%04x)", "created" if dev.created else "attached to existing", name, dev.if_index, flags)
         return dev
 

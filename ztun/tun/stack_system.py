@@ -47,7 +47,10 @@ class SystemStack:
                  nat_capacity: int = 65536, udp_timeout: float = 60.0, udp_max_sessions: int = 16384):
         self.device = device
         self.options = options
-        self.batch = PacketBatch(slots, max_packet=max(device.mtu, 68), vnet_hdr=getattr(device, "vnet_hdr", False))
+        vnet = getattr(device, "vnet_hdr", False)
+        # With offload the kernel hands over TCP super-packets up to 64 KiB whatever the MTU.
+        size = d.MAX_PACKET + 40 if getattr(device, "offload", 0) else max(device.mtu, 68)
+        self.batch = PacketBatch(slots, max_packet=size, vnet_hdr=vnet)
         self.max_batches = max_batches
         self.nat_capacity = nat_capacity
         self.udp_timeout = udp_timeout
