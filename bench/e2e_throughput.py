@@ -31,11 +31,10 @@ TUN_ARGS = ["--tun-name", "zt-bench0", "--inet4", "198.18.0.1/30", "--inet6", "f
             "--route", "198.19.0.0/16", "--route", "fd00:19::/64"]
 CONFIGS = {
     "kernel": None,
-    "ztun": {"mtu": "65535"},
-    "ztun-offload": {"mtu": "65535", "args": ["--offload", "on"]},
-    "ztun-mtu9000": {"mtu": "9000"},
+    "ztun": {"mtu": "65535"},  # the defaults: offload on
+    "ztun-nooffload": {"mtu": "65535", "args": ["--offload", "off"]},
     "ztun-mtu1500": {"mtu": "1500"},
-    "ztun-mtu1500-offload": {"mtu": "1500", "args": ["--offload", "on"]},
+    "ztun-mtu1500-nooffload": {"mtu": "1500", "args": ["--offload", "off"]},
     "ztun-python": {"mtu": "65535", "env": {"ZTUN_NO_EXTENSIONS": "1"}},
 }
 

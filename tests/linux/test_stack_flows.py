@@ -92,19 +92,23 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def http_each_way(lan, tmp_path, size, host):
+    """Download size bytes and upload size random bytes with curl through ztun; both verified by hash."""
+    out = tmp_path / "down"
+    lan.client.run("curl", "-sS", "--max-time", "120", "-o", str(out), f"http://{url_host(host)}:8080/bytes/{size}", timeout=150)
+    assert sha(out.read_bytes()) == sha(body(size))
+    up = tmp_path / "up"
+    up.write_bytes(os.urandom(size))
+    r = lan.client.run("curl", "-sS", "--max-time", "120", "--data-binary", f"@{up}", f"http://{url_host(host)}:8080/upload", timeout=150)
+    assert r.stdout.strip() == sha(up.read_bytes())
+
+
 def test_http_50mb_each_way_and_200_concurrent(lan, tmp_path):
     need("curl", "curl")
     lan.server.server("http", 8080)
     before = lan.client.snapshot()
     app = lan.appliance()
-    size = 50 * MB
-    out = tmp_path / "down"
-    lan.client.run("curl", "-sS", "--max-time", "120", "-o", str(out), f"http://{lan.SERVER4}:8080/bytes/{size}", timeout=150)
-    assert sha(out.read_bytes()) == sha(body(size))
-    up = tmp_path / "up"
-    up.write_bytes(os.urandom(size))
-    r = lan.client.run("curl", "-sS", "--max-time", "120", "--data-binary", f"@{up}", f"http://{lan.SERVER4}:8080/upload", timeout=150)
-    assert r.stdout.strip() == sha(up.read_bytes())
+    http_each_way(lan, tmp_path, 50 * MB, lan.SERVER4)
     r = lan.client.python(CONCURRENT, lan.SERVER4, "200", str(64 * 1024), timeout=180)
     assert r.stdout.strip() == "200", r.stdout + r.stderr + app.log
     assert app.stop() == 0, app.log
@@ -186,14 +190,8 @@ def test_offload_super_packets(lan, tmp_path):
     lan.server.server("udp-echo", 9007)
     app = lan.appliance("--offload", "on", "--mtu", "1500")
     assert "offload on zt-tun0: csum,tso4,tso6" in app.log, app.log
-    size = 20 * MB
-    out = tmp_path / "down"
-    lan.client.run("curl", "-sS", "--max-time", "60", "-o", str(out), f"http://{lan.SERVER4}:8080/bytes/{size}", timeout=90)
-    assert sha(out.read_bytes()) == sha(body(size))
-    up = tmp_path / "up"
-    up.write_bytes(os.urandom(size))
-    r = lan.client.run("curl", "-sS", "--max-time", "60", "--data-binary", f"@{up}", f"http://[{lan.SERVER6}]:8080/upload", timeout=90)
-    assert r.stdout.strip() == sha(up.read_bytes())
+    http_each_way(lan, tmp_path, 20 * MB, lan.SERVER4)
+    http_each_way(lan, tmp_path, 20 * MB, lan.SERVER6)
     stats = lan.client.link_stats("zt-tun0")
     assert stats["tx"]["bytes"] / stats["tx"]["packets"] > 4000, stats  # far above the 1500-byte MTU
     r = lan.client.python(UDP_ECHO, lan.SERVER4, "1000", "1472", timeout=60)

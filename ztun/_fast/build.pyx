@@ -19,26 +19,6 @@ ICMP4_QUOTE = _Q4
 ICMP6_QUOTE = _Q6
 
 
-cdef inline void _put32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 24)
-    p[1] = <uint8_t>(v >> 16)
-    p[2] = <uint8_t>(v >> 8)
-    p[3] = <uint8_t>v
-
-
-cdef inline uint32_t _pseudo(const uint8_t *src, const uint8_t *dst, int alen, int proto, uint32_t length) noexcept nogil:
-    cdef uint8_t tail[8]
-    memset(tail, 0, 8)
-    if alen == 4:
-        tail[1] = <uint8_t>proto
-        tail[2] = <uint8_t>(length >> 8)
-        tail[3] = <uint8_t>length
-        return zt_sum(tail, 4, zt_sum(src, 4, zt_sum(dst, 4, 0)))
-    _put32(tail, length)
-    tail[7] = <uint8_t>proto
-    return zt_sum(tail, 8, zt_sum(src, 16, zt_sum(dst, 16, 0)))
-
-
 cdef inline int _ip_header(uint8_t *p, int alen, int proto, const uint8_t *src, const uint8_t *dst, uint32_t payload_len) noexcept nogil:
     """Write an IPv4 or IPv6 header at p; return its length."""
     if alen == 4:
@@ -105,7 +85,7 @@ def udp_packet(out, Py_ssize_t slot, const uint8_t[::1] src, int sport, const ui
         zt_put16(u + 6, 0)
         if n:
             memcpy(u + 8, &payload[0], n)
-        cs = <uint16_t>~zt_sum(u, ulen, _pseudo(&src[0], &dst[0], alen, PROTO_UDP, ulen))
+        cs = <uint16_t>~zt_sum(u, ulen, zt_pseudo(&src[0], &dst[0], alen, PROTO_UDP, ulen))
         zt_put16(u + 6, cs if cs else 0xFFFF)
     return hlen + ulen
 
@@ -135,11 +115,11 @@ def tcp_reset(batch, Py_ssize_t i, out, Py_ssize_t slot):
     memset(t, 0, 20)
     zt_put16(t, m.dst_port)
     zt_put16(t + 2, m.src_port)
-    _put32(t + 4, seq)
-    _put32(t + 8, ack)
+    zt_put32(t + 4, seq)
+    zt_put32(t + 8, ack)
     t[12] = 5 << 4
     t[13] = <uint8_t>out_flags
-    zt_put16(t + 16, <uint16_t>~zt_sum(t, 20, _pseudo(m.dst, m.src, alen, PROTO_TCP, 20)))
+    zt_put16(t + 16, <uint16_t>~zt_sum(t, 20, zt_pseudo(m.dst, m.src, alen, PROTO_TCP, 20)))
     return hlen + 20
 
 
@@ -181,5 +161,5 @@ def icmp_unreachable(batch, Py_ssize_t i, out, Py_ssize_t slot, int code):
         _ip_header(p, 16, PROTO_ICMPV6, m.dst, m.src, blen)
         b[0] = 1
         b[1] = <uint8_t>(4 if code == 3 else (1 if code == 13 else code))
-        zt_put16(b + 2, <uint16_t>~zt_sum(b, blen, _pseudo(m.dst, m.src, 16, PROTO_ICMPV6, blen)))
+        zt_put16(b + 2, <uint16_t>~zt_sum(b, blen, zt_pseudo(m.dst, m.src, 16, PROTO_ICMPV6, blen)))
     return hlen + blen

@@ -4,30 +4,14 @@ Values are 16-bit integers as they read big-endian from a packet; checksum_py.py
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
-from core cimport zt_sum, zt_delta, zt_apply, zt_fold
+from core cimport zt_sum, zt_delta, zt_apply, zt_fold, zt_pseudo
 
 
 cdef inline uint32_t _pseudo(const uint8_t[::1] src, const uint8_t[::1] dst, int proto, Py_ssize_t length) except? 0xFFFFFFFF:
-    cdef uint8_t tail[8]
     cdef size_t alen = src.shape[0]
     if alen != <size_t>dst.shape[0] or (alen != 4 and alen != 16):
         raise ValueError("addresses must both be 4 or both be 16 bytes")
-    cdef uint32_t s = zt_sum(&src[0], alen, zt_sum(&dst[0], alen, 0))
-    if alen == 4:
-        tail[0] = 0
-        tail[1] = <uint8_t>proto
-        tail[2] = <uint8_t>(length >> 8)
-        tail[3] = <uint8_t>length
-        return zt_sum(tail, 4, s)
-    tail[0] = <uint8_t>(length >> 24)
-    tail[1] = <uint8_t>(length >> 16)
-    tail[2] = <uint8_t>(length >> 8)
-    tail[3] = <uint8_t>length
-    tail[4] = 0
-    tail[5] = 0
-    tail[6] = 0
-    tail[7] = <uint8_t>proto
-    return zt_sum(tail, 8, s)
+    return zt_pseudo(&src[0], &dst[0], alen, proto, length)
 
 
 def ones_sum(const uint8_t[::1] buf, uint32_t initial=0):

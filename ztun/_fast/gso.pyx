@@ -12,29 +12,6 @@ from core cimport *
 NO_ROOM = -1
 
 
-cdef inline void _put32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 24)
-    p[1] = <uint8_t>(v >> 16)
-    p[2] = <uint8_t>(v >> 8)
-    p[3] = <uint8_t>v
-
-
-cdef inline uint32_t _pseudo(const uint8_t *src, const uint8_t *dst, int alen, int proto, uint32_t length) noexcept nogil:
-    cdef uint8_t tail[8]
-    memset(tail, 0, 8)
-    if alen == 4:
-        tail[1] = <uint8_t>proto
-        tail[2] = <uint8_t>(length >> 8)
-        tail[3] = <uint8_t>length
-        return zt_sum(tail, 4, zt_sum(src, 4, zt_sum(dst, 4, 0)))
-    tail[0] = <uint8_t>(length >> 24)
-    tail[1] = <uint8_t>(length >> 16)
-    tail[2] = <uint8_t>(length >> 8)
-    tail[3] = <uint8_t>length
-    tail[7] = <uint8_t>proto
-    return zt_sum(tail, 8, zt_sum(src, 16, zt_sum(dst, 16, 0)))
-
-
 def gso_split(batch, Py_ssize_t i, out, Py_ssize_t first=0):
     """Write slot i's segments into out's slots first.. and return how many, or a negative drop reason."""
     cdef uint8_t[:, ::1] data = batch.data, odata = out.data
@@ -87,7 +64,7 @@ def gso_split(batch, Py_ssize_t i, out, Py_ssize_t first=0):
                 zt_put16(s + 4, <uint16_t>(hdr - 40 + chunk))
             seglen = hdr + chunk - l4
             if proto == PROTO_TCP:
-                _put32(s + l4 + 4, seq0 + k * size)
+                zt_put32(s + l4 + 4, seq0 + k * size)
                 flags = p[l4 + 13]
                 if k < count - 1:
                     flags &= ~(TCP_FIN | 0x08)
@@ -95,10 +72,10 @@ def gso_split(batch, Py_ssize_t i, out, Py_ssize_t first=0):
                     flags &= ~0x80
                 s[l4 + 13] = <uint8_t>flags
                 zt_put16(s + l4 + 16, 0)
-                zt_put16(s + l4 + 16, <uint16_t>~zt_sum(s + l4, seglen, _pseudo(s + (12 if alen == 4 else 8), s + (16 if alen == 4 else 24), alen, proto, seglen)))
+                zt_put16(s + l4 + 16, <uint16_t>~zt_sum(s + l4, seglen, zt_pseudo(s + (12 if alen == 4 else 8), s + (16 if alen == 4 else 24), alen, proto, seglen)))
             else:
                 zt_put16(s + l4 + 4, <uint16_t>seglen)
                 zt_put16(s + l4 + 6, 0)
-                flags = <uint16_t>~zt_sum(s + l4, seglen, _pseudo(s + (12 if alen == 4 else 8), s + (16 if alen == 4 else 24), alen, proto, seglen))
+                flags = <uint16_t>~zt_sum(s + l4, seglen, zt_pseudo(s + (12 if alen == 4 else 8), s + (16 if alen == 4 else 24), alen, proto, seglen))
                 zt_put16(s + l4 + 6, <uint16_t>(flags if flags else 0xFFFF))
     return count

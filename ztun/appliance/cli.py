@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fwmark", type=_int, metavar="N", help="fwmark of ztun's own sockets, skipped by its rules (default 0x2022)")
     run.add_argument("--offload", choices=("auto", "on", "off"), metavar="auto|on|off",
                      help="IFF_VNET_HDR with checksum and TCP segmentation offload: TCP moves as 64 KiB "
-                          "super-packets; auto and on enable what the kernel accepts (default off)")
+                          "super-packets; auto (the default) is on with Linux TUN, off elsewhere")
     run.add_argument("--udp-timeout", type=_seconds, metavar="SECONDS", help="idle timeout of a UDP session (default 60)")
     run.add_argument("--connect-timeout", type=_seconds, metavar="SECONDS", help="outbound TCP connect timeout (default 10)")
 
@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _options(parser, args, fields) -> TunOptions:
     kw = {f: getattr(args, f) for f in fields if hasattr(args, f)}
-    if "offload" in kw:
-        kw["offload"] = kw["offload"] != "off"
+    if "offload" in fields:
+        mode = kw.get("offload", "auto")  # auto: on where there is a kernel offload to use (Linux)
+        kw["offload"] = mode == "on" or (mode == "auto" and sys.platform.startswith("linux"))
     for f in ("routes", "exclude_routes"):
         if f in kw:
             kw[f] = tuple(kw[f])

@@ -10,7 +10,7 @@ import socket
 import time
 
 from ..outbound.direct import DirectOutbound
-from ..outbound.relay import PIPES, Relay
+from ..outbound.relay import PIPES, Relay, abort
 from ..tun.handler import Verdict
 
 log = logging.getLogger("ztun.flows")
@@ -64,7 +64,7 @@ class Forwarder:
     def handle_tcp(self, sock, source, destination):
         entry = self._ready.pop((source, destination), None)
         if entry is None:
-            _reset(sock)  # the outbound side is gone (claim timeout): tell the client at once
+            abort(sock)  # the outbound side is gone (claim timeout): tell the client at once
             return
         remote, timer = entry
         timer.cancel()
@@ -127,10 +127,3 @@ def _discard(entry):
     entry[1].cancel()
     entry[0].close()
 
-
-def _reset(sock):
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    except OSError:
-        pass
-    sock.close()

@@ -25,6 +25,15 @@ _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 
+def abort(sock: socket.socket) -> None:
+    """Close sock with a reset (SO_LINGER 0), so its peer learns at once instead of waiting."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
 class _PipePool:
     """Empty splice pipes kept for the next relay: a short connection then costs no pipe2/fcntl/close."""
 
@@ -234,11 +243,9 @@ class Relay:
                 direction.stop()
         for sock in (self.client, self.remote):
             if reset:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                except OSError:
-                    pass
-            sock.close()
+                abort(sock)
+            else:
+                sock.close()
         if self.on_close is not None:
             try:
                 self.on_close(self, reason)

@@ -106,13 +106,18 @@ class LinuxTunDevice:
         flags = _C["IFF_TUN"] | _C["IFF_NO_PI"]
         if options.multi_queue:
             flags |= _C["IFF_MULTI_QUEUE"]
-        if options.offload:
-            flags |= _C["IFF_VNET_HDR"]
         existed = _if_index(options.name) != 0
+        # IFF_VNET_HDR and TUNSETOFFLOAD stay on a device after its last fd closes: only a
+        # device ztun creates (and so destroys) gets them.
+        use_offload = options.offload and not existed
+        if options.offload and existed:
+            log.info("offload left off on %s: it exists already and the setting would outlive ztun", options.name)
+        if use_offload:
+            flags |= _C["IFF_VNET_HDR"]
         fd = _open_control()
         name = _attach(fd, options.name, flags, existed)
         offload = 0
-        if options.offload:
+        if use_offload:
             try:
                 tunio.set_vnet_hdr_size(fd, VNET_HDR_LEN)
             except TunError:

@@ -21,6 +21,7 @@ import numpy as np
 from .._fast import NatTable, PacketBatch, echo_batch, parse_batch
 from .._fast import defs as d
 from .._fast.nat_config import NatConfig
+from ..outbound.relay import abort
 from .handler import Flow, Verdict
 from .outq import OutQueue
 from .udp import UdpNat
@@ -283,7 +284,7 @@ class SystemStack:
             fid = self.nat.lookup_nat(peer[0], peer[1])
             if fid < 0:
                 self.counters["tcp_accept_no_flow"] += 1
-                _reset(sock)
+                abort(sock)
                 continue
             source, destination, _ = self.nat.endpoints(fid)
             sock.setblocking(False)
@@ -291,7 +292,7 @@ class SystemStack:
                 self.handler.handle_tcp(sock, source, destination)
             except Exception:
                 log.exception("handle_tcp failed")
-                _reset(sock)
+                abort(sock)
 
     def _sweep(self):
         self.nat.sweep(time.monotonic(), max(1, self.nat.capacity // SWEEP_FRACTION))
@@ -355,11 +356,3 @@ class SystemStack:
 def _addr(m, field):
     alen = 4 if m["version"] == 4 else 16
     return str(ipaddress.ip_address(m[field].tobytes()[:alen]))
-
-
-def _reset(sock):
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    except OSError:
-        pass
-    sock.close()

@@ -1,6 +1,7 @@
 # Declarations shared by the compiled modules: the C byte/checksum helpers, the constants
 # of defs.py (tests/test_defs.py keeps both in step) and the per-slot parse record.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t
+from libc.string cimport memset
 
 
 cdef extern from "zt_bytes.h" nogil:
@@ -103,3 +104,24 @@ cdef packed struct Meta:
     uint16_t _pad
     uint8_t src[16]
     uint8_t dst[16]
+
+
+cdef inline void zt_put32(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>(v >> 24)
+    p[1] = <uint8_t>(v >> 16)
+    p[2] = <uint8_t>(v >> 8)
+    p[3] = <uint8_t>v
+
+
+cdef inline uint32_t zt_pseudo(const uint8_t *src, const uint8_t *dst, int alen, int proto, uint32_t length) noexcept nogil:
+    """Ones'-complement sum of the IPv4 (alen 4) or IPv6 (alen 16) pseudo-header."""
+    cdef uint8_t tail[8]
+    memset(tail, 0, 8)
+    if alen == 4:
+        tail[1] = <uint8_t>proto
+        tail[2] = <uint8_t>(length >> 8)
+        tail[3] = <uint8_t>length
+        return zt_sum(tail, 4, zt_sum(src, 4, zt_sum(dst, 4, 0)))
+    zt_put32(tail, length)
+    tail[7] = <uint8_t>proto
+    return zt_sum(tail, 8, zt_sum(src, 16, zt_sum(dst, 16, 0)))
