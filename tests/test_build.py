@@ -10,7 +10,6 @@ from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6
 from scapy.packet import Raw
 
 from ztun._fast import PacketBatch
-from ztun._fast import defs as d
 
 
 def ip(version, src, dst):
