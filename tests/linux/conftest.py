@@ -255,3 +255,46 @@ def lan(tmp_path):
     finally:
         for ns in made:
             ns.teardown()
+
+
+class GatewayLan(Lan):
+    """Lan plus a `host` namespace behind the client, which becomes the host's gateway.
+
+    host zt-h0 198.18.20.2/24 fd00:20::2/64, default routes via the gateway's zt-g1
+    198.18.20.1/24 fd00:20::1/64; ztun runs on the gateway (Lan.client) with
+    --lan-interface zt-g1.
+    """
+
+    def __init__(self, gateway: Netns, server: Netns, host: Netns):
+        super().__init__(gateway, server)
+        self.host = host
+        g, h = gateway, host
+        g.ip("link", "add", "zt-g1", "type", "veth", "peer", "name", "zt-h0", "netns", h.name)
+        for ns, dev, a4, a6 in ((g, "zt-g1", "198.18.20.1/24", "fd00:20::1/64"), (h, "zt-h0", "198.18.20.2/24", "fd00:20::2/64")):
+            ns.ip("link", "set", "lo", "up")
+            ns.ip("link", "set", dev, "addrgenmode", "none")
+            ns.ip("addr", "add", a4, "dev", dev)
+            ns.ip("-6", "addr", "add", a6, "dev", dev, "nodad")
+            ns.ip("link", "set", dev, "up")
+        h.ip("route", "add", "default", "via", "198.18.20.1")
+        h.ip("-6", "route", "add", "default", "via", "fd00:20::1")
+
+    def appliance(self, *extra) -> Appliance:
+        return super().appliance("--lan-interface", "zt-g1", *extra)
+
+
+@pytest.fixture
+def gateway_lan(tmp_path):
+    """Host -> gateway (where ztun runs) -> server namespaces (see GatewayLan); all deleted afterwards."""
+    made = []
+    try:
+        for role in ("g", "s", "h"):
+            name = f"ztun-t{role}-{uuid.uuid4().hex[:8]}"
+            r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+            if r.returncode != 0:
+                pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
+            made.append(Netns(name, tmp_path))
+        yield GatewayLan(*made)
+    finally:
+        for ns in made:
+            ns.teardown()

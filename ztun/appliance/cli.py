@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--offload", choices=("auto", "on", "off"), metavar="auto|on|off",
                      help="IFF_VNET_HDR with checksum and TCP segmentation offload: TCP moves as 64 KiB "
                           "super-packets; auto (the default) is on with Linux TUN, off elsewhere")
+    run.add_argument("--lan-interface", dest="lan_interfaces", action="append", metavar="NAME",
+                     help="serve hosts on this interface as their gateway (repeatable): checks that forwarding is on")
+    run.add_argument("--enable-forwarding", action="store_true",
+                     help="with --lan-interface: turn forwarding on if it is off, and restore it on exit")
     run.add_argument("--udp-timeout", type=_seconds, metavar="SECONDS", help="idle timeout of a UDP session (default 60)")
     run.add_argument("--connect-timeout", type=_seconds, metavar="SECONDS", help="outbound TCP connect timeout (default 10)")
 
@@ -149,7 +153,7 @@ class _Interrupts:
             signal.signal(s, h)
 
 
-def _run(options: TunOptions, udp_timeout: float = 60.0, connect_timeout: float = 10.0) -> int:
+def _run(options: TunOptions, udp_timeout: float = 60.0, connect_timeout: float = 10.0, lan_interfaces=(), enable_forwarding=False) -> int:
     from ..outbound.direct import DirectOutbound
     from .forwarder import Forwarder
     from .gateway import Gateway
@@ -158,7 +162,7 @@ def _run(options: TunOptions, udp_timeout: float = 60.0, connect_timeout: float 
     loop = gateway = forwarder = None
     try:
         loop = Loop()
-        gateway = Gateway(options, udp_timeout=udp_timeout)
+        gateway = Gateway(options, udp_timeout=udp_timeout, lan_interfaces=lan_interfaces, enable_forwarding=enable_forwarding)
         gateway.open()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, _stopping, loop, signum)
@@ -237,7 +241,9 @@ def main(argv=None) -> int:
             return _run(_options(command, args, ("name", "mtu", "inet4", "inet6", "routes", "exclude_routes",
                                                 "auto_route", "strict_route", "table", "rule_priority", "fwmark", "offload")),
                         udp_timeout=getattr(args, "udp_timeout", 60.0),
-                        connect_timeout=getattr(args, "connect_timeout", 10.0))
+                        connect_timeout=getattr(args, "connect_timeout", 10.0),
+                        lan_interfaces=getattr(args, "lan_interfaces", ()),
+                        enable_forwarding=getattr(args, "enable_forwarding", False))
         return _cleanup(_options(command, args, ("name", "table", "rule_priority")))
     except ZtunError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """Gateway: the TUN device, its addresses, routes and rules, and the stack, set up in order and torn down in reverse."""
 
 import logging
+import socket
 
-from ..errors import TunError
+from ..errors import RouteError, TunError
 from ..system import route_plan
 from ..system.router import open_router
 from ..tun.device import open_tun
@@ -10,6 +11,19 @@ from ..tun.options import TunOptions
 from ..tun.stack_system import SystemStack
 
 log = logging.getLogger("ztun.gateway")
+
+FORWARDING = {4: ("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+              6: ("net.ipv6.conf.all.forwarding", "/proc/sys/net/ipv6/conf/all/forwarding")}
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
 
 
 class Gateway:
@@ -22,9 +36,12 @@ class Gateway:
     An adopted fd's device is left as its owner configured it (no MTU, address or link change).
     """
 
-    def __init__(self, options: TunOptions, *, udp_timeout: float = 60.0):
+    def __init__(self, options: TunOptions, *, udp_timeout: float = 60.0, lan_interfaces=(), enable_forwarding: bool = False):
         self.options = options
         self.udp_timeout = udp_timeout
+        self.lan_interfaces = tuple(lan_interfaces)
+        self.enable_forwarding = enable_forwarding
+        self._sysctls: list = []  # (path, old value) to restore on close
         self.device = None
         self.router = None
         self.stack = None
@@ -34,6 +51,7 @@ class Gateway:
     def open(self) -> "Gateway":
         opts = self.options
         try:
+            self._check_lan()
             self.device = open_tun(opts)
             self.router = open_router()
             name = self.device.name
@@ -59,6 +77,25 @@ class Gateway:
             self.close()
             raise
         return self
+
+    def _check_lan(self) -> None:
+        """Serving LAN hosts needs forwarding on for every family ztun routes: check it, or turn it on."""
+        if not self.lan_interfaces:
+            return
+        for name in self.lan_interfaces:
+            try:
+                socket.if_nametoindex(name)
+            except OSError:
+                raise RouteError(f"--lan-interface {name}: no such interface") from None
+        for family, (key, path) in FORWARDING.items():
+            if getattr(self.options, f"inet{family}") is None or _read(path) != "0":
+                continue
+            if not self.enable_forwarding:
+                raise RouteError(f"{key} is 0: hosts on {', '.join(self.lan_interfaces)} cannot be routed into the TUN; "
+                                 f"set it to 1 or run with --enable-forwarding")
+            _write(path, "1")
+            self._sysctls.append((path, "0"))
+            log.info("set %s = 1 (restored on exit)", key)
 
     def attach(self, loop, handler=None) -> None:
         """Start the stack on loop with handler (None: answer ICMP echo only); read the device when readable."""
@@ -105,6 +142,13 @@ class Gateway:
         if self.device is not None:
             self.device.close()
             self.device = None
+        while self._sysctls:
+            path, old = self._sysctls.pop()
+            try:
+                _write(path, old)
+                log.info("restored %s to %s", path, old)
+            except OSError as e:
+                log.warning("could not restore %s to %s: %s", path, old, e)
 
     def __enter__(self):
         return self.open()
