@@ -5,6 +5,8 @@ Builds its own namespaces (removed at the end, also on errors): a client namespa
 ztun and a server namespace behind a veth with nginx, iperf3 and a TCP echo server on
 198.19.0.1. "kernel" is the client reaching the server over the veth with no ztun; every
 "ztun-*" configuration routes 198.19.0.0/16 into the TUN, and ztun forwards it directly.
+With --topology gateway the load comes from a third namespace, a host whose gateway is the
+client namespace (forwarding on): "kernel" is then plain forwarding, the limit of a gateway.
 Configurations alternate round by round (A B C A B C ...) because this machine drifts.
 Prints one `name value unit` line per metric (medians over rounds), then ratios to kernel.
 Needs iperf3, ab (apache2-utils) and nginx (nginx-light).
@@ -95,11 +97,14 @@ http {{
 
 
 class Bench:
-    def __init__(self, seconds: float, tmp: Path):
+    def __init__(self, seconds: float, tmp: Path, topology: str = "local"):
         self.seconds = seconds
         self.tmp = tmp
+        self.topology = topology
         tag = uuid.uuid4().hex[:6]
         self.client, self.server = f"ztun-bc-{tag}", f"ztun-bs-{tag}"
+        self.host = f"ztun-bh-{tag}" if topology == "gateway" else None
+        self.load = self.host or self.client  # where iperf3, ab and the RTT client run
         self.procs: list = []
 
     # -- plumbing --------------------------------------------------------------
@@ -125,7 +130,7 @@ class Bench:
         return p, log
 
     def setup(self):
-        for name in (self.client, self.server):
+        for name in self.namespaces():
             subprocess.run(["ip", "netns", "add", name], check=True)
         c, s = self.client, self.server
         self.ns(c, "ip", "link", "add", "zt-c0", "type", "veth", "peer", "name", "zt-s0", "netns", s)
@@ -138,6 +143,19 @@ class Bench:
         self.ns(s, "ip", "-6", "addr", "add", "fd00:19::1/128", "dev", "lo")
         self.ns(c, "ip", "route", "add", "198.19.0.0/16", "via", "198.18.10.2")
         self.ns(c, "ip", "-6", "route", "add", "fd00:19::/64", "via", "fd00:10::2")
+        if self.host:
+            h = self.host
+            self.ns(c, "ip", "link", "add", "zt-g1", "type", "veth", "peer", "name", "zt-h0", "netns", h)
+            for name, dev, a4, a6 in ((c, "zt-g1", "198.18.20.1/24", "fd00:20::1/64"), (h, "zt-h0", "198.18.20.2/24", "fd00:20::2/64")):
+                self.ns(name, "ip", "link", "set", "lo", "up")
+                self.ns(name, "ip", "addr", "add", a4, "dev", dev)
+                self.ns(name, "ip", "-6", "addr", "add", a6, "dev", dev, "nodad")
+                self.ns(name, "ip", "link", "set", dev, "up")
+            self.ns(h, "ip", "route", "add", "default", "via", "198.18.20.1")
+            self.ns(h, "ip", "-6", "route", "add", "default", "via", "fd00:20::1")
+            self.ns(c, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+            # the server answers the host itself on the kernel path
+            self.ns(s, "ip", "route", "add", "198.18.20.0/24", "via", "198.18.10.1")
         conf = self.tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=self.tmp))
         self.spawn(s, "nginx", "-c", str(conf), "-g", "daemon off;")
@@ -145,12 +163,15 @@ class Bench:
         self.spawn(s, sys.executable, "-c", ECHO_SERVER, ready="ready")
         time.sleep(0.3)
 
+    def namespaces(self):
+        return [n for n in (self.client, self.server, self.host) if n]
+
     def teardown(self):
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
-        for name in (self.client, self.server):
+        for name in self.namespaces():
             pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
             for pid in pids:
                 try:
@@ -161,6 +182,8 @@ class Bench:
 
     def start_ztun(self, cfg):
         args = [*TUN_ARGS, "--mtu", cfg["mtu"], *cfg.get("args", ()), "--log-level", "WARNING"]
+        if self.host:
+            args += ["--lan-interface", "zt-g1"]
         log = self.tmp / f"ztun-{len(self.procs)}.log"
         p, _ = self.spawn(self.client, sys.executable, "-m", "ztun.appliance", "run", *args, env=cfg.get("env"), log=log)
         # WARNING level hides the ready line: wait for the TUN route instead
@@ -179,27 +202,38 @@ class Bench:
     # -- metrics --------------------------------------------------------------------
 
     def iperf(self, *extra):
-        r = self.ns(self.client, "iperf3", "-c", SERVER4, "-p", "5201", "-J", "-t", str(self.seconds), *extra,
+        r = self.ns(self.load, "iperf3", "-c", SERVER4, "-p", "5201", "-J", "-t", str(self.seconds), *extra,
                     timeout=self.seconds + 60)
         result = json.loads(r.stdout)
         if "error" in result:
             raise RuntimeError(f"iperf3 {' '.join(extra)}: {result['error']}")
         return result["end"]
 
+    def tun_counts(self):
+        r = self.ns(self.client, "ip", "-j", "-s", "link", "show", "dev", "zt-bench0", check=False)
+        if r.returncode:
+            return None
+        st = json.loads(r.stdout)[0]["stats64"]
+        return st["tx"]["bytes"] + st["rx"]["bytes"], st["tx"]["packets"] + st["rx"]["packets"]
+
     def measure(self, pid):
         out = {}
         cpu0 = _cpu(pid)
+        tun0 = self.tun_counts() if pid else None
         t0 = time.monotonic()
         out["tcp_up"] = (self.iperf()["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
         out["tcp_down"] = (self.iperf("-R")["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
         out["tcp_4streams"] = (self.iperf("-P", "4")["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
         if pid:
             out["cpu_during_tcp"] = ((_cpu(pid) - cpu0) / (time.monotonic() - t0) * 100, "%")
-        r = self.ns(self.client, "ab", "-q", "-n", "20000", "-c", "32", "-s", "10", f"http://{SERVER4}:8080/", timeout=120)
+            tun1 = self.tun_counts()
+            if tun0 and tun1 and tun1[1] > tun0[1]:
+                out["tun_bytes_per_packet"] = ((tun1[0] - tun0[0]) / (tun1[1] - tun0[1]), "bytes")
+        r = self.ns(self.load, "ab", "-q", "-n", "20000", "-c", "32", "-s", "10", f"http://{SERVER4}:8080/", timeout=120)
         out["http_conn_per_s"] = (float(re.search(r"Requests per second:\s+([\d.]+)", r.stdout).group(1)), "conn/s")
         failed = int(re.search(r"Failed requests:\s+(\d+)", r.stdout).group(1))
         out["http_failed"] = (failed, "requests")
-        p50, p99 = map(float, self.ns(self.client, sys.executable, "-c", RTT_CLIENT, SERVER4, "3000").stdout.split())
+        p50, p99 = map(float, self.ns(self.load, sys.executable, "-c", RTT_CLIENT, SERVER4, "3000").stdout.split())
         out["rtt_p50"] = (p50, "us")
         out["rtt_p99"] = (p99, "us")
         udp = self.iperf("-u", "-b", "300M", "-l", "1400")["sum"]
@@ -210,7 +244,7 @@ class Bench:
         return out
 
     def rss_with_connections(self, pid, n=1000):
-        p, log = self.spawn(self.client, sys.executable, "-c", HOLD_CONNECTIONS, SERVER4, str(n), "30", ready="open")
+        p, log = self.spawn(self.load, sys.executable, "-c", HOLD_CONNECTIONS, SERVER4, str(n), "30", ready="open")
         rss = _rss(pid) / 1024
         p.kill()
         p.wait(10)
@@ -236,6 +270,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each iperf3 run")
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    ap.add_argument("--topology", choices=("local", "gateway"), default="local",
+                    help="local: the load runs where ztun runs; gateway: on a host routed through it")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark builds network namespaces")
@@ -246,7 +282,7 @@ def main():
     results = {c: {} for c in configs}
     with tempfile.TemporaryDirectory(prefix="ztun-bench-") as tmp:
         os.chmod(tmp, 0o755)
-        bench = Bench(args.seconds, Path(tmp))
+        bench = Bench(args.seconds, Path(tmp), args.topology)
         try:
             bench.setup()
             for _ in range(args.rounds):
