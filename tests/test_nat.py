@@ -342,3 +342,10 @@ def test_endpoints_as_text(impl):
     table.delete(a)
     with pytest.raises(KeyError):
         table.endpoints(a)
+
+
+def test_syn_fin_is_not_a_new_connection(impl):
+    table = impl.nat.NatTable(config())
+    synfin = bytes(IP(src="198.18.7.7", dst="198.19.0.5") / TCP(sport=1, dport=80, flags="SF"))
+    _, _, v, r, _ = run(impl, table, [synfin])
+    assert (v, r) == ([d.V_DROP], [d.NO_FLOW]) and len(table) == 0

@@ -448,7 +448,7 @@ cdef class NatTable:
 
         h = self._hash(version, proto, m.src, m.src_port, m.dst, m.dst_port)
         fid = self._find(h, version, proto, m.src, m.src_port, m.dst, m.dst_port)
-        syn_only = (flags & (TCP_SYN | TCP_ACK | TCP_RST)) == TCP_SYN
+        syn_only = (flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_SYN
         if fid >= 0 and syn_only and (self.flows[fid].state == ST_CLOSING or self.flows[fid].state == ST_RESET):
             self._delete(fid)  # the client reuses its port: a new connection
             fid = -1

@@ -210,7 +210,7 @@ class NatTable:
 
         key = (version, proto, src, sport, dst, dport)
         fid = self._index.get(key, -1)
-        syn_only = flags & (d.TCP_SYN | d.TCP_ACK | d.TCP_RST) == d.TCP_SYN
+        syn_only = flags & (d.TCP_SYN | d.TCP_ACK | d.TCP_RST | d.TCP_FIN) == d.TCP_SYN
         if fid >= 0 and syn_only and self._flows[fid].state in (d.ST_CLOSING, d.ST_RESET):
             self.delete(fid)  # the client reuses its port: a new connection
             fid = -1

@@ -141,9 +141,11 @@ class _Interrupts:
 
     def __init__(self):
         self.tearing_down = False
+        self.requested = False
         self.previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _handler(self, signum, frame):
+        self.requested = True  # also when the raise below lands where Python swallows it (a GC callback)
         if not self.tearing_down:
             self.tearing_down = True  # one _Stop only: a second signal must not cut the unwinding short
             raise _Stop()
@@ -170,6 +172,8 @@ def _run(options: TunOptions, udp_timeout: float = 60.0, connect_timeout: float 
         gateway.attach(loop, forwarder)
         if log.isEnabledFor(logging.DEBUG):
             _log_stats_every(loop, gateway, STATS_INTERVAL)
+        if interrupts.requested:  # a signal came during setup but its _Stop was swallowed
+            raise _Stop()
         log.info("ready: %s; TCP and UDP go direct, ICMP echo is answered", gateway.describe())
         loop.run()
     except _Stop:

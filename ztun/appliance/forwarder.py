@@ -29,6 +29,7 @@ class Forwarder:
         self.tcp_idle_timeout = tcp_idle_timeout
         self._ready: dict = {}  # (source, destination) -> (remote socket, expiry timer)
         self.relays: set = set()
+        self.connecting: set = set()  # outbound connects in progress
         self.udp: dict = {}  # session -> socket
         self.counters = {"tcp_connected": 0, "tcp_failed": 0, "tcp_unclaimed": 0, "udp_sessions": 0}
 
@@ -40,6 +41,7 @@ class Forwarder:
         key = (flow.source, flow.destination)
 
         def done(remote, error):
+            self.connecting.discard(pending)
             if error is not None:
                 self.counters["tcp_failed"] += 1
                 log.info("tcp %s:%d -> %s:%d: %s", *flow.source, *flow.destination, error.strerror or error)
@@ -52,7 +54,9 @@ class Forwarder:
             self._ready[key] = (remote, self.loop.call_later(CLAIM_TIMEOUT, self._unclaimed, key))
             decide(Verdict.ALLOW)
 
-        self.outbound.open_tcp(flow.destination, done, domain=flow.domain)
+        pending = self.outbound.open_tcp(flow.destination, done, domain=flow.domain)
+        if pending is not None:
+            self.connecting.add(pending)
         return Verdict.DEFER
 
     def _unclaimed(self, key):
@@ -114,6 +118,9 @@ class Forwarder:
 
     def close(self) -> None:
         """Close every relay, pending outbound socket and UDP socket. Idempotent."""
+        for pending in list(self.connecting):
+            pending.cancel()
+        self.connecting.clear()
         for relay in list(self.relays):
             relay.close("closed", reset=True)
         for key in list(self._ready):

@@ -71,7 +71,7 @@ PIPES = _PipePool()
 class _Direction:
     """One way of a relay: read from src, write to dst."""
 
-    __slots__ = ("relay", "src", "dst", "pipe_r", "pipe_w", "capacity", "buf", "view", "pending", "start", "eof", "shut", "reading", "writing", "bytes")
+    __slots__ = ("relay", "src", "dst", "pipe_r", "pipe_w", "capacity", "buf", "view", "pending", "start", "eof", "shut", "reading", "writing", "bytes", "full")
 
     def __init__(self, relay, src, dst, splice: bool):
         self.relay, self.src, self.dst = relay, src, dst
@@ -79,6 +79,9 @@ class _Direction:
         self.start = 0
         self.eof = self.shut = False
         self.reading = self.writing = False
+        # A pipe holds at most 16 pages' worth of *chunks* (one per small segment), so it can be
+        # full while pending < capacity: EAGAIN with data pending means stop reading until a flush.
+        self.full = False
         self.bytes = 0
         self.pipe_r = self.pipe_w = -1
         self.buf = self.view = None
@@ -109,7 +112,8 @@ class _Direction:
                 if self.pipe_w < 0:
                     break  # one recv per event: let the writer catch up
         except BlockingIOError:
-            pass
+            if self.pipe_w >= 0 and self.pending:
+                self.full = True
         except OSError as e:
             return self.relay._fail(self, e)
         self.relay._touch()
@@ -126,6 +130,7 @@ class _Direction:
                     n = self.dst.send(self.view[self.start : self.start + self.pending])
                     self.start += n
                 self.pending -= n
+                self.full = False
             self.start = 0
         except BlockingIOError:
             pass
@@ -147,7 +152,7 @@ class _Direction:
             self.relay._direction_done()
 
     def _update_reading(self):
-        want = not self.eof and self.pending < self.capacity and not self.relay.closed
+        want = not self.eof and not self.full and self.pending < self.capacity and not self.relay.closed
         if want and not self.reading:
             self.relay.loop.add_reader(self.src.fileno(), self.on_readable)
         elif not want and self.reading:
@@ -197,11 +202,11 @@ class Relay:
 
     @property
     def bytes_up(self) -> int:
-        return self.up.bytes
+        return self.up.bytes if self.up is not None else 0
 
     @property
     def bytes_down(self) -> int:
-        return self.down.bytes
+        return self.down.bytes if self.down is not None else 0
 
     def _touch(self):
         self.last_active = time.monotonic()

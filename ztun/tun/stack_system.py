@@ -97,7 +97,7 @@ class SystemStack:
         self.nat = NatTable(NatConfig.from_prefixes(
             o.inet4 and str(o.inet4), o.inet6 and str(o.inet6), port4=ports.get(4, 0), port6=ports.get(6, 0),
             capacity=self.nat_capacity))
-        self.out = OutQueue(self.loop, self.device, max_packet=self.batch.max_packet)
+        self.out = OutQueue(self.loop, self.device, max_packet=d.MAX_PACKET + 40)  # UDP replies up to 64 KiB
         self._one = PacketBatch(1, max_packet=self.batch.max_packet, vnet_hdr=self.batch.vnet_hdr)  # a released SYN
         self.udp = UdpNat(self.loop, self.out, self.handler, timeout=self.udp_timeout, max_sessions=self.udp_max_sessions)
         self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
@@ -214,7 +214,12 @@ class SystemStack:
         if policy == "ask":
             for i in np.flatnonzero(icmp):
                 m = batch.meta[i]
-                if self.handler.handle_icmp(Flow(int(m["proto"]), (_addr(m, "src"), 0), (_addr(m, "dst"), 0))) != Verdict.ALLOW:
+                try:
+                    allow = self.handler.handle_icmp(Flow(int(m["proto"]), (_addr(m, "src"), 0), (_addr(m, "dst"), 0))) == Verdict.ALLOW
+                except Exception:
+                    log.exception("handle_icmp failed")
+                    allow = False
+                if not allow:
                     batch.verdicts[i] = d.V_DROP
         answered = echo_batch(batch, False)
         self.counters["echo_answered"] += answered

@@ -86,7 +86,11 @@ class UdpNat:
                 self.counters["dropped_blocked"] += 1
                 return
             source = (str(ipaddress.ip_address(client)), sport)
-            verdict = self.handler.prepare(Flow(d.PROTO_UDP, source, dst), None)
+            try:
+                verdict = self.handler.prepare(Flow(d.PROTO_UDP, source, dst), None)
+            except Exception:
+                log.exception("prepare failed for UDP %s -> %s", source, dst)
+                verdict = Verdict.DROP
             if verdict == Verdict.REJECT:
                 self.counters["rejected"] += 1
                 self.out.unreachable(batch, i, 13)
@@ -112,7 +116,11 @@ class UdpNat:
         s.packets_up += 1
         s.bytes_up += len(payload)
         if s.on_datagram is not None:
-            s.on_datagram(payload, dst)
+            try:
+                s.on_datagram(payload, dst)
+            except Exception:
+                log.exception("UDP session %s failed; ending it", s.source)
+                self._end(s, "error")
 
     def _end(self, s: UdpSession, reason: str) -> None:
         if s.closed:
