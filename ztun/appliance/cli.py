@@ -137,7 +137,12 @@ class _Stop(BaseException):
 
 
 class _Interrupts:
-    """Signal handlers for the time the loop does not run: raise _Stop during setup, nothing during teardown."""
+    """Signal handlers for the time the loop does not run: they only record the request.
+
+    Raising from the handler is unsafe: it can land inside pyroute2's own asyncio loop (which
+    then loses its netlink transport and hangs) or in a GC callback (where it is swallowed).
+    The setup checks `requested` between its steps instead; it takes a fraction of a second.
+    """
 
     def __init__(self):
         self.tearing_down = False
@@ -145,9 +150,10 @@ class _Interrupts:
         self.previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _handler(self, signum, frame):
-        self.requested = True  # also when the raise below lands where Python swallows it (a GC callback)
-        if not self.tearing_down:
-            self.tearing_down = True  # one _Stop only: a second signal must not cut the unwinding short
+        self.requested = True
+
+    def check(self):
+        if self.requested and not self.tearing_down:
             raise _Stop()
 
     def restore(self):
@@ -164,16 +170,17 @@ def _run(options: TunOptions, udp_timeout: float = 60.0, connect_timeout: float 
     loop = gateway = forwarder = None
     try:
         loop = Loop()
+        interrupts.check()
         gateway = Gateway(options, udp_timeout=udp_timeout, lan_interfaces=lan_interfaces, enable_forwarding=enable_forwarding)
         gateway.open()
+        interrupts.check()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, _stopping, loop, signum)
         forwarder = Forwarder(loop, DirectOutbound(loop, fwmark=options.fwmark, connect_timeout=connect_timeout))
         gateway.attach(loop, forwarder)
         if log.isEnabledFor(logging.DEBUG):
             _log_stats_every(loop, gateway, STATS_INTERVAL)
-        if interrupts.requested:  # a signal came during setup but its _Stop was swallowed
-            raise _Stop()
+        interrupts.check()
         log.info("ready: %s; TCP and UDP go direct, ICMP echo is answered", gateway.describe())
         loop.run()
     except _Stop:
