@@ -4,6 +4,7 @@ Everything here needs Linux, root, `ip netns` and /dev/net/tun; without them the
 skipped with the reason. Nothing touches the root namespace.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -207,6 +208,34 @@ def received(ping: subprocess.CompletedProcess) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def veth(a: Netns, a_dev: str, a_addrs: tuple, b: Netns, b_dev: str, b_addrs: tuple) -> None:
+    """A veth pair between namespaces a and b, each end up with an IPv4 and an IPv6 address (no DAD)."""
+    a.ip("link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", b.name)
+    for ns, dev, (a4, a6) in ((a, a_dev, a_addrs), (b, b_dev, b_addrs)):
+        ns.ip("link", "set", "lo", "up")
+        ns.ip("link", "set", dev, "addrgenmode", "none")  # no link-local address appearing mid-test
+        ns.ip("addr", "add", a4, "dev", dev)
+        ns.ip("-6", "addr", "add", a6, "dev", dev, "nodad")
+        ns.ip("link", "set", dev, "up")
+
+
+@contextlib.contextmanager
+def namespaces(tmp_path, roles: str):
+    """One fresh namespace per letter of roles (`ztun-t<role>-<random>`), all deleted afterwards."""
+    made = []
+    try:
+        for role in roles:
+            name = f"ztun-t{role}-{uuid.uuid4().hex[:8]}"
+            r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+            if r.returncode != 0:
+                pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
+            made.append(Netns(name, tmp_path))
+        yield made
+    finally:
+        for ns in made:
+            ns.teardown()
+
+
 class Lan:
     """Two namespaces joined by a veth: `client` (where ztun runs) and `server`.
 
@@ -221,13 +250,7 @@ class Lan:
     def __init__(self, client: Netns, server: Netns):
         self.client, self.server = client, server
         c, s = client, server
-        c.ip("link", "add", "zt-c0", "type", "veth", "peer", "name", "zt-s0", "netns", s.name)
-        for ns, dev, a4, a6 in ((c, "zt-c0", "198.18.10.1/24", "fd00:10::1/64"), (s, "zt-s0", "198.18.10.2/24", "fd00:10::2/64")):
-            ns.ip("link", "set", "lo", "up")
-            ns.ip("link", "set", dev, "addrgenmode", "none")  # no link-local address appearing mid-test
-            ns.ip("addr", "add", a4, "dev", dev)
-            ns.ip("-6", "addr", "add", a6, "dev", dev, "nodad")
-            ns.ip("link", "set", dev, "up")
+        veth(c, "zt-c0", ("198.18.10.1/24", "fd00:10::1/64"), s, "zt-s0", ("198.18.10.2/24", "fd00:10::2/64"))
         s.ip("addr", "add", self.SERVER4 + "/32", "dev", "lo")
         s.ip("-6", "addr", "add", self.SERVER6 + "/128", "dev", "lo")
         c.ip("route", "add", "198.19.0.0/16", "via", "198.18.10.2")
@@ -243,18 +266,8 @@ class Lan:
 @pytest.fixture
 def lan(tmp_path):
     """A client and a server namespace joined by a veth (see Lan); both deleted afterwards."""
-    made = []
-    try:
-        for role in ("c", "s"):
-            name = f"ztun-t{role}-{uuid.uuid4().hex[:8]}"
-            r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-            if r.returncode != 0:
-                pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
-            made.append(Netns(name, tmp_path))
+    with namespaces(tmp_path, "cs") as made:
         yield Lan(*made)
-    finally:
-        for ns in made:
-            ns.teardown()
 
 
 class GatewayLan(Lan):
@@ -268,14 +281,8 @@ class GatewayLan(Lan):
     def __init__(self, gateway: Netns, server: Netns, host: Netns):
         super().__init__(gateway, server)
         self.host = host
-        g, h = gateway, host
-        g.ip("link", "add", "zt-g1", "type", "veth", "peer", "name", "zt-h0", "netns", h.name)
-        for ns, dev, a4, a6 in ((g, "zt-g1", "198.18.20.1/24", "fd00:20::1/64"), (h, "zt-h0", "198.18.20.2/24", "fd00:20::2/64")):
-            ns.ip("link", "set", "lo", "up")
-            ns.ip("link", "set", dev, "addrgenmode", "none")
-            ns.ip("addr", "add", a4, "dev", dev)
-            ns.ip("-6", "addr", "add", a6, "dev", dev, "nodad")
-            ns.ip("link", "set", dev, "up")
+        h = host
+        veth(gateway, "zt-g1", ("198.18.20.1/24", "fd00:20::1/64"), h, "zt-h0", ("198.18.20.2/24", "fd00:20::2/64"))
         h.ip("route", "add", "default", "via", "198.18.20.1")
         h.ip("-6", "route", "add", "default", "via", "fd00:20::1")
 
@@ -286,15 +293,5 @@ class GatewayLan(Lan):
 @pytest.fixture
 def gateway_lan(tmp_path):
     """Host -> gateway (where ztun runs) -> server namespaces (see GatewayLan); all deleted afterwards."""
-    made = []
-    try:
-        for role in ("g", "s", "h"):
-            name = f"ztun-t{role}-{uuid.uuid4().hex[:8]}"
-            r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-            if r.returncode != 0:
-                pytest.skip(f"cannot create a network namespace: {r.stderr.strip()}")
-            made.append(Netns(name, tmp_path))
+    with namespaces(tmp_path, "gsh") as made:
         yield GatewayLan(*made)
-    finally:
-        for ns in made:
-            ns.teardown()
