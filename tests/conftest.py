@@ -10,7 +10,7 @@ NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
 
 
 def _load(kind: str) -> types.SimpleNamespace:
-    names = ("checksum", "packet", "nat", "gso", "build")
+    names = ("checksum", "packet", "nat", "gso", "build", "icmp")
     suffix = "" if kind == "cython" else "_py"
     mods = {}
     for name in names:

@@ -1,9 +1,6 @@
 """ICMP/ICMPv6 echo answered in place: compiled vs twin byte for byte, and against replies built by scapy."""
 
-import importlib
-import os
 import random
-import types
 
 import numpy as np
 import pytest
@@ -25,35 +22,7 @@ from packets import random_packet
 from ztun._fast import PacketBatch
 from ztun._fast import defs as d
 
-NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
-
-
-def _load(kind):
-    suffix = "" if kind == "cython" else "_py"
-    mods = {}
-    for name in ("icmp", "packet"):
-        try:
-            mods[name] = importlib.import_module(f"ztun._fast.{name}{suffix}")
-        except ImportError as e:
-            pytest.fail(f"compiled module ztun._fast.{name} is missing ({e}); build it with `python setup.py build_ext --inplace`")
-        if kind == "cython" and not mods[name].__file__.endswith((".so", ".pyd")):
-            pytest.fail(f"ztun._fast.{name} is not compiled: {mods[name].__file__}")
-    return types.SimpleNamespace(kind=kind, **mods)
-
-
-@pytest.fixture(scope="module", params=["cython", "python"])
-def impl(request):
-    """The compiled icmp + packet modules, then the pure-Python twins."""
-    if request.param == "cython" and NO_EXT:
-        pytest.skip("ZTUN_NO_EXTENSIONS=1: testing the pure-Python twin only")
-    return _load(request.param)
-
-
-@pytest.fixture(scope="module")
-def both():
-    if NO_EXT:
-        pytest.skip("ZTUN_NO_EXTENSIONS=1: nothing compiled to compare with")
-    return _load("cython"), _load("python")
+# The impl and both fixtures (compiled core, then twin) come from tests/conftest.py.
 
 
 def run(impl, packets, classify=True, verdicts=None):
