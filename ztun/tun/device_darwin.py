@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import TunError
 from ..system.darwin_ioctl import Ifconfig
 from . import utun_control
+from .fd_device import FdDevice
 from .options import TunOptions
 
 log = logging.getLogger("ztun.tun.device")
@@ -44,7 +45,7 @@ def _need_darwin():
         raise TunError(f"a utun device needs macOS; this is {sys.platform} (use ztun.tun.device.open_tun)")
 
 
-class DarwinTunDevice:
+class DarwinTunDevice(FdDevice):
     """A utun interface. Reads strip and writes add the 4-byte address-family header.
 
     A utun that ztun created disappears, with its addresses and routes, when its socket
@@ -52,18 +53,17 @@ class DarwinTunDevice:
     compiled module and the twin).
     """
 
+    _kind = "utun device"
+
     def __init__(self, fd: int, name: str, mtu: int, *, created: bool = False, adopted: bool = False, io=None):
-        self._fd = fd
+        self._init_fd(fd)
         self.name = name
         self.if_index = _if_index(name)
         self.mtu = mtu
         self.created = created
         self.adopted = adopted
         self._io = io if io is not None else _default_io()
-        self._nonblocking = not os.get_blocking(fd)
         self._drops = np.zeros(self._io.N_DROPS, dtype=np.int64)
-        self._errnos = np.zeros(0, dtype=np.int32)
-        self._last_n = 0
 
     @classmethod
     def open(cls, options: TunOptions) -> "DarwinTunDevice":
@@ -107,11 +107,6 @@ class DarwinTunDevice:
         log.info("adopted utun device %s from fd %d", name, fd)
         return cls(fd, name, mtu, adopted=True)
 
-    def fileno(self) -> int:
-        if self._fd < 0:
-            raise TunError(f"TUN device {self.name} is closed", errno.EBADF)
-        return self._fd
-
     def read(self, buf) -> int:
         """Read one packet (without its family header) into buf; return its length. BlockingIOError if none is queued."""
         fd = self.fileno()
@@ -142,37 +137,10 @@ class DarwinTunDevice:
 
     def write_batch(self, batch, n: int, *, only_verdict: int | None = None) -> int:
         """Write slots 0..n-1 (only those whose verdict is only_verdict if given); return how many were written."""
-        if self._errnos.shape[0] < batch.slots:
-            self._errnos = np.zeros(batch.slots, dtype=np.int32)
-        self._last_n = n
-        return self._io.write_batch(self.fileno(), batch, n, self._errnos, -1 if only_verdict is None else only_verdict)
-
-    def failed_slots(self) -> list:
-        """(slot, errno) of each slot the last write_batch could not write."""
-        errs = self._errnos[: self._last_n]
-        return [(int(i), int(errs[i])) for i in np.flatnonzero(errs)]
+        errnos = self._errnos_for(batch, n)
+        return self._io.write_batch(self.fileno(), batch, n, errnos, -1 if only_verdict is None else only_verdict)
 
     @property
     def drops(self) -> dict:
         """Datagrams read_batch dropped: too short for the family header, or of another family."""
         return {"short": int(self._drops[self._io.DROP_SHORT]), "bad_family": int(self._drops[self._io.DROP_FAMILY])}
-
-    def set_nonblocking(self, nonblocking: bool) -> None:
-        os.set_blocking(self.fileno(), not nonblocking)
-        self._nonblocking = nonblocking
-
-    def close(self) -> None:
-        """Close the socket; a utun this device created disappears with it. Idempotent."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-            log.info("closed utun device %s", self.name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __repr__(self):
-        return f"<DarwinTunDevice {self.name} index={self.if_index} fd={self._fd} mtu={self.mtu}>"

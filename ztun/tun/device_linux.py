@@ -5,11 +5,11 @@ import logging
 import os
 import socket
 
-import numpy as np
 
 from .._fast import tunio
 from .._fast.defs import VNET_HDR_LEN
 from ..errors import TunError
+from .fd_device import FdDevice
 from .options import TunOptions
 
 log = logging.getLogger("ztun.tun.device")
@@ -74,7 +74,7 @@ def _attach(fd: int, name: str, flags: int, existed: bool) -> str:
         raise
 
 
-class LinuxTunDevice:
+class LinuxTunDevice(FdDevice):
     """A TUN interface opened through /dev/net/tun (IFF_TUN | IFF_NO_PI), or adopted from an fd.
 
     `created` says whether this open made the device: ztun never makes a device
@@ -83,7 +83,7 @@ class LinuxTunDevice:
     """
 
     def __init__(self, fd: int, name: str, mtu: int, *, flags: int = 0, created: bool = False, adopted: bool = False):
-        self._fd = fd
+        self._init_fd(fd)
         self.name = name
         self.if_index = _if_index(name)
         self.mtu = mtu
@@ -94,9 +94,6 @@ class LinuxTunDevice:
         self.offload = 0  # TUN_F_* flags enabled with TUNSETOFFLOAD
         self.multi_queue = bool(flags & _C.get("IFF_MULTI_QUEUE", 0))
         self._hdr = VNET_HDR_LEN if self.vnet_hdr else 0
-        self._nonblocking = not os.get_blocking(fd)
-        self._errnos = np.zeros(0, dtype=np.int32)
-        self._last_n = 0
 
     @classmethod
     def open(cls, options: TunOptions) -> "LinuxTunDevice":
@@ -154,11 +151,6 @@ class LinuxTunDevice:
             tunio.set_vnet_hdr_size(fd, VNET_HDR_LEN)
         return LinuxTunDevice(fd, self.name, self.mtu, flags=self.flags)
 
-    def fileno(self) -> int:
-        if self._fd < 0:
-            raise TunError(f"TUN device {self.name} is closed", errno.EBADF)
-        return self._fd
-
     def read(self, buf) -> int:
         """Read one packet into buf; return its length. BlockingIOError if none is queued (non-blocking)."""
         fd = self.fileno()
@@ -188,32 +180,5 @@ class LinuxTunDevice:
 
     def write_batch(self, batch, n: int, *, only_verdict: int | None = None) -> int:
         """Write slots 0..n-1 (only those whose verdict is only_verdict if given); return how many were written."""
-        if self._errnos.shape[0] < batch.slots:
-            self._errnos = np.zeros(batch.slots, dtype=np.int32)
-        self._last_n = n
-        return tunio.write_batch(self.fileno(), batch, n, self._errnos, -1 if only_verdict is None else only_verdict, self._hdr)
-
-    def failed_slots(self) -> list:
-        """(slot, errno) of each slot the last write_batch could not write."""
-        errs = self._errnos[: self._last_n]
-        return [(int(i), int(errs[i])) for i in np.flatnonzero(errs)]
-
-    def set_nonblocking(self, nonblocking: bool) -> None:
-        os.set_blocking(self.fileno(), not nonblocking)
-        self._nonblocking = nonblocking
-
-    def close(self) -> None:
-        """Close the fd; a device this open created disappears with it. Idempotent."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-            log.info("closed TUN device %s", self.name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __repr__(self):
-        return f"<LinuxTunDevice {self.name} index={self.if_index} fd={self._fd} mtu={self.mtu}>"
+        errnos = self._errnos_for(batch, n)
+        return tunio.write_batch(self.fileno(), batch, n, errnos, -1 if only_verdict is None else only_verdict, self._hdr)
