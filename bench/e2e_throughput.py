@@ -129,28 +129,27 @@ class Bench:
             time.sleep(0.05)
         return p, log
 
-    def setup(self):
-        for name in self.namespaces():
-            subprocess.run(["ip", "netns", "add", name], check=True)
-        c, s = self.client, self.server
-        self.ns(c, "ip", "link", "add", "zt-c0", "type", "veth", "peer", "name", "zt-s0", "netns", s)
-        for name, dev, a4, a6 in ((c, "zt-c0", "198.18.10.1/24", "fd00:10::1/64"), (s, "zt-s0", "198.18.10.2/24", "fd00:10::2/64")):
+    def veth(self, a, a_dev, a_addrs, b, b_dev, b_addrs):
+        """A veth pair between namespaces a and b, each end up with an IPv4 and an IPv6 address."""
+        self.ns(a, "ip", "link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", b)
+        for name, dev, (a4, a6) in ((a, a_dev, a_addrs), (b, b_dev, b_addrs)):
             self.ns(name, "ip", "link", "set", "lo", "up")
             self.ns(name, "ip", "addr", "add", a4, "dev", dev)
             self.ns(name, "ip", "-6", "addr", "add", a6, "dev", dev, "nodad")
             self.ns(name, "ip", "link", "set", dev, "up")
+
+    def setup(self):
+        for name in self.namespaces():
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        c, s = self.client, self.server
+        self.veth(c, "zt-c0", ("198.18.10.1/24", "fd00:10::1/64"), s, "zt-s0", ("198.18.10.2/24", "fd00:10::2/64"))
         self.ns(s, "ip", "addr", "add", SERVER4 + "/32", "dev", "lo")
         self.ns(s, "ip", "-6", "addr", "add", "fd00:19::1/128", "dev", "lo")
         self.ns(c, "ip", "route", "add", "198.19.0.0/16", "via", "198.18.10.2")
         self.ns(c, "ip", "-6", "route", "add", "fd00:19::/64", "via", "fd00:10::2")
         if self.host:
             h = self.host
-            self.ns(c, "ip", "link", "add", "zt-g1", "type", "veth", "peer", "name", "zt-h0", "netns", h)
-            for name, dev, a4, a6 in ((c, "zt-g1", "198.18.20.1/24", "fd00:20::1/64"), (h, "zt-h0", "198.18.20.2/24", "fd00:20::2/64")):
-                self.ns(name, "ip", "link", "set", "lo", "up")
-                self.ns(name, "ip", "addr", "add", a4, "dev", dev)
-                self.ns(name, "ip", "-6", "addr", "add", a6, "dev", dev, "nodad")
-                self.ns(name, "ip", "link", "set", dev, "up")
+            self.veth(c, "zt-g1", ("198.18.20.1/24", "fd00:20::1/64"), h, "zt-h0", ("198.18.20.2/24", "fd00:20::2/64"))
             self.ns(h, "ip", "route", "add", "default", "via", "198.18.20.1")
             self.ns(h, "ip", "-6", "route", "add", "default", "via", "fd00:20::1")
             self.ns(c, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
