@@ -162,9 +162,9 @@ class Netns:
             time.sleep(0.05)
         return p
 
-    def server(self, kind: str, port: int) -> subprocess.Popen:
+    def server(self, kind: str, port: int, *args: str) -> subprocess.Popen:
         """One of tests/linux/servers.py's servers, listening on [::]:port."""
-        return self.spawn(sys.executable, str(HERE / "servers.py"), kind, str(port), ready="ready")
+        return self.spawn(sys.executable, str(HERE / "servers.py"), kind, str(port), *args, ready="ready")
 
     def ping(self, *args, timeout=60) -> subprocess.CompletedProcess:
         return self.run("ping", *args, check=False, timeout=timeout)

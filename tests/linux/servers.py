@@ -3,6 +3,10 @@
 http: GET /bytes/N sends N bytes of random.Random(N); POST /upload answers the body's sha256.
 halfclose: reads until EOF, then sends back what it read.
 udp-echo: sends every datagram back.
+hostile-socks MODE: a SOCKS5 server that misbehaves: bad-version (answers the greeting as
+SOCKS4), truncated (half a CONNECT reply, then closes), huge-address (a CONNECT reply whose
+domain-name address claims 255 bytes and sends 3), never (accepts, reads, never answers),
+drip (the CONNECT reply one byte per second).
 Each listens on [::] (IPv4 too), prints "ready" and runs until killed.
 """
 
@@ -87,6 +91,43 @@ def udp_echo(port: int):
         s.sendto(data, addr)
 
 
+def hostile_socks(port: int, mode: str):
+    import time
+
+    srv = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=128)
+    print("ready", flush=True)
+    ok_reply = bytes([5, 0, 0, 1, 198, 18, 10, 2, 0x04, 0x38])
+
+    def serve(conn):
+        with conn:
+            conn.settimeout(30)
+            conn.recv(512)  # the greeting
+            if mode == "bad-version":
+                conn.sendall(bytes([4, 0]))
+                conn.recv(512)
+                return
+            if mode == "never":
+                conn.recv(512)
+                time.sleep(30)
+                return
+            conn.sendall(bytes([5, 0]))
+            conn.recv(512)  # the CONNECT request
+            if mode == "truncated":
+                conn.sendall(ok_reply[:5])
+            elif mode == "huge-address":
+                conn.sendall(bytes([5, 0, 0, 3, 255]) + b"abc")
+                time.sleep(30)
+            elif mode == "drip":
+                for b in ok_reply:
+                    conn.sendall(bytes([b]))
+                    time.sleep(1)
+                time.sleep(30)
+
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
 if __name__ == "__main__":
     kind, port = sys.argv[1], int(sys.argv[2])
     if kind == "http":
@@ -97,5 +138,7 @@ if __name__ == "__main__":
         halfclose(port)
     elif kind == "udp-echo":
         udp_echo(port)
+    elif kind == "hostile-socks":
+        hostile_socks(port, sys.argv[3])
     else:
         raise SystemExit(f"unknown server kind {kind}")
