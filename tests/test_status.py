@@ -1,0 +1,319 @@
+"""The control socket and `ztun-appliance status`: round trip, formats, permissions, stale and live sockets, hostile clients."""
+
+import contextlib
+import json
+import os
+import socket
+import stat
+import threading
+import time
+
+import pytest
+
+from ztun.appliance import status
+from ztun.appliance.status import (
+    ControlError,
+    ControlServer,
+    format_status,
+    main_status,
+    query,
+)
+from ztun.tun.loop import Loop
+
+FLOW = {"proto": "tcp", "source": "198.18.0.2:40000", "destination": "198.19.0.1:80", "domain": "example.com",
+        "outbound": "proxy", "state": "relaying", "bytes_up": 123, "bytes_down": 456, "age_s": 3.21}
+UDP_FLOW = {"proto": "udp", "source": "198.18.0.2:5353", "destination": "198.19.0.9:53", "domain": None,
+            "outbound": "direct", "state": "active", "bytes_up": 40, "bytes_down": 0, "age_s": 0.5}
+
+
+def snapshot(include_flows=True):
+    snap = {"version": "9.9.9", "uptime_s": 3725.0, "device": {"name": "ztun0", "mtu": 65535},
+            "counters": {"packets_in": 10, "bytes_in": 1000}, "drops": {"malformed": 2, "udp_frag_dropped": 1},
+            "flows_by_state": {"relaying": 1, "active": 1},
+            "outbounds": {"proxy": {"tcp_ok": 5, "tcp_failed": 1}, "direct": {}}}
+    if include_flows:
+        snap["flows"] = [FLOW, UDP_FLOW]
+    return snap
+
+
+@pytest.fixture
+def loop():
+    lp = Loop()
+    yield lp
+    lp.close()
+
+
+class Running:
+    """Runs the loop in a thread (the test thread plays the client) until stopped."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.done.is_set():
+            self.loop.run_once(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def server(loop, tmp_path):
+    srv = ControlServer(loop, str(tmp_path / "run" / "control.sock"), snapshot, timeout=1.0)
+    yield srv
+    srv.close()
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_round_trip_status_counters_flows(loop, server):
+    with Running(loop):
+        assert query(server.path, "status") == json.loads(json.dumps(snapshot()))
+        counters = query(server.path, "counters")
+        assert "flows" not in counters and counters["drops"] == {"malformed": 2, "udp_frag_dropped": 1}
+        assert query(server.path, "flows") == {"version": "9.9.9", "flows": [FLOW, UDP_FLOW]}
+        with pytest.raises(ControlError, match="unknown request 'bogus'"):
+            query(server.path, "bogus")
+    assert server.counters["requests"] == 3 and server.counters["bad_requests"] == 1
+
+
+def test_socket_is_root_only_and_parent_created(server):
+    st = os.stat(server.path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == os.geteuid()
+    assert stat.S_IMODE(os.stat(os.path.dirname(server.path)).st_mode) & 0o777 == 0o755 & ~_umask()
+
+
+def _umask():
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def test_close_removes_the_socket_file(loop, tmp_path):
+    path = str(tmp_path / "c.sock")
+    srv = ControlServer(loop, path, snapshot)
+    assert os.path.exists(path)
+    srv.close()
+    srv.close()
+    assert not os.path.exists(path)
+
+
+def test_close_after_the_loop_is_closed(tmp_path):
+    lp = Loop()
+    srv = ControlServer(lp, str(tmp_path / "c.sock"), snapshot)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(srv.path)
+    lp.run_once(0.5)  # accepted: a client is open
+    assert srv._clients
+    lp.close()
+    srv.close()
+    c.close()
+    assert not os.path.exists(srv.path) and not srv._clients
+
+
+def test_stale_socket_is_replaced(loop, tmp_path):
+    path = str(tmp_path / "c.sock")
+    crashed = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    crashed.bind(path)  # bound, never listening, then gone: what a killed run leaves
+    crashed.close()
+    assert os.path.exists(path)
+    with ControlServer(loop, path, snapshot), Running(loop):
+        assert query(path)["version"] == "9.9.9"
+
+
+def test_live_socket_is_refused(loop, server):
+    other = Loop()
+    try:
+        with pytest.raises(ControlError, match="another ztun-appliance is running"):
+            ControlServer(other, server.path, snapshot)
+    finally:
+        other.close()
+    with Running(loop):  # the first one is untouched
+        assert query(server.path)["version"] == "9.9.9"
+
+
+def test_a_file_that_is_not_a_socket_is_left_alone(loop, tmp_path):
+    path = tmp_path / "c.sock"
+    path.write_text("precious")
+    with pytest.raises(ControlError, match="not a socket"):
+        ControlServer(loop, str(path), snapshot)
+    assert path.read_text() == "precious"
+
+
+def test_silent_client_is_timed_out_without_fd_leak(loop, server):
+    before = open_fds()
+    clients = []
+    with Running(loop):
+        for _ in range(5):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(server.path)
+            clients.append(c)
+        deadline = time.monotonic() + 10
+        while server.counters["timeouts"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.counters["timeouts"] == 5
+        for c in clients:
+            c.settimeout(5)
+            assert c.recv(10) == b""  # closed by the server
+            c.close()
+        assert query(server.path)["version"] == "9.9.9"  # still serving
+    assert not server._clients
+    assert open_fds() == before
+
+
+def test_client_that_never_reads_a_big_reply_is_timed_out(loop, tmp_path):
+    many = [dict(FLOW, source=f"198.18.0.2:{p}") for p in range(1024, 60000)]  # several MB of JSON
+
+    def big(include_flows=True):
+        return dict(snapshot(include_flows), flows=many)
+
+    with ControlServer(loop, str(tmp_path / "c.sock"), big, timeout=1.0) as srv, Running(loop):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.connect(srv.path)
+        c.sendall(b"status\n")
+        deadline = time.monotonic() + 10
+        while srv.counters["timeouts"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.counters["timeouts"] == 1 and not srv._clients
+        c.close()
+        assert len(query(srv.path)["flows"]) == len(many)  # a reading client gets all of it
+
+
+def test_oversized_request_is_answered_with_an_error(loop, server):
+    with Running(loop):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(5)
+        c.connect(server.path)
+        try:
+            c.sendall(b"x" * 10000)
+        except OSError:
+            pass  # the server may close before taking it all
+        data = b""
+        while chunk := c.recv(4096):
+            data += chunk
+        c.close()
+        assert "request longer than" in json.loads(data)["error"]
+        assert query(server.path)["version"] == "9.9.9"
+    assert server.counters["bad_requests"] == 1
+
+
+def test_too_many_clients_are_closed_at_once(loop, tmp_path):
+    with ControlServer(loop, str(tmp_path / "c.sock"), snapshot, max_clients=2) as srv, Running(loop):
+        held = []
+        for _ in range(4):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(srv.path)
+            held.append(c)
+        deadline = time.monotonic() + 5
+        while srv.counters["refused_busy"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert srv.counters["refused_busy"] == 2
+        for c in held:
+            c.close()
+
+
+def test_request_without_newline_is_answered_at_eof(loop, server):
+    with Running(loop):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.settimeout(5)
+        c.connect(server.path)
+        c.sendall(b"counters")
+        c.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := c.recv(4096):
+            data += chunk
+        c.close()
+        assert json.loads(data)["counters"]["packets_in"] == 10
+
+
+def test_snapshot_failure_is_an_error_reply_not_a_crash(loop, tmp_path):
+    def broken(include_flows=True):
+        raise KeyError("oops")
+
+    with ControlServer(loop, str(tmp_path / "c.sock"), broken) as srv, Running(loop), \
+            pytest.raises(ControlError, match="snapshot failed"):
+        query(srv.path)
+
+
+def test_format_status_is_readable():
+    text = format_status(snapshot())
+    assert "ztun 9.9.9, up 01:02:05" in text
+    assert "device: name=ztun0 mtu=65535" in text
+    assert "  packets_in 10" in text and "  malformed        2" in text
+    assert "  relaying 1" in text
+    assert "  proxy: tcp_failed=1 tcp_ok=5" in text and "  direct: -" in text
+    assert "tcp  198.18.0.2:40000 -> 198.19.0.1:80 [example.com] via proxy relaying up=123 down=456 age=3.2s" in text
+    assert "udp  198.18.0.2:5353 -> 198.19.0.9:53 via direct active up=40 down=0 age=0.5s" in text
+    assert format_status({}).startswith("ztun ?, up ?")  # a sparse snapshot still formats
+
+
+def test_main_status_human_and_json(loop, server, capsys):
+    with Running(loop):
+        assert main_status(["--socket", server.path]) == 0
+        assert "via proxy relaying" in capsys.readouterr().out
+        assert main_status(["--socket", server.path, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(snapshot()))
+
+
+def test_main_status_without_appliance(tmp_path, capsys):
+    assert main_status(["--socket", str(tmp_path / "missing.sock")]) == 1
+    assert "no ztun-appliance is running" in capsys.readouterr().err
+    path = str(tmp_path / "dead.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()
+    assert main_status(["--socket", path]) == 1
+    assert "no ztun-appliance is running" in capsys.readouterr().err
+
+
+def test_main_status_permission_denied(loop, server):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to another user")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: an ordinary user asking the root-only socket
+        code = 3
+        try:
+            os.close(r)
+            os.setgid(65534)
+            os.setuid(65534)
+            with os.fdopen(w, "w") as err, contextlib.redirect_stderr(err):
+                code = main_status(["--socket", server.path])
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        message = f.read()
+    _, code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(code) == 1
+    assert "permission denied" in message
+
+
+def test_default_socket_matches_the_unit_runtime_directory():
+    unit = os.path.join(os.path.dirname(__file__), "..", "contrib", "ztun-appliance.service")
+    with open(unit) as f:
+        text = f.read()
+    assert "RuntimeDirectory=ztun\n" in text and status.DEFAULT_SOCKET.startswith("/run/ztun/")
+
+
+def test_split_stats_sorts_the_stack_counters():
+    stats = {"packets_read": 9, "tcp_flows": 2, "udp_sessions": 1, "dropped": 7, "write_failed": 1,
+             "drop_bad_checksum": 3, "udp_dropped_fragment": 1, "udp_datagrams": 5, "icmp_dropped": 1,
+             "write_failed_ENOBUFS": 1, "dropped_udp": 0, "malformed_truncated": 1, "verdict_drop": 3}
+    counters, gauges, drops = status.split_stats(stats)
+    assert gauges == {"tcp_flows": 2, "udp_sessions": 1}
+    assert drops == {"bad_checksum": 3, "udp_fragment": 1, "icmp_dropped": 1, "write_failed_ENOBUFS": 1,
+                     "udp": 0, "malformed_truncated": 1}
+    assert counters == {"packets_read": 9, "dropped": 7, "write_failed": 1, "udp_datagrams": 5, "verdict_drop": 3}
