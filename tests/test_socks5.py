@@ -614,3 +614,27 @@ def test_udp_close_before_ready_releases_everything():
         assert sock.fileno() == -1 and fds() == before + 1  # + the server's end, still open
         run_until(loop, lambda: False, 0.1)
         assert closed == [] and got == []
+
+
+@pytest.mark.parametrize("reply,words", [
+    (b"\x05\x00\x00\x01\x7f\0\0\x01\0\0", "UDP relay port is 0"),
+    (b"\x05\x00\x00\x03\x05relay\x10\x00", "UDP relay address 'relay' is not an IP address"),
+])
+def test_udp_unusable_relay_address(reply, words):
+    with Loop() as loop, FakeProxy(_replies(b"\x05\x00", None, reply, hold=True)) as proxy:
+        out = Socks5Outbound(loop, *proxy.address)
+        flow, got, closed = udp_flow(loop, out)
+        assert run_until(loop, lambda: closed)
+        assert closed == [f"socks5 proxy 127.0.0.1:{proxy.address[1]}: {words}"] and flow.closed
+        assert out.counters["socks_bad_reply"] == 1 and out.counters["udp_failed"] == 1
+
+
+def test_first_failure_of_a_kind_is_logged_once(caplog):
+    with Loop() as loop, FakeProxy(_replies(b"\x04\x00")) as proxy:
+        out = Socks5Outbound(loop, *proxy.address)
+        for _ in range(3):
+            (sock, err), _ = open_tcp(loop, out)
+            assert sock is None
+    warnings = [r for r in caplog.records if r.name == "ztun.socks5"]
+    assert len(warnings) == 1 and "method selection has version 4" in warnings[0].getMessage()
+    assert out.counters["socks_bad_version"] == 3

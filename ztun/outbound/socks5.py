@@ -9,6 +9,7 @@ negotiation, so a proxy that never answers or drips one byte at a time costs tha
 
 import errno
 import ipaddress
+import logging
 import os
 import socket
 import struct
@@ -17,6 +18,8 @@ from collections import deque
 
 from ..errors import ZtunError
 from .direct import connect, udp_socket
+
+log = logging.getLogger("ztun.socks5")
 
 VERSION = 5
 METHOD_NONE, METHOD_USERPASS, METHOD_NO_ACCEPTABLE = 0x00, 0x02, 0xFF
@@ -160,7 +163,8 @@ def negotiate(username: bytes | None, password: bytes | None, command: int, addr
         if ver != 1:
             raise _Fail(errno.EPROTO, "socks_bad_version", f"authentication reply has version {ver}, not 1")
         if status != 0:
-            raise _Fail(errno.ECONNREFUSED, "socks_auth_failed", f"authentication failed (status {status:#x}): wrong username or password")
+            raise _Fail(errno.ECONNREFUSED, "socks_auth_failed",
+                        f"authentication failed (status {status:#x}): wrong username or password")
     elif method != METHOD_NONE:
         raise _Fail(errno.EPROTO, "socks_bad_method", f"chose authentication method {method:#x}, which was not offered")
     yield _Send(bytes((VERSION, command, 0)) + address, "request")
@@ -357,8 +361,9 @@ class Handshake:
         sock = self._release()
         if sock is not None:
             sock.close()
-        self.outbound.counters[counter] = self.outbound.counters.get(counter, 0) + 1
-        self.on_done(None, OSError(err, f"socks5 proxy {self.outbound.label}: {reason}"))
+        reason = f"socks5 proxy {self.outbound.label}: {reason}"
+        self.outbound.count(counter, reason)
+        self.on_done(None, OSError(err, reason))
 
     def cancel(self):
         """Close the connection to the proxy; on_done is never called."""
@@ -397,7 +402,7 @@ class Socks5UdpFlow:
     def _associated(self, sock, result):
         self.handshake = None
         if sock is None:
-            self._count("udp_failed")
+            self._count("udp_failed")  # the reason was counted and logged by the handshake
             self._die(result.strerror)
             return
         self.control = sock
@@ -405,14 +410,12 @@ class Socks5UdpFlow:
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
-            self._count("socks_bad_reply")
-            self._die(f"socks5 proxy {self.outbound.label}: UDP relay address {host!r} is not an IP address")
+            self._failed("socks_bad_reply", f"UDP relay address {host!r} is not an IP address")
             return
         if ip.is_unspecified:  # "the relay is where you reached me"
             ip = ipaddress.ip_address(self.outbound.proxy_address[0])
         if port == 0:
-            self._count("socks_bad_reply")
-            self._die(f"socks5 proxy {self.outbound.label}: UDP relay port is 0")
+            self._failed("socks_bad_reply", "UDP relay port is 0")
             return
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None and self.outbound.family == socket.AF_INET:
             ip = ip.ipv4_mapped
@@ -421,15 +424,13 @@ class Socks5UdpFlow:
         try:
             udp = udp_socket(family, self.outbound.fwmark)
         except (OSError, ZtunError) as e:
-            self._count("udp_failed")
-            self._die(f"socks5 proxy {self.outbound.label}: UDP socket: {e}")
+            self._failed("udp_socket_failed", f"UDP socket: {e}")
             return
         try:
             udp.connect(self.relay)  # the kernel then only delivers datagrams from the relay
         except OSError as e:
             udp.close()
-            self._count("udp_failed")
-            self._die(f"socks5 proxy {self.outbound.label}: UDP relay {self.relay[0]}:{port}: {e.strerror or e}")
+            self._failed("udp_relay_unreachable", f"UDP relay {_hostport(self.relay)}: {e.strerror or e}")
             return
         self.udp = udp
         self._count("udp_ok")
@@ -438,6 +439,12 @@ class Socks5UdpFlow:
         while self.queue and not self.closed:
             self._send_now(self.queue.popleft())
         self.queued_bytes = 0
+
+    def _failed(self, counter: str, reason: str):
+        reason = f"socks5 proxy {self.outbound.label}: {reason}"
+        self.outbound.count(counter, reason)
+        self._count("udp_failed")
+        self._die(reason)
 
     def send(self, payload: bytes, destination: tuple, domain: str | None = None) -> bool:
         """Wrap payload for destination and send it to the relay (queued until the association is ready)."""
@@ -483,7 +490,7 @@ class Socks5UdpFlow:
             try:
                 payload, source = unwrap_udp(data)
             except BadDatagram as e:
-                self._count(e.counter)
+                self.outbound.count(e.counter, f"socks5 proxy {self.outbound.label}: datagram from the UDP relay dropped: {e}")
                 continue
             self._count("udp_received")
             self.on_datagram(payload, source)
@@ -494,20 +501,21 @@ class Socks5UdpFlow:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
+            self._count("udp_closed_by_proxy")
             self._die(f"socks5 proxy {self.outbound.label}: UDP control connection: {e.strerror or e}")
             return
         if not data:
+            self._count("udp_closed_by_proxy")
             self._die(f"socks5 proxy {self.outbound.label}: UDP control connection closed by the proxy")
         # Anything else on the control connection means nothing in RFC 1928: ignored.
 
     def _count(self, name: str):
-        self.counters[name] = self.counters.get(name, 0) + 1
+        self.outbound.count(name)
 
     def _die(self, reason: str):
         if self.closed:
             return
         self._release()
-        self._count("udp_closed_by_proxy")
         self.on_close(reason)
 
     def _release(self):
@@ -586,6 +594,13 @@ class Socks5Outbound:
         """An outbound for `socks5://[user:password@]host:port` (credentials percent-decoded, IPv6 host in [ ])."""
         host, port, username, password = parse_url(url)
         return cls(loop, host, port, username=username, password=password, **kw)
+
+    def count(self, name: str, reason: str | None = None) -> None:
+        """Increment counter name; the first time, log reason as a warning (later ones are only counted)."""
+        n = self.counters.get(name, 0)
+        self.counters[name] = n + 1
+        if n == 0 and reason is not None:
+            log.warning("%s (%s; further ones are counted, not logged here)", reason, name)
 
     @property
     def proxy_address(self) -> tuple[str, int]:
