@@ -4,11 +4,12 @@ import errno
 import ipaddress
 import socket
 
+from ..system.sockopt import mark_socket
+
 UDP_BUFFER = 4 << 20  # a session's socket absorbs bursts while the loop is busy elsewhere
+UDP_READS_PER_EVENT = 64  # bounded per readiness event so other fds get their turn
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-
-from ..system.sockopt import mark_socket
 
 
 class Connecting:
@@ -71,32 +72,95 @@ def connect(loop, address: tuple, on_done, *, fwmark: int = 0, timeout: float = 
     return Connecting(loop, sock, on_done, timeout)
 
 
+def udp_socket(family: int, fwmark: int = 0) -> socket.socket:
+    """A non-blocking UDP socket with large buffers and the fwmark, for one UDP session."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        _buffers(sock, UDP_BUFFER)
+        if fwmark:
+            mark_socket(sock, fwmark)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class DirectUdpFlow:
+    """One UDP session's socket: datagrams to any destination, replies from any source."""
+
+    def __init__(self, outbound: "DirectOutbound", family: int, on_datagram, on_close):
+        self.loop = outbound.loop
+        self.counters = outbound.counters
+        self.on_datagram, self.on_close = on_datagram, on_close  # on_close: a direct flow never dies by itself
+        self.sock = udp_socket(family, outbound.fwmark)
+        self.closed = False
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def send(self, payload: bytes, destination: tuple, domain: str | None = None) -> bool:
+        """Send payload to destination (domain is ignored: direct goes to the address). False if dropped."""
+        if self.closed:
+            return False
+        try:
+            self.sock.sendto(payload, (destination[0], destination[1]))
+        except OSError:  # full buffer, ICMP error of an earlier datagram, wrong family: a lost datagram
+            self.counters["udp_send_failed"] += 1
+            return False
+        return True
+
+    def _readable(self):
+        for _ in range(UDP_READS_PER_EVENT):
+            if self.closed:
+                return
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.counters["udp_recv_error"] += 1  # e.g. port unreachable for an earlier send: not fatal
+                continue
+            self.on_datagram(data, (addr[0], addr[1]))
+
+    def close(self) -> None:
+        """Release the socket. Idempotent; on_close is not called."""
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+
 class DirectOutbound:
     """Flows go straight to their destination, from sockets carrying ztun's fwmark."""
 
-    name = "direct"
-
-    def __init__(self, loop, *, fwmark: int = 0, connect_timeout: float = 10.0):
+    def __init__(self, loop, *, fwmark: int = 0, connect_timeout: float = 10.0, name: str = "direct"):
         self.loop = loop
+        self.name = name
         self.fwmark = fwmark
         self.connect_timeout = connect_timeout
+        self.counters: dict[str, int] = {"tcp_ok": 0, "tcp_failed": 0, "udp_flows": 0,
+                                         "udp_send_failed": 0, "udp_recv_error": 0}
 
     def open_tcp(self, destination: tuple, on_done, domain: str | None = None):
-        """Connect to destination (host, port); on_done(sock, error) runs once on the loop."""
-        return connect(self.loop, destination, on_done, fwmark=self.fwmark, timeout=self.connect_timeout)
+        """Connect to destination (host, port); on_done(sock, error) runs once on the loop. domain is ignored."""
+
+        def done(sock, error):
+            self.counters["tcp_ok" if error is None else "tcp_failed"] += 1
+            on_done(sock, error)
+
+        return connect(self.loop, destination, done, fwmark=self.fwmark, timeout=self.connect_timeout)
+
+    def open_udp(self, family: int, on_datagram, on_close) -> DirectUdpFlow:
+        """A UDP flow on one fwmark'ed socket of family; on_datagram(payload, (host, port)) for each reply."""
+        flow = DirectUdpFlow(self, family, on_datagram, on_close)
+        self.counters["udp_flows"] += 1
+        return flow
 
     def udp_socket(self, family: int) -> socket.socket:
-        """A non-blocking UDP socket with the fwmark, for one UDP session."""
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            _buffers(sock, UDP_BUFFER)
-            if self.fwmark:
-                mark_socket(sock, self.fwmark)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        """A non-blocking UDP socket with the fwmark, for one UDP session (the forwarder's pre-open_udp path)."""
+        return udp_socket(family, self.fwmark)
+
+    def close(self) -> None:
+        """Nothing is held between flows (each flow owns its socket). Idempotent."""
 
 
 def _buffers(sock: socket.socket, size: int) -> None:
