@@ -1,136 +1,382 @@
-"""Forwarder: the default PacketHandler: every flow to its destination through the direct outbound.
+"""Forwarder: the appliance's PacketHandler: each new flow to the outbound its rules choose.
 
 TCP: the outbound connect happens first (the client's SYN waits), so a refused or timed-out
-connect reaches the client as a refused connect; the accepted client socket is then relayed
-to the connected one. UDP: one outbound socket per session. ICMP echo is answered by the stack.
+connect, or a proxy that refuses, reaches the client as a refused connect; the accepted
+client socket is then relayed to the connected one. A flow whose outbound is "block" is
+refused at once (TCP reset, ICMP port unreachable for UDP).
+
+UDP: a session is one client endpoint; each datagram's destination picks its outbound (a
+rule may send one destination through the proxy and another direct), and each outbound gets
+one UDP flow per session, opened on first use. A destination that is a fake-IP address gets
+a flow of its own, so its replies can be given back the fake address as their source.
+
+DNS (with a DnsService): UDP and TCP port 53 to any address is answered by the service.
+Fake-IP destinations carry their domain to the rules and to the outbound (SOCKS5 CONNECT by
+name). ICMP echo is answered by the stack; asked per packet only when a rule may block it.
 """
 
+import ipaddress
+import itertools
 import logging
 import socket
 import time
 
-from ..outbound.direct import DirectOutbound
 from ..outbound.relay import PIPES, Relay, abort
 from ..tun.handler import Verdict
 
 log = logging.getLogger("ztun.flows")
 
 CLAIM_TIMEOUT = 30.0  # a connected outbound socket whose client never completes its handshake is closed
+BLOCK = "block"
+DNS_PORT = 53
+_ids = itertools.count(1)
+
+
+class FlowRecord:
+    """What the status command shows of one flow, and what its closing log line says."""
+
+    __slots__ = ("id", "proto", "source", "destination", "domain", "outbound", "state", "started", "relay", "session")
+
+    def __init__(self, proto, source, destination, domain, outbound, state):
+        self.id = next(_ids)
+        self.proto, self.source, self.destination = proto, source, destination
+        self.domain, self.outbound, self.state = domain, outbound, state
+        self.started = time.monotonic()
+        self.relay = self.session = None
+
+    @property
+    def bytes_up(self) -> int:
+        if self.relay is not None:
+            return self.relay.bytes_up
+        return self.session.bytes_up if self.session is not None else 0
+
+    @property
+    def bytes_down(self) -> int:
+        if self.relay is not None:
+            return self.relay.bytes_down
+        return self.session.bytes_down if self.session is not None else 0
+
+    def as_dict(self, now: float) -> dict:
+        return {"id": self.id, "proto": self.proto, "source": _fmt(self.source), "destination": _fmt(self.destination),
+                "domain": self.domain, "outbound": self.outbound, "state": self.state,
+                "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "age_s": round(now - self.started, 3)}
+
+    def describe(self) -> str:
+        domain = f" [{self.domain}]" if self.domain else ""
+        return f"{self.proto} {_fmt(self.source)} -> {_fmt(self.destination)}{domain} via {self.outbound}"
 
 
 class Forwarder:
-    """Relays TCP and UDP flows to their original destinations."""
+    """Relays TCP and UDP flows through the outbounds chosen by the rules."""
 
-    icmp_echo = "reply"
-
-    def __init__(self, loop, outbound: DirectOutbound, *, tcp_idle_timeout: float = 7200.0):
+    def __init__(self, loop, outbounds: dict, rules, *, dns=None, tcp_idle_timeout: float = 7200.0):
         self.loop = loop
-        self.outbound = outbound
         self.tcp_idle_timeout = tcp_idle_timeout
-        self._ready: dict = {}  # (source, destination) -> (remote socket, expiry timer)
-        self.relays: set = set()
-        self.connecting: set = set()  # outbound connects in progress
-        self.udp: dict = {}  # session -> socket
-        self.counters = {"tcp_connected": 0, "tcp_failed": 0, "tcp_unclaimed": 0, "udp_sessions": 0}
+        self.outbounds: dict = {}
+        self.rules = None
+        self.dns = dns
+        self.configure(outbounds, rules)
+        self._ready: dict = {}  # (source, destination) -> (remote socket, expiry timer, FlowRecord)
+        self.flows: dict = {}  # id -> FlowRecord, every open flow
+        self.connecting: dict = {}  # FlowRecord -> pending outbound connect
+        self.udp: dict = {}  # session -> _UdpRelay
+        self.counters = {"tcp_connected": 0, "tcp_failed": 0, "tcp_unclaimed": 0, "tcp_blocked": 0,
+                         "udp_sessions": 0, "udp_blocked": 0, "udp_send_failed": 0, "udp_unresolved": 0, "udp_reply_by_name": 0, "dns_tcp": 0,
+                         "fake_ip_unknown": 0}
 
-    # -- flows ------------------------------------------------------------------
+    def configure(self, outbounds: dict, rules) -> None:
+        """Use these outbounds and rules for new flows (a reload); open flows keep theirs."""
+        missing = rules.outbounds() - set(outbounds) - {BLOCK}
+        if missing:
+            raise ValueError(f"the rules name outbounds that do not exist: {', '.join(sorted(missing))}")
+        self.outbounds, self.rules = dict(outbounds), rules
+        # The stack reads this per batch: per-packet ICMP questions only when a rule may block echo.
+        self.icmp_echo = "ask" if rules.may_choose("icmp", BLOCK) else "reply"
+
+    # -- choosing -----------------------------------------------------------------
+
+    def _domain(self, destination) -> tuple:
+        """(domain or None, known): known is False for a fake-IP address with no mapping (stale)."""
+        if self.dns is None or not self.dns.is_fake(destination[0]):
+            return None, True
+        domain = self.dns.domain_for(destination[0])
+        return domain, domain is not None
+
+    def _dns_intercepts(self, destination) -> bool:
+        return self.dns is not None and destination[1] == DNS_PORT
+
+    # -- TCP ----------------------------------------------------------------------
 
     def prepare(self, flow, decide):
         if flow.proto != socket.IPPROTO_TCP:
-            return Verdict.ALLOW
-        key = (flow.source, flow.destination)
+            return self._prepare_udp(flow)
+        src, dst = flow.source, flow.destination
+        if self._dns_intercepts(dst):
+            return Verdict.ALLOW  # answered by the DNS service in handle_tcp
+        domain, known = self._domain(dst)
+        if not known:
+            self.counters["fake_ip_unknown"] += 1
+            log.info("tcp %s -> %s: a fake-IP address with no domain (expired mapping?): refused", _fmt(src), _fmt(dst))
+            return Verdict.REJECT
+        name = self.rules.match("tcp", src, dst, domain)
+        record = FlowRecord("tcp", src, dst, domain, name, "connecting")
+        if name == BLOCK:
+            self.counters["tcp_blocked"] += 1
+            log.info("%s: blocked", record.describe())
+            return Verdict.REJECT
+        key = (src, dst)
 
         def done(remote, error):
-            self.connecting.discard(pending)
+            self.connecting.pop(record, None)
             if error is not None:
+                self.flows.pop(record.id, None)
                 self.counters["tcp_failed"] += 1
-                log.info("tcp %s:%d -> %s:%d: %s", *flow.source, *flow.destination, error.strerror or error)
+                log.info("%s: %s", record.describe(), error.strerror or error)
                 decide(Verdict.REJECT)
                 return
             self.counters["tcp_connected"] += 1
             old = self._ready.pop(key, None)
             if old is not None:
-                _discard(old)
-            self._ready[key] = (remote, self.loop.call_later(CLAIM_TIMEOUT, self._unclaimed, key))
+                self._discard(old)
+            record.state = "accepting"
+            self._ready[key] = (remote, self.loop.call_later(CLAIM_TIMEOUT, self._unclaimed, key), record)
             decide(Verdict.ALLOW)
 
-        pending = self.outbound.open_tcp(flow.destination, done, domain=flow.domain)
+        self.flows[record.id] = record
+        outbound = self.outbounds[name]
+        if domain is not None and not getattr(outbound, "resolves_names", False):
+            self._resolve_then_connect(record, outbound, done)
+            return Verdict.DEFER
+        pending = outbound.open_tcp(dst, done, domain=domain)
         if pending is not None:
-            self.connecting.add(pending)
+            self.connecting[record] = pending
         return Verdict.DEFER
+
+    def _resolve_then_connect(self, record, outbound, done):
+        """A fake-IP destination for an outbound that needs an address: look its name up upstream first."""
+        resolving = _Cancellable()
+        self.connecting[record] = resolving
+        family = socket.AF_INET6 if ":" in record.destination[0] else socket.AF_INET
+
+        def resolved(address):
+            if resolving.cancelled:
+                return
+            if address is None:
+                done(None, OSError(f"cannot resolve {record.domain}"))
+                return
+            pending = outbound.open_tcp((address, record.destination[1]), done)
+            if pending is not None:
+                self.connecting[record] = pending
+
+        self.dns.resolve(record.domain, family, resolved)
 
     def _unclaimed(self, key):
         entry = self._ready.pop(key, None)
         if entry is not None:
             self.counters["tcp_unclaimed"] += 1
-            entry[0].close()
+            self._discard(entry)
+
+    def _discard(self, entry):
+        remote, timer, record = entry
+        timer.cancel()
+        remote.close()
+        self.flows.pop(record.id, None)
 
     def handle_tcp(self, sock, source, destination):
+        if self._dns_intercepts(destination):
+            self.counters["dns_tcp"] += 1
+            self.dns.handle_tcp(sock, source, destination)
+            return
         entry = self._ready.pop((source, destination), None)
         if entry is None:
             abort(sock)  # the outbound side is gone (claim timeout): tell the client at once
             return
-        remote, timer = entry
+        remote, timer, record = entry
         timer.cancel()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        started = time.monotonic()
+        record.state = "relaying"
 
         def closed(relay, reason):
-            self.relays.discard(relay)
-            log.info("tcp %s:%d -> %s:%d direct up %d down %d bytes %.1fs %s", *source, *destination,
-                     relay.bytes_up, relay.bytes_down, time.monotonic() - started, reason)
+            self.flows.pop(record.id, None)
+            _log_closed(record, reason)
 
-        self.relays.add(Relay(self.loop, sock, remote, on_close=closed, idle_timeout=self.tcp_idle_timeout))
+        record.relay = Relay(self.loop, sock, remote, on_close=closed, idle_timeout=self.tcp_idle_timeout)
+
+    # -- UDP ----------------------------------------------------------------------
+
+    def _prepare_udp(self, flow):
+        """The session's first datagram: refused at once if its destination is blocked."""
+        dst = flow.destination
+        if self._dns_intercepts(dst):
+            return Verdict.ALLOW
+        domain, known = self._domain(dst)
+        if known and self.rules.match("udp", flow.source, dst, domain) != BLOCK:
+            return Verdict.ALLOW
+        self.counters["udp_blocked" if known else "fake_ip_unknown"] += 1
+        return Verdict.REJECT
 
     def handle_udp(self, session):
-        family = socket.AF_INET6 if ":" in session.source[0] else socket.AF_INET
-        sock = self.outbound.udp_socket(family)
-        self.udp[session] = sock
         self.counters["udp_sessions"] += 1
-
-        def readable():
-            for _ in range(64):  # bounded per event so other fds get their turn
-                try:
-                    data, addr = sock.recvfrom(65535)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    continue  # e.g. ICMP port unreachable from a previous send: not fatal for the session
-                session.send(data, addr)
-
-        def datagram(payload, destination):
-            try:
-                sock.sendto(payload, destination)
-            except OSError:
-                pass  # UDP: a failed send is a lost datagram
-
-        def closed(_session, reason):
-            self.loop.remove_reader(sock.fileno())
-            sock.close()
-            self.udp.pop(session, None)
-
-        self.loop.add_reader(sock.fileno(), readable)
-        session.on_datagram = datagram
-        session.on_close = closed
+        self.udp[session] = relay = _UdpRelay(self, session)
+        session.on_datagram = relay.datagram
+        session.on_close = relay.closed
 
     def handle_icmp(self, flow):
-        return Verdict.ALLOW
+        """Asked per echo request only when a rule may block ICMP (icmp_echo == "ask")."""
+        domain, _ = self._domain(flow.destination)
+        return Verdict.DROP if self.rules.match("icmp", flow.source, flow.destination, domain) == BLOCK else Verdict.ALLOW
+
+    # -- status and shutdown ------------------------------------------------------------
+
+    def snapshot_flows(self) -> list:
+        now = time.monotonic()
+        return [r.as_dict(now) for r in list(self.flows.values())]
+
+    def outbound_counters(self) -> dict:
+        return {name: dict(getattr(o, "counters", {})) for name, o in self.outbounds.items()}
 
     def close(self) -> None:
-        """Close every relay, pending outbound socket and UDP socket. Idempotent."""
-        for pending in list(self.connecting):
+        """Close every relay, pending outbound connect and UDP flow. Idempotent."""
+        for pending in list(self.connecting.values()):
             pending.cancel()
         self.connecting.clear()
-        for relay in list(self.relays):
-            relay.close("closed", reset=True)
+        for record in list(self.flows.values()):
+            if record.relay is not None:
+                record.relay.close("closed", reset=True)
         for key in list(self._ready):
-            _discard(self._ready.pop(key))
+            self._discard(self._ready.pop(key))
         for session in list(self.udp):
             session.close()
+        if self.dns is not None:
+            self.dns.close()
+        for outbound in self.outbounds.values():
+            close = getattr(outbound, "close", None)
+            if close is not None:
+                close()
         PIPES.clear()
 
 
-def _discard(entry):
-    entry[1].cancel()
-    entry[0].close()
+class _Cancellable:
+    __slots__ = ("cancelled",)
 
+    def __init__(self):
+        self.cancelled = False
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _UdpRelay:
+    """One UDP session's datagrams, each to the outbound its destination's rule picks."""
+
+    __slots__ = ("fwd", "session", "flows", "routes", "record", "family", "resolved")
+
+    def __init__(self, fwd: Forwarder, session):
+        self.fwd, self.session = fwd, session
+        self.flows: dict = {}  # (outbound name, fake destination or None) -> UdpFlow
+        self.routes: dict = {}  # destination -> (outbound name, domain, flow key), or None when blocked
+        self.resolved: dict = {}  # fake destination -> its real (address, port), None while unknown
+        self.family = socket.AF_INET6 if ":" in session.source[0] else socket.AF_INET
+        domain, _ = fwd._domain(session.destination)
+        name = "dns" if fwd._dns_intercepts(session.destination) else fwd.rules.match("udp", session.source, session.destination, domain)
+        self.record = FlowRecord("udp", session.source, session.destination, domain, name, "open")
+        self.record.session = session
+        fwd.flows[self.record.id] = self.record
+
+    def _route(self, destination):
+        route = self.routes.get(destination, False)
+        if route is not False:
+            return route
+        domain, known = self.fwd._domain(destination)
+        name = self.fwd.rules.match("udp", self.session.source, destination, domain) if known else BLOCK
+        route = None if name == BLOCK else (name, domain, (name, destination if domain else None))
+        if len(self.routes) < 256:  # a session scanning many destinations is not cached forever
+            self.routes[destination] = route
+        return route
+
+    def datagram(self, payload, destination):
+        fwd = self.fwd
+        if fwd._dns_intercepts(destination):
+            fwd.dns.query(payload, self.session.source, destination, lambda data: self.session.send(data, destination))
+            return
+        route = self._route(destination)
+        if route is None:
+            fwd.counters["udp_blocked"] += 1
+            return
+        name, domain, key = route
+        flow = self.flows.get(key)
+        if flow is None:
+            outbound = fwd.outbounds.get(name)
+            if outbound is None:  # removed by a reload after the route was cached
+                self.routes.pop(destination, None)
+                fwd.counters["udp_send_failed"] += 1
+                return
+            fake = destination if domain else None
+            flow = self.flows[key] = outbound.open_udp(self.family, self._receiver(fake), self._flow_closed(key))
+        if domain is not None and not getattr(fwd.outbounds.get(name), "resolves_names", False):
+            destination = self._resolved(destination, domain)
+            if destination is None:
+                fwd.counters["udp_unresolved"] += 1  # still resolving, or the name has no address
+                return
+            domain = None
+        if not flow.send(payload, destination, domain):
+            fwd.counters["udp_send_failed"] += 1
+
+    def _resolved(self, fake, domain):
+        """The real address for a fake destination sent through an outbound that needs one; None until known."""
+        if fake not in self.resolved:
+            self.resolved[fake] = None
+
+            def done(address):
+                self.resolved[fake] = (address, fake[1]) if address else None
+
+            self.fwd.dns.resolve(domain, self.family, done)
+        return self.resolved[fake]
+
+    def _receiver(self, fake):
+        session, counters = self.session, self.fwd.counters
+
+        def received(payload, source):
+            if fake is not None:
+                # Replies of a fake-IP destination's flow come back from the fake address the client used.
+                session.send(payload, (fake[0], source[1]))
+            elif _is_ip(source[0]):
+                session.send(payload, source)
+            else:
+                counters["udp_reply_by_name"] += 1  # a SOCKS relay naming the sender: no address to answer from
+
+        return received
+
+    def _flow_closed(self, key):
+        def closed(reason):
+            self.flows.pop(key, None)
+            log.info("%s: outbound UDP flow %s closed: %s", self.record.describe(), key[0], reason)
+        return closed
+
+    def closed(self, session, reason):
+        for flow in list(self.flows.values()):
+            flow.close()
+        self.flows.clear()
+        self.fwd.udp.pop(session, None)
+        self.fwd.flows.pop(self.record.id, None)
+        _log_closed(self.record, reason)
+
+
+def _log_closed(record: FlowRecord, reason: str) -> None:
+    if log.isEnabledFor(logging.INFO):
+        duration = time.monotonic() - record.started
+        log.info("%s up %d down %d bytes %.1fs %s", record.describe(), record.bytes_up, record.bytes_down, duration, reason,
+                 extra={"flow": {**record.as_dict(time.monotonic()), "duration_s": round(duration, 3), "reason": reason}})
+
+
+def _is_ip(text) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _fmt(endpoint) -> str:
+    host, port = endpoint[0], endpoint[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -111,6 +111,7 @@ class DnsService:
         self._pending: dict[int, _Pending] = {}  # upstream transaction ID -> query
         self._tcp: set[TcpDnsConnection] = set()
         self._closed = False
+        self._last_server: tuple | None = None  # where clients send their queries: resolve() asks it too
 
     # -- what the forwarder asks -------------------------------------------------
 
@@ -121,6 +122,32 @@ class DnsService:
     def is_fake(self, address) -> bool:
         """Whether address lies in a fake range (mapped or not): unmapped ones should be rejected."""
         return self.pool is not None and self.pool.contains(address)
+
+    def resolve(self, domain: str, family: int, on_done) -> None:
+        """Look domain up upstream (never in the fake pool): on_done(address text or None) runs once, later.
+
+        For a fake-IP destination routed to an outbound that needs an address (direct). The
+        query goes to dns.upstream, else to the server clients last asked, through the same
+        outbound flow and with the same timeout as forwarded queries.
+        """
+        server = self.upstream or self._last_server
+        qtype = dns.rdatatype.A if family == socket.AF_INET else dns.rdatatype.AAAA
+        if server is None:
+            self._note("send_failed", "dns: cannot resolve %s: no upstream configured and no query seen yet", domain)
+            self.loop.call_soon(on_done, None)
+            return
+
+        def reply(data):
+            try:
+                answer = dns.message.from_wire(data)
+                found = [rd.address for rrset in answer.answer if rrset.rdtype == qtype for rd in rrset]
+            except Exception:  # noqa: BLE001 -- a bad answer is no answer
+                found = []
+            on_done(found[0] if found else None)
+
+        msg = dns.message.make_query(domain, qtype)
+        if not self._forward(msg, msg.to_wire(), server, reply):
+            self.loop.call_soon(on_done, None)
 
     @property
     def pending(self) -> int:
@@ -142,6 +169,8 @@ class DnsService:
         if msg.flags & dns.flags.QR:
             self._note("malformed", "dns from %s: a response sent as a query, dropped", client)
             return False
+        if not self.is_fake(server[0]):
+            self._last_server = server
         if self.mode == "fake-ip" and _fakeable(msg):
             reply(self._fake_answer(msg))
             return True

@@ -570,6 +570,8 @@ class Socks5Outbound:
     connect is refused), and flows succeed again as soon as it is back.
     """
 
+    resolves_names = True  # given a domain, it CONNECTs by name: the proxy resolves it
+
     def __init__(self, loop, host: str, port: int, *, username: str | None = None, password: str | None = None,
                  fwmark: int = 0, connect_timeout: float = 10.0, name: str = "proxy"):
         if not isinstance(port, int) or not 1 <= port <= 0xFFFF:

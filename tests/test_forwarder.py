@@ -1,0 +1,172 @@
+"""Forwarder: which outbound each flow gets, what a block or a failed connect tells the client, UDP per destination."""
+
+import ipaddress
+import socket
+from types import SimpleNamespace
+
+from ztun.appliance.forwarder import Forwarder
+from ztun.appliance.rules import Rules
+from ztun.tun.handler import Flow, Verdict
+from ztun.tun.loop import Loop
+
+C = ("198.18.0.2", 40000)
+
+
+class FakeOutbound:
+    def __init__(self, name, fail=None):
+        self.name, self.fail = name, fail
+        self.tcp: list = []
+        self.udp: list = []
+        self.counters = {"tcp_ok": 0}
+
+    def open_tcp(self, destination, on_done, domain=None):
+        self.tcp.append((destination, domain))
+        self.loop.call_soon(on_done, *((None, self.fail) if self.fail else (socket.socket(), None)))
+        return SimpleNamespace(cancel=lambda: None)
+
+    def open_udp(self, family, on_datagram, on_close):
+        flow = SimpleNamespace(sent=[], closed=False, on_datagram=on_datagram, on_close=on_close)
+        flow.send = lambda payload, destination, domain=None: flow.sent.append((payload, destination, domain)) or True
+        flow.close = lambda: setattr(flow, "closed", True)
+        self.udp.append(flow)
+        return flow
+
+
+class FakeSession:
+    def __init__(self, source, destination):
+        self.source, self.destination = source, destination
+        self.bytes_up = self.bytes_down = 0
+        self.replies: list = []
+        self.on_datagram = self.on_close = None
+
+    def send(self, payload, from_address):
+        self.replies.append((payload, from_address))
+        return True
+
+
+class FakeDns:
+    def __init__(self):
+        net = ipaddress.ip_network("198.18.128.0/20")
+        self.pool = SimpleNamespace(contains=lambda a: ipaddress.ip_address(a) in net)
+        self.names = {"198.18.128.5": "web.example", "198.18.128.6": "ads.blocked.example",
+                      "198.18.128.7": "direct.example"}
+        self.queries: list = []
+        self.resolving: list = []
+
+    def is_fake(self, address):
+        return self.pool.contains(address)
+
+    def resolve(self, domain, family, on_done):
+        self.resolving.append(domain)
+        on_done("198.19.1.77")
+
+    def close(self):
+        self.closed = True
+
+    def domain_for(self, address):
+        return self.names.get(str(address))
+
+    def query(self, payload, client, server, reply):
+        self.queries.append((payload, client, server))
+        reply(b"answer")
+
+
+def rule(outbound, **kw):
+    fields = dict(cidr=(), port=(), protocol=frozenset(), source=(), domain=(), domain_suffix=(), domain_keyword=())
+    fields.update(kw)
+    return SimpleNamespace(outbound=outbound, **fields)
+
+
+def setup(loop, *, dns=None, fail=None):
+    proxy, direct = FakeOutbound("proxy", fail), FakeOutbound("direct")
+    proxy.loop = direct.loop = loop
+    proxy.resolves_names = True  # as a SOCKS5 proxy: it is given the name
+    rules = Rules(SimpleNamespace(default="proxy", rules=(
+        rule("direct", cidr=("198.19.1.0/24",)), rule("block", cidr=("198.19.2.0/24",)),
+        rule("block", domain_suffix=("blocked.example",)),
+        rule("direct", domain=("direct.example",)))))
+    return Forwarder(loop, {"proxy": proxy, "direct": direct}, rules, dns=dns), proxy, direct
+
+
+def run(loop, n=5):
+    for _ in range(n):
+        loop.run_once(0.01)
+
+
+def test_tcp_goes_to_the_outbound_its_rule_picks_and_waits_for_the_connect():
+    with Loop() as loop:
+        fwd, proxy, direct = setup(loop)
+        decisions = []
+        assert fwd.prepare(Flow(6, C, ("198.19.0.1", 80)), decisions.append) == Verdict.DEFER
+        assert fwd.prepare(Flow(6, C, ("198.19.1.1", 80)), decisions.append) == Verdict.DEFER
+        assert fwd.prepare(Flow(6, C, ("198.19.2.1", 80)), decisions.append) == Verdict.REJECT
+        assert [f["state"] for f in fwd.snapshot_flows()] == ["connecting", "connecting"]
+        run(loop)
+        assert decisions == [Verdict.ALLOW, Verdict.ALLOW]
+        assert proxy.tcp == [(("198.19.0.1", 80), None)] and direct.tcp == [(("198.19.1.1", 80), None)]
+        assert {f["outbound"] for f in fwd.snapshot_flows()} == {"proxy", "direct"}
+        assert fwd.counters["tcp_blocked"] == 1
+        fwd.close()
+        assert fwd.snapshot_flows() == []
+
+
+def test_a_failed_outbound_connect_refuses_the_client():
+    with Loop() as loop:
+        fwd, proxy, _ = setup(loop, fail=ConnectionRefusedError(111, "socks5 proxy: refused"))
+        decisions = []
+        fwd.prepare(Flow(6, C, ("198.19.0.1", 80)), decisions.append)
+        run(loop)
+        assert decisions == [Verdict.REJECT] and fwd.counters["tcp_failed"] == 1
+        assert fwd.snapshot_flows() == []
+
+
+def test_fake_ip_destinations_carry_their_domain_and_unknown_ones_are_refused():
+    with Loop() as loop:
+        fwd, proxy, direct = setup(loop, dns=FakeDns())
+        fwd.prepare(Flow(6, C, ("198.18.128.5", 443)), lambda v: None)
+        assert proxy.tcp == [(("198.18.128.5", 443), "web.example")]
+        assert fwd.prepare(Flow(6, C, ("198.18.128.6", 443)), None) == Verdict.REJECT  # blocked by domain
+        assert fwd.prepare(Flow(6, C, ("198.18.128.9", 443)), None) == Verdict.REJECT  # no mapping
+        assert fwd.counters["fake_ip_unknown"] == 1
+        fwd.prepare(Flow(6, C, ("198.18.128.7", 443)), lambda v: None)  # direct needs the real address
+        assert fwd.dns.resolving == ["direct.example"] and direct.tcp == [(("198.19.1.77", 443), None)]
+        assert fwd.prepare(Flow(6, C, ("198.19.0.1", 53)), None) == Verdict.ALLOW  # DNS over TCP: answered here
+        fwd.close()
+
+
+def test_udp_routes_each_destination_and_answers_dns():
+    with Loop() as loop:
+        dns = FakeDns()
+        fwd, proxy, direct = setup(loop, dns=dns)
+        assert fwd.prepare(Flow(17, C, ("198.19.2.1", 9)), None) == Verdict.REJECT
+        assert fwd.prepare(Flow(17, C, ("198.19.0.1", 9)), None) == Verdict.ALLOW
+        s = FakeSession(C, ("198.19.0.1", 9))
+        fwd.handle_udp(s)
+        s.on_datagram(b"a", ("198.19.0.1", 9))
+        s.on_datagram(b"b", ("198.19.0.2", 9))
+        s.on_datagram(b"c", ("198.19.1.1", 9))
+        s.on_datagram(b"d", ("198.19.2.1", 9))  # blocked: dropped and counted
+        s.on_datagram(b"e", ("198.18.128.5", 443))  # fake: a flow of its own, by name
+        s.on_datagram(b"q", ("198.19.0.53", 53))
+        s.on_datagram(b"f", ("198.18.128.7", 443))  # fake, direct: sent to the resolved address
+        assert len(proxy.udp) == 2 and len(direct.udp) == 2
+        assert direct.udp[1].sent == [(b"f", ("198.19.1.77", 443), None)]
+        assert proxy.udp[0].sent == [(b"a", ("198.19.0.1", 9), None), (b"b", ("198.19.0.2", 9), None)]
+        assert proxy.udp[1].sent == [(b"e", ("198.18.128.5", 443), "web.example")]
+        assert direct.udp[0].sent == [(b"c", ("198.19.1.1", 9), None)]
+        assert fwd.counters["udp_blocked"] == 2
+        assert dns.queries == [(b"q", C, ("198.19.0.53", 53))] and (b"answer", ("198.19.0.53", 53)) in s.replies
+        proxy.udp[1].on_datagram(b"reply", ("198.19.0.1", 443))
+        assert (b"reply", ("198.18.128.5", 443)) in s.replies  # the fake address the client used
+        s.on_close(s, "idle")
+        assert all(f.closed for f in proxy.udp + direct.udp) and fwd.snapshot_flows() == []
+
+
+def test_icmp_is_asked_only_when_a_rule_may_block_it():
+    with Loop() as loop:
+        fwd, _, _ = setup(loop)
+        assert fwd.icmp_echo == "ask"
+        assert fwd.handle_icmp(Flow(1, C, ("198.19.2.1", 0))) == Verdict.DROP
+        assert fwd.handle_icmp(Flow(1, C, ("198.19.0.1", 0))) == Verdict.ALLOW
+        fwd.configure(fwd.outbounds, Rules(SimpleNamespace(default="proxy", rules=())))
+        assert fwd.icmp_echo == "reply"

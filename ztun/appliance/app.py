@@ -1,0 +1,170 @@
+"""From an AppConfig to running parts: the outbounds, the rules, the DNS service and the Forwarder.
+
+Also what the configuration implies for the TUN's routes: a SOCKS5 proxy's own address is
+always excluded from them (its connections carry the fwmark anyway; the exclusion keeps
+unmarked traffic to it, e.g. from other programs, off the TUN too), and with fake-IP DNS the
+fake pools are routed into the TUN so connections to fake addresses reach ztun.
+"""
+
+import dataclasses
+import ipaddress
+import logging
+import socket
+
+from ..errors import ConfigError
+from ..outbound.direct import DirectOutbound
+from .forwarder import BLOCK, Forwarder
+from .rules import Rules
+
+log = logging.getLogger("ztun.appliance")
+
+
+def proxy_addresses(config) -> list:
+    """The addresses of every SOCKS5 outbound's server (names resolved now, before any route exists)."""
+    out = []
+    for ob in config.outbounds:
+        if ob.type != "socks5":
+            continue
+        try:
+            out.append(ipaddress.ip_address(ob.host))
+            continue
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(ob.host, ob.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise ConfigError(f"outbounds.{ob.name}: cannot resolve the proxy {ob.host}: {e.strerror}") from None
+        out.extend(ipaddress.ip_address(info[4][0]) for info in infos)
+    return list(dict.fromkeys(out))
+
+
+def tun_options(config):
+    """config.tun with the routes the outbounds and DNS imply."""
+    tun = config.tun
+    excludes = list(tun.exclude_routes)
+    for addr in proxy_addresses(config):
+        net = ipaddress.ip_network(addr)
+        if net not in excludes:
+            excludes.append(net)
+    routes = list(tun.routes)
+    if config.dns.mode == "fake-ip" and not tun.auto_route:
+        for pool in (config.dns.fake_ip4, config.dns.fake_ip6):
+            if pool and getattr(tun, f"inet{ipaddress.ip_network(pool).version}") is not None:
+                net = ipaddress.ip_network(pool)
+                if net not in routes:
+                    routes.append(net)
+    if excludes == list(tun.exclude_routes) and routes == list(tun.routes):
+        return tun
+    return dataclasses.replace(tun, exclude_routes=tuple(excludes), routes=tuple(routes))
+
+
+def build_outbounds(loop, config) -> dict:
+    """name -> outbound object; "block" is not an object (the forwarder refuses those flows)."""
+    fwmark = config.tun.fwmark
+    timeout = config.flows.connect_timeout
+    outbounds = {"direct": DirectOutbound(loop, fwmark=fwmark, connect_timeout=timeout, name="direct")}
+    for ob in config.outbounds:
+        if ob.type == "direct":
+            outbounds[ob.name] = DirectOutbound(loop, fwmark=fwmark, connect_timeout=timeout, name=ob.name)
+        elif ob.type == "socks5":
+            from ..outbound.socks5 import Socks5Outbound
+
+            outbounds[ob.name] = Socks5Outbound(loop, ob.host, ob.port, username=ob.username, password=ob.password,
+                                                fwmark=fwmark, connect_timeout=timeout, name=ob.name)
+        elif ob.type != BLOCK:
+            raise ConfigError(f"outbounds.{ob.name}: unknown type {ob.type!r}")
+    return outbounds
+
+
+def build_dns(loop, config, outbounds: dict, rules: Rules):
+    """The DNS service for dns.mode fake-ip / forward, or None when DNS is ordinary UDP."""
+    dc = config.dns
+    if dc.mode == "off":
+        return None
+    from ..dns.fakeip import FakeIpPool
+    from ..dns.service import DnsService
+
+    name = dc.outbound or rules.default
+    if name == BLOCK or name not in outbounds:
+        raise ConfigError(f"dns.outbound: {name!r} cannot carry DNS queries (use a direct or socks5 outbound)")
+    pool = None
+    if dc.mode == "fake-ip":
+        pool = FakeIpPool(dc.fake_ip4 if config.tun.inet4 is not None else None,
+                          dc.fake_ip6 if config.tun.inet6 is not None else None, capacity=dc.capacity)
+    upstream = _endpoint(dc.upstream) if dc.upstream else None
+    return DnsService(loop, dc.mode, pool, ttl=dc.ttl, upstream=upstream, open_udp=outbounds[name].open_udp,
+                      timeout=config.flows.connect_timeout)
+
+
+def _endpoint(text) -> tuple:
+    if isinstance(text, tuple):
+        return text
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def build_handler(loop, config) -> Forwarder:
+    """The Forwarder for config: outbounds, rules and DNS, ready to attach to the gateway."""
+    outbounds = build_outbounds(loop, config)
+    rules = Rules(config.route)
+    dns = build_dns(loop, config, outbounds, rules)
+    return Forwarder(loop, outbounds, rules, dns=dns, tcp_idle_timeout=config.flows.tcp_idle_timeout)
+
+
+def reload(forwarder: Forwarder, loop, old, new) -> list:
+    """Apply new's outbounds and rules to the running forwarder (open flows keep theirs).
+
+    Returns the warnings for the changes a reload cannot apply (the TUN, its routes, DNS mode):
+    those need a restart.
+    """
+    warnings = []
+    if new.tun != old.tun:
+        warnings.append("[tun] changed: restart to apply it")
+    if new.dns != old.dns:
+        warnings.append("[dns] changed: restart to apply it")
+    if new.flows != old.flows:
+        warnings.append("[flows] changed: restart to apply it")
+    outbounds = build_outbounds(loop, new)
+    forwarder.configure(outbounds, Rules(new.route))
+    return warnings
+
+
+class Snapshot:
+    """What `ztun-appliance status` and the metrics endpoint show: called on the loop only."""
+
+    def __init__(self, gateway, forwarder):
+        import time
+
+        self.gateway, self.forwarder = gateway, forwarder
+        self.started = time.monotonic()
+
+    def __call__(self, include_flows: bool = True) -> dict:
+        import collections
+        import time
+
+        from .. import __version__, _fast
+        from .status import split_stats
+
+        gw, fwd = self.gateway, self.forwarder
+        stack = gw.stack
+        counters, gauges, drops = split_stats(stack.stats()) if stack is not None else ({}, {}, {})
+        counters.update({f"flows_{k}": v for k, v in fwd.counters.items()})
+        if fwd.dns is not None:
+            counters.update({f"dns_{k}": v for k, v in fwd.dns.counters.items()})
+        states = collections.Counter(r.state for r in list(fwd.flows.values()))
+        device = gw.device
+        snap = {
+            "version": __version__,
+            "implementation": _fast.IMPLEMENTATION,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "device": {"name": device.name if device else None, "mtu": gw.options.mtu,
+                       "addresses": [str(a) for a in gw.options.addresses]},
+            "counters": counters,
+            "gauges": {**gauges, "flows": len(fwd.flows)},
+            "drops": drops,
+            "flows_by_state": dict(states),
+            "outbounds": fwd.outbound_counters(),
+        }
+        if include_flows:
+            snap["flows"] = fwd.snapshot_flows()
+        return snap
