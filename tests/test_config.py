@@ -1,11 +1,13 @@
 """The appliance's TOML configuration: defaults, every key, flag overrides, and each documented error (exit 2)."""
 
+import dataclasses
 import ipaddress
 import pathlib
 import sys
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ztun.appliance import cli, config
 from ztun.appliance.config import AppConfig, OutboundConfig, RuleConfig
@@ -115,7 +117,8 @@ def test_defaults_without_a_file():
 
 
 def test_an_empty_file_is_the_defaults(tmp_path):
-    assert config.load(write(tmp_path, "# nothing\n")) == config.load().__class__(**{**config.load().__dict__, "source": str(tmp_path / "ztun.toml")})
+    path = write(tmp_path, "# nothing\n")
+    assert config.load(path) == dataclasses.replace(config.load(), source=path)
 
 
 def test_every_key_is_parsed(tmp_path):
@@ -315,7 +318,7 @@ def test_run_with_a_bad_config_exits_2_with_the_same_message(tmp_path, capsys, m
 
 def test_toml_syntax_errors_carry_their_line(tmp_path, capsys):
     path = write(tmp_path, "[tun]\nmtu = 1500\nname = \"unterminated\n")
-    rc, out, err = check(capsys, path)
+    rc, _, err = check(capsys, path)
     assert rc == 2 and err.startswith(f"ztun-appliance: error: {path}: line 3: invalid TOML: ") and "(column " in err
 
 
@@ -356,3 +359,14 @@ def test_any_document_is_a_config_or_a_config_error(doc):
         assert str(e).startswith("fuzz.toml: ")
     else:
         assert isinstance(c, AppConfig) and config.format_config(c)
+
+
+def test_the_readme_documents_every_key_and_flag():
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Configuration"):readme.index("## What is here")]
+    for table, keys in config.KEYS.items():
+        for key in keys:
+            full = f"{table}.{key}" if table else key
+            assert f"`{key}`" in section or f"`{full}`" in section or f"`[{full}]`" in section or f"`[[{full}]]`" in section, full
+    for _, flag in cli.RUN_FLAGS.values():
+        assert f"`{flag} " in readme or f"`{flag}`" in readme, flag

@@ -1,4 +1,4 @@
-"""The `ztun-appliance` command: run the gateway in the foreground, clean up after a crashed run, print the version."""
+"""The `ztun-appliance` command: run the gateway in the foreground, check a configuration, clean up after a crashed run, print the version."""
 
 import argparse
 import errno
