@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from ztun import __version__
-from ztun.appliance import cli
+from ztun.appliance import cli, config
 
 
 def test_version(capsys):
@@ -36,6 +36,10 @@ def test_python_dash_m_works():
     (["run", "--log-level", "LOUD"], "--log-level"),
     (["run", "--bogus"], "--bogus"),
     (["cleanup", "--table", "255"], "--table"),
+    (["run", "--udp-timeout", "0"], "--udp-timeout"),
+    (["run", "--outbound", "socks4://198.19.0.1:1080"], "--outbound"),
+    (["run", "--log-format", "yaml"], "--log-format"),
+    (["check-config"], "FILE"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(capsys, argv, flag):
     with pytest.raises(SystemExit) as e:
@@ -56,7 +60,7 @@ def test_flags_reach_the_options():
     args = parser.parse_args(["run", "--tun-name", "zt9", "--mtu", "1400", "--inet4", "198.18.0.1/30", "--inet6", "none",
                               "--route", "198.19.0.0/16", "--route", "198.20.0.0/16", "--exclude-route", "198.19.5.0/24",
                               "--auto-route", "--strict-route", "--table", "0x100", "--fwmark", "0x55", "--rule-priority", "700"])
-    o = cli._options(parser.commands["run"], args, tuple(cli.FLAGS))
+    o = cli.load_config(parser.commands["run"], args).tun
     assert (o.name, o.mtu, str(o.inet4), o.inet6) == ("zt9", 1400, "198.18.0.1/30", None)
     assert [str(r) for r in o.routes] == ["198.19.0.0/16", "198.20.0.0/16"]
     assert [str(r) for r in o.exclude_routes] == ["198.19.5.0/24"]
@@ -67,7 +71,31 @@ def test_unset_flags_keep_the_defaults():
     parser = cli.build_parser()
     args = parser.parse_args(["run"])
     # --offload auto: on with a Linux TUN, where the kernel offloads; TunOptions itself defaults to off
-    assert cli._options(parser.commands["run"], args, tuple(cli.FLAGS)) == cli.TunOptions(offload=sys.platform.startswith("linux"))
+    assert cli.load_config(parser.commands["run"], args).tun == cli.TunOptions(offload=sys.platform.startswith("linux"))
+
+
+def test_every_run_flag_has_a_config_key():
+    keys = {k for keys in config.KEYS.values() for k in keys}
+    run = cli.build_parser().commands["run"]
+    dests = {a.dest for a in run._actions} - {"help", "config"}
+    assert dests == set(cli.RUN_FLAGS)
+    for dest, (key, flag) in cli.RUN_FLAGS.items():
+        assert key == "outbound" or key.split(".")[-1] in keys
+        assert flag in run._option_string_actions and run._option_string_actions[flag].dest == dest
+
+
+def test_check_config_touches_nothing(tmp_path, monkeypatch, capsys):
+    """check-config neither opens a device nor a netlink socket: it validates and prints."""
+    from ztun.appliance import gateway
+    from ztun.system import router
+
+    monkeypatch.setattr(gateway, "open_tun", lambda *a, **k: pytest.fail("opened a device"))
+    monkeypatch.setattr(router, "open_router", lambda *a, **k: pytest.fail("opened a router"))
+    path = tmp_path / "c.toml"
+    path.write_text("[tun]\nauto_route = true\n")
+    assert cli.main(["check-config", str(path), "--mtu", "1500"]) == 0
+    out = capsys.readouterr().out
+    assert "auto_route = true" in out and "mtu = 1500" in out
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux TUN device")

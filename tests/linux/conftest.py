@@ -63,6 +63,9 @@ class Appliance:
         self.ns = ns
         self.logfile = ns.tmp / f"appliance-{len(ns.procs)}.log"
         self._log = open(self.logfile, "wb")
+        if command == "run" and "--control-socket" not in args and "--config" not in args:
+            # Unix sockets are not per network namespace: each appliance gets its own (a --config names its own).
+            args = (*args, "--control-socket", str(ns.tmp / f"control-{ns.name}-{len(ns.procs)}.sock"))
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns.name, sys.executable, "-m", "ztun.appliance", command, *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env(), cwd=REPO,

@@ -1,4 +1,4 @@
-"""The `ztun-appliance` command: run the gateway in the foreground, clean up after a crashed run, print the version."""
+"""The `ztun-appliance` command: run the gateway in the foreground, check a configuration, clean up after a crashed run, print the version."""
 
 import argparse
 import errno
@@ -10,26 +10,39 @@ from .. import __version__
 from ..errors import ConfigError, TunError, ZtunError
 from ..tun.loop import Loop
 from ..tun.options import TunOptions
+from . import config as config_mod
+from .config import AppConfig
 
 log = logging.getLogger("ztun.appliance")
 
 PROG = "ztun-appliance"
 STATS_INTERVAL = 10.0
 
-# TunOptions field -> the flag that sets it, so a rejected value names the flag.
-FLAGS = {
-    "name": "--tun-name",
-    "mtu": "--mtu",
-    "inet4": "--inet4",
-    "inet6": "--inet6",
-    "routes": "--route",
-    "exclude_routes": "--exclude-route",
-    "auto_route": "--auto-route",
-    "strict_route": "--strict-route",
-    "table": "--table",
-    "rule_priority": "--rule-priority",
-    "fwmark": "--fwmark",
-    "offload": "--offload",
+# argparse dest -> (config key, flag): a flag given on the command line replaces the file's value.
+RUN_FLAGS = {
+    "name": ("tun.name", "--tun-name"),
+    "mtu": ("tun.mtu", "--mtu"),
+    "inet4": ("tun.inet4", "--inet4"),
+    "inet6": ("tun.inet6", "--inet6"),
+    "routes": ("tun.routes", "--route"),
+    "exclude_routes": ("tun.exclude_routes", "--exclude-route"),
+    "auto_route": ("tun.auto_route", "--auto-route"),
+    "strict_route": ("tun.strict_route", "--strict-route"),
+    "table": ("tun.table", "--table"),
+    "rule_priority": ("tun.rule_priority", "--rule-priority"),
+    "fwmark": ("tun.fwmark", "--fwmark"),
+    "offload": ("tun.offload", "--offload"),
+    "lan_interfaces": ("gateway.lan_interfaces", "--lan-interface"),
+    "enable_forwarding": ("gateway.enable_forwarding", "--enable-forwarding"),
+    "udp_timeout": ("flows.udp_timeout", "--udp-timeout"),
+    "connect_timeout": ("flows.connect_timeout", "--connect-timeout"),
+    "tcp_idle_timeout": ("flows.tcp_idle_timeout", "--tcp-idle-timeout"),
+    "log_level": ("log.level", "--log-level"),
+    "log_format": ("log.format", "--log-format"),
+    "outbound": ("outbound", "--outbound"),
+    "dns_mode": ("dns.mode", "--dns-mode"),
+    "metrics_listen": ("metrics.listen", "--metrics-listen"),
+    "control_socket": ("control.socket", "--control-socket"),
 }
 
 
@@ -42,34 +55,50 @@ def _int(text: str) -> int:
 
 
 def _seconds(text: str) -> float:
+    """A number; its range is checked with the config's (one copy of each limit)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
-    if not 0 < value <= 86400:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400 seconds, got {text}")
-    return value
-
-
-def _prefix_or_none(text: str):
-    return None if text.lower() in ("none", "off", "") else text
-
-
-def _level(text: str) -> str:
-    level = text.upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise argparse.ArgumentTypeError(f"must be DEBUG, INFO, WARNING or ERROR, got {text!r}")
-    return level
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    # Unset flags stay out of args entirely: TunOptions holds the one copy of every default.
-    p.set_defaults(log_level="INFO")
+    # Unset flags stay out of args entirely: the config's dataclasses hold the one copy of every default.
     p.argument_default = argparse.SUPPRESS
     p.add_argument("--tun-name", dest="name", metavar="NAME", help="TUN interface name (default ztun0)")
     p.add_argument("--table", type=_int, metavar="N", help="ztun's routing table (default 2022)")
     p.add_argument("--rule-priority", type=_int, metavar="N", help="first of ztun's 10 rule priorities (default 9000)")
-    p.add_argument("--log-level", type=_level, metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    bool_flag = argparse.BooleanOptionalAction
+    p.add_argument("--mtu", type=_int, metavar="N", help="TUN MTU, 576..65535, >= 1280 with IPv6 (default 65535)")
+    p.add_argument("--inet4", metavar="CIDR", help="the stack's IPv4 address and prefix, or 'none' (default 172.19.0.1/30)")
+    p.add_argument("--inet6", metavar="CIDR", help="the stack's IPv6 address and prefix, or 'none' (default fdfe:dcba:9876::1/126)")
+    p.add_argument("--route", dest="routes", action="append", metavar="CIDR", help="route CIDR into the TUN (repeatable; replaces tun.routes)")
+    p.add_argument("--exclude-route", dest="exclude_routes", action="append", metavar="CIDR", help="keep CIDR out of the TUN (repeatable; replaces tun.exclude_routes)")
+    p.add_argument("--auto-route", action=bool_flag, help="send all traffic through the TUN but ztun's own, loopback and excluded")
+    p.add_argument("--strict-route", action=bool_flag, help="with --auto-route: make a family with no TUN address unreachable")
+    p.add_argument("--fwmark", type=_int, metavar="N", help="fwmark of ztun's own sockets, skipped by its rules (default 0x2022)")
+    p.add_argument("--offload", choices=("auto", "on", "off"), metavar="auto|on|off",
+                   help="IFF_VNET_HDR with checksum and TCP segmentation offload: TCP moves as 64 KiB "
+                        "super-packets; auto (the default) is on with Linux TUN, off elsewhere")
+    p.add_argument("--lan-interface", dest="lan_interfaces", action="append", metavar="NAME",
+                   help="serve hosts on this interface as their gateway (repeatable): checks that forwarding is on")
+    p.add_argument("--enable-forwarding", action=bool_flag,
+                   help="with --lan-interface: turn forwarding on if it is off, and restore it on exit")
+    p.add_argument("--udp-timeout", type=_seconds, metavar="SECONDS", help="idle timeout of a UDP session (default 60)")
+    p.add_argument("--connect-timeout", type=_seconds, metavar="SECONDS", help="outbound TCP connect timeout (default 10)")
+    p.add_argument("--tcp-idle-timeout", type=_seconds, metavar="SECONDS", help="idle timeout of a relayed TCP connection (default 7200)")
+    p.add_argument("--outbound", metavar="URL",
+                   help="socks5://[user:password@]host:port: defines outbound 'proxy' and makes it the default route; "
+                        "or 'direct' / 'block' as the default route")
+    p.add_argument("--dns-mode", metavar="MODE", help="off, fake-ip or forward (default off)")
+    p.add_argument("--log-format", metavar="FORMAT", help="text or json (default text)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics there (default off)")
+    p.add_argument("--control-socket", metavar="PATH", help="unix socket of `ztun-appliance status` (default /run/ztun/control.sock)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,58 +107,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the gateway in the foreground until SIGINT/SIGTERM",
                          description="Create and configure the TUN device, route traffic into it and answer it. "
-                                     "SIGINT or SIGTERM removes everything it added and exits 0.")
-    _common(run)
-    run.add_argument("--mtu", type=_int, metavar="N", help="TUN MTU, 576..65535, >= 1280 with IPv6 (default 65535)")
-    run.add_argument("--inet4", type=_prefix_or_none, metavar="CIDR", help="the stack's IPv4 address and prefix, or 'none' (default 172.19.0.1/30)")
-    run.add_argument("--inet6", type=_prefix_or_none, metavar="CIDR", help="the stack's IPv6 address and prefix, or 'none' (default fdfe:dcba:9876::1/126)")
-    run.add_argument("--route", dest="routes", action="append", metavar="CIDR", help="route CIDR into the TUN (repeatable)")
-    run.add_argument("--exclude-route", dest="exclude_routes", action="append", metavar="CIDR", help="keep CIDR out of the TUN (repeatable)")
-    run.add_argument("--auto-route", action="store_true", help="send all traffic through the TUN but ztun's own, loopback and excluded")
-    run.add_argument("--strict-route", action="store_true", help="with --auto-route: make a family with no TUN address unreachable")
-    run.add_argument("--fwmark", type=_int, metavar="N", help="fwmark of ztun's own sockets, skipped by its rules (default 0x2022)")
-    run.add_argument("--offload", choices=("auto", "on", "off"), metavar="auto|on|off",
-                     help="IFF_VNET_HDR with checksum and TCP segmentation offload: TCP moves as 64 KiB "
-                          "super-packets; auto (the default) is on with Linux TUN, off elsewhere")
-    run.add_argument("--lan-interface", dest="lan_interfaces", action="append", metavar="NAME",
-                     help="serve hosts on this interface as their gateway (repeatable): checks that forwarding is on")
-    run.add_argument("--enable-forwarding", action="store_true",
-                     help="with --lan-interface: turn forwarding on if it is off, and restore it on exit")
-    run.add_argument("--udp-timeout", type=_seconds, metavar="SECONDS", help="idle timeout of a UDP session (default 60)")
-    run.add_argument("--connect-timeout", type=_seconds, metavar="SECONDS", help="outbound TCP connect timeout (default 10)")
+                                     "SIGINT or SIGTERM removes everything it added and exits 0. "
+                                     "Flags override the values of --config FILE.")
+    run.add_argument("--config", metavar="FILE", help="TOML configuration file (see the README's Configuration)")
+    _run_flags(run)
+
+    check = sub.add_parser("check-config", help="validate a configuration file and print the effective configuration",
+                           description="Validate FILE (with any run flags applied over it) without touching the system, "
+                                       "print the effective configuration (passwords redacted) and exit 0; "
+                                       "an invalid configuration exits 2 naming the key, its line and what is expected.")
+    check.add_argument("config", metavar="FILE", help="TOML configuration file")
+    _run_flags(check)
 
     cleanup = sub.add_parser("cleanup", help="remove what a crashed run left behind (rules, routes)",
                              description="Remove the rules in ztun's priority range and the routes in its table, "
                                          "as a run that was killed left them. Refuses while the TUN device is in use.")
+    cleanup.add_argument("--config", metavar="FILE", help="the configuration the crashed run used (for tun.name, table, rule_priority)")
     _common(cleanup)
 
+    st = sub.add_parser("status", help="print the running appliance's counters and flows",
+                        description="Ask the running appliance over its control socket (root only) for its counters, "
+                                    "drops by reason, flows by state, outbound errors and the current flows.")
+    from .status import add_status_arguments
+
+    add_status_arguments(st)
+
     sub.add_parser("version", help="print the version")
-    parser.commands = {"run": run, "cleanup": cleanup}  # for errors found after parsing
+    parser.commands = {"run": run, "check-config": check, "cleanup": cleanup}  # for errors found after parsing
     return parser
 
 
-def _options(parser, args, fields) -> TunOptions:
-    kw = {f: getattr(args, f) for f in fields if hasattr(args, f)}
-    if "offload" in fields:
-        mode = kw.get("offload", "auto")  # auto: on where there is a kernel offload to use (Linux)
-        kw["offload"] = mode == "on" or (mode == "auto" and sys.platform.startswith("linux"))
-    for f in ("routes", "exclude_routes"):
-        if f in kw:
-            kw[f] = tuple(kw[f])
+def load_config(parser: argparse.ArgumentParser, args) -> AppConfig:
+    """The file of --config (or check-config's FILE) with every flag given on top; a bad flag exits 2 via parser.error."""
+    overrides = {key: (getattr(args, dest), flag) for dest, (key, flag) in RUN_FLAGS.items() if hasattr(args, dest)}
     try:
-        return TunOptions(**kw)
+        return config_mod.load(getattr(args, "config", None), overrides)
     except ConfigError as e:
-        field = getattr(e, "field", None)
-        reason = str(e).split(": ", 1)[1] if field and str(e).startswith(f"{field}: ") else str(e)
-        parser.error(f"argument {FLAGS.get(field, field)}: {reason}")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Their debug output is every netlink message; ztun's own DEBUG is what is asked for.
-    for noisy in ("pyroute2", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.getLogger().level, logging.WARNING))
+        if getattr(e, "flag", None):
+            parser.error(str(e))
+        raise
 
 
 class _Stop(BaseException):
@@ -161,33 +177,53 @@ class _Interrupts:
             signal.signal(s, h)
 
 
-def _run(options: TunOptions, udp_timeout: float = 60.0, connect_timeout: float = 10.0, lan_interfaces=(), enable_forwarding=False) -> int:
-    from ..outbound.direct import DirectOutbound
-    from .forwarder import Forwarder
+def _run(config: AppConfig, reread=None) -> int:
+    """Run until SIGINT/SIGTERM; reread() gives the configuration again for SIGHUP (None: no reload)."""
+    from . import sdnotify
+    from .app import Snapshot, build_handler, reload, tun_options
     from .gateway import Gateway
+    from .logfmt import DropWarner
+    from .status import ControlServer, split_stats
 
     interrupts = _Interrupts()
-    loop = gateway = forwarder = None
+    loop = gateway = forwarder = control = metrics = drops = None
+    state = {"config": config}
     try:
         loop = Loop()
         interrupts.check()
-        gateway = Gateway(options, udp_timeout=udp_timeout, lan_interfaces=lan_interfaces, enable_forwarding=enable_forwarding)
+        gateway = Gateway(tun_options(config), udp_timeout=config.flows.udp_timeout, udp_max_sessions=config.flows.udp_max_sessions,
+                          lan_interfaces=config.gateway.lan_interfaces, enable_forwarding=config.gateway.enable_forwarding)
+        forwarder = build_handler(loop, config)
+        snapshot = Snapshot(gateway, forwarder)
+        # Before the device: a second appliance on the same socket fails before touching routes.
+        control = ControlServer(loop, config.control.socket, snapshot)
         gateway.open()
         interrupts.check()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, _stopping, loop, signum)
-        forwarder = Forwarder(loop, DirectOutbound(loop, fwmark=options.fwmark, connect_timeout=connect_timeout))
+        if reread is not None and hasattr(signal, "SIGHUP"):
+            loop.add_signal_handler(signal.SIGHUP, _reload, loop, forwarder, state, reread)
         gateway.attach(loop, forwarder)
+        if config.metrics.listen:
+            from .metrics import MetricsServer
+
+            metrics = MetricsServer(loop, config.metrics.listen, snapshot)
+        drops = DropWarner(loop, lambda: split_stats(gateway.stack.stats())[2] if gateway.stack is not None else {})
         if log.isEnabledFor(logging.DEBUG):
             _log_stats_every(loop, gateway, STATS_INTERVAL)
         interrupts.check()
-        log.info("ready: %s; TCP and UDP go direct, ICMP echo is answered", gateway.describe())
+        log.info("ready: %s; %s", gateway.describe(), _describe_flows(config, forwarder))
+        sdnotify.ready(gateway.describe())
         loop.run()
     except _Stop:
         log.info("interrupted during setup")
     finally:
         # Nothing may interrupt the teardown: a second signal just waits for it.
         interrupts.tearing_down = True
+        sdnotify.stopping()
+        for part in (drops, metrics, control):
+            if part is not None:
+                part.close()
         if forwarder is not None:
             forwarder.close()
         if gateway is not None:
@@ -203,9 +239,39 @@ def _run(options: TunOptions, udp_timeout: float = 60.0, connect_timeout: float 
     return 0
 
 
+def _describe_flows(config: AppConfig, forwarder) -> str:
+    rules = len(config.route.rules)
+    parts = [f"default outbound {config.route.default}", f"{rules} rule{'s' * (rules != 1)}"]
+    proxies = [f"{o.name}=socks5 {o.host}:{o.port}" for o in config.outbounds if o.type == "socks5"]
+    if proxies:
+        parts.append(", ".join(proxies))
+    parts.append(f"dns {config.dns.mode}")
+    parts.append(f"ICMP echo {'answered' if forwarder.icmp_echo == 'reply' else 'answered unless blocked'}")
+    return "; ".join(parts)
+
+
 def _stopping(loop, signum):
+    from . import sdnotify
+
     log.info("%s: shutting down", signal.Signals(signum).name)
+    sdnotify.stopping()
     loop.stop()
+
+
+def _reload(loop, forwarder, state, reread):
+    """SIGHUP: read the configuration again; new outbounds and rules apply to new flows, open flows keep theirs."""
+    from .app import reload
+
+    try:
+        new = reread()
+        warnings = reload(forwarder, loop, state["config"], new)
+    except (ConfigError, ValueError, OSError) as e:
+        log.error("SIGHUP: configuration not reloaded, the running one stays: %s", e)
+        return
+    for w in warnings:
+        log.warning("SIGHUP: %s", w)
+    state["config"] = new
+    log.info("SIGHUP: reloaded %s: %s", new.source or "the flags", _describe_flows(new, forwarder))
 
 
 def _log_stats_every(loop, gateway, interval):
@@ -237,25 +303,38 @@ def _cleanup(options: TunOptions) -> int:
     return 0
 
 
+def _check_config(config: AppConfig) -> int:
+    print(f"# effective configuration of {config.source} (passwords redacted)")
+    print(config_mod.format_config(config), end="")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "status":
+        from .status import run_status
+
+        return run_status(args)
     if args.command == "version":
         from .. import _fast
 
         print(f"ztun {__version__} ({_fast.IMPLEMENTATION} packet core)")
         return 0
-    _setup_logging(args.log_level)
-    command = parser.commands[args.command]
+    try:
+        config = load_config(parser.commands[args.command], args)
+    except ConfigError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        return _check_config(config)
+    from .logfmt import setup_logging
+
+    setup_logging(config.log.level, config.log.format)
     try:
         if args.command == "run":
-            return _run(_options(command, args, ("name", "mtu", "inet4", "inet6", "routes", "exclude_routes",
-                                                "auto_route", "strict_route", "table", "rule_priority", "fwmark", "offload")),
-                        udp_timeout=getattr(args, "udp_timeout", 60.0),
-                        connect_timeout=getattr(args, "connect_timeout", 10.0),
-                        lan_interfaces=getattr(args, "lan_interfaces", ()),
-                        enable_forwarding=getattr(args, "enable_forwarding", False))
-        return _cleanup(_options(command, args, ("name", "table", "rule_priority")))
+            return _run(config, reread=lambda: load_config(parser.commands["run"], args))
+        return _cleanup(config.tun)
     except ZtunError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1

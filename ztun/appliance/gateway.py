@@ -36,9 +36,11 @@ class Gateway:
     An adopted fd's device is left as its owner configured it (no MTU, address or link change).
     """
 
-    def __init__(self, options: TunOptions, *, udp_timeout: float = 60.0, lan_interfaces=(), enable_forwarding: bool = False):
+    def __init__(self, options: TunOptions, *, udp_timeout: float = 60.0, udp_max_sessions: int = 16384,
+                 lan_interfaces=(), enable_forwarding: bool = False):
         self.options = options
         self.udp_timeout = udp_timeout
+        self.udp_max_sessions = udp_max_sessions
         self.lan_interfaces = tuple(lan_interfaces)
         self.enable_forwarding = enable_forwarding
         self._sysctls: list = []  # (path, old value) to restore on close
@@ -72,7 +74,8 @@ class Gateway:
                 self.router.add(route)
             for rule in plan.rules:
                 self.router.add(rule)
-            self.stack = SystemStack(self.device, opts, udp_timeout=self.udp_timeout)
+            self.stack = SystemStack(self.device, opts, udp_timeout=self.udp_timeout,
+                                     udp_max_sessions=self.udp_max_sessions)
         except BaseException:
             self.close()
             raise
