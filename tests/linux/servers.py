@@ -3,6 +3,8 @@
 http: GET /bytes/N sends N bytes of random.Random(N); POST /upload answers the body's sha256.
 halfclose: reads until EOF, then sends back what it read.
 udp-echo: sends every datagram back.
+dns ADDRESS: a DNS server over UDP on ADDRESS: A records for web.example (198.19.0.1) and direct.example
+(198.19.1.1), a TXT record "ztun-test" for any name, NXDOMAIN otherwise.
 hostile-socks MODE: a SOCKS5 server that misbehaves: bad-version (answers the greeting as
 SOCKS4), truncated (half a CONNECT reply, then closes), huge-address (a CONNECT reply whose
 domain-name address claims 255 bytes and sends 3), never (accepts, reads, never answers),
@@ -91,6 +93,35 @@ def udp_echo(port: int):
         s.sendto(data, addr)
 
 
+def dns_server(port: int, address: str):
+    import dns.message
+    import dns.rcode
+    import dns.rdatatype
+    import dns.rrset
+
+    names = {"web.example.": "198.19.0.1", "direct.example.": "198.19.1.1"}
+    # Bound to one address: a wildcard socket would answer from whatever source routing picks.
+    s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((address, port))
+    print("ready", flush=True)
+    while True:
+        data, addr = s.recvfrom(65535)
+        try:
+            query = dns.message.from_wire(data)
+        except Exception:
+            continue
+        answer = dns.message.make_response(query)
+        q = query.question[0]
+        name = q.name.to_text().lower()
+        if q.rdtype == dns.rdatatype.A and name in names:
+            answer.answer.append(dns.rrset.from_text(q.name, 60, "IN", "A", names[name]))
+        elif q.rdtype == dns.rdatatype.TXT:
+            answer.answer.append(dns.rrset.from_text(q.name, 60, "IN", "TXT", '"ztun-test"'))
+        elif name not in names:
+            answer.set_rcode(dns.rcode.NXDOMAIN)
+        s.sendto(answer.to_wire(), addr)
+
+
 def hostile_socks(port: int, mode: str):
     import time
 
@@ -138,6 +169,8 @@ if __name__ == "__main__":
         halfclose(port)
     elif kind == "udp-echo":
         udp_echo(port)
+    elif kind == "dns":
+        dns_server(port, sys.argv[3])
     elif kind == "hostile-socks":
         hostile_socks(port, sys.argv[3])
     else:

@@ -8,7 +8,6 @@ rules, 198.19.1.0/24 alone is routed over the veth.
 
 import hashlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -17,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import Lan, namespaces, need
 from servers import body
 
@@ -360,3 +358,69 @@ def test_status_reload_and_clean_shutdown(slan):
     assert time.monotonic() - t < 5
     assert slan.client.snapshot() == before
     assert not slan.control.exists()
+
+
+DNS_DIRECT = PROXIED + """
+[dns]
+mode = "{mode}"
+fake_ip4 = "198.18.128.0/20"
+fake_ip6 = "fd00:f::/64"
+upstream = "198.19.1.1:53"
+outbound = "direct"
+
+[[route.rules]]
+domain = ["direct.example"]
+outbound = "direct"
+"""
+
+
+def dig(lan, *args) -> list:
+    return lan.client.run("dig", "+short", "+time=3", "+tries=1", "@198.19.0.53", *args).stdout.split()
+
+
+def test_fake_ip_routed_direct_is_resolved_upstream_and_other_types_are_forwarded(slan):
+    need("dig", "dnsutils")
+    slan.server.server("dns", 53, "198.19.1.1")
+    slan.microsocks()
+    app = slan.start(DNS_DIRECT.format(url=f"socks5://{PROXY}:1080", mode="fake-ip"))
+    fake = dig(slan, "direct.example", "A")
+    assert len(fake) == 1 and fake[0].startswith("198.18.12"), fake
+    assert dig(slan, "anything.example", "TXT") == ['"ztun-test"']  # not A/AAAA: asked upstream
+    out = slan.tmp / "direct"
+    slan.fetch(f"http://{fake[0]}:8080/bytes/{MB}", out)  # direct: ztun looks the name up upstream
+    assert sha(out.read_bytes()) == sha(body(MB))
+    assert app.stop() == 0, app.log
+    assert f"{fake[0]}:8080 [direct.example] via direct up" in app.log, app.log
+
+
+def test_dns_forward_mode(slan):
+    need("dig", "dnsutils")
+    slan.server.server("dns", 53, "198.19.1.1")
+    app = slan.start(DNS_DIRECT.format(url=f"socks5://{PROXY}:1080", mode="forward"))
+    assert dig(slan, "web.example", "A") == [Lan.SERVER4]  # the upstream's real answer
+    assert dig(slan, "+tcp", "direct.example", "A") == ["198.19.1.1"]
+    assert app.stop() == 0, app.log
+
+
+def test_systemd_notify_metrics_and_json_logs(slan, monkeypatch):
+    slan.microsocks()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = slan.tmp / "notify.sock"
+    notify.bind(str(path))
+    notify.settimeout(20)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    text = PROXIED.format(url=f"socks5://{PROXY}:1080") + '\n[log]\nformat = "json"\n\n[metrics]\nlisten = "127.0.0.1:9477"\n'
+    app = slan.client.appliance("--config", str(slan.config(text)))
+    try:
+        assert b"READY=1" in notify.recv(4096).split(b"\n"), app.log
+        slan.fetch(f"http://{Lan.SERVER4}:8080/bytes/{MB}", slan.tmp / "m")
+        scrape = slan.client.python("import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9477/metrics', timeout=10).read().decode())").stdout
+        assert "ztun_uptime_seconds" in scrape and 'ztun_outbound_events_total{event="tcp_ok",outbound="proxy"}' in scrape, scrape
+        assert app.stop() == 0, app.log
+        assert b"STOPPING=1" in notify.recv(4096).split(b"\n")
+    finally:
+        notify.close()
+    records = [json.loads(line) for line in app.log.splitlines() if line.strip()]
+    assert any(r["msg"].startswith("ready: ") for r in records), app.log
+    flows = [r["flow"] for r in records if "flow" in r]
+    assert any(f["outbound"] == "proxy" and f["bytes_down"] >= MB and f["reason"] for f in flows), flows

@@ -180,7 +180,7 @@ class _Interrupts:
 def _run(config: AppConfig, reread=None) -> int:
     """Run until SIGINT/SIGTERM; reread() gives the configuration again for SIGHUP (None: no reload)."""
     from . import sdnotify
-    from .app import Snapshot, build_handler, reload, tun_options
+    from .app import Snapshot, build_handler, tun_options
     from .gateway import Gateway
     from .logfmt import DropWarner
     from .status import ControlServer, split_stats
