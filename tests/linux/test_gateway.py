@@ -37,6 +37,6 @@ def test_lan_host_through_the_gateway(gateway_lan, tmp_path, offload):
     stats = app.stats()
     assert stats["tcp_allowed"] >= 2 and stats["udp_datagrams"] == 1000, stats
     # the flows ztun relayed came from the host itself: forwarded into the TUN, not made locally
-    assert "tcp 198.18.20.2:" in app.log and "tcp fd00:20::2:" in app.log, app.log
+    assert "tcp 198.18.20.2:" in app.log and "tcp [fd00:20::2]:" in app.log, app.log
     assert lan.client.run("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"  # restored
     assert lan.client.snapshot() == before
