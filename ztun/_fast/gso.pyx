@@ -1,4 +1,5 @@
-"""GSO split: cut a TCP or UDP super-packet (IFF_VNET_HDR offload) into wire-size segments, compiled.
+"""GSO split: cut a TCP or UDP super-packet (IFF_VNET_HDR offload) into wire-size segments, compiled;
+GRO on write: coalesce same-flow UDP datagrams into one USO super-packet (gro_udp).
 
 Segments follow Linux's software GSO: IPv4 IDs count up, TCP sequence numbers advance,
 FIN/PSH stay on the last segment and CWR on the first, and every segment gets full,

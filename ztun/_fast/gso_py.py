@@ -1,4 +1,5 @@
-"""GSO split: cut a TCP or UDP super-packet (IFF_VNET_HDR offload) into wire-size segments.
+"""GSO split: cut a TCP or UDP super-packet (IFF_VNET_HDR offload) into wire-size segments;
+GRO on write: coalesce same-flow UDP datagrams into one USO super-packet (gro_udp).
 
 Pure-Python twin of gso.pyx. Segments follow Linux's software GSO: IPv4 IDs count up,
 TCP sequence numbers advance, FIN/PSH stay on the last segment and CWR on the first,
