@@ -6,7 +6,6 @@ host namespace -> gateway namespace (ztun, forwarding on) -> server namespace; s
 import os
 
 import pytest
-
 from conftest import need
 from servers import body
 from test_offload_udp import UDP_GSO
