@@ -45,10 +45,8 @@ _TUN_F_USO = 0x20 | 0x40  # TUN_F_USO4 | TUN_F_USO6 (device_linux.py)
 
 
 def _udp_gro_default(device) -> bool:
-    """GRO on write for UDP replies: on where the TUN takes USO super-packets both ways.
-
-    ZTUN_UDP_GRO=0 turns it off (=1 asks for it, still only with USO), for measuring.
-    """
+    """GRO on write for UDP replies: on where the TUN has USO (measured a win: less CPU per
+    datagram, README performance section); ZTUN_UDP_GRO=0 turns it off, for comparison."""
     usable = getattr(device, "offload", 0) & _TUN_F_USO == _TUN_F_USO and getattr(device, "vnet_hdr", False)
     return usable and os.environ.get("ZTUN_UDP_GRO", "auto") not in ("0", "off")
 
