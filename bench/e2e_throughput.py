@@ -8,6 +8,8 @@ ztun and a server namespace behind a veth with nginx, iperf3 and a TCP echo serv
 With --topology gateway the load comes from a third namespace, a host whose gateway is the
 client namespace (forwarding on): "kernel" is then plain forwarding, the limit of a gateway.
 Configurations alternate round by round (A B C A B C ...) because this machine drifts.
+UDP runs at each --udp-rates rate both ways (down: iperf3 -R, the replies ztun writes to the
+TUN, coalesced into USO packets unless ZTUN_UDP_GRO=0: config ztun-mtu1500-nogro).
 Prints one `name value unit` line per metric (medians over rounds), then ratios to kernel.
 Needs iperf3, ab (apache2-utils) and nginx (nginx-light).
 """
@@ -36,6 +38,7 @@ CONFIGS = {
     "ztun-nooffload": {"mtu": "65535", "args": ["--offload", "off"]},
     "ztun-mtu1500": {"mtu": "1500"},
     "ztun-mtu1500-nooffload": {"mtu": "1500", "args": ["--offload", "off"]},
+    "ztun-mtu1500-nogro": {"mtu": "1500", "env": {"ZTUN_UDP_GRO": "0"}},  # offload, but UDP replies written one by one
     "ztun-python": {"mtu": "65535", "env": {"ZTUN_NO_EXTENSIONS": "1"}},
 }
 
@@ -97,8 +100,9 @@ http {{
 
 
 class Bench:
-    def __init__(self, seconds: float, tmp: Path, topology: str = "local"):
+    def __init__(self, seconds: float, tmp: Path, topology: str = "local", udp_rates=("300M",)):
         self.seconds = seconds
+        self.udp_rates = udp_rates
         self.tmp = tmp
         self.topology = topology
         tag = uuid.uuid4().hex[:6]
@@ -235,9 +239,22 @@ class Bench:
         p50, p99 = map(float, self.ns(self.load, sys.executable, "-c", RTT_CLIENT, SERVER4, "3000").stdout.split())
         out["rtt_p50"] = (p50, "us")
         out["rtt_p99"] = (p99, "us")
-        udp = self.iperf("-u", "-b", "300M", "-l", "1400")["sum"]
-        out["udp_300m_rate"] = (udp["bits_per_second"] / 1e6, "Mbit/s")
-        out["udp_300m_loss"] = (udp["lost_percent"], "%")
+        cpu0, tun0, t0 = _cpu(pid), (self.tun_counts() if pid else None), time.monotonic()
+        for rate in self.udp_rates:
+            for name, extra in (("up", ()), ("down", ("-R",))):
+                c0, t1 = _cpu(pid), time.monotonic()
+                end = self.iperf("-u", "-b", rate, "-l", "1400", *extra)
+                udp = end.get("sum_received", end["sum"])  # what reached the receiving side
+                tag = f"udp_{rate.lower()}_{name}"
+                out[f"{tag}_rate"] = (udp["bits_per_second"] / 1e6, "Mbit/s")
+                out[f"{tag}_loss"] = (end["sum"]["lost_percent"], "%")
+                if pid:
+                    out[f"{tag}_cpu"] = ((_cpu(pid) - c0) / (time.monotonic() - t1) * 100, "%")
+        if pid:
+            out["cpu_during_udp"] = ((_cpu(pid) - cpu0) / (time.monotonic() - t0) * 100, "%")
+            tun1 = self.tun_counts()
+            if tun0 and tun1 and tun1[1] > tun0[1]:
+                out["tun_bytes_per_packet_udp"] = ((tun1[0] - tun0[0]) / (tun1[1] - tun0[1]), "bytes")
         if pid:
             out["rss"] = (_rss(pid) / 1024, "MiB")
         return out
@@ -271,6 +288,7 @@ def main():
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
     ap.add_argument("--topology", choices=("local", "gateway"), default="local",
                     help="local: the load runs where ztun runs; gateway: on a host routed through it")
+    ap.add_argument("--udp-rates", default="300M,1G", help="iperf3 -b rates of the UDP runs (each up and down)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark builds network namespaces")
@@ -281,7 +299,7 @@ def main():
     results = {c: {} for c in configs}
     with tempfile.TemporaryDirectory(prefix="ztun-bench-") as tmp:
         os.chmod(tmp, 0o755)
-        bench = Bench(args.seconds, Path(tmp), args.topology)
+        bench = Bench(args.seconds, Path(tmp), args.topology, tuple(args.udp_rates.split(",")))
         try:
             bench.setup()
             for _ in range(args.rounds):

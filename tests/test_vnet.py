@@ -137,3 +137,38 @@ def test_fuzz_headers_identical(both, hdr, seed, version):
         impl.nat.NatTable(cfg).process_batch(batch, 0.0)
         outs.append((batch.meta[:1].tobytes(), batch.packet(0).tobytes(), int(batch.verdicts[0]), int(batch.reasons[0])))
     assert outs[0] == outs[1]
+
+
+def _udp_or_tcp(version, proto, size=3000):
+    ip = IP(src="198.18.5.5", dst="198.19.0.9") if version == 4 else IPv6(src="fd00:5::5", dst="fd00:19::9")
+    l4 = UDP(sport=1, dport=2) if proto == "udp" else TCP(sport=1, dport=2)
+    raw = bytes(ip / l4 / Raw(bytes(size)))
+    return raw, (20 if version == 4 else 40)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+@pytest.mark.parametrize("what", ["hdr_len", "csum_start", "gso_size_0", "good"])
+def test_malformed_headers_dropped_and_counted(impl, version, proto, what):
+    """hdr_len or csum_start beyond the packet, or gso_size 0: a BAD_VNET_HDR drop the NAT counts."""
+    raw, l4 = _udp_or_tcp(version, proto)
+    off, hlen = (6, 8) if proto == "udp" else (16, 20)
+    gso = d.GSO_UDP_L4 if proto == "udp" else (d.GSO_TCPV4 if version == 4 else d.GSO_TCPV6)
+    fields = {"hdr_len": l4 + hlen, "gso_size": 1200, "start": l4}
+    if what == "hdr_len":
+        fields["hdr_len"] = len(raw) + 1
+    elif what == "csum_start":
+        fields["start"] = len(raw) - 1
+    elif what == "gso_size_0":
+        fields["gso_size"] = 0
+    batch = load([(raw, vnet(d.VNET_F_NEEDS_CSUM, gso, fields["hdr_len"], fields["gso_size"], fields["start"], off))])
+    impl.packet.parse_batch(batch)
+    table = impl.nat.NatTable(NatConfig.from_prefixes(A4 + "/30", A6 + "/126", port4=PORT, port6=PORT))
+    table.process_batch(batch, 0.0)
+    if what == "good":
+        assert batch.meta["status"][0] == d.OK and batch.verdicts[0] in (d.V_UDP, d.V_NEW_FLOW)
+        return
+    assert batch.meta["status"][0] == d.BAD_VNET_HDR
+    assert (batch.verdicts[0], batch.reasons[0]) == (d.V_DROP, d.BAD_VNET_HDR)
+    assert table.drop_counts[d.BAD_VNET_HDR] == 1
+    assert impl.gso.gso_split(batch, 0, PacketBatch(slots=8)) == -d.BAD_VNET_HDR

@@ -2,7 +2,7 @@
 
 http: GET /bytes/N sends N bytes of random.Random(N); POST /upload answers the body's sha256.
 halfclose: reads until EOF, then sends back what it read.
-udp-echo: sends every datagram back.
+udp-echo: sends every datagram back, from the address it was sent to (as DNS servers do).
 dns ADDRESS: a DNS server over UDP on ADDRESS: A records for web.example (198.19.0.1) and direct.example
 (198.19.1.1), a TXT record "ztun-test" for any name, NXDOMAIN otherwise.
 hostile-socks MODE: a SOCKS5 server that misbehaves: bad-version (answers the greeting as
@@ -82,15 +82,32 @@ def halfclose(port: int):
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
+_IP_PKTINFO = 8  # <linux/in.h>; struct in_pktinfo {int ifindex; in_addr spec_dst; in_addr addr}
+
+
 def udp_echo(port: int):
-    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 8 << 20)
-    s.bind(("::", port))
+    """One socket per family with PKTINFO, so each echo leaves from the address the datagram came to:
+    replies from the interface's own address would fail strict rp_filter on a gateway's TUN."""
+    s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s4.setsockopt(socket.SOL_IP, _IP_PKTINFO, 1)
+    s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    for s, host in ((s4, "0.0.0.0"), (s6, "::")):
+        s.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 8 << 20)
+        s.bind((host, port))
+
+    def serve(s, level, kind, reply_info):
+        while True:
+            data, anc, _, addr = s.recvmsg(65535, 256)
+            info = [reply_info(d) for lvl, t, d in anc if lvl == level and t == kind]
+            s.sendmsg([data], [(level, kind, info[0])] if info else [], 0, addr)
+
+    # IPv4: send from in_pktinfo.addr (the header's destination), any interface
+    t = threading.Thread(target=serve, args=(s4, socket.SOL_IP, _IP_PKTINFO, lambda d: bytes(4) + d[8:12] + bytes(4)), daemon=True)
+    t.start()
     print("ready", flush=True)
-    while True:
-        data, addr = s.recvfrom(65535)
-        s.sendto(data, addr)
+    serve(s6, socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, lambda d: d[:16] + bytes(4))
 
 
 def dns_server(port: int, address: str):

@@ -1,4 +1,5 @@
-"""GSO split: cut a TCP or UDP super-packet (IFF_VNET_HDR offload) into wire-size segments.
+"""GSO split: cut a TCP or UDP super-packet (IFF_VNET_HDR offload) into wire-size segments;
+GRO on write: coalesce same-flow UDP datagrams into one USO super-packet (gro_udp).
 
 Pure-Python twin of gso.pyx. Segments follow Linux's software GSO: IPv4 IDs count up,
 TCP sequence numbers advance, FIN/PSH stay on the last segment and CWR on the first,
@@ -63,3 +64,81 @@ def gso_split(batch, i, out, first=0) -> int:
         if out.vnet_hdr:
             out.data[first + k, out.headroom - d.VNET_HDR_LEN : out.headroom] = 0
     return count
+
+
+def _plain_udp(p: bytes, h: bytes) -> int:
+    """The UDP header offset of a packet GRO may coalesce, else 0 (see gso.pyx)."""
+    n = len(p)
+    if h[0] or h[1]:
+        return 0
+    if n >= 28 and p[0] == 0x45 and p[9] == d.PROTO_UDP and struct.unpack_from("!H", p, 6)[0] & 0x3FFF == 0 and struct.unpack_from("!H", p, 2)[0] == n:
+        return 20 if struct.unpack_from("!H", p, 24)[0] == n - 20 else 0
+    if n >= 48 and p[0] >> 4 == 6 and p[6] == d.PROTO_UDP and struct.unpack_from("!H", p, 4)[0] + 40 == n:
+        return 40 if struct.unpack_from("!H", p, 44)[0] == n - 40 else 0
+    return 0
+
+
+def _same_flow(a: bytes, b: bytes, l4: int) -> bool:
+    if l4 == 20:
+        return a[1] == b[1] and a[6:10] == b[6:10] and a[12:24] == b[12:24]
+    return a[:4] == b[:4] and a[6:44] == b[6:44]
+
+
+def gro_udp(batch, n, segs, max_segments=64) -> int:
+    """Coalesce runs of same-flow UDP datagrams in slots 0..n-1 into USO super-packets, in place (see gso.pyx)."""
+    if not batch.vnet_hdr:
+        raise ValueError("gro_udp needs a batch with virtio headers")
+    if not 0 <= n <= batch.slots or len(segs) < n or max_segments < 1:
+        raise ValueError(f"n {n} outside the batch or segs too short")
+    h, room = batch.headroom, batch.max_packet
+    hv = slice(h - d.VNET_HDR_LEN, h)
+
+    def packet(k):
+        ln = int(batch.lengths[k])
+        if not 0 < ln <= room:
+            return b"", 0
+        p = batch.data[k, h : h + ln].tobytes()
+        return p, _plain_udp(p, batch.data[k, hv].tobytes())
+
+    k = kept = 0
+    while k < n:
+        batch.verdicts[k] = d.V_WRITE
+        segs[k] = 1
+        kept += 1
+        j = k + 1
+        p, l4 = packet(k)
+        size = len(p) - l4 - 8 if l4 else 0
+        if size:
+            parts = [p[l4 + 8 :]]
+            total = size
+            while j < n and len(parts) < max_segments:
+                q, ql4 = packet(j)
+                if ql4 != l4 or not _same_flow(p, q, l4):
+                    break
+                pl = len(q) - l4 - 8
+                if pl == 0 or pl > size or l4 + 8 + total + pl > room or (8 if l4 == 40 else 28) + total + pl > 65535:
+                    break
+                parts.append(q[l4 + 8 :])
+                total += pl
+                batch.verdicts[j] = d.V_DROP
+                segs[j] = 0
+                j += 1
+                if pl < size:
+                    break
+            if len(parts) > 1:
+                segs[k] = len(parts)
+                ulen = 8 + total
+                out = bytearray(p[: l4 + 8] + b"".join(parts))
+                alen = 4 if l4 == 20 else 16
+                src, dst = (out[12:16], out[16:20]) if alen == 4 else (out[8:24], out[24:40])
+                if l4 == 20:
+                    struct.pack_into("!H", out, 2, l4 + ulen)
+                    struct.pack_into("!H", out, 10, 0)
+                    struct.pack_into("!H", out, 10, checksum(out[:20]))
+                else:
+                    struct.pack_into("!H", out, 4, ulen)
+                struct.pack_into("!HH", out, l4 + 4, ulen, pseudo_sum(src, dst, d.PROTO_UDP, ulen))
+                batch.set_packet(k, bytes(out))
+                batch.data[k, hv] = list(struct.pack("<BBHHHH", d.VNET_F_NEEDS_CSUM, d.GSO_UDP_L4, l4 + 8, size, l4, 6))
+        k = j
+    return kept

@@ -20,17 +20,22 @@ _C = tunio.CONSTANTS
 # <linux/if_tun.h>: TUNSETOFFLOAD = _IOW('T', 208, unsigned int) and its flags
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
-# TCP super-packets both ways; UDP segmentation offload (USO) stays off: the UDP NAT
-# handles datagrams one by one.
-OFFLOAD = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
-_OFFLOAD_NAMES = {TUN_F_CSUM: "csum", TUN_F_TSO4: "tso4", TUN_F_TSO6: "tso6", TUN_F_TSO_ECN: "tso_ecn"}
+TUN_F_USO4, TUN_F_USO6 = 0x20, 0x40  # Linux 6.2+
+# TCP super-packets both ways, and UDP ones (USO) where the kernel has them: the stack
+# splits a UDP super-datagram it reads (gso_split) and may write coalesced replies as one.
+TSO = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+USO = TUN_F_USO4 | TUN_F_USO6
+OFFLOAD = TSO | USO
+_OFFLOAD_NAMES = {TUN_F_CSUM: "csum", TUN_F_TSO4: "tso4", TUN_F_TSO6: "tso6", TUN_F_TSO_ECN: "tso_ecn",
+                  TUN_F_USO4: "uso4", TUN_F_USO6: "uso6"}
 
 
 def _set_offload(fd: int, name: str) -> int:
-    """Enable checksum and TSO offload, falling back to what the kernel accepts; return the flags set."""
+    """Enable checksum, TSO and USO offload, falling back to what the kernel accepts; return the flags set."""
     import fcntl
 
-    for flags in (OFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, TUN_F_CSUM, 0):
+    # The kernel refuses (EINVAL) a flag it does not know: an older one has no USO.
+    for flags in (OFFLOAD, TSO, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, TUN_F_CSUM, 0):
         try:
             fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
         except OSError as e:
