@@ -40,7 +40,89 @@ CONFIGS = {
     "ztun-mtu1500-nooffload": {"mtu": "1500", "args": ["--offload", "off"]},
     "ztun-mtu1500-nogro": {"mtu": "1500", "env": {"ZTUN_UDP_GRO": "0"}},  # offload, but UDP replies written one by one
     "ztun-python": {"mtu": "65535", "env": {"ZTUN_NO_EXTENSIONS": "1"}},
+    # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the
+    # proxy (the client knows nothing of it), and the client speaking SOCKS5 to microsocks itself.
+    "ztun-socks": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun"},
+    "socks-only": {"socks": "client"},
 }
+PROXY = "198.18.10.2:1080"
+
+BULK_SERVER = r"""
+import socket, threading
+def source(c):
+    buf = bytes(1 << 20)
+    with c:
+        try:
+            while True:
+                c.sendall(buf)
+        except OSError:
+            pass
+def sink(c):
+    buf = bytearray(1 << 20)
+    with c:
+        while c.recv_into(buf):
+            pass
+servers = [(socket.create_server(("", port), backlog=64), fn) for port, fn in ((9010, source), (9011, sink))]
+print("ready", flush=True)
+def serve(srv, fn):
+    while True:
+        threading.Thread(target=fn, args=(srv.accept()[0],), daemon=True).start()
+for srv, fn in servers[1:]:
+    threading.Thread(target=serve, args=(srv, fn), daemon=True).start()
+serve(*servers[0])
+"""
+
+# mode (down | up | cps), the server, seconds, and the SOCKS5 proxy host:port or "-" for none.
+SOCKS_LOAD = r"""
+import multiprocessing, socket, struct, sys, time
+mode, server, seconds, proxy = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+
+def connect(port):
+    if proxy == "-":
+        s = socket.create_connection((server, port), timeout=10)
+    else:
+        host, pport = proxy.rsplit(":", 1)
+        s = socket.create_connection((host, int(pport)), timeout=10)
+        s.sendall(b"\x05\x01\x00")
+        if s.recv(2) != b"\x05\x00":
+            raise OSError("socks5 greeting refused")
+        s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(server) + struct.pack("!H", port))
+        reply = b""
+        while len(reply) < 10:
+            reply += s.recv(10 - len(reply))
+        if reply[1]:
+            raise OSError(f"socks5 connect failed: {reply[1]}")
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+def bulk(up):
+    buf = bytearray(1 << 20)
+    s = connect(9011 if up else 9010)
+    n, end = 0, time.monotonic() + seconds
+    t0 = time.monotonic()
+    while time.monotonic() < end:
+        n += s.send(buf) if up else s.recv_into(buf)
+    elapsed = time.monotonic() - t0
+    s.close()
+    return n * 8 / elapsed / 1e9
+
+def conns(_):
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        s = connect(8080)
+        s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        while s.recv(4096):
+            pass
+        s.close()
+        n += 1
+    return n
+
+if mode == "cps":
+    with multiprocessing.Pool(4) as pool:
+        print(sum(pool.map(conns, range(4))) / seconds)
+else:
+    print(bulk(mode == "up"))
+"""
 
 ECHO_SERVER = r"""
 import socket, threading
@@ -100,8 +182,10 @@ http {{
 
 
 class Bench:
-    def __init__(self, seconds: float, tmp: Path, topology: str = "local", udp_rates=("300M",)):
+    def __init__(self, seconds: float, tmp: Path, topology: str = "local", udp_rates=("300M",), socks=False):
         self.seconds = seconds
+        self.socks = socks
+        self.microsocks = None
         self.udp_rates = udp_rates
         self.tmp = tmp
         self.topology = topology
@@ -164,6 +248,9 @@ class Bench:
         self.spawn(s, "nginx", "-c", str(conf), "-g", "daemon off;")
         self.spawn(s, "iperf3", "-s", "-B", SERVER4, "-p", "5201", "--forceflush", ready="listening")
         self.spawn(s, sys.executable, "-c", ECHO_SERVER, ready="ready")
+        if self.socks:
+            self.microsocks, _ = self.spawn(s, "microsocks", "-i", PROXY.split(":")[0], "-p", PROXY.split(":")[1])
+            self.spawn(s, sys.executable, "-c", BULK_SERVER, ready="ready")
         time.sleep(0.3)
 
     def namespaces(self):
@@ -259,6 +346,22 @@ class Bench:
             out["rss"] = (_rss(pid) / 1024, "MiB")
         return out
 
+    def measure_socks(self, pid, via):
+        """The SOCKS5 path with one Python load tool: TCP each way and HTTP connections per second,
+        and the CPU of ztun and of microsocks (the proxy) while it runs."""
+        out = {}
+        proxy = PROXY if via == "client" else "-"
+        cpu0, sock0, t0 = _cpu(pid), _cpu(self.microsocks.pid), time.monotonic()
+        for mode, metric, unit in (("up", "tcp_up", "Gbit/s"), ("down", "tcp_down", "Gbit/s"), ("cps", "http_conn_per_s", "conn/s")):
+            r = self.ns(self.load, sys.executable, "-c", SOCKS_LOAD, mode, SERVER4, str(self.seconds), proxy, timeout=self.seconds + 60)
+            out[metric] = (float(r.stdout), unit)
+        elapsed = time.monotonic() - t0
+        if pid:
+            out["cpu"] = ((_cpu(pid) - cpu0) / elapsed * 100, "%")
+            out["rss"] = (_rss(pid) / 1024, "MiB")
+        out["proxy_cpu"] = ((_cpu(self.microsocks.pid) - sock0) / elapsed * 100, "%")
+        return out
+
     def rss_with_connections(self, pid, n=1000):
         p, log = self.spawn(self.load, sys.executable, "-c", HOLD_CONNECTIONS, SERVER4, str(n), "30", ready="open")
         rss = _rss(pid) / 1024
@@ -296,20 +399,28 @@ def main():
     if missing:
         raise SystemExit(f"needs {', '.join(missing)} (apt-get install iperf3 apache2-utils nginx-light)")
     configs = args.configs.split(",")
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configurations: {', '.join(unknown)}")
+    socks = any((CONFIGS[c] or {}).get("socks") for c in configs)
+    if socks and shutil.which("microsocks") is None:
+        raise SystemExit("the SOCKS5 configurations need microsocks (apt-get install microsocks)")
     results = {c: {} for c in configs}
     with tempfile.TemporaryDirectory(prefix="ztun-bench-") as tmp:
         os.chmod(tmp, 0o755)
-        bench = Bench(args.seconds, Path(tmp), args.topology, tuple(args.udp_rates.split(",")))
+        bench = Bench(args.seconds, Path(tmp), args.topology, tuple(args.udp_rates.split(",")), socks)
         try:
             bench.setup()
             for _ in range(args.rounds):
                 for name in configs:
                     cfg = CONFIGS[name]
-                    p = bench.start_ztun(cfg) if cfg else None
+                    p = bench.start_ztun(cfg) if cfg and "mtu" in cfg else None
                     try:
-                        for metric, (value, unit) in bench.measure(p.pid if p else 0).items():
+                        via = (cfg or {}).get("socks")
+                        measured = bench.measure_socks(p.pid if p else 0, via) if via else bench.measure(p.pid if p else 0)
+                        for metric, (value, unit) in measured.items():
                             results[name].setdefault(metric, ([], unit))[0].append(value)
-                        if p and "rss_1000_conns" not in results[name]:
+                        if p and not via and "rss_1000_conns" not in results[name]:
                             results[name]["rss_1000_conns"] = ([bench.rss_with_connections(p.pid)], "MiB")
                     finally:
                         if p:
@@ -319,9 +430,13 @@ def main():
     for name in configs:
         for metric, (values, unit) in results[name].items():
             print(f"{name}_{metric} {statistics.median(values):.4g} {unit}", flush=True)
+    if "ztun-socks" in results and "socks-only" in results:
+        for metric in ("tcp_up", "tcp_down", "http_conn_per_s"):
+            z, o = (statistics.median(results[c][metric][0]) for c in ("ztun-socks", "socks-only"))
+            print(f"ratio_ztun-socks_{metric} {z / o:.3f} of-socks-only")
     if "kernel" in results:
         for name in configs:
-            if name == "kernel":
+            if name == "kernel" or (CONFIGS[name] or {}).get("socks"):
                 continue
             for metric in ("tcp_up", "tcp_down", "tcp_4streams", "http_conn_per_s"):
                 if metric in results[name]:
