@@ -139,3 +139,53 @@ def test_cancelled_timers_release_their_callbacks_and_the_heap():
         kept = loop.call_later(0, lambda: None)
         loop.run_once(0.01)
         assert not kept.cancelled
+
+
+@pytest.mark.parametrize("backend", ["epoll", "selectors"])
+def test_both_backends_read_write_and_remove(backend):
+    """The Linux epoll core and the selectors one (kqueue on macOS) behave alike."""
+    import selectors
+
+    lp = Loop(selectors.DefaultSelector() if backend == "selectors" else None)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        seen = []
+        lp.add_reader(a, lambda: seen.append(a.recv(10)))  # a socket object works as well as its fd
+        lp.add_writer(a.fileno(), lambda: seen.append("w"))
+        b.send(b"x")
+        run_until(lp, lambda: b"x" in seen and "w" in seen)
+        assert lp.remove_writer(a.fileno()) and not lp.remove_writer(a.fileno())
+        seen.clear()
+        b.send(b"y")
+        run_until(lp, lambda: b"y" in seen)
+        assert "w" not in seen
+        assert lp.remove_reader(a.fileno())
+        b.send(b"z")
+        lp.run_once(0.02)
+        assert b"z" not in seen
+    finally:
+        lp.close()
+        a.close()
+        b.close()
+
+
+def test_fd_closed_without_remove_then_reused(loop):
+    """A closed fd's number, reused by a new socket, can be registered again (epoll forgot the old one)."""
+    a, b = socket.socketpair()
+    loop.add_reader(a.fileno(), lambda: None)
+    loop.add_writer(a.fileno(), lambda: None)
+    fd = a.fileno()
+    a.close()
+    loop.remove_writer(fd)  # the reader's entry stays behind, as a handler that forgot to remove it
+    c, d = socket.socketpair()
+    try:
+        got = []
+        reused = c if c.fileno() == fd else d if d.fileno() == fd else None
+        if reused is None:
+            pytest.skip("the fd number was not reused")
+        loop.add_writer(fd, got.append, "w")
+        run_until(loop, lambda: got)
+    finally:
+        for s in (b, c, d):
+            s.close()

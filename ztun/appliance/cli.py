@@ -2,6 +2,7 @@
 
 import argparse
 import errno
+import gc
 import logging
 import signal
 import sys
@@ -182,6 +183,9 @@ def _run(options: TunOptions, udp_timeout: float = 60.0, connect_timeout: float 
             _log_stats_every(loop, gateway, STATS_INTERVAL)
         interrupts.check()
         log.info("ready: %s; TCP and UDP go direct, ICMP echo is answered", gateway.describe())
+        # What setup made lives as long as the run: keep it out of every later GC pass.
+        gc.collect()
+        gc.freeze()
         loop.run()
     except _Stop:
         log.info("interrupted during setup")

@@ -71,8 +71,7 @@ class Forwarder:
             abort(sock)  # the outbound side is gone (claim timeout): tell the client at once
             return
         remote, timer = entry
-        timer.cancel()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        timer.cancel()  # sock comes with TCP_NODELAY (PacketHandler.handle_tcp)
         started = time.monotonic()
 
         def closed(relay, reason):
