@@ -189,3 +189,49 @@ def test_fd_closed_without_remove_then_reused(loop):
     finally:
         for s in (b, c, d):
             s.close()
+
+
+@pytest.mark.parametrize("backend", ["epoll", "selectors"])
+def test_discard_before_close_and_without_close(backend):
+    """discard() forgets an fd about to be closed; one that stays open after all does not make the loop spin."""
+    import selectors
+
+    lp = Loop(selectors.DefaultSelector() if backend == "selectors" else None)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        ran = []
+        lp.add_reader(a.fileno(), ran.append, "a")
+        lp.add_writer(a.fileno(), ran.append, "aw")
+        lp.discard(a.fileno())
+        a.close()
+        lp.discard(12345)  # never added: nothing happens
+        lp.add_reader(c.fileno(), ran.append, "c")
+        lp.discard(c.fileno())  # but c stays open, and readable
+        d.send(b"x")
+        for _ in range(5):
+            lp.run_once(0.01)
+        assert ran == []
+        # the loop stopped hearing about c: a new reader on it works as usual
+        lp.add_reader(c.fileno(), ran.append, "c2")
+        run_until(lp, lambda: ran)
+        assert ran[0] == "c2"
+    finally:
+        lp.close()
+        for s in (b, c, d):
+            s.close()
+
+
+def test_add_again_right_after_discard_without_close(loop):
+    a, b = socket.socketpair()
+    try:
+        ran = []
+        loop.add_reader(a.fileno(), ran.append, "old")
+        loop.discard(a.fileno())
+        loop.add_reader(a.fileno(), ran.append, "new")  # the kernel still holds the first registration
+        b.send(b"x")
+        run_until(loop, lambda: ran)
+        assert ran[0] == "new"
+    finally:
+        a.close()
+        b.close()

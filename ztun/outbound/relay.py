@@ -172,13 +172,9 @@ class _Direction:
             self.relay.loop.remove_reader(self.src_fd)
         self.reading = want
 
-    def stop(self):
-        if self.reading:
-            self.relay.loop.remove_reader(self.src_fd)
-            self.reading = False
-        if self.writing:
-            self.relay.loop.remove_writer(self.dst_fd)
-            self.writing = False
+    def release(self):
+        """Give the pipe back (the relay closes both sockets next, and the loop forgets their fds)."""
+        self.reading = self.writing = False
         if self.pipe_r >= 0:
             PIPES.put((self.pipe_r, self.pipe_w, self.capacity), self.pending == 0)
         self.pipe_r = self.pipe_w = -1
@@ -263,8 +259,10 @@ class Relay:
             self._timer.cancel()
         for direction in (self.up, self.down):
             if direction is not None:
-                direction.stop()
+                direction.release()
         for sock in (self.client, self.remote):
+            if sock.fileno() >= 0:
+                self.loop.discard(sock.fileno())  # closed next: no epoll_ctl calls needed
             if reset:
                 abort(sock)
             else:

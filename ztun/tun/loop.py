@@ -131,7 +131,10 @@ class Loop:
             raise RuntimeError("the loop is closed")
         entry = self._fds.get(fd)
         if entry is None:
-            self._poller.register(fd, _OUT if side else _IN)
+            try:
+                self._poller.register(fd, _OUT if side else _IN)
+            except FileExistsError:  # discard()ed but still open: the kernel still has it
+                self._poller.modify(fd, _OUT if side else _IN)
             self._fds[fd] = [None, handle] if side else [handle, None]
             return
         old = entry[side]
@@ -164,6 +167,25 @@ class Loop:
         except (OSError, ValueError):
             pass  # the fd was closed first: the kernel already forgot it
         return True
+
+    def discard(self, fd) -> None:
+        """Forget fd's reader and writer because the caller closes fd next (no call if it never was added).
+
+        With epoll, closing an fd drops its registration in the kernel, so this saves the
+        epoll_ctl calls of remove_reader/remove_writer; elsewhere it is the same as both.
+        """
+        fd = _fileno(fd)
+        entry = self._fds.get(fd)
+        if entry is None:
+            return
+        if not isinstance(self._poller, _SelectorPoller):
+            del self._fds[fd]
+            for h in entry:
+                if h is not None:
+                    h.cancel()
+            return
+        self._remove(fd, 0)
+        self._remove(fd, 1)
 
     # --- timers ----------------------------------------------------------------
 
@@ -266,6 +288,12 @@ class Loop:
             for fd, ev in events:
                 entry = fds.get(fd)
                 if entry is None:
+                    # discard()ed but not closed after all (or shared with another process): stop
+                    # the level-triggered reports instead of spinning on them
+                    try:
+                        self._poller.unregister(fd)
+                    except (OSError, ValueError):
+                        pass
                     continue
                 # error and hang-up wake both sides, as selectors does
                 if ev & ~_OUT and entry[0] is not None:
