@@ -154,9 +154,6 @@ class _Direction:
         elif self.writing:
             self.relay.loop.remove_writer(self.dst_fd)
             self.writing = False
-        want = not (self.eof or self.full or pending >= self.capacity or self.relay.closed)
-        if want != self.reading:
-            self._set_reading(want)
         if self.eof and not pending and not self.shut:
             self.shut = True
             try:
@@ -164,6 +161,11 @@ class _Direction:
             except OSError:
                 pass
             self.relay._direction_done()
+            if self.relay.closed:
+                return  # both ways done: close() dropped the registrations with the fds
+        want = not (self.eof or self.full or pending >= self.capacity or self.relay.closed)
+        if want != self.reading:
+            self._set_reading(want)
 
     def _set_reading(self, want: bool):
         if want:
