@@ -165,7 +165,7 @@ def test_traffic_keeps_a_relay_from_idling_out(rig_factory, splice):
     while time.monotonic() < end:
         rig.app_client.sendall(b"x")
         sent += 1
-        rig.run_until(lambda: rig.relay.bytes_up == sent, timeout=5)
+        rig.run_until(lambda n=sent: rig.relay.bytes_up == n, timeout=5)
         assert rig.app_server.recv(10) == b"x"
         for _ in range(2):
             rig.loop.run_once(0.05)

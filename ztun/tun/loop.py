@@ -275,9 +275,7 @@ class Loop:
         if ready:
             wait = 0.0
         elif self._timers:
-            wait = self._timers[0][0] - time.monotonic()
-            if wait < 0.0:
-                wait = 0.0
+            wait = max(self._timers[0][0] - time.monotonic(), 0.0)
             if timeout is not None and timeout < wait:
                 wait = timeout
         else:
