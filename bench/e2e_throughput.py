@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 SERVER4 = "198.19.0.1"
 TUN_ARGS = ["--tun-name", "zt-bench0", "--inet4", "198.18.0.1/30", "--inet6", "fd00:18::1/126",
             "--route", "198.19.0.0/16", "--route", "fd00:19::/64"]
+METRICS = ("tcp", "cps", "rtt", "udp", "rss")
 CONFIGS = {
     "kernel": None,
     "ztun": {"mtu": "65535"},  # the defaults: offload on
@@ -182,8 +183,9 @@ http {{
 
 
 class Bench:
-    def __init__(self, seconds: float, tmp: Path, topology: str = "local", udp_rates=("300M",), socks=False):
+    def __init__(self, seconds: float, tmp: Path, topology: str = "local", udp_rates=("300M",), socks=False, metrics=METRICS):
         self.seconds = seconds
+        self.metrics = set(metrics)
         self.socks = socks
         self.microsocks = None
         self.udp_rates = udp_rates
@@ -311,37 +313,45 @@ class Bench:
         cpu0 = _cpu(pid)
         tun0 = self.tun_counts() if pid else None
         t0 = time.monotonic()
-        out["tcp_up"] = (self.iperf()["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
-        out["tcp_down"] = (self.iperf("-R")["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
-        out["tcp_4streams"] = (self.iperf("-P", "4")["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
-        if pid:
+        want = self.metrics
+        if "tcp" in want:
+            out["tcp_up"] = (self.iperf()["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
+            out["tcp_down"] = (self.iperf("-R")["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
+            out["tcp_4streams"] = (self.iperf("-P", "4")["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
+        if pid and "tcp" in want:
             out["cpu_during_tcp"] = ((_cpu(pid) - cpu0) / (time.monotonic() - t0) * 100, "%")
             tun1 = self.tun_counts()
             if tun0 and tun1 and tun1[1] > tun0[1]:
                 out["tun_bytes_per_packet"] = ((tun1[0] - tun0[0]) / (tun1[1] - tun0[1]), "bytes")
-        r = self.ns(self.load, "ab", "-q", "-n", "20000", "-c", "32", "-s", "10", f"http://{SERVER4}:8080/", timeout=120)
-        out["http_conn_per_s"] = (float(re.search(r"Requests per second:\s+([\d.]+)", r.stdout).group(1)), "conn/s")
-        failed = int(re.search(r"Failed requests:\s+(\d+)", r.stdout).group(1))
-        out["http_failed"] = (failed, "requests")
-        p50, p99 = map(float, self.ns(self.load, sys.executable, "-c", RTT_CLIENT, SERVER4, "3000").stdout.split())
-        out["rtt_p50"] = (p50, "us")
-        out["rtt_p99"] = (p99, "us")
-        cpu0, tun0, t0 = _cpu(pid), (self.tun_counts() if pid else None), time.monotonic()
-        for rate in self.udp_rates:
-            for name, extra in (("up", ()), ("down", ("-R",))):
-                c0, t1 = _cpu(pid), time.monotonic()
-                end = self.iperf("-u", "-b", rate, "-l", "1400", *extra)
-                udp = end.get("sum_received", end["sum"])  # what reached the receiving side
-                tag = f"udp_{rate.lower()}_{name}"
-                out[f"{tag}_rate"] = (udp["bits_per_second"] / 1e6, "Mbit/s")
-                out[f"{tag}_loss"] = (end["sum"]["lost_percent"], "%")
-                if pid:
-                    out[f"{tag}_cpu"] = ((_cpu(pid) - c0) / (time.monotonic() - t1) * 100, "%")
-        if pid:
-            out["cpu_during_udp"] = ((_cpu(pid) - cpu0) / (time.monotonic() - t0) * 100, "%")
-            tun1 = self.tun_counts()
-            if tun0 and tun1 and tun1[1] > tun0[1]:
-                out["tun_bytes_per_packet_udp"] = ((tun1[0] - tun0[0]) / (tun1[1] - tun0[1]), "bytes")
+        if "cps" in want:
+            cpu1, t1 = _cpu(pid), time.monotonic()
+            r = self.ns(self.load, "ab", "-q", "-n", "20000", "-c", "32", "-s", "10", f"http://{SERVER4}:8080/", timeout=120)
+            out["http_conn_per_s"] = (float(re.search(r"Requests per second:\s+([\d.]+)", r.stdout).group(1)), "conn/s")
+            failed = int(re.search(r"Failed requests:\s+(\d+)", r.stdout).group(1))
+            out["http_failed"] = (failed, "requests")
+            if pid:
+                out["cpu_during_cps"] = ((_cpu(pid) - cpu1) / (time.monotonic() - t1) * 100, "%")
+        if "rtt" in want:
+            p50, p99 = map(float, self.ns(self.load, sys.executable, "-c", RTT_CLIENT, SERVER4, "3000").stdout.split())
+            out["rtt_p50"] = (p50, "us")
+            out["rtt_p99"] = (p99, "us")
+        if "udp" in want:
+            cpu0, tun0, t0 = _cpu(pid), (self.tun_counts() if pid else None), time.monotonic()
+            for rate in self.udp_rates:
+                for name, extra in (("up", ()), ("down", ("-R",))):
+                    c0, t1 = _cpu(pid), time.monotonic()
+                    end = self.iperf("-u", "-b", rate, "-l", "1400", *extra)
+                    udp = end.get("sum_received", end["sum"])  # what reached the receiving side
+                    tag = f"udp_{rate.lower()}_{name}"
+                    out[f"{tag}_rate"] = (udp["bits_per_second"] / 1e6, "Mbit/s")
+                    out[f"{tag}_loss"] = (end["sum"]["lost_percent"], "%")
+                    if pid:
+                        out[f"{tag}_cpu"] = ((_cpu(pid) - c0) / (time.monotonic() - t1) * 100, "%")
+            if pid:
+                out["cpu_during_udp"] = ((_cpu(pid) - cpu0) / (time.monotonic() - t0) * 100, "%")
+                tun1 = self.tun_counts()
+                if tun0 and tun1 and tun1[1] > tun0[1]:
+                    out["tun_bytes_per_packet_udp"] = ((tun1[0] - tun0[0]) / (tun1[1] - tun0[1]), "bytes")
         if pid:
             out["rss"] = (_rss(pid) / 1024, "MiB")
         return out
@@ -392,7 +402,13 @@ def main():
     ap.add_argument("--topology", choices=("local", "gateway"), default="local",
                     help="local: the load runs where ztun runs; gateway: on a host routed through it")
     ap.add_argument("--udp-rates", default="300M,1G", help="iperf3 -b rates of the UDP runs (each up and down)")
+    ap.add_argument("--metrics", default=",".join(METRICS),
+                    help=f"comma-separated, of {', '.join(METRICS)} (fewer: a faster run while iterating)")
     args = ap.parse_args()
+    metrics = args.metrics.split(",")
+    unknown = set(metrics) - set(METRICS)
+    if unknown:
+        raise SystemExit(f"unknown metrics: {', '.join(sorted(unknown))}")
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark builds network namespaces")
     missing = [t for t in ("iperf3", "ab", "nginx") if shutil.which(t) is None]
@@ -408,7 +424,7 @@ def main():
     results = {c: {} for c in configs}
     with tempfile.TemporaryDirectory(prefix="ztun-bench-") as tmp:
         os.chmod(tmp, 0o755)
-        bench = Bench(args.seconds, Path(tmp), args.topology, tuple(args.udp_rates.split(",")), socks)
+        bench = Bench(args.seconds, Path(tmp), args.topology, tuple(args.udp_rates.split(",")), socks, metrics)
         try:
             bench.setup()
             for _ in range(args.rounds):
@@ -420,7 +436,7 @@ def main():
                         measured = bench.measure_socks(p.pid if p else 0, via) if via else bench.measure(p.pid if p else 0)
                         for metric, (value, unit) in measured.items():
                             results[name].setdefault(metric, ([], unit))[0].append(value)
-                        if p and not via and "rss_1000_conns" not in results[name]:
+                        if p and not via and "rss" in metrics and "rss_1000_conns" not in results[name]:
                             results[name]["rss_1000_conns"] = ([bench.rss_with_connections(p.pid)], "MiB")
                     finally:
                         if p:

@@ -139,3 +139,99 @@ def test_cancelled_timers_release_their_callbacks_and_the_heap():
         kept = loop.call_later(0, lambda: None)
         loop.run_once(0.01)
         assert not kept.cancelled
+
+
+@pytest.mark.parametrize("backend", ["epoll", "selectors"])
+def test_both_backends_read_write_and_remove(backend):
+    """The Linux epoll core and the selectors one (kqueue on macOS) behave alike."""
+    import selectors
+
+    lp = Loop(selectors.DefaultSelector() if backend == "selectors" else None)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        seen = []
+        lp.add_reader(a, lambda: seen.append(a.recv(10)))  # a socket object works as well as its fd
+        lp.add_writer(a.fileno(), lambda: seen.append("w"))
+        b.send(b"x")
+        run_until(lp, lambda: b"x" in seen and "w" in seen)
+        assert lp.remove_writer(a.fileno()) and not lp.remove_writer(a.fileno())
+        seen.clear()
+        b.send(b"y")
+        run_until(lp, lambda: b"y" in seen)
+        assert "w" not in seen
+        assert lp.remove_reader(a.fileno())
+        b.send(b"z")
+        lp.run_once(0.02)
+        assert b"z" not in seen
+    finally:
+        lp.close()
+        a.close()
+        b.close()
+
+
+def test_fd_closed_without_remove_then_reused(loop):
+    """A closed fd's number, reused by a new socket, can be registered again (epoll forgot the old one)."""
+    a, b = socket.socketpair()
+    loop.add_reader(a.fileno(), lambda: None)
+    loop.add_writer(a.fileno(), lambda: None)
+    fd = a.fileno()
+    a.close()
+    loop.remove_writer(fd)  # the reader's entry stays behind, as a handler that forgot to remove it
+    c, d = socket.socketpair()
+    try:
+        got = []
+        reused = c if c.fileno() == fd else d if d.fileno() == fd else None
+        if reused is None:
+            pytest.skip("the fd number was not reused")
+        loop.add_writer(fd, got.append, "w")
+        run_until(loop, lambda: got)
+    finally:
+        for s in (b, c, d):
+            s.close()
+
+
+@pytest.mark.parametrize("backend", ["epoll", "selectors"])
+def test_discard_before_close_and_without_close(backend):
+    """discard() forgets an fd about to be closed; one that stays open after all does not make the loop spin."""
+    import selectors
+
+    lp = Loop(selectors.DefaultSelector() if backend == "selectors" else None)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    try:
+        ran = []
+        lp.add_reader(a.fileno(), ran.append, "a")
+        lp.add_writer(a.fileno(), ran.append, "aw")
+        lp.discard(a.fileno())
+        a.close()
+        lp.discard(12345)  # never added: nothing happens
+        lp.add_reader(c.fileno(), ran.append, "c")
+        lp.discard(c.fileno())  # but c stays open, and readable
+        d.send(b"x")
+        for _ in range(5):
+            lp.run_once(0.01)
+        assert ran == []
+        # the loop stopped hearing about c: a new reader on it works as usual
+        lp.add_reader(c.fileno(), ran.append, "c2")
+        run_until(lp, lambda: ran)
+        assert ran[0] == "c2"
+    finally:
+        lp.close()
+        for s in (b, c, d):
+            s.close()
+
+
+def test_add_again_right_after_discard_without_close(loop):
+    a, b = socket.socketpair()
+    try:
+        ran = []
+        loop.add_reader(a.fileno(), ran.append, "old")
+        loop.discard(a.fileno())
+        loop.add_reader(a.fileno(), ran.append, "new")  # the kernel still holds the first registration
+        b.send(b"x")
+        run_until(loop, lambda: ran)
+        assert ran[0] == "new"
+    finally:
+        a.close()
+        b.close()

@@ -157,6 +157,23 @@ def test_idle_timeout_resets_both(rig_factory, splice):
         rig.app_client.recv(10)
 
 
+@pytest.mark.parametrize("splice", MODES)
+def test_traffic_keeps_a_relay_from_idling_out(rig_factory, splice):
+    rig = rig_factory(splice, idle=0.4)
+    end = time.monotonic() + 1.2  # three idle timeouts, with bytes moving all along
+    sent = 0
+    while time.monotonic() < end:
+        rig.app_client.sendall(b"x")
+        sent += 1
+        rig.run_until(lambda n=sent: rig.relay.bytes_up == n, timeout=5)
+        assert rig.app_server.recv(10) == b"x"
+        for _ in range(2):
+            rig.loop.run_once(0.05)
+    assert rig.closed == []
+    rig.run_until(lambda: rig.closed, timeout=5)  # and once silent, it goes within idle_timeout * 1.25 or so
+    assert rig.closed == ["idle"]
+
+
 def test_no_fd_leak(rig_factory):
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc/self/fd to count fds")

@@ -2,6 +2,7 @@
 
 import argparse
 import errno
+import gc
 import logging
 import signal
 import sys
@@ -214,6 +215,9 @@ def _run(config: AppConfig, reread=None) -> int:
         interrupts.check()
         log.info("ready: %s; %s", gateway.describe(), _describe_flows(config, forwarder))
         sdnotify.ready(gateway.describe())
+        # What setup made lives as long as the run: keep it out of every later GC pass.
+        gc.collect()
+        gc.freeze()
         loop.run()
     except _Stop:
         log.info("interrupted during setup")

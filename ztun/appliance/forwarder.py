@@ -192,8 +192,7 @@ class Forwarder:
             abort(sock)  # the outbound side is gone (claim timeout): tell the client at once
             return
         remote, timer, record = entry
-        timer.cancel()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        timer.cancel()  # sock comes with TCP_NODELAY (PacketHandler.handle_tcp)
         record.state = "relaying"
 
         def closed(relay, reason):

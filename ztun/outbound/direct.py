@@ -1,7 +1,6 @@
 """The direct outbound: connect to a flow's original destination with ztun's fwmark, never blocking."""
 
 import errno
-import ipaddress
 import socket
 
 from ..system.sockopt import mark_socket
@@ -10,6 +9,7 @@ UDP_BUFFER = 4 << 20  # a session's socket absorbs bursts while the loop is busy
 UDP_READS_PER_EVENT = 64  # bounded per readiness event so other fds get their turn
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux: non-blocking from creation, no extra ioctl
 
 
 class Connecting:
@@ -31,11 +31,12 @@ class Connecting:
         self.done = True
         self.timer.cancel()
         self.loop.remove_writer(self.sock.fileno())
+        on_done, self.on_done = self.on_done, None  # on_done often holds this object: no cycle left for the GC
         if err:
             self.sock.close()
-            self.on_done(None, OSError(err, f"connect: {errno.errorcode.get(err, err)}"))
+            on_done(None, OSError(err, f"connect: {errno.errorcode.get(err, err)}"))
         else:
-            self.on_done(self.sock, None)
+            on_done(self.sock, None)
 
     def cancel(self):
         if not self.done:
@@ -47,9 +48,10 @@ class Connecting:
 
 def tcp_socket(family: int, fwmark: int = 0) -> socket.socket:
     """A non-blocking TCP socket with TCP_NODELAY (the relay forwards what it has at once) and the fwmark."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM | _SOCK_NONBLOCK)
     try:
-        sock.setblocking(False)
+        if not _SOCK_NONBLOCK:
+            sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if fwmark:
             mark_socket(sock, fwmark)
@@ -61,10 +63,18 @@ def tcp_socket(family: int, fwmark: int = 0) -> socket.socket:
 
 def connect(loop, address: tuple, on_done, *, fwmark: int = 0, timeout: float = 10.0) -> Connecting:
     """Start a non-blocking TCP connect to address; on_done(sock, None) or on_done(None, OSError) runs once."""
-    host, port = address[0], address[1]
-    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    host, port = str(address[0]), address[1]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.inet_pton(family, host)  # an address literal only: a name would resolve, blocking the loop
+    except OSError:
+        raise ValueError(f"{host!r} is not an IP address") from None
     sock = tcp_socket(family, fwmark)
-    err = sock.connect_ex((str(host), port))
+    try:
+        err = sock.connect_ex((host, port))
+    except (OSError, ValueError, OverflowError):
+        sock.close()
+        raise
     if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
         sock.close()
         loop.call_soon(on_done, None, OSError(err, f"connect: {errno.errorcode.get(err, err)}"))

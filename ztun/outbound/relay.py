@@ -22,6 +22,8 @@ PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ; the kernel rounds and caps it (pipe-max-siz
 COPY_BUFFER = 256 * 1024
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_splice = getattr(os, "splice", None)
+IDLE_CHECKS = 4  # idle checks per idle_timeout: a relay closes after idle_timeout to 1.25x idle_timeout of silence
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 
@@ -69,12 +71,19 @@ PIPES = _PipePool()
 
 
 class _Direction:
-    """One way of a relay: read from src, write to dst."""
+    """One way of a relay: read from src, write to dst.
 
-    __slots__ = ("relay", "src", "dst", "pipe_r", "pipe_w", "capacity", "buf", "view", "pending", "start", "eof", "shut", "reading", "writing", "bytes", "full")
+    Each readiness event costs one read (splice into the pipe, or recv) and one write: a
+    short read or a partial write means the socket is drained or full, and the level-
+    triggered loop says when there is more, so no call is spent on learning EAGAIN.
+    """
+
+    __slots__ = ("relay", "src", "dst", "src_fd", "dst_fd", "pipe_r", "pipe_w", "capacity", "buf", "view", "pending", "start",
+                 "eof", "shut", "reading", "writing", "bytes", "full")
 
     def __init__(self, relay, src, dst, splice: bool):
         self.relay, self.src, self.dst = relay, src, dst
+        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.pending = 0  # bytes read from src, not yet written to dst
         self.start = 0
         self.eof = self.shut = False
@@ -95,77 +104,79 @@ class _Direction:
     # Reading src -------------------------------------------------------------
 
     def on_readable(self):
+        pending = self.pending
         try:
-            while not self.eof and self.pending < self.capacity:
-                if self.pipe_w >= 0:
-                    n = os.splice(self.src.fileno(), self.pipe_w, self.capacity - self.pending, flags=_SPLICE_FLAGS)
-                else:
-                    if self.start + self.pending >= self.capacity:  # compact: free room is at the front
-                        self.buf[: self.pending] = self.view[self.start : self.start + self.pending]
-                        self.start = 0
-                    n = self.src.recv_into(self.view[self.start + self.pending :])
-                if n == 0:
-                    self.eof = True
-                    break
-                self.pending += n
-                self.bytes += n
-                if self.pipe_w < 0:
-                    break  # one recv per event: let the writer catch up
+            if self.pipe_w >= 0:
+                n = _splice(self.src_fd, self.pipe_w, self.capacity - pending, None, None, _SPLICE_FLAGS)
+            else:
+                if self.start + pending >= self.capacity:  # compact: free room is at the front
+                    self.buf[:pending] = self.view[self.start : self.start + pending]
+                    self.start = 0
+                n = self.src.recv_into(self.view[self.start + pending :])
         except BlockingIOError:
-            if self.pipe_w >= 0 and self.pending:
+            n = -1
+            if pending and self.pipe_w >= 0:
                 self.full = True
         except OSError as e:
             return self.relay._fail(self, e)
-        self.relay._touch()
+        if n > 0:
+            self.pending = pending + n
+            self.bytes += n
+        elif n == 0:
+            self.eof = True
         self.flush()
 
     # Writing dst ---------------------------------------------------------------
 
     def flush(self):
-        try:
-            while self.pending:
+        pending = self.pending
+        if pending:
+            try:
                 if self.pipe_r >= 0:
-                    n = os.splice(self.pipe_r, self.dst.fileno(), self.pending, flags=_SPLICE_FLAGS)
+                    n = _splice(self.pipe_r, self.dst_fd, pending, None, None, _SPLICE_FLAGS)
                 else:
-                    n = self.dst.send(self.view[self.start : self.start + self.pending])
+                    n = self.dst.send(self.view[self.start : self.start + pending])
                     self.start += n
-                self.pending -= n
+            except BlockingIOError:
+                n = 0
+            except OSError as e:
+                return self.relay._fail(self, e)
+            if n:
                 self.full = False
-            self.start = 0
-        except BlockingIOError:
-            pass
-        except OSError as e:
-            return self.relay._fail(self, e)
-        if self.pending and not self.writing:
-            self.relay.loop.add_writer(self.dst.fileno(), self.flush)
-            self.writing = True
-        elif not self.pending and self.writing:
-            self.relay.loop.remove_writer(self.dst.fileno())
+                pending -= n
+                self.pending = pending
+                if not pending:
+                    self.start = 0
+        if pending:
+            if not self.writing:
+                self.relay.loop.add_writer(self.dst_fd, self.flush)
+                self.writing = True
+        elif self.writing:
+            self.relay.loop.remove_writer(self.dst_fd)
             self.writing = False
-        self._update_reading()
-        if self.eof and not self.pending and not self.shut:
+        if self.eof and not pending and not self.shut:
             self.shut = True
             try:
                 self.dst.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
             self.relay._direction_done()
+            if self.relay.closed:
+                return  # both ways done: close() dropped the registrations with the fds
+        want = not (self.eof or self.full or pending >= self.capacity or self.relay.closed)
+        if want != self.reading:
+            self._set_reading(want)
 
-    def _update_reading(self):
-        want = not self.eof and not self.full and self.pending < self.capacity and not self.relay.closed
-        if want and not self.reading:
-            self.relay.loop.add_reader(self.src.fileno(), self.on_readable)
-        elif not want and self.reading:
-            self.relay.loop.remove_reader(self.src.fileno())
+    def _set_reading(self, want: bool):
+        if want:
+            self.relay.loop.add_reader(self.src_fd, self.on_readable)
+        else:
+            self.relay.loop.remove_reader(self.src_fd)
         self.reading = want
 
-    def stop(self):
-        if self.reading:
-            self.relay.loop.remove_reader(self.src.fileno())
-            self.reading = False
-        if self.writing:
-            self.relay.loop.remove_writer(self.dst.fileno())
-            self.writing = False
+    def release(self):
+        """Give the pipe back (the relay closes both sockets next, and the loop forgets their fds)."""
+        self.reading = self.writing = False
         if self.pipe_r >= 0:
             PIPES.put((self.pipe_r, self.pipe_w, self.capacity), self.pending == 0)
         self.pipe_r = self.pipe_w = -1
@@ -187,8 +198,10 @@ class Relay:
         self.closed = False
         self.reason = None
         self.started = self.last_active = time.monotonic()
-        client.setblocking(False)
-        remote.setblocking(False)
+        self._moved = 0  # bytes both ways at the last idle check
+        for sock in (client, remote):
+            if sock.getblocking():  # Python knows: a socket it made non-blocking needs no ioctl
+                sock.setblocking(False)
         self.up = self.down = None
         try:
             self.up = _Direction(self, client, remote, splice)
@@ -196,9 +209,9 @@ class Relay:
         except OSError:
             self.close("closed")
             raise
-        self._timer = loop.call_later(idle_timeout, self._check_idle)
-        self.up._update_reading()
-        self.down._update_reading()
+        self._timer = loop.call_later(idle_timeout / IDLE_CHECKS, self._check_idle)
+        self.up._set_reading(True)
+        self.down._set_reading(True)
 
     @property
     def bytes_up(self) -> int:
@@ -208,17 +221,20 @@ class Relay:
     def bytes_down(self) -> int:
         return self.down.bytes if self.down is not None else 0
 
-    def _touch(self):
-        self.last_active = time.monotonic()
-
     def _check_idle(self):
+        """Activity is bytes moved since the last check (no clock read per relayed chunk)."""
         if self.closed:
             return
-        idle = time.monotonic() - self.last_active
+        now = time.monotonic()
+        moved = self.up.bytes + self.down.bytes
+        if moved != self._moved:
+            self._moved = moved
+            self.last_active = now
+        idle = now - self.last_active
         if idle >= self.idle_timeout:
             self.close("idle", reset=True)
         else:
-            self._timer = self.loop.call_later(self.idle_timeout - idle, self._check_idle)
+            self._timer = self.loop.call_later(min(self.idle_timeout - idle, self.idle_timeout / IDLE_CHECKS), self._check_idle)
 
     def _direction_done(self):
         if self.up.shut and self.down.shut:
@@ -245,8 +261,10 @@ class Relay:
             self._timer.cancel()
         for direction in (self.up, self.down):
             if direction is not None:
-                direction.stop()
+                direction.release()
         for sock in (self.client, self.remote):
+            if sock.fileno() >= 0:
+                self.loop.discard(sock.fileno())  # closed next: no epoll_ctl calls needed
             if reset:
                 abort(sock)
             else:

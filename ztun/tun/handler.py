@@ -58,7 +58,7 @@ class PacketHandler(Protocol):
         """
 
     def handle_tcp(self, sock, source: tuple, destination: tuple) -> None:
-        """An accepted TCP connection (a non-blocking kernel socket) with the flow's original endpoints."""
+        """An accepted TCP connection (a non-blocking kernel socket, TCP_NODELAY set) with the flow's original endpoints."""
 
     def handle_udp(self, session: UdpSession) -> None:
         """A new UDP session; set session.on_datagram to receive its datagrams."""

@@ -1,12 +1,16 @@
-"""ztun's readiness loop: one thread, `selectors` (epoll, kqueue), timers, and signals through a self-pipe.
+"""ztun's readiness loop: one thread, epoll (Linux) or `selectors` (kqueue elsewhere), timers, signals through a self-pipe.
 
 The TUN device, and later the stack's listeners and relayed sockets, register readers
-and writers here; callbacks must never block.
+and writers here; callbacks must never block. On Linux the loop drives `select.epoll`
+itself: every relayed byte costs a few loop iterations, and the `selectors` layer
+(a SelectorKey per (un)registration, a mapping lookup per event) was a large share of them.
 """
 
+import errno
 import heapq
 import itertools
 import logging
+import select
 import selectors
 import signal
 import socket
@@ -15,7 +19,48 @@ from collections import deque
 
 log = logging.getLogger("ztun.loop")
 
-_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+# Interest and readiness bits, epoll's values (the selectors backend translates).
+_IN, _OUT = getattr(select, "EPOLLIN", 1), getattr(select, "EPOLLOUT", 4)
+_MAX_EVENTS = 1024
+
+
+class _SelectorPoller:
+    """The epoll-shaped interface over a `selectors` selector (kqueue on macOS/BSD, poll elsewhere)."""
+
+    def __init__(self, selector):
+        self.sel = selector
+
+    @staticmethod
+    def _events(mask):
+        return (selectors.EVENT_READ if mask & _IN else 0) | (selectors.EVENT_WRITE if mask & _OUT else 0)
+
+    def register(self, fd, mask):
+        self.sel.register(fd, self._events(mask))
+
+    def modify(self, fd, mask):
+        try:
+            self.sel.modify(fd, self._events(mask))
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, "not registered") from None
+
+    def unregister(self, fd):
+        try:
+            self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+
+    def poll(self, timeout=-1, maxevents=-1):
+        out = []
+        for key, ev in self.sel.select(None if timeout is None or timeout < 0 else timeout):
+            out.append((key.fd, (_IN if ev & selectors.EVENT_READ else 0) | (_OUT if ev & selectors.EVENT_WRITE else 0)))
+        return out
+
+    def close(self):
+        self.sel.close()
+
+
+def _fileno(fd) -> int:
+    return fd if isinstance(fd, int) else fd.fileno()
 
 
 class Handle:
@@ -47,7 +92,11 @@ class Loop:
     """Readers, writers, timers and signal handlers, run by run() until stop()."""
 
     def __init__(self, selector: selectors.BaseSelector | None = None):
-        self._sel = selector or selectors.DefaultSelector()
+        if selector is None and hasattr(select, "epoll"):
+            self._poller = select.epoll()
+        else:
+            self._poller = _SelectorPoller(selector or selectors.DefaultSelector())
+        self._fds: dict = {}  # fd -> [reader Handle | None, writer Handle | None]
         self._timers: list = []  # heap of (when, seq, Handle)
         self._cancelled_timers = 0
         self._seq = itertools.count()
@@ -57,7 +106,7 @@ class Loop:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._sel.register(self._wake_r, _READ, (Handle(0.0, self._on_wake, ()), None))
+        self.add_reader(self._wake_r.fileno(), self._on_wake)
         self._signals: dict = {}  # signum -> (Handle, previous Python handler)
         self._old_wakeup_fd = None
 
@@ -65,49 +114,78 @@ class Loop:
 
     def add_reader(self, fd, callback, *args) -> None:
         """Call callback(*args) whenever fd is readable (replacing an earlier reader of fd)."""
-        self._add(fd, _READ, Handle(0.0, callback, args))
+        self._add(_fileno(fd), 0, Handle(0.0, callback, args))
 
     def add_writer(self, fd, callback, *args) -> None:
         """Call callback(*args) whenever fd is writable (replacing an earlier writer of fd)."""
-        self._add(fd, _WRITE, Handle(0.0, callback, args))
+        self._add(_fileno(fd), 1, Handle(0.0, callback, args))
 
     def remove_reader(self, fd) -> bool:
-        return self._remove(fd, _READ)
+        return self._remove(fd, 0)
 
     def remove_writer(self, fd) -> bool:
-        return self._remove(fd, _WRITE)
+        return self._remove(fd, 1)
 
-    def _add(self, fd, event, handle):
-        self._check_open()
-        try:
-            key = self._sel.get_key(fd)
-        except KeyError:
-            pair = (handle, None) if event == _READ else (None, handle)
-            self._sel.register(fd, event, pair)
+    def _add(self, fd, side, handle):
+        if self._closed:
+            raise RuntimeError("the loop is closed")
+        entry = self._fds.get(fd)
+        if entry is None:
+            try:
+                self._poller.register(fd, _OUT if side else _IN)
+            except FileExistsError:  # discard()ed but still open: the kernel still has it
+                self._poller.modify(fd, _OUT if side else _IN)
+            self._fds[fd] = [None, handle] if side else [handle, None]
             return
-        reader, writer = key.data
-        old = reader if event == _READ else writer
+        old = entry[side]
+        entry[side] = handle
         if old is not None:
             old.cancel()
-        pair = (handle, writer) if event == _READ else (reader, handle)
-        self._sel.modify(fd, key.events | event, pair)
-
-    def _remove(self, fd, event) -> bool:
+            return  # same interest as before
         try:
-            key = self._sel.get_key(fd)
-        except (KeyError, ValueError):
+            self._poller.modify(fd, _IN | _OUT)
+        except FileNotFoundError:  # closed and reopened under the same number without a remove
+            self._poller.register(fd, _IN | _OUT)
+
+    def _remove(self, fd, side) -> bool:
+        try:
+            fd = _fileno(fd)
+        except (OSError, ValueError):
             return False
-        if not key.events & event:
+        entry = self._fds.get(fd)
+        if entry is None or entry[side] is None:
             return False
-        reader, writer = key.data
         # It may already be queued for this iteration: it must not run after its removal.
-        (reader if event == _READ else writer).cancel()
-        events = key.events & ~event
-        if events:
-            self._sel.modify(fd, events, (None, writer) if event == _READ else (reader, None))
-        else:
-            self._sel.unregister(fd)
+        entry[side].cancel()
+        entry[side] = None
+        try:
+            if entry[1 - side] is None:
+                del self._fds[fd]
+                self._poller.unregister(fd)
+            else:
+                self._poller.modify(fd, _IN if side else _OUT)
+        except (OSError, ValueError):
+            pass  # the fd was closed first: the kernel already forgot it
         return True
+
+    def discard(self, fd) -> None:
+        """Forget fd's reader and writer because the caller closes fd next (no call if it never was added).
+
+        With epoll, closing an fd drops its registration in the kernel, so this saves the
+        epoll_ctl calls of remove_reader/remove_writer; elsewhere it is the same as both.
+        """
+        fd = _fileno(fd)
+        entry = self._fds.get(fd)
+        if entry is None:
+            return
+        if not isinstance(self._poller, _SelectorPoller):
+            del self._fds[fd]
+            for h in entry:
+                if h is not None:
+                    h.cancel()
+            return
+        self._remove(fd, 0)
+        self._remove(fd, 1)
 
     # --- timers ----------------------------------------------------------------
 
@@ -193,30 +271,45 @@ class Loop:
 
     def run_once(self, timeout: float | None = None) -> None:
         """Wait for events (at most timeout seconds, or until the next timer) and run what is due."""
-        if self._ready:
+        ready = self._ready
+        if ready:
             wait = 0.0
         elif self._timers:
-            wait = max(0.0, self._timers[0][0] - self.time())
-            if timeout is not None:
-                wait = min(wait, timeout)
+            wait = max(self._timers[0][0] - time.monotonic(), 0.0)
+            if timeout is not None and timeout < wait:
+                wait = timeout
         else:
-            wait = timeout
-        for key, events in self._sel.select(wait):
-            reader, writer = key.data
-            if events & _READ and reader is not None:
-                self._ready.append(reader)
-            if events & _WRITE and writer is not None:
-                self._ready.append(writer)
-        now = self.time()
-        while self._timers and self._timers[0][0] <= now:
-            h = heapq.heappop(self._timers)[2]
-            if h.cancelled:
-                self._cancelled_timers = max(0, self._cancelled_timers - 1)
-            else:
-                h.loop = None  # due: a cancel() from now on no longer concerns the heap
-                self._ready.append(h)
-        for _ in range(len(self._ready)):
-            h = self._ready.popleft()
+            wait = -1.0 if timeout is None else timeout
+        events = self._poller.poll(wait, _MAX_EVENTS)
+        if events:
+            fds = self._fds
+            for fd, ev in events:
+                entry = fds.get(fd)
+                if entry is None:
+                    # discard()ed but not closed after all (or shared with another process): stop
+                    # the level-triggered reports instead of spinning on them
+                    try:
+                        self._poller.unregister(fd)
+                    except (OSError, ValueError):
+                        pass
+                    continue
+                # error and hang-up wake both sides, as selectors does
+                if ev & ~_OUT and entry[0] is not None:
+                    ready.append(entry[0])
+                if ev & ~_IN and entry[1] is not None:
+                    ready.append(entry[1])
+        timers = self._timers
+        if timers:
+            now = time.monotonic()
+            while timers and timers[0][0] <= now:
+                h = heapq.heappop(timers)[2]
+                if h.cancelled:
+                    self._cancelled_timers = max(0, self._cancelled_timers - 1)
+                else:
+                    h.loop = None  # due: a cancel() from now on no longer concerns the heap
+                    ready.append(h)
+        for _ in range(len(ready)):
+            h = ready.popleft()
             if h.cancelled:
                 continue
             try:
@@ -235,7 +328,8 @@ class Loop:
         for signum in list(self._signals):
             self.remove_signal_handler(signum)
         self._closed = True
-        self._sel.close()
+        self._poller.close()
+        self._fds.clear()
         self._wake_r.close()
         self._wake_w.close()
         self._timers.clear()
