@@ -332,8 +332,8 @@ def test_status_reload_and_clean_shutdown(slan):
     r = slan.client.python(CONNECT, Lan.SERVER4, "8080")
     assert r.stdout.split()[0] == "ConnectionRefusedError", r.stdout + app.log
     # A slow download that must survive the reload.
-    slow = subprocess.Popen(["ip", "netns", "exec", slan.client.name, "curl", "-sS", "--limit-rate", "2M", "-o",
-                             str(slan.tmp / "slow"), f"http://198.19.1.1:8080/bytes/{6 * MB}"])
+    slow = subprocess.Popen(["ip", "netns", "exec", slan.client.name, "curl", "-sS", "--limit-rate", "4M", "-o",
+                             str(slan.tmp / "slow"), f"http://198.19.1.1:8080/bytes/{32 * MB}"])
     try:
         time.sleep(1)
         status = json.loads(slan.client.run(sys.executable, "-m", "ztun.appliance", "status", "--socket", str(slan.control), "--json").stdout)
@@ -350,7 +350,7 @@ def test_status_reload_and_clean_shutdown(slan):
     finally:
         if slow.poll() is None:
             slow.kill()
-    assert sha((slan.tmp / "slow").read_bytes()) == sha(body(6 * MB))
+    assert sha((slan.tmp / "slow").read_bytes()) == sha(body(32 * MB))
     human = slan.client.run(sys.executable, "-m", "ztun.appliance", "status", "--socket", str(slan.control)).stdout
     assert "proxy" in human, human
     t = time.monotonic()
