@@ -9,6 +9,7 @@ import pytest
 from conftest import need
 from servers import body
 from test_offload_udp import UDP_GSO
+from test_socks_appliance import DANTE_CONF, PROXY, wait_port
 from test_stack_flows import CONCURRENT, MB, UDP_ECHO, sha, url_host
 
 pytestmark = pytest.mark.linux_root
@@ -93,3 +94,24 @@ def test_strict_rp_filter_in_all_three_namespaces(gateway_lan, tmp_path):
     assert app.stop() == 0, app.log
     stats = app.stats()
     assert stats["tcp_allowed"] >= 4 and stats["udp_datagrams"] == 600, stats
+
+
+def test_lan_host_through_a_socks5_proxy(gateway_lan, tmp_path):
+    """The same from the host with every flow proxied: danted in the server namespace (CONNECT, UDP ASSOCIATE)."""
+    need("curl", "curl")
+    need("danted", "dante-server")
+    lan, host = gateway_lan, gateway_lan.host
+    lan.server.server("http", 8080)
+    lan.server.server("udp-echo", 9007)
+    conf = tmp_path / "danted.conf"
+    conf.write_text(DANTE_CONF.format(proxy=PROXY, port=1080))
+    lan.server.spawn("danted", "-f", str(conf), "-p", str(tmp_path / "danted.pid"))
+    wait_port(lan.server, PROXY, 1080)
+    app = lan.appliance("--enable-forwarding", "--mtu", "1500", "--outbound", f"socks5://{PROXY}:1080")
+    http_each_way(host, tmp_path, 50 * MB, lan.SERVER4)
+    http_each_way(host, tmp_path, 8 * MB, lan.SERVER6)
+    r = host.python(CONCURRENT, lan.SERVER4, "200", str(64 * 1024), timeout=240)
+    assert r.stdout.strip() == "200", r.stdout + r.stderr + app.log
+    udp_echo(host, lan.SERVER4, 1000, app)
+    assert app.stop() == 0, app.log
+    assert "tcp 198.18.20.2:" in app.log and " via proxy up " in app.log and " via direct " not in app.log, app.log

@@ -338,6 +338,7 @@ def test_status_reload_and_clean_shutdown(slan):
         time.sleep(1)
         status = json.loads(slan.client.run(sys.executable, "-m", "ztun.appliance", "status", "--socket", str(slan.control), "--json").stdout)
         assert any(f["destination"] == "198.19.1.1:8080" and f["outbound"] == "direct" for f in status["flows"]), status
+        assert status["counters"]["bytes_down"] > 0 and status["flows_by_state"].get("relaying", 0) >= 1, status
         slan.config(RULES.format(url=f"socks5://{PROXY}:1080"))  # 198.19.0.0/24 no longer blocked
         app.send(signal.SIGHUP)
         deadline = time.monotonic() + 10

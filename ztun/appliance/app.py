@@ -148,7 +148,8 @@ class Snapshot:
         gw, fwd = self.gateway, self.forwarder
         stack = gw.stack
         counters, gauges, drops = split_stats(stack.stats()) if stack is not None else ({}, {}, {})
-        counters.update({f"flows_{k}": v for k, v in fwd.counters.items()})
+        counters.update({f"flows_{k}": v for k, v in fwd.counters.items() if not k.startswith("bytes_")})
+        counters["bytes_up"], counters["bytes_down"] = fwd.bytes_total()
         if fwd.dns is not None:
             counters.update({f"dns_{k}": v for k, v in fwd.dns.counters.items()})
         states = collections.Counter(r.state for r in list(fwd.flows.values()))

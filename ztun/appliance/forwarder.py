@@ -82,7 +82,8 @@ class Forwarder:
         self.udp: dict = {}  # session -> _UdpRelay
         self.counters = {"tcp_connected": 0, "tcp_failed": 0, "tcp_unclaimed": 0, "tcp_blocked": 0,
                          "udp_sessions": 0, "udp_blocked": 0, "udp_send_failed": 0, "udp_unresolved": 0, "udp_reply_by_name": 0, "dns_tcp": 0,
-                         "fake_ip_unknown": 0}
+                         "fake_ip_unknown": 0,
+                         "bytes_up": 0, "bytes_down": 0}  # bytes of the flows that ended
 
     def configure(self, outbounds: dict, rules) -> None:
         """Use these outbounds and rules for new flows (a reload); open flows keep theirs."""
@@ -196,7 +197,7 @@ class Forwarder:
         record.state = "relaying"
 
         def closed(relay, reason):
-            self.flows.pop(record.id, None)
+            self._ended(record)
             _log_closed(record, reason)
 
         record.relay = Relay(self.loop, sock, remote, on_close=closed, idle_timeout=self.tcp_idle_timeout)
@@ -226,6 +227,17 @@ class Forwarder:
         return Verdict.DROP if self.rules.match("icmp", flow.source, flow.destination, domain) == BLOCK else Verdict.ALLOW
 
     # -- status and shutdown ------------------------------------------------------------
+
+    def _ended(self, record) -> None:
+        self.flows.pop(record.id, None)
+        self.counters["bytes_up"] += record.bytes_up
+        self.counters["bytes_down"] += record.bytes_down
+
+    def bytes_total(self) -> tuple:
+        """(up, down): the bytes of ended flows plus those of the open ones so far."""
+        live = list(self.flows.values())
+        return (self.counters["bytes_up"] + sum(r.bytes_up for r in live),
+                self.counters["bytes_down"] + sum(r.bytes_down for r in live))
 
     def snapshot_flows(self) -> list:
         now = time.monotonic()
@@ -357,7 +369,7 @@ class _UdpRelay:
             flow.close()
         self.flows.clear()
         self.fwd.udp.pop(session, None)
-        self.fwd.flows.pop(self.record.id, None)
+        self.fwd._ended(self.record)
         _log_closed(self.record, reason)
 
 
