@@ -170,3 +170,39 @@ def test_icmp_is_asked_only_when_a_rule_may_block_it():
         assert fwd.handle_icmp(Flow(1, C, ("198.19.0.1", 0))) == Verdict.ALLOW
         fwd.configure(fwd.outbounds, Rules(SimpleNamespace(default="proxy", rules=())))
         assert fwd.icmp_echo == "reply"
+
+
+def test_a_fake_ip_whose_lookup_fails_at_once_is_refused_after_prepare_returns():
+    """The stack only takes decide() for a flow it holds: a verdict given inside prepare() is lost."""
+    from ztun.dns.fakeip import FakeIpPool
+    from ztun.dns.service import DnsService
+
+    with Loop() as loop:
+        fwd, proxy, direct = setup(loop)
+        refusing = SimpleNamespace(send=lambda *a: False, close=lambda: None)  # e.g. sendto: network unreachable
+        pool = FakeIpPool("198.18.128.0/20", None)
+        fwd.dns = DnsService(loop, "fake-ip", pool, upstream=("198.19.1.53", 53), open_udp=lambda *a: refusing)
+        fake = str(pool.address_for("direct.example", socket.AF_INET))
+        returned, decisions = [], []
+        assert fwd.prepare(Flow(6, C, (fake, 443)), lambda v: decisions.append((bool(returned), v))) == Verdict.DEFER
+        returned.append(True)
+        run(loop)
+        assert decisions == [(True, Verdict.REJECT)] and fwd.counters["tcp_failed"] == 1
+        assert fwd.snapshot_flows() == [] and not fwd.connecting
+        fwd.close()
+
+
+def test_an_outbound_that_raises_on_open_leaves_no_flow_behind():
+    with Loop() as loop:
+        fwd, proxy, direct = setup(loop)
+
+        def no_fds(destination, on_done, domain=None):
+            raise OSError(24, "Too many open files")
+
+        proxy.open_tcp = no_fds
+        decisions = []
+        assert fwd.prepare(Flow(6, C, ("198.19.0.1", 80)), decisions.append) == Verdict.DEFER
+        run(loop)
+        assert decisions == [Verdict.REJECT] and fwd.counters["tcp_failed"] == 1
+        assert fwd.snapshot_flows() == [] and not fwd.connecting
+        fwd.close()

@@ -148,10 +148,19 @@ class Forwarder:
         if domain is not None and not getattr(outbound, "resolves_names", False):
             self._resolve_then_connect(record, outbound, done)
             return Verdict.DEFER
-        pending = outbound.open_tcp(dst, done, domain=domain)
+        self._open_tcp(record, outbound, dst, domain, done)
+        return Verdict.DEFER
+
+    def _open_tcp(self, record, outbound, destination, domain, done):
+        """outbound.open_tcp, its failure to even start (no fds, ...) reported through done like a refused connect."""
+        try:
+            pending = outbound.open_tcp(destination, done, domain=domain)
+        except (OSError, ValueError) as e:
+            self.connecting.pop(record, None)
+            self.loop.call_soon(done, None, e if isinstance(e, OSError) else OSError(str(e)))
+            return
         if pending is not None:
             self.connecting[record] = pending
-        return Verdict.DEFER
 
     def _resolve_then_connect(self, record, outbound, done):
         """A fake-IP destination for an outbound that needs an address: look its name up upstream first."""
@@ -163,11 +172,11 @@ class Forwarder:
             if resolving.cancelled:
                 return
             if address is None:
-                done(None, OSError(f"cannot resolve {record.domain}"))
+                # Later, not now: on_done may come within resolve(), before prepare() returned DEFER,
+                # and the stack only takes a decision for a flow it already holds.
+                self.loop.call_soon(done, None, OSError(f"cannot resolve {record.domain}"))
                 return
-            pending = outbound.open_tcp((address, record.destination[1]), done)
-            if pending is not None:
-                self.connecting[record] = pending
+            self._open_tcp(record, outbound, (address, record.destination[1]), None, done)
 
         self.dns.resolve(record.domain, family, resolved)
 
