@@ -206,3 +206,31 @@ def test_an_outbound_that_raises_on_open_leaves_no_flow_behind():
         assert decisions == [Verdict.REJECT] and fwd.counters["tcp_failed"] == 1
         assert fwd.snapshot_flows() == [] and not fwd.connecting
         fwd.close()
+
+
+def test_a_session_sweeping_fake_ip_ports_and_addresses_holds_a_bounded_number_of_flows():
+    """Each outbound UDP flow is a socket (two for SOCKS5): a client must not open one per port, nor without limit."""
+    from ztun.appliance import forwarder
+
+    with Loop() as loop:
+        dns = FakeDns()
+        fwd, proxy, direct = setup(loop, dns=dns)
+        s = FakeSession(C, ("198.18.128.5", 1))
+        fwd.handle_udp(s)
+        for port in range(1, 500):
+            s.on_datagram(b"p", ("198.18.128.5", port))  # by name through the proxy
+            s.on_datagram(b"d", ("198.18.128.7", port))  # resolved, then direct
+        assert len(proxy.udp) == 1 and len(direct.udp) == 1 and dns.resolving == ["direct.example"]
+        assert direct.udp[0].sent[-1] == (b"d", ("198.19.1.77", 499), None)
+        proxy.udp[0].on_datagram(b"r", ("web.example", 499))
+        assert s.replies[-1] == (b"r", ("198.18.128.5", 499))
+        for i in range(forwarder.UDP_FAKE_FLOWS * 3):
+            address = str(ipaddress.ip_address("198.18.129.0") + i)
+            dns.names[address] = f"host{i}.example"
+            s.on_datagram(b"x", (address, 443))
+        open_flows = [f for f in proxy.udp + direct.udp if not f.closed]
+        assert len(open_flows) <= forwarder.UDP_FAKE_FLOWS + 2
+        assert len(fwd.udp[s].resolved) <= forwarder.UDP_FAKE_FLOWS
+        s.on_close(s, "idle")
+        assert all(f.closed for f in proxy.udp + direct.udp)
+        fwd.close()

@@ -29,6 +29,7 @@ log = logging.getLogger("ztun.flows")
 CLAIM_TIMEOUT = 30.0  # a connected outbound socket whose client never completes its handshake is closed
 BLOCK = "block"
 DNS_PORT = 53
+UDP_FAKE_FLOWS = 32  # outbound flows a UDP session keeps for fake-IP addresses; the oldest gives way
 _ids = itertools.count(1)
 
 
@@ -82,6 +83,7 @@ class Forwarder:
         self.udp: dict = {}  # session -> _UdpRelay
         self.counters = {"tcp_connected": 0, "tcp_failed": 0, "tcp_unclaimed": 0, "tcp_blocked": 0,
                          "udp_sessions": 0, "udp_blocked": 0, "udp_send_failed": 0, "udp_unresolved": 0, "udp_reply_by_name": 0, "dns_tcp": 0,
+                         "udp_fake_flows_evicted": 0,
                          "fake_ip_unknown": 0,
                          "bytes_up": 0, "bytes_down": 0}  # bytes of the flows that ended
 
@@ -293,9 +295,9 @@ class _UdpRelay:
 
     def __init__(self, fwd: Forwarder, session):
         self.fwd, self.session = fwd, session
-        self.flows: dict = {}  # (outbound name, fake destination or None) -> UdpFlow
+        self.flows: dict = {}  # (outbound name, fake address or None) -> UdpFlow
         self.routes: dict = {}  # destination -> (outbound name, domain, flow key), or None when blocked
-        self.resolved: dict = {}  # fake destination -> its real (address, port), None while unknown
+        self.resolved: dict = {}  # fake address -> its real address, None while unknown
         self.family = socket.AF_INET6 if ":" in session.source[0] else socket.AF_INET
         domain, _ = fwd._domain(session.destination)
         name = "dns" if fwd._dns_intercepts(session.destination) else fwd.rules.match("udp", session.source, session.destination, domain)
@@ -309,7 +311,8 @@ class _UdpRelay:
             return route
         domain, known = self.fwd._domain(destination)
         name = self.fwd.rules.match("udp", self.session.source, destination, domain) if known else BLOCK
-        route = None if name == BLOCK else (name, domain, (name, destination if domain else None))
+        # A fake address's flow serves all its ports (replies keep their source port).
+        route = None if name == BLOCK else (name, domain, (name, destination[0] if domain else None))
         if len(self.routes) < 256:  # a session scanning many destinations is not cached forever
             self.routes[destination] = route
         return route
@@ -331,7 +334,9 @@ class _UdpRelay:
                 self.routes.pop(destination, None)
                 fwd.counters["udp_send_failed"] += 1
                 return
-            fake = destination if domain else None
+            fake = destination[0] if domain else None
+            if fake is not None:
+                self._make_room()
             flow = self.flows[key] = outbound.open_udp(self.family, self._receiver(fake), self._flow_closed(key))
         if domain is not None and not getattr(fwd.outbounds.get(name), "resolves_names", False):
             destination = self._resolved(destination, domain)
@@ -342,16 +347,27 @@ class _UdpRelay:
         if not flow.send(payload, destination, domain):
             fwd.counters["udp_send_failed"] += 1
 
+    def _make_room(self):
+        """At most UDP_FAKE_FLOWS fake-address flows (each holds sockets): close the oldest one."""
+        fakes = [key for key in self.flows if key[1] is not None]
+        for key in fakes[:len(fakes) - UDP_FAKE_FLOWS + 1]:
+            self.flows.pop(key).close()
+            self.resolved.pop(key[1], None)
+            self.fwd.counters["udp_fake_flows_evicted"] += 1
+
     def _resolved(self, fake, domain):
         """The real address for a fake destination sent through an outbound that needs one; None until known."""
-        if fake not in self.resolved:
-            self.resolved[fake] = None
+        address = fake[0]
+        if address not in self.resolved:
+            self.resolved[address] = None
 
-            def done(address):
-                self.resolved[fake] = (address, fake[1]) if address else None
+            def done(real):
+                if address in self.resolved:  # not evicted meanwhile
+                    self.resolved[address] = real or None
 
             self.fwd.dns.resolve(domain, self.family, done)
-        return self.resolved[fake]
+        real = self.resolved[address]
+        return (real, fake[1]) if real else None
 
     def _receiver(self, fake):
         session, counters = self.session, self.fwd.counters
@@ -359,7 +375,7 @@ class _UdpRelay:
         def received(payload, source):
             if fake is not None:
                 # Replies of a fake-IP destination's flow come back from the fake address the client used.
-                session.send(payload, (fake[0], source[1]))
+                session.send(payload, (fake, source[1]))
             elif _is_ip(source[0]):
                 session.send(payload, source)
             else:
