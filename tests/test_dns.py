@@ -639,3 +639,24 @@ def test_tcp_connection_limit_and_close(tcp_pair, monkeypatch):
     assert refused.fileno() == -1 and dns_service.counters["tcp_rejected"] == 1
     dns_service.close()
     assert first.fileno() == -1 and dns_service.tcp_connections == 0
+
+
+def test_a_reload_moves_new_queries_to_the_new_outbound_and_closes_the_old_flow(env):
+    loop, upstream, out, service = env
+    upstream.mode = "silent"
+    dns_service = service(timeout=0.3)
+    replies = []
+    dns_service.query(dns.message.make_query("old.example", "TXT").to_wire(), CLIENT, upstream.address, replies.append)
+    assert pump(loop, lambda: len(upstream.seen) == 1)
+    new = Outbound(loop)
+    try:
+        dns_service.set_open_udp(new.open_udp)
+        assert not out.flows[0].closed  # its query is still pending
+        upstream.mode = "answer"
+        _, (answer,) = ask(loop, dns_service, dns.message.make_query("new.example", "TXT"), upstream.address)
+        assert answer.rcode() == dns.rcode.NOERROR and len(new.flows) == 1 and len(out.flows) == 1
+        assert pump(loop, lambda: len(replies) == 1) and out.flows[0].closed  # timed out: the old flow is gone
+        dns_service.set_open_udp(out.open_udp)
+        assert new.flows[0].closed  # nothing pending: closed at once
+    finally:
+        new.close()

@@ -234,3 +234,28 @@ def test_a_session_sweeping_fake_ip_ports_and_addresses_holds_a_bounded_number_o
         s.on_close(s, "idle")
         assert all(f.closed for f in proxy.udp + direct.udp)
         fwd.close()
+
+
+def _config(tmp_path, proxy):
+    from ztun.appliance import config as config_mod
+
+    path = tmp_path / "ztun.toml"
+    path.write_text(f'[[outbounds]]\nname = "proxy"\nurl = "socks5://{proxy}"\n'
+                    '[dns]\nmode = "fake-ip"\nupstream = "198.19.0.53:53"\n[route]\ndefault = "proxy"\n')
+    return config_mod.load(str(path))
+
+
+def test_a_reload_sends_dns_through_the_reloaded_outbound(tmp_path):
+    from ztun.appliance.app import build_handler, reload
+
+    with Loop() as loop:
+        old = _config(tmp_path, "198.19.0.10:1080")
+        fwd = build_handler(loop, old)
+        try:
+            assert fwd.dns.open_udp.__self__ is fwd.outbounds["proxy"]
+            new = _config(tmp_path, "198.19.0.11:1080")
+            assert reload(fwd, loop, old, new) == []
+            assert fwd.outbounds["proxy"].proxy_address == ("198.19.0.11", 1080)
+            assert fwd.dns.open_udp.__self__ is fwd.outbounds["proxy"]
+        finally:
+            fwd.close()

@@ -84,9 +84,7 @@ def build_dns(loop, config, outbounds: dict, rules: Rules):
     from ..dns.fakeip import FakeIpPool
     from ..dns.service import DnsService
 
-    name = dc.outbound or rules.default
-    if name == BLOCK or name not in outbounds:
-        raise ConfigError(f"dns.outbound: {name!r} cannot carry DNS queries (use a direct or socks5 outbound)")
+    name = dns_outbound(config, outbounds, rules)
     pool = None
     if dc.mode == "fake-ip":
         pool = FakeIpPool(dc.fake_ip4 if config.tun.inet4 is not None else None,
@@ -94,6 +92,14 @@ def build_dns(loop, config, outbounds: dict, rules: Rules):
     upstream = _endpoint(dc.upstream) if dc.upstream else None
     return DnsService(loop, dc.mode, pool, ttl=dc.ttl, upstream=upstream, open_udp=outbounds[name].open_udp,
                       timeout=config.flows.connect_timeout)
+
+
+def dns_outbound(config, outbounds: dict, rules: Rules) -> str:
+    """The name of the outbound DNS queries go through: dns.outbound, else the default route."""
+    name = config.dns.outbound or rules.default
+    if name == BLOCK or name not in outbounds:
+        raise ConfigError(f"dns.outbound: {name!r} cannot carry DNS queries (use a direct or socks5 outbound)")
+    return name
 
 
 def _endpoint(text) -> tuple:
@@ -125,7 +131,11 @@ def reload(forwarder: Forwarder, loop, old, new) -> list:
     if new.flows != old.flows:
         warnings.append("[flows] changed: restart to apply it")
     outbounds = build_outbounds(loop, new)
-    forwarder.configure(outbounds, Rules(new.route))
+    rules = Rules(new.route)
+    dns_name = dns_outbound(new, outbounds, rules) if forwarder.dns is not None else None
+    forwarder.configure(outbounds, rules)
+    if dns_name is not None:  # queries from now on through the reloaded outbound, not the one replaced
+        forwarder.dns.set_open_udp(outbounds[dns_name].open_udp)
     return warnings
 
 

@@ -71,10 +71,10 @@ COUNTERS = (
 class _Upstream:
     """One family's UDP flow towards the upstream servers, and whether it has died."""
 
-    __slots__ = ("dead", "family", "flow")
+    __slots__ = ("dead", "family", "flow", "retired")
 
     def __init__(self, family: int):
-        self.family, self.flow, self.dead = family, None, False
+        self.family, self.flow, self.dead, self.retired = family, None, False, False
 
 
 class _Pending:
@@ -108,6 +108,7 @@ class DnsService:
         self.max_pending, self.tcp_idle_timeout = max_pending, tcp_idle_timeout
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self._upstreams: dict[int, _Upstream] = {}
+        self._retired: set[_Upstream] = set()  # flows of a previous outbound, closed once their queries end
         self._pending: dict[int, _Pending] = {}  # upstream transaction ID -> query
         self._tcp: set[TcpDnsConnection] = set()
         self._closed = False
@@ -148,6 +149,21 @@ class DnsService:
         msg = dns.message.make_query(domain, qtype)
         if not self._forward(msg, msg.to_wire(), server, reply):
             self.loop.call_soon(on_done, None)
+
+    def set_open_udp(self, open_udp) -> None:
+        """A reload: new queries go through this outbound; the old flows close once their pending queries end."""
+        self.open_udp = open_udp
+        for upstream in list(self._upstreams.values()):
+            del self._upstreams[upstream.family]
+            upstream.retired = True
+            self._retired.add(upstream)
+            self._close_if_idle(upstream)
+
+    def _close_if_idle(self, upstream: _Upstream) -> None:
+        if upstream.retired and not upstream.dead and not any(p.upstream is upstream for p in self._pending.values()):
+            upstream.dead = True
+            self._retired.discard(upstream)
+            upstream.flow.close()
 
     @property
     def pending(self) -> int:
@@ -299,6 +315,7 @@ class DnsService:
         del self._pending[upstream_id]
         pending.timer.cancel()
         self.counters["upstream_replies"] += 1
+        self._close_if_idle(upstream)
         pending.reply(pending.client_id.to_bytes(2, "big") + data[2:])
 
     def _timed_out(self, upstream_id: int) -> None:
@@ -307,10 +324,12 @@ class DnsService:
             return
         self._note("timeouts", "dns: no reply from %s:%d within %.1fs, answering SERVFAIL",
                    *pending.destination, self.timeout)
+        self._close_if_idle(pending.upstream)
         self._servfail(pending.query, pending.client_id, pending.reply)
 
     def _on_flow_closed(self, upstream: _Upstream, reason: str) -> None:
         upstream.dead = True
+        self._retired.discard(upstream)
         if self._upstreams.get(upstream.family) is upstream:
             del self._upstreams[upstream.family]
         failed = [i for i, p in self._pending.items() if p.upstream is upstream]
@@ -363,10 +382,11 @@ class DnsService:
         for pending in self._pending.values():
             pending.timer.cancel()
         self._pending.clear()
-        for upstream in list(self._upstreams.values()):
+        for upstream in [*self._upstreams.values(), *self._retired]:
             upstream.dead = True
             upstream.flow.close()
         self._upstreams.clear()
+        self._retired.clear()
         for conn in list(self._tcp):
             conn.close("service closed")
 
