@@ -259,3 +259,20 @@ def test_a_reload_sends_dns_through_the_reloaded_outbound(tmp_path):
             assert fwd.dns.open_udp.__self__ is fwd.outbounds["proxy"]
         finally:
             fwd.close()
+
+
+def test_a_udp_flow_keeps_sending_as_its_own_outbound_needs_after_a_reload():
+    """A direct flow must never be given a fake address because the reloaded outbound of that name takes names."""
+    with Loop() as loop:
+        dns = FakeDns()
+        fwd, proxy, direct = setup(loop, dns=dns)
+        s = FakeSession(C, ("198.18.128.7", 443))
+        fwd.handle_udp(s)
+        s.on_datagram(b"1", ("198.18.128.7", 443))
+        socks_like = FakeOutbound("direct")
+        socks_like.loop, socks_like.resolves_names = loop, True
+        fwd.configure({"proxy": proxy, "direct": socks_like}, fwd.rules)
+        s.on_datagram(b"2", ("198.18.128.7", 443))
+        assert direct.udp[0].sent == [(b"1", ("198.19.1.77", 443), None), (b"2", ("198.19.1.77", 443), None)]
+        s.on_close(s, "idle")
+        fwd.close()

@@ -291,13 +291,14 @@ class _Cancellable:
 class _UdpRelay:
     """One UDP session's datagrams, each to the outbound its destination's rule picks."""
 
-    __slots__ = ("fwd", "session", "flows", "routes", "record", "family", "resolved")
+    __slots__ = ("fwd", "session", "flows", "routes", "record", "family", "resolved", "by_address")
 
     def __init__(self, fwd: Forwarder, session):
         self.fwd, self.session = fwd, session
         self.flows: dict = {}  # (outbound name, fake address or None) -> UdpFlow
         self.routes: dict = {}  # destination -> (outbound name, domain, flow key), or None when blocked
         self.resolved: dict = {}  # fake address -> its real address, None while unknown
+        self.by_address: set = set()  # keys of fake-address flows whose outbound needs the real address (direct)
         self.family = socket.AF_INET6 if ":" in session.source[0] else socket.AF_INET
         domain, _ = fwd._domain(session.destination)
         name = "dns" if fwd._dns_intercepts(session.destination) else fwd.rules.match("udp", session.source, session.destination, domain)
@@ -338,7 +339,9 @@ class _UdpRelay:
             if fake is not None:
                 self._make_room()
             flow = self.flows[key] = outbound.open_udp(self.family, self._receiver(fake), self._flow_closed(key))
-        if domain is not None and not getattr(fwd.outbounds.get(name), "resolves_names", False):
+            if fake is not None and not getattr(outbound, "resolves_names", False):
+                self.by_address.add(key)  # decided by the flow's outbound: a reload may rename another one
+        if key in self.by_address:
             destination = self._resolved(destination, domain)
             if destination is None:
                 fwd.counters["udp_unresolved"] += 1  # still resolving, or the name has no address
@@ -352,6 +355,7 @@ class _UdpRelay:
         fakes = [key for key in self.flows if key[1] is not None]
         for key in fakes[:len(fakes) - UDP_FAKE_FLOWS + 1]:
             self.flows.pop(key).close()
+            self.by_address.discard(key)
             self.resolved.pop(key[1], None)
             self.fwd.counters["udp_fake_flows_evicted"] += 1
 
@@ -386,6 +390,7 @@ class _UdpRelay:
     def _flow_closed(self, key):
         def closed(reason):
             self.flows.pop(key, None)
+            self.by_address.discard(key)
             log.info("%s: outbound UDP flow %s closed: %s", self.record.describe(), key[0], reason)
         return closed
 
@@ -393,6 +398,7 @@ class _UdpRelay:
         for flow in list(self.flows.values()):
             flow.close()
         self.flows.clear()
+        self.by_address.clear()
         self.fwd.udp.pop(session, None)
         self.fwd._ended(self.record)
         _log_closed(self.record, reason)
