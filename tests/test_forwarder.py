@@ -145,7 +145,7 @@ def test_udp_routes_each_destination_and_answers_dns():
         s.on_datagram(b"a", ("198.19.0.1", 9))
         s.on_datagram(b"b", ("198.19.0.2", 9))
         s.on_datagram(b"c", ("198.19.1.1", 9))
-        s.on_datagram(b"d", ("198.19.2.1", 9))  # blocked: dropped and counted
+        assert s.on_datagram(b"d", ("198.19.2.1", 9)) == Verdict.REJECT  # blocked: ICMP unreachable, counted
         s.on_datagram(b"e", ("198.18.128.5", 443))  # fake: a flow of its own, by name
         s.on_datagram(b"q", ("198.19.0.53", 53))
         s.on_datagram(b"f", ("198.18.128.7", 443))  # fake, direct: sent to the resolved address

@@ -108,6 +108,19 @@ def test_reject_answers_unreachable_and_drop_is_remembered():
     loop.close()
 
 
+def test_a_datagram_the_session_refuses_is_answered_unreachable():
+    loop, dev, out, handler, nat = rig()
+    feed(nat, [IP(src="198.18.0.5", dst="198.19.0.1") / UDP(sport=1, dport=2) / Raw(b"ok")])
+    handler.sessions[0].on_datagram = lambda payload, dst: Verdict.REJECT if dst[0] == "198.19.2.1" else None
+    feed(nat, [IP(src="198.18.0.5", dst="198.19.2.1") / UDP(sport=1, dport=2) / Raw(b"no"),
+               IP(src="198.18.0.5", dst="198.19.0.1") / UDP(sport=1, dport=2) / Raw(b"ok")])
+    loop.run_once(0)
+    (reply,) = dev.packets
+    assert IP(reply)[ICMP].type == 3 and IP(reply)[ICMP].code == 13 and IP(reply)[IP].src == "198.19.2.1"
+    assert nat.counters["rejected"] == 1 and len(nat.sessions) == 1
+    loop.close()
+
+
 def test_session_limit_and_fragments_are_counted():
     loop, dev, out, handler, nat = rig(max_sessions=2)
     feed(nat, [IP(src="198.18.0.5", dst="198.19.0.1") / UDP(sport=p, dport=2) for p in (1, 2, 3)])

@@ -326,7 +326,7 @@ class _UdpRelay:
         route = self._route(destination)
         if route is None:
             fwd.counters["udp_blocked"] += 1
-            return
+            return Verdict.REJECT  # "block": ICMP unreachable, as for a session's first datagram
         name, domain, key = route
         flow = self.flows.get(key)
         if flow is None:

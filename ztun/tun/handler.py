@@ -30,7 +30,8 @@ class UdpSession(Protocol):
 
     source: tuple  # the client's (address, port)
     destination: tuple  # the first datagram's destination
-    on_datagram: object  # set by the handler: callable(payload: bytes, destination: tuple)
+    on_datagram: object  # set by the handler: callable(payload: bytes, destination: tuple); returning
+    # Verdict.REJECT answers that datagram with an ICMP unreachable (anything else: nothing more)
 
     def send(self, payload: bytes, from_address: tuple) -> bool:
         """Send payload to the client as if from from_address (through the TUN); False if it was dropped."""

@@ -117,10 +117,14 @@ class UdpNat:
         s.bytes_up += len(payload)
         if s.on_datagram is not None:
             try:
-                s.on_datagram(payload, dst)
+                verdict = s.on_datagram(payload, dst)
             except Exception:
                 log.exception("UDP session %s failed; ending it", s.source)
                 self._end(s, "error")
+                return
+            if verdict == Verdict.REJECT:  # a destination the handler refuses within an open session
+                self.counters["rejected"] += 1
+                self.out.unreachable(batch, i, 13)
 
     def _end(self, s: UdpSession, reason: str) -> None:
         if s.closed:
