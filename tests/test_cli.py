@@ -103,6 +103,22 @@ def test_missing_dev_net_tun_is_one_line(capsys, monkeypatch, tmp_path):
     from ztun.tun import device_linux
 
     monkeypatch.setattr(device_linux, "TUN_PATH", str(tmp_path / "tun"))
-    assert cli.main(["run", "--tun-name", "zt-none0", "--log-level", "ERROR"]) == 1
+    # Its own control socket: the default one may be held by an appliance running on this host.
+    assert cli.main(["run", "--tun-name", "zt-none0", "--log-level", "ERROR",
+                     "--control-socket", str(tmp_path / "control.sock")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("ztun-appliance: error: no ") and "modprobe tun" in err
+
+
+def test_a_reload_whose_file_now_clashes_with_a_flag_keeps_the_running_configuration(tmp_path, monkeypatch, caplog):
+    """SIGHUP rereads file and flags; a flag's error then must not end the appliance (parser.error exits)."""
+    path = tmp_path / "c.toml"
+    path.write_text('[dns]\nupstream = "198.19.0.53:53"\n')
+    got = {}
+    monkeypatch.setattr(cli, "_run", lambda config, reread=None: got.update(config=config, reread=reread) or 0)
+    assert cli.main(["run", "--config", str(path), "--dns-mode", "forward"]) == 0
+    path.write_text("")  # --dns-mode forward now lacks its upstream
+    state = {"config": got["config"]}
+    cli._reload(None, None, state, got["reread"])
+    assert state["config"] is got["config"]
+    assert "not reloaded" in caplog.text and "--dns-mode" in caplog.text

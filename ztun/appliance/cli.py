@@ -138,13 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(parser: argparse.ArgumentParser, args) -> AppConfig:
-    """The file of --config (or check-config's FILE) with every flag given on top; a bad flag exits 2 via parser.error."""
+def load_config(parser: argparse.ArgumentParser, args, *, flag_errors_exit: bool = True) -> AppConfig:
+    """The file of --config (or check-config's FILE) with every flag given on top; a bad flag exits 2 via parser.error
+    (or, with flag_errors_exit False, raises ConfigError like any other error: a reload must not exit)."""
     overrides = {key: (getattr(args, dest), flag) for dest, (key, flag) in RUN_FLAGS.items() if hasattr(args, dest)}
     try:
         return config_mod.load(getattr(args, "config", None), overrides)
     except ConfigError as e:
-        if getattr(e, "flag", None):
+        if flag_errors_exit and getattr(e, "flag", None):
             parser.error(str(e))
         raise
 
@@ -337,7 +338,7 @@ def main(argv=None) -> int:
     setup_logging(config.log.level, config.log.format)
     try:
         if args.command == "run":
-            return _run(config, reread=lambda: load_config(parser.commands["run"], args))
+            return _run(config, reread=lambda: load_config(parser.commands["run"], args, flag_errors_exit=False))
         return _cleanup(config.tun)
     except ZtunError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
