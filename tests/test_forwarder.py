@@ -276,3 +276,26 @@ def test_a_udp_flow_keeps_sending_as_its_own_outbound_needs_after_a_reload():
         assert direct.udp[0].sent == [(b"1", ("198.19.1.77", 443), None), (b"2", ("198.19.1.77", 443), None)]
         s.on_close(s, "idle")
         fwd.close()
+
+
+def test_a_fake_ipv6_destination_routed_direct_falls_back_to_the_names_ipv4_address():
+    """The client got a fake AAAA (ztun answers them all); a name with only A records still connects, over IPv4."""
+
+    class V4OnlyDns(FakeDns):
+        def is_fake(self, address):
+            return str(address).startswith("fd00:f::") or super().is_fake(address)
+
+        def resolve(self, domain, family, on_done):
+            self.resolving.append((domain, family))
+            loop.call_soon(on_done, "198.19.1.77" if family == socket.AF_INET else None)
+
+    with Loop() as loop:
+        dns = V4OnlyDns()
+        dns.names["fd00:f::5"] = "direct.example"
+        fwd, proxy, direct = setup(loop, dns=dns)
+        decisions = []
+        assert fwd.prepare(Flow(6, ("fd00::2", 40000), ("fd00:f::5", 443)), decisions.append) == Verdict.DEFER
+        run(loop)
+        assert dns.resolving == [("direct.example", socket.AF_INET6), ("direct.example", socket.AF_INET)]
+        assert direct.tcp == [(("198.19.1.77", 443), None)] and decisions == [Verdict.ALLOW]
+        fwd.close()

@@ -165,22 +165,33 @@ class Forwarder:
             self.connecting[record] = pending
 
     def _resolve_then_connect(self, record, outbound, done):
-        """A fake-IP destination for an outbound that needs an address: look its name up upstream first."""
+        """A fake-IP destination for an outbound that needs an address: look its name up upstream first.
+
+        The client's family first, then the other: every name gets a fake address of both
+        families, and the relayed connection need not be of the client's family (a name with
+        only A records still connects for a client that used its fake AAAA).
+        """
         resolving = _Cancellable()
         self.connecting[record] = resolving
-        family = socket.AF_INET6 if ":" in record.destination[0] else socket.AF_INET
+        v6 = ":" in record.destination[0]
+        families = (socket.AF_INET6, socket.AF_INET) if v6 else (socket.AF_INET, socket.AF_INET6)
 
-        def resolved(address):
-            if resolving.cancelled:
-                return
-            if address is None:
-                # Later, not now: on_done may come within resolve(), before prepare() returned DEFER,
-                # and the stack only takes a decision for a flow it already holds.
-                self.loop.call_soon(done, None, OSError(f"cannot resolve {record.domain}"))
-                return
-            self._open_tcp(record, outbound, (address, record.destination[1]), None, done)
+        def ask(families):
+            def resolved(address):
+                if resolving.cancelled:
+                    return
+                if address is None and len(families) > 1:
+                    ask(families[1:])
+                elif address is None:
+                    # Later, not now: on_done may come within resolve(), before prepare() returned DEFER,
+                    # and the stack only takes a decision for a flow it already holds.
+                    self.loop.call_soon(done, None, OSError(f"cannot resolve {record.domain}"))
+                else:
+                    self._open_tcp(record, outbound, (address, record.destination[1]), None, done)
 
-        self.dns.resolve(record.domain, family, resolved)
+            self.dns.resolve(record.domain, families[0], resolved)
+
+        ask(families)
 
     def _unclaimed(self, key):
         entry = self._ready.pop(key, None)
