@@ -84,6 +84,28 @@ except OSError as e:
 """
 
 
+UDP_BLOCKED = r"""
+import errno, socket
+# A session's first datagram to a blocked destination, then one within a session opened elsewhere:
+# both answered with an ICMP unreachable (administratively prohibited), seen by a connected socket.
+for first in (None, ("198.19.1.1", 9)):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    if first:
+        s.sendto(b"opens the session", first)
+    s.connect(("198.19.2.1", 9))
+    s.send(b"blocked")
+    try:
+        s.recv(100)
+        print("answered")
+    except socket.timeout:
+        print("timeout")
+    except OSError as e:
+        print(errno.errorcode[e.errno])
+    s.close()
+"""
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -224,6 +246,8 @@ def test_rules_direct_proxied_blocked(slan):
     r = slan.client.python(CONNECT, "198.19.2.1", "8080")
     kind, secs = r.stdout.split()
     assert kind == "ConnectionRefusedError" and float(secs) < 1, r.stdout + app.log
+    r = slan.client.python(UDP_BLOCKED)
+    assert r.stdout.split() == ["EHOSTUNREACH", "EHOSTUNREACH"], r.stdout + app.log
     assert app.stop() == 0, app.log
     assert "198.19.1.1:8080 via direct up" in app.log and "198.19.0.1:8080 via proxy up" in app.log, app.log
     assert "198.19.2.1:8080 via block: blocked" in app.log, app.log
