@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER4 = "198.19.0.1"
-TUN_ARGS = ["--tun-name", "zt-bench0", "--inet4", "198.18.0.1/30", "--inet6", "fd00:18::1/126",
+TUN_ARGS = ["--tun-name", "zt-bench0", "--inet4", "198.18.0.1/28", "--inet6", "fd00:18::1/124",
             "--route", "198.19.0.0/16", "--route", "fd00:19::/64"]
 METRICS = ("tcp", "cps", "rtt", "udp", "rss")
 CONFIGS = {

@@ -156,9 +156,38 @@ def test_ports_never_shared_and_fifo(impl):
     assert sorted(ports) == [5000, 5001, 5002, 5003]
     table.delete(fids[1])
     table.delete(fids[0])
-    new = table.insert(6, "198.18.9.9", 200, "198.19.0.1", 80)
+    new = table.insert(6, "198.18.9.9", 200, "198.19.0.1", 80, now=100.0)  # after the ports' rest
     assert table.flow(new).nat_port == 5001  # freed first, reused first; never a live one
     assert {table.flow(f).nat_port for f in fids[2:] + [new]} == {5001, 5002, 5003}
+
+
+def test_a_freed_port_rests_beyond_time_wait_before_reuse(impl):
+    """The kernel holds the listener side of a closed connection (A:P <- B:n) in TIME_WAIT for
+    60 s: the same B:n must not come back sooner, or the new SYN may be refused (PAWS)."""
+    assert d.PORT_REST > 60
+    table = impl.nat.NatTable(config(port_min=5000, port_max=5001, next_count=2))
+    a = table.insert(6, "198.18.9.9", 1, "198.19.0.1", 80, now=0.0)
+    b = table.insert(6, "198.18.9.9", 2, "198.19.0.1", 80, now=0.0)
+    assert {str(table.flow(f).nat_addr) for f in (a, b)} == {"198.18.0.2"}
+    table.touch(a, 10.0)
+    table.delete(a)  # its port rests until 10 + PORT_REST
+    c = table.insert(6, "198.18.9.9", 3, "198.19.0.1", 80, now=20.0)
+    assert (str(table.flow(c).nat_addr), table.flow(c).nat_port) == ("198.18.0.3", 5000)  # the next address instead
+    table.insert(6, "198.18.9.9", 4, "198.19.0.1", 80, now=20.0)
+    with pytest.raises(NatPortsExhausted):  # nothing has rested: refused (counted), not a stalled SYN
+        table.insert(6, "198.18.9.9", 5, "198.19.0.1", 80, now=10.0 + d.PORT_REST - 1)
+    e = table.insert(6, "198.18.9.9", 6, "198.19.0.1", 80, now=10.0 + d.PORT_REST)
+    assert (str(table.flow(e).nat_addr), table.flow(e).nat_port) == ("198.18.0.2", table.flow(b).nat_port ^ 1)
+    zero = impl.nat.NatTable(config(port_min=5000, port_max=5000, port_rest=0))
+    zero.delete(zero.insert(6, "198.18.9.9", 1, "198.19.0.1", 80, now=5.0))
+    zero.insert(6, "198.18.9.9", 2, "198.19.0.1", 80, now=5.0)  # port_rest 0: at once
+
+
+def test_stack_prefixes_give_every_next_address():
+    assert len(NatConfig.from_prefixes("198.18.0.1/28", "fd00:18::1/124", port4=1, port6=1, next_count=None).next4) == 13
+    cfg = NatConfig.from_prefixes("198.18.0.1/30", "fd00:18::1/124", port4=1, port6=1, next_count=None)
+    assert len(cfg.next4) == 1 and len(cfg.next6) == 14
+    assert len(NatConfig.from_prefixes("198.18.0.1/16", None, port4=1, next_count=None).next4) == 16
 
 
 def test_next_addresses_extend_capacity(impl):
@@ -190,7 +219,7 @@ def test_full_table_refuses_and_counts(impl):
 
 def test_expiry_frees_ports_in_bounded_sweeps(impl):
     timeouts = (0.0, 10.0, 100.0, 50.0, 5.0, 2.0)
-    table = impl.nat.NatTable(config(capacity=8, port_min=5000, port_max=5003, timeouts=timeouts))
+    table = impl.nat.NatTable(config(capacity=8, port_min=5000, port_max=5003, timeouts=timeouts, port_rest=0))
     fids = [table.insert(6, "198.18.9.9", 100 + i, "198.19.0.1", 80, now=0.0) for i in range(4)]
     with pytest.raises(NatPortsExhausted):
         table.insert(6, "198.18.9.9", 5, "198.19.0.1", 80, now=0.0)
@@ -304,7 +333,7 @@ def test_fuzz_traffic_identical(both, batches):
 def test_random_insert_delete_against_model(impl):
     """20,000 random inserts, deletes and sweeps on a small-ports table, checked against a dict."""
     rng = random.Random(99)
-    table = impl.nat.NatTable(config(capacity=3000, port_min=2000, port_max=4999, timeouts=(0.0, 5.0, 5.0, 5.0, 5.0, 5.0)))
+    table = impl.nat.NatTable(config(capacity=3000, port_min=2000, port_max=4999, timeouts=(0.0, 5.0, 5.0, 5.0, 5.0, 5.0), port_rest=0))
     model = {}  # key -> fid
     now = 0.0
     for step in range(20_000):

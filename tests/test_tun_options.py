@@ -11,7 +11,7 @@ from ztun.tun.options import TunOptions
 def test_defaults_work():
     o = TunOptions()
     assert o.name == "ztun0" and o.mtu == 65535
-    assert str(o.inet4) == "172.19.0.1/30" and str(o.inet6) == "fdfe:dcba:9876::1/126"
+    assert str(o.inet4) == "172.19.0.1/28" and str(o.inet6) == "fdfe:dcba:9876::1/124"
     assert str(o.stack4) == "172.19.0.1" and str(o.next4) == "172.19.0.2"
     assert str(o.stack6) == "fdfe:dcba:9876::1" and str(o.next6) == "fdfe:dcba:9876::2"
     assert o.table == 2022 and o.rule_priority == 9000 and list(o.rule_priorities) == list(range(9000, 9010))

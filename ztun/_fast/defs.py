@@ -100,6 +100,7 @@ DECISION_NAMES = ("pending", "allow", "block")
 
 # Idle timeouts in seconds, by state (index = ST_*).
 DEFAULT_TIMEOUTS = (0.0, 60.0, 7200.0, 300.0, 30.0, 5.0)
+PORT_REST = 70.0  # seconds a freed NAT port rests: beyond the kernel's 60 s TIME_WAIT and its timer slack
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02

@@ -4,7 +4,8 @@ Client packets C:c -> D:d are rewritten to B:n -> A:P (the kernel listener) and 
 kernel's replies A:P -> B:n back to D:d -> C:c, with RFC 1624 checksum updates.
 Memory is allocated once: a flow array, an open-addressing index (linear probing,
 backward-shift delete, keyed hash), a reverse array by NAT port, and per-address FIFO
-rings of free ports so a port is never handed out while in use and is reused last.
+rings of free ports so a port is never handed out while in use and is reused last (and
+not before it has rested beyond the kernel's TIME_WAIT; see NatConfig.port_rest).
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
@@ -83,6 +84,8 @@ cdef class NatTable:
     cdef Py_ssize_t n_free, n_used
     cdef int32_t *rev
     cdef uint16_t *rings
+    cdef double *rested  # per ring slot: when the freed port's flow last saw a packet
+    cdef double port_rest
     cdef uint32_t *ring_head
     cdef uint32_t *ring_count
     cdef uint32_t n_ports
@@ -121,10 +124,11 @@ cdef class NatTable:
         self.free_ids = <int32_t *>PyMem_Calloc(self.capacity, sizeof(int32_t))
         self.rev = <int32_t *>PyMem_Calloc(self.n_next * self.n_ports, sizeof(int32_t))
         self.rings = <uint16_t *>PyMem_Calloc(self.n_next * self.n_ports, sizeof(uint16_t))
+        self.rested = <double *>PyMem_Calloc(self.n_next * self.n_ports, sizeof(double))
         self.ring_head = <uint32_t *>PyMem_Calloc(self.n_next, sizeof(uint32_t))
         self.ring_count = <uint32_t *>PyMem_Calloc(self.n_next, sizeof(uint32_t))
         self.next_addr = <uint8_t *>PyMem_Calloc(self.n_next, 16)
-        if not (self.flows and self.slots and self.free_ids and self.rev and self.rings
+        if not (self.flows and self.slots and self.free_ids and self.rev and self.rings and self.rested
                 and self.ring_head and self.ring_count and self.next_addr):
             raise MemoryError(f"NAT table of capacity {self.capacity}")
         memset(self.slots, 0xFF, m * sizeof(int32_t))
@@ -138,6 +142,8 @@ cdef class NatTable:
             self.ring_count[k] = self.n_ports
             for i in range(self.n_ports):
                 self.rings[k * self.n_ports + i] = <uint16_t>(self.port_min + i)
+                self.rested[k * self.n_ports + i] = -1e300  # never used: free at once
+        self.port_rest = config.port_rest
         self.has4 = config.stack4 is not None
         if self.has4:
             memcpy(self.stack4, <const char *>config.stack4, 4)
@@ -161,6 +167,7 @@ cdef class NatTable:
         PyMem_Free(self.free_ids)
         PyMem_Free(self.rev)
         PyMem_Free(self.rings)
+        PyMem_Free(self.rested)
         PyMem_Free(self.ring_head)
         PyMem_Free(self.ring_count)
         PyMem_Free(self.next_addr)
@@ -208,7 +215,9 @@ cdef class NatTable:
         lo = 0 if version == 4 else self.n4
         hi = self.n4 if version == 4 else self.n_next
         idx = lo
-        while idx < hi and self.ring_count[idx] == 0:
+        # the first next address whose oldest free port has rested (see NatConfig.port_rest)
+        while idx < hi and (self.ring_count[idx] == 0
+                            or now - self.rested[idx * self.n_ports + self.ring_head[idx]] < self.port_rest):
             idx += 1
         if idx >= hi:
             return -NO_PORT
@@ -260,7 +269,9 @@ cdef class NatTable:
             i = j
         self.slots[i] = -1
         self.rev[idx * self.n_ports + (f.nat_port - self.port_min)] = -1
-        self.rings[idx * self.n_ports + (self.ring_head[idx] + self.ring_count[idx]) % self.n_ports] = f.nat_port
+        k = idx * self.n_ports + (self.ring_head[idx] + self.ring_count[idx]) % self.n_ports
+        self.rings[k] = f.nat_port
+        self.rested[k] = f.last_seen
         self.ring_count[idx] += 1
         f.in_use = 0
         self.free_ids[self.n_free] = fid

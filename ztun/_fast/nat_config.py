@@ -10,6 +10,7 @@ from . import defs as d
 
 MAX_CAPACITY = 1 << 24
 MAX_NEXT_ADDRESSES = 1024
+MAX_AUTO_NEXT = 16  # next addresses taken from a prefix by default: 16 x 64,512 ports
 
 
 def addr_bytes(value) -> bytes:
@@ -46,6 +47,13 @@ class NatConfig:
     (port4/port6); next4/next6 are the "next" addresses B that rewritten client
     packets come from. Each next address offers the ports port_min..port_max, so
     capacity beyond ~64k flows needs several next addresses.
+
+    port_rest: a freed NAT port is handed out again only this many seconds after its
+    flow's last packet. The kernel keeps the listener side of a closed connection
+    (A:P <- B:n) in TIME_WAIT for 60 s; a new SYN from the same B:n within that time
+    can be refused by PAWS, and the client then retries for up to a minute. With
+    several next addresses the allocation moves on to one whose oldest free port has
+    rested long enough.
     """
 
     capacity: int = 65536
@@ -58,6 +66,7 @@ class NatConfig:
     port_min: int = 1024
     port_max: int = 65535
     timeouts: tuple = d.DEFAULT_TIMEOUTS
+    port_rest: float = d.PORT_REST
 
     def __post_init__(self):
         def put(name, value):
@@ -92,10 +101,16 @@ class NatConfig:
         if len(t) != d.N_STATES or any(x <= 0 for x in t[1:]):
             raise ConfigError(f"timeouts must be {d.N_STATES} numbers (one per state), positive past the first")
         put("timeouts", t)
+        if isinstance(self.port_rest, bool) or not isinstance(self.port_rest, (int, float)) or not 0 <= self.port_rest <= 3600:
+            raise ConfigError(f"port_rest must be 0..3600 seconds, got {self.port_rest!r}")
+        put("port_rest", float(self.port_rest))
 
     @classmethod
     def from_prefixes(cls, inet4=None, inet6=None, *, port4=0, port6=0, next_count=1, **kw):
-        """A from the prefix's address, B = the next_count addresses after it in the prefix."""
+        """A from the prefix's address, B = the next_count addresses after it in the prefix.
+
+        next_count None: every address after A that the prefix holds, at most MAX_AUTO_NEXT.
+        """
 
         def split(cidr, family):
             if cidr is None:
@@ -104,10 +119,11 @@ class NatConfig:
             if iface.version != family:
                 raise ConfigError(f"inet{family} must be an IPv{family} prefix, got {cidr}")
             net, a = iface.network, iface.ip
-            hosts = [h for h in (a + k for k in range(1, next_count + 1)) if h in net]
+            want = next_count or MAX_AUTO_NEXT
+            hosts = [a + k for k in range(1, want + 1) if int(a) + k <= int(net.broadcast_address)]
             if family == 4 and net.prefixlen < 31:
                 hosts = [h for h in hosts if h != net.broadcast_address]
-            if len(hosts) < next_count:
+            if len(hosts) < (next_count or 1):
                 raise ConfigError(f"inet{family} {cidr} leaves no room for {next_count} next address(es) after {a}")
             return a.packed, tuple(h.packed for h in hosts)
 

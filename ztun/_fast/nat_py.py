@@ -4,6 +4,7 @@ Client packets C:c -> D:d are rewritten to B:n -> A:P (the kernel listener) and 
 kernel's replies A:P -> B:n back to D:d -> C:c, with RFC 1624 checksum updates.
 """
 
+import math
 import socket
 import struct
 from collections import deque
@@ -44,7 +45,9 @@ class NatTable:
         self._free = list(range(config.capacity - 1, -1, -1))
         self._index = {}
         self._rev = {}
-        self._ports = [deque(range(config.port_min, config.port_max + 1)) for _ in self._next]
+        # per next address, free ports oldest first, each with the time its flow last saw a packet
+        self._ports = [deque((p, -math.inf) for p in range(config.port_min, config.port_max + 1)) for _ in self._next]
+        self._rest = config.port_rest
         self._cursor = 0
         self._timeouts = config.timeouts
         self.verdict_counts = np.zeros(d.N_VERDICTS, dtype=np.uint64)
@@ -61,11 +64,12 @@ class NatTable:
             return -d.TABLE_FULL
         lo, hi = (0, self._n4) if key[0] == 4 else (self._n4, len(self._next))
         for idx in range(lo, hi):
-            if self._ports[idx]:
+            q = self._ports[idx]
+            if q and now - q[0][1] >= self._rest:
                 break
         else:
             return -d.NO_PORT
-        port = self._ports[idx].popleft()
+        port = self._ports[idx].popleft()[0]
         fid = self._free.pop()
         self._flows[fid] = _Flow(key, idx, port, now)
         self._index[key] = fid
@@ -73,11 +77,11 @@ class NatTable:
         return fid
 
     def delete(self, fid: int) -> None:
-        """Remove flow fid and free its NAT port (to the back of the queue: reused last)."""
+        """Remove flow fid and free its NAT port (to the back of the queue: reused last, after its rest)."""
         f = self._flow(fid)
         del self._index[f.key]
         del self._rev[(f.nat_index, f.nat_port)]
-        self._ports[f.nat_index].append(f.nat_port)
+        self._ports[f.nat_index].append((f.nat_port, f.last_seen))
         self._flows[fid] = None
         self._free.append(fid)
 

@@ -76,8 +76,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     _common(p)
     bool_flag = argparse.BooleanOptionalAction
     p.add_argument("--mtu", type=_int, metavar="N", help="TUN MTU, 576..65535, >= 1280 with IPv6 (default 65535)")
-    p.add_argument("--inet4", metavar="CIDR", help="the stack's IPv4 address and prefix, or 'none' (default 172.19.0.1/30)")
-    p.add_argument("--inet6", metavar="CIDR", help="the stack's IPv6 address and prefix, or 'none' (default fdfe:dcba:9876::1/126)")
+    p.add_argument("--inet4", metavar="CIDR", help="the stack's IPv4 address and prefix, or 'none' (default 172.19.0.1/28)")
+    p.add_argument("--inet6", metavar="CIDR", help="the stack's IPv6 address and prefix, or 'none' (default fdfe:dcba:9876::1/124)")
     p.add_argument("--route", dest="routes", action="append", metavar="CIDR", help="route CIDR into the TUN (repeatable; replaces tun.routes)")
     p.add_argument("--exclude-route", dest="exclude_routes", action="append", metavar="CIDR", help="keep CIDR out of the TUN (repeatable; replaces tun.exclude_routes)")
     p.add_argument("--auto-route", action=bool_flag, help="send all traffic through the TUN but ztun's own, loopback and excluded")

@@ -82,8 +82,8 @@ class TunOptions:
 
     name: str = "ztun0"
     mtu: int = 65535  # measured best: fewer, larger packets through the TUN (README, Performance)
-    inet4: object = "172.19.0.1/30"
-    inet6: object = "fdfe:dcba:9876::1/126"
+    inet4: object = "172.19.0.1/28"
+    inet6: object = "fdfe:dcba:9876::1/124"
     routes: tuple = ()
     exclude_routes: tuple = ()
     auto_route: bool = False

@@ -112,7 +112,7 @@ class SystemStack:
                 ports[version] = self._listen(version, iface.ip)
         self.nat = NatTable(NatConfig.from_prefixes(
             o.inet4 and str(o.inet4), o.inet6 and str(o.inet6), port4=ports.get(4, 0), port6=ports.get(6, 0),
-            capacity=self.nat_capacity))
+            next_count=None, capacity=self.nat_capacity))  # every next address the prefix offers (up to 16)
         self.out = OutQueue(self.loop, self.device, max_packet=d.MAX_PACKET + 40,  # UDP replies up to 64 KiB
                             gro=_udp_gro_default(self.device))
         if self.out.gro:
