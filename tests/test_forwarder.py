@@ -299,3 +299,28 @@ def test_a_fake_ipv6_destination_routed_direct_falls_back_to_the_names_ipv4_addr
         assert dns.resolving == [("direct.example", socket.AF_INET6), ("direct.example", socket.AF_INET)]
         assert direct.tcp == [(("198.19.1.77", 443), None)] and decisions == [Verdict.ALLOW]
         fwd.close()
+
+
+def test_a_reload_does_not_look_up_an_unchanged_proxy_name_again(tmp_path, monkeypatch):
+    """A SIGHUP handler runs on the loop: a blocking lookup there (through the TUN it serves) stalls every flow."""
+    from ztun.appliance.app import build_handler, reload
+
+    lookups = []
+
+    def getaddrinfo(host, port, *a, **k):
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("198.19.0.10", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with Loop() as loop:
+        old = _config(tmp_path, "proxy.test:1080")
+        fwd = build_handler(loop, old)
+        try:
+            assert lookups == ["proxy.test"]
+            for _ in range(2):
+                assert reload(fwd, loop, old, _config(tmp_path, "proxy.test:1080")) == []
+            assert lookups == ["proxy.test"] and fwd.outbounds["proxy"].proxy_address == ("198.19.0.10", 1080)
+            reload(fwd, loop, old, _config(tmp_path, "other.test:1080"))
+            assert lookups == ["proxy.test", "other.test"]
+        finally:
+            fwd.close()

@@ -58,9 +58,14 @@ def tun_options(config):
     return dataclasses.replace(tun, exclude_routes=tuple(excludes), routes=tuple(routes))
 
 
-def build_outbounds(loop, config) -> dict:
-    """name -> outbound object; "block" is not an object (the forwarder refuses those flows)."""
+def build_outbounds(loop, config, resolved: dict | None = None) -> dict:
+    """name -> outbound object; "block" is not an object (the forwarder refuses those flows).
+
+    resolved: (proxy host, port) -> its address as the running outbounds found it, so that a
+    reload (on the loop, with the TUN's routes in place) looks up only the proxy names that changed.
+    """
     fwmark = config.tun.fwmark
+    resolved = resolved or {}
     timeout = config.flows.connect_timeout
     outbounds = {"direct": DirectOutbound(loop, fwmark=fwmark, connect_timeout=timeout, name="direct")}
     for ob in config.outbounds:
@@ -70,7 +75,8 @@ def build_outbounds(loop, config) -> dict:
             from ..outbound.socks5 import Socks5Outbound
 
             outbounds[ob.name] = Socks5Outbound(loop, ob.host, ob.port, username=ob.username, password=ob.password,
-                                                fwmark=fwmark, connect_timeout=timeout, name=ob.name)
+                                                fwmark=fwmark, connect_timeout=timeout, name=ob.name,
+                                                address=resolved.get((ob.host, ob.port)))
         elif ob.type != BLOCK:
             raise ConfigError(f"outbounds.{ob.name}: unknown type {ob.type!r}")
     return outbounds
@@ -130,7 +136,9 @@ def reload(forwarder: Forwarder, loop, old, new) -> list:
         warnings.append("[dns] changed: restart to apply it")
     if new.flows != old.flows:
         warnings.append("[flows] changed: restart to apply it")
-    outbounds = build_outbounds(loop, new)
+    known = {(o.host, o.proxy_address[1]): o.proxy_address[0]
+             for o in forwarder.outbounds.values() if hasattr(o, "proxy_address")}
+    outbounds = build_outbounds(loop, new, known)
     rules = Rules(new.route)
     dns_name = dns_outbound(new, outbounds, rules) if forwarder.dns is not None else None
     forwarder.configure(outbounds, rules)

@@ -573,7 +573,7 @@ class Socks5Outbound:
     resolves_names = True  # given a domain, it CONNECTs by name: the proxy resolves it
 
     def __init__(self, loop, host: str, port: int, *, username: str | None = None, password: str | None = None,
-                 fwmark: int = 0, connect_timeout: float = 10.0, name: str = "proxy"):
+                 fwmark: int = 0, connect_timeout: float = 10.0, name: str = "proxy", address: str | None = None):
         if not isinstance(port, int) or not 1 <= port <= 0xFFFF:
             raise ValueError(f"socks5 proxy port must be 1..65535, got {port!r}")
         if (username is None) != (password is None):
@@ -583,7 +583,7 @@ class Socks5Outbound:
         self.host = host
         self.username = _credential(username, "username")
         self.password = _credential(password, "password")
-        ip = _resolve(host, port)
+        ip = address or _resolve(host, port)  # address: host's IP as already looked up (a reload)
         self._address = (ip, port)
         self.family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         self.label = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
