@@ -102,7 +102,7 @@ def test_without_privileges_one_line(netns):
     need("setpriv", "util-linux")
     # root without any capability: may open /dev/net/tun (owner) but not create a device
     r = netns.run("setpriv", "--bounding-set=-all", "--inh-caps=-all", *netns_python(), "-m", "ztun.appliance",
-                  "run", *ARGS, "--log-level", "ERROR", check=False)
+                  "run", *ARGS, "--log-level", "ERROR", "--control-socket", str(netns.tmp / "control.sock"), check=False)
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
     assert r.stderr.startswith("ztun-appliance: error: ") and "CAP_NET_ADMIN" in r.stderr
