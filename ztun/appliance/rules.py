@@ -102,6 +102,8 @@ class Rules:
 
         source and destination are (address, port) with the address as text or an ipaddress object.
         """
+        if not self.rules:
+            return self.default
         proto = PROTOCOLS.get(proto, proto)
         src = (_ip(source[0]), source[1])
         dst = (_ip(destination[0]), destination[1])
