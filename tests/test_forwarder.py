@@ -2,6 +2,7 @@
 
 import ipaddress
 import socket
+import time
 from types import SimpleNamespace
 
 from ztun.appliance.forwarder import Forwarder
@@ -324,3 +325,32 @@ def test_a_reload_does_not_look_up_an_unchanged_proxy_name_again(tmp_path, monke
             assert lookups == ["proxy.test", "other.test"]
         finally:
             fwd.close()
+
+
+def test_a_failed_lookup_for_a_udp_fake_ip_destination_is_tried_again(monkeypatch):
+    """One lost DNS answer must not leave a session that keeps sending (VoIP, VPN keepalives) without a route."""
+    from ztun.appliance import forwarder
+
+    monkeypatch.setattr(forwarder, "RESOLVE_RETRY", 0.05)
+
+    class FlakyDns(FakeDns):
+        def resolve(self, domain, family, on_done):
+            self.resolving.append(domain)
+            loop.call_soon(on_done, None if len(self.resolving) == 1 else "198.19.1.77")
+
+    with Loop() as loop:
+        dns = FlakyDns()
+        fwd, proxy, direct = setup(loop, dns=dns)
+        s = FakeSession(C, ("198.18.128.7", 443))
+        fwd.handle_udp(s)
+        s.on_datagram(b"1", ("198.18.128.7", 443))
+        run(loop, 2)
+        s.on_datagram(b"2", ("198.18.128.7", 443))  # the failure is remembered for a moment: no query storm
+        assert dns.resolving == ["direct.example"] and fwd.counters["udp_unresolved"] == 2
+        end = time.monotonic() + 5
+        while not direct.udp[0].sent and time.monotonic() < end:
+            run(loop, 2)
+            s.on_datagram(b"3", ("198.18.128.7", 443))
+        assert direct.udp[0].sent[-1] == (b"3", ("198.19.1.77", 443), None) and len(dns.resolving) == 2
+        s.on_close(s, "idle")
+        fwd.close()

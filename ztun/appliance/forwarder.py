@@ -30,6 +30,7 @@ CLAIM_TIMEOUT = 30.0  # a connected outbound socket whose client never completes
 BLOCK = "block"
 DNS_PORT = 53
 UDP_FAKE_FLOWS = 32  # outbound flows a UDP session keeps for fake-IP addresses; the oldest gives way
+RESOLVE_RETRY = 5.0  # seconds a failed lookup for a UDP fake-IP destination stands before it is asked again
 _ids = itertools.count(1)
 
 
@@ -379,10 +380,16 @@ class _UdpRelay:
             def done(real):
                 if address in self.resolved:  # not evicted meanwhile
                     self.resolved[address] = real or None
+                if not real:  # a lost answer must not leave the session without a route while it keeps sending
+                    self.fwd.loop.call_later(RESOLVE_RETRY, self._forget_failure, address)
 
             self.fwd.dns.resolve(domain, self.family, done)
         real = self.resolved[address]
         return (real, fake[1]) if real else None
+
+    def _forget_failure(self, address):
+        if self.resolved.get(address, "") is None:
+            del self.resolved[address]
 
     def _receiver(self, fake):
         session, counters = self.session, self.fwd.counters
