@@ -354,3 +354,16 @@ def test_a_failed_lookup_for_a_udp_fake_ip_destination_is_tried_again(monkeypatc
         assert direct.udp[0].sent[-1] == (b"3", ("198.19.1.77", 443), None) and len(dns.resolving) == 2
         s.on_close(s, "idle")
         fwd.close()
+
+
+def test_udp_replies_from_an_ipv4_mapped_source_reach_an_ipv4_client():
+    """A dual-stack SOCKS5 relay may name an IPv4 sender as ::ffff:a.b.c.d (ATYP 4)."""
+    with Loop() as loop:
+        fwd, proxy, direct = setup(loop)
+        s = FakeSession(C, ("198.19.0.1", 9))
+        fwd.handle_udp(s)
+        s.on_datagram(b"q", ("198.19.0.1", 9))
+        proxy.udp[0].on_datagram(b"r", ("::ffff:198.19.0.1", 9))
+        assert s.replies == [(b"r", ("198.19.0.1", 9))]
+        s.on_close(s, "idle")
+        fwd.close()

@@ -392,14 +392,16 @@ class _UdpRelay:
             del self.resolved[address]
 
     def _receiver(self, fake):
-        session, counters = self.session, self.fwd.counters
+        session, counters, v4 = self.session, self.fwd.counters, self.family == socket.AF_INET
 
         def received(payload, source):
             if fake is not None:
                 # Replies of a fake-IP destination's flow come back from the fake address the client used.
                 session.send(payload, (fake, source[1]))
-            elif _is_ip(source[0]):
-                session.send(payload, source)
+                return
+            address = _reply_address(source[0], v4)
+            if address is not None:
+                session.send(payload, (address, source[1]))
             else:
                 counters["udp_reply_by_name"] += 1  # a SOCKS relay naming the sender: no address to answer from
 
@@ -429,12 +431,15 @@ def _log_closed(record: FlowRecord, reason: str) -> None:
                  extra={"flow": {**record.as_dict(time.monotonic()), "duration_s": round(duration, 3), "reason": reason}})
 
 
-def _is_ip(text) -> bool:
+def _reply_address(text, v4: bool):
+    """A reply's source address as the client's family writes it (a dual-stack relay may say ::ffff:a.b.c.d); None for a name."""
     try:
-        ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
-        return False
-    return True
+        return None
+    if v4 and address.version == 6 and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return text
 
 
 def _fmt(endpoint) -> str:
