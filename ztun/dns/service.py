@@ -179,7 +179,7 @@ class DnsService:
         """
         self.counters["queries"] += 1
         try:
-            msg = dns.message.from_wire(payload)
+            msg = dns.message.from_wire(payload, keyring=False)  # a TSIG signature is the server's to check
         except Exception as e:  # noqa: BLE001 -- dnspython raises many kinds; hostile bytes must never escape
             return self._malformed(payload, client, reply, e)
         if msg.flags & dns.flags.QR:
@@ -187,7 +187,7 @@ class DnsService:
             return False
         if not self.is_fake(server[0]):
             self._last_server = server
-        if self.mode == "fake-ip" and _fakeable(msg):
+        if self.mode == "fake-ip" and _fakeable(msg) and not msg.had_tsig:  # a fake answer cannot be signed
             reply(self._fake_answer(msg))
             return True
         return self._forward(msg, payload, server, reply)
