@@ -678,3 +678,20 @@ def test_tsig_signed_queries_are_forwarded_not_refused_or_faked(env):
         (answer,) = [dns.message.from_wire(r, keyring=False) for r in replies]
         assert answer.rcode() == dns.rcode.NOERROR and answer.answer[0].rdtype == dns.rdatatype.TXT  # the canned one
     assert dns_service.counters["forwarded"] == 2 and dns_service.counters["malformed"] == 0
+
+
+def test_resolve_asks_only_the_configured_upstream(env):
+    """A direct fake-IP flow's name is looked up at dns.upstream, never at a server some client
+    chose (any LAN host could otherwise pick the addresses of other hosts' flows)."""
+    loop, upstream, _, service = env
+    s = service()
+    ask(loop, s, dns.message.make_query("x.example", "TXT"), server=upstream.address)  # a client's own choice
+    asked = len(upstream.seen)
+    got = []
+    s.resolve("x.example", socket.AF_INET, got.append)
+    pump(loop, lambda: got)
+    assert got == [None] and len(upstream.seen) == asked and s.counters["send_failed"] >= 1
+    s = service(upstream=upstream.address)
+    s.resolve("x.example", socket.AF_INET, got.append)
+    pump(loop, lambda: len(got) == 2)
+    assert got[1] is None and upstream.seen[-1].question[0].rdtype == dns.rdatatype.A  # asked (a TXT-only answer)

@@ -166,6 +166,8 @@ class _Interrupts:
         self.tearing_down = False
         self.requested = False
         self.previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        if hasattr(signal, "SIGHUP"):  # a reload before the loop runs has nothing to reload yet
+            self.previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _ignored)
 
     def _handler(self, signum, frame):
         self.requested = True
@@ -177,6 +179,10 @@ class _Interrupts:
     def restore(self):
         for s, h in self.previous.items():
             signal.signal(s, h)
+
+
+def _ignored(signum, frame):
+    pass
 
 
 def _run(config: AppConfig, reread=None) -> int:

@@ -3,7 +3,7 @@
 TCP: the outbound connect happens first (the client's SYN waits), so a refused or timed-out
 connect, or a proxy that refuses, reaches the client as a refused connect; the accepted
 client socket is then relayed to the connected one. A flow whose outbound is "block" is
-refused at once (TCP reset, ICMP port unreachable for UDP).
+refused at once (TCP reset, ICMP unreachable, administratively prohibited, for UDP).
 
 UDP: a session is one client endpoint; each datagram's destination picks its outbound (a
 rule may send one destination through the proxy and another direct), and each outbound gets

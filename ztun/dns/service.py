@@ -112,7 +112,6 @@ class DnsService:
         self._pending: dict[int, _Pending] = {}  # upstream transaction ID -> query
         self._tcp: set[TcpDnsConnection] = set()
         self._closed = False
-        self._last_server: tuple | None = None  # where clients send their queries: resolve() asks it too
 
     # -- what the forwarder asks -------------------------------------------------
 
@@ -128,13 +127,14 @@ class DnsService:
         """Look domain up upstream (never in the fake pool): on_done(address text or None) runs once, later.
 
         For a fake-IP destination routed to an outbound that needs an address (direct). The
-        query goes to dns.upstream, else to the server clients last asked, through the same
-        outbound flow and with the same timeout as forwarded queries.
+        query goes to dns.upstream (only: the server some client last asked could be one any
+        LAN host chose, which would then pick the addresses of other hosts' flows), through
+        the same outbound flow and with the same timeout as forwarded queries.
         """
-        server = self.upstream or self._last_server
+        server = self.upstream
         qtype = dns.rdatatype.A if family == socket.AF_INET else dns.rdatatype.AAAA
         if server is None:
-            self._note("send_failed", "dns: cannot resolve %s: no upstream configured and no query seen yet", domain)
+            self._note("send_failed", "dns: cannot look up %s for a direct flow: set dns.upstream", domain)
             self.loop.call_soon(on_done, None)
             return
 
@@ -185,8 +185,6 @@ class DnsService:
         if msg.flags & dns.flags.QR:
             self._note("malformed", "dns from %s: a response sent as a query, dropped", client)
             return False
-        if not self.is_fake(server[0]):
-            self._last_server = server
         if self.mode == "fake-ip" and _fakeable(msg) and not msg.had_tsig:  # a fake answer cannot be signed
             reply(self._fake_answer(msg))
             return True

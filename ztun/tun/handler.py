@@ -10,7 +10,7 @@ class Verdict(enum.IntEnum):
 
     ALLOW = 1  # accept it and hand it to handle_tcp / handle_udp
     DROP = 2  # silently drop its packets (until the flow idles out)
-    REJECT = 3  # TCP reset, or ICMP port unreachable for UDP
+    REJECT = 3  # TCP reset, or ICMP unreachable (administratively prohibited) for UDP
     DEFER = 4  # TCP only: the handler calls decide(verdict) later; the client's SYN waits until then
 
 
