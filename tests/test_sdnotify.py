@@ -1,11 +1,25 @@
 """sd_notify: a datagram socket standing in for systemd receives READY=1 / STOPPING=1 / STATUS=; unset is a no-op."""
 
 import os
+import pathlib
+import shutil
 import socket
+import tempfile
 
 import pytest
 
 from ztun.appliance import sdnotify
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs unix sockets (not on Windows)")
+
+
+@pytest.fixture
+def tmp_path():
+    """A short directory: a unix socket's path is limited to 104 bytes on macOS, 108 on Linux."""
+    d = tempfile.mkdtemp(prefix="zt-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    yield pathlib.Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
 
 
 def receiver(address):

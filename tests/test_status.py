@@ -3,8 +3,11 @@
 import contextlib
 import json
 import os
+import pathlib
+import shutil
 import socket
 import stat
+import tempfile
 import threading
 import time
 
@@ -24,6 +27,17 @@ FLOW = {"proto": "tcp", "source": "198.18.0.2:40000", "destination": "198.19.0.1
         "outbound": "proxy", "state": "relaying", "bytes_up": 123, "bytes_down": 456, "age_s": 3.21}
 UDP_FLOW = {"proto": "udp", "source": "198.18.0.2:5353", "destination": "198.19.0.9:53", "domain": None,
             "outbound": "direct", "state": "active", "bytes_up": 40, "bytes_down": 0, "age_s": 0.5}
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs unix sockets (not on Windows)")
+
+
+@pytest.fixture
+def tmp_path():
+    """A short directory: a unix socket's path is limited to 104 bytes on macOS, 108 on Linux."""
+    d = tempfile.mkdtemp(prefix="zt-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    yield pathlib.Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
 
 
 def snapshot(include_flows=True):

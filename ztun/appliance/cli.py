@@ -5,6 +5,7 @@ import errno
 import gc
 import logging
 import signal
+import socket
 import sys
 
 from .. import __version__
@@ -204,7 +205,10 @@ def _run(config: AppConfig, reread=None) -> int:
         forwarder = build_handler(loop, config)
         snapshot = Snapshot(gateway, forwarder)
         # Before the device: a second appliance on the same socket fails before touching routes.
-        control = ControlServer(loop, config.control.socket, snapshot)
+        if hasattr(socket, "AF_UNIX"):
+            control = ControlServer(loop, config.control.socket, snapshot)
+        else:
+            log.warning("no unix sockets on this platform: `ztun-appliance status` is not available")
         gateway.open()
         interrupts.check()
         for signum in (signal.SIGINT, signal.SIGTERM):

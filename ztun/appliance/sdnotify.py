@@ -19,7 +19,7 @@ log = logging.getLogger("ztun.sdnotify")
 def notify(state: str, *, environ=None) -> bool:
     """Send state (e.g. "READY=1" or "STATUS=forwarding\\nREADY=1") to systemd; True if it was sent."""
     address = (os.environ if environ is None else environ).get("NOTIFY_SOCKET")
-    if not address:
+    if not address or not hasattr(socket, "AF_UNIX"):  # systemd only; Windows has no AF_UNIX here
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]  # the abstract namespace
@@ -27,7 +27,7 @@ def notify(state: str, *, environ=None) -> bool:
         log.debug("sd_notify: unsupported NOTIFY_SOCKET %r (only unix socket paths and @abstract names)", address)
         return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.setblocking(False)  # a full receive queue must not stall the caller
             sock.sendto(state.encode("utf-8"), address)
     except (OSError, UnicodeError) as e:

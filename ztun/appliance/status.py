@@ -85,7 +85,7 @@ class ControlServer:
         except OSError as e:
             raise ControlError(f"control socket {path}: cannot create {parent}: {e.strerror}") from None
         _replace_stale(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # The file is created by bind() with 0777 & ~umask: make it 0600 from its first moment,
         # not after a window in which anyone may connect. (Set-up is single-threaded.)
         old = os.umask(0o177)
@@ -252,7 +252,7 @@ def _replace_stale(path: str) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise ControlError(f"control socket {path}: exists and is not a socket; remove it or choose another path")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.setblocking(False)  # a full backlog answers EAGAIN at once instead of waiting
     try:
         err = probe.connect_ex(path)
@@ -311,7 +311,7 @@ MAX_REPLY = 256 * 1024 * 1024  # a flow list of a few million flows; more is a b
 
 def query(path: str = DEFAULT_SOCKET, request: str = "status", timeout: float = TIMEOUT) -> dict:
     """Ask the appliance at path; its JSON reply as a dict. ControlError when it cannot be asked."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         try:
