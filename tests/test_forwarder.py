@@ -1,5 +1,6 @@
 """Forwarder: which outbound each flow gets, what a block or a failed connect tells the client, UDP per destination."""
 
+import dataclasses
 import ipaddress
 import socket
 import time
@@ -254,10 +255,15 @@ def test_a_reload_sends_dns_through_the_reloaded_outbound(tmp_path):
         fwd = build_handler(loop, old)
         try:
             assert fwd.dns.open_udp.__self__ is fwd.outbounds["proxy"]
+            fwd.outbounds["proxy"].counters["tcp_failed"] = 3
             new = _config(tmp_path, "198.19.0.11:1080")
             assert reload(fwd, loop, old, new) == []
             assert fwd.outbounds["proxy"].proxy_address == ("198.19.0.11", 1080)
             assert fwd.dns.open_udp.__self__ is fwd.outbounds["proxy"]
+            assert fwd.outbounds["proxy"].counters["tcp_failed"] == 3  # counters go on (no reset for Prometheus)
+            changed = dataclasses.replace(new, dns=dataclasses.replace(new.dns, outbound="direct"))
+            assert reload(fwd, loop, new, changed) == []  # dns.outbound applies now: no "restart" warning
+            assert fwd.dns.open_udp.__self__ is fwd.outbounds["direct"]
         finally:
             fwd.close()
 

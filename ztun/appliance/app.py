@@ -132,13 +132,18 @@ def reload(forwarder: Forwarder, loop, old, new) -> list:
     warnings = []
     if new.tun != old.tun:
         warnings.append("[tun] changed: restart to apply it")
-    if new.dns != old.dns:
-        warnings.append("[dns] changed: restart to apply it")
+    if dataclasses.replace(new.dns, outbound=None) != dataclasses.replace(old.dns, outbound=None):
+        warnings.append("[dns] changed: restart to apply it (dns.outbound is applied now)")
     if new.flows != old.flows:
         warnings.append("[flows] changed: restart to apply it")
     known = {(o.host, o.proxy_address[1]): o.proxy_address[0]
              for o in forwarder.outbounds.values() if hasattr(o, "proxy_address")}
     outbounds = build_outbounds(loop, new, known)
+    for name, ob in outbounds.items():  # counters go on across a reload (Prometheus sees no reset)
+        previous = forwarder.outbounds.get(name)
+        if previous is not None and type(previous) is type(ob) and hasattr(ob, "counters"):
+            for key, value in previous.counters.items():
+                ob.counters[key] = ob.counters.get(key, 0) + value
     rules = Rules(new.route)
     dns_name = dns_outbound(new, outbounds, rules) if forwarder.dns is not None else None
     forwarder.configure(outbounds, rules)
