@@ -223,6 +223,25 @@ def veth(a: Netns, a_dev: str, a_addrs: tuple, b: Netns, b_dev: str, b_addrs: tu
 
 
 @contextlib.contextmanager
+def netns_hosts(ns: "Netns", text: str):
+    """ns's own /etc/hosts while the block runs (`ip netns exec` mounts /etc/netns/NAME/hosts)."""
+    etc = f"/etc/netns/{ns.name}"
+    made_parent = not os.path.isdir("/etc/netns")
+    os.makedirs(etc)
+    try:
+        with open(f"{etc}/hosts", "w") as f:
+            f.write(text)
+        yield
+    finally:
+        shutil.rmtree(etc, ignore_errors=True)
+        if made_parent:
+            try:
+                os.rmdir("/etc/netns")
+            except OSError:
+                pass  # another test's namespace uses it now
+
+
+@contextlib.contextmanager
 def namespaces(tmp_path, roles: str):
     """One fresh namespace per letter of roles (`ztun-t<role>-<random>`), all deleted afterwards."""
     made = []

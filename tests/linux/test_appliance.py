@@ -5,7 +5,6 @@ import signal
 import sys
 
 import pytest
-
 from conftest import need, received
 
 pytestmark = pytest.mark.linux_root

@@ -1,7 +1,6 @@
 """auto-route in a namespace with an uplink: ztun answers pings to anywhere, marked sockets and exclusions bypass it."""
 
 import pytest
-
 from conftest import need, received
 
 pytestmark = pytest.mark.linux_root

@@ -5,7 +5,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import need, received
 
 pytestmark = pytest.mark.linux_root

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from conftest import need
 
 pytestmark = pytest.mark.linux_root

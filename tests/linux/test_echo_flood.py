@@ -1,7 +1,6 @@
 """Batch I/O under load: 100,000 echo requests from a bounded flood are all answered, or counted drops explain each miss."""
 
 import pytest
-
 from conftest import need, received
 
 pytestmark = pytest.mark.linux_root

@@ -9,7 +9,7 @@ import pytest
 from conftest import need
 from servers import body
 from test_offload_udp import UDP_GSO
-from test_socks_appliance import DANTE_CONF, PROXY, wait_port
+from test_socks5_servers import DANTED_CONF, PROXY, wait_port
 from test_stack_flows import CONCURRENT, MB, UDP_ECHO, sha, url_host
 
 pytestmark = pytest.mark.linux_root
@@ -104,7 +104,7 @@ def test_lan_host_through_a_socks5_proxy(gateway_lan, tmp_path):
     lan.server.server("http", 8080)
     lan.server.server("udp-echo", 9007)
     conf = tmp_path / "danted.conf"
-    conf.write_text(DANTE_CONF.format(proxy=PROXY, port=1080))
+    conf.write_text(DANTED_CONF.format(proxy=PROXY, port=1080))
     lan.server.spawn("danted", "-f", str(conf), "-p", str(tmp_path / "danted.pid"))
     wait_port(lan.server, PROXY, 1080)
     app = lan.appliance("--enable-forwarding", "--mtu", "1500", "--outbound", f"socks5://{PROXY}:1080")

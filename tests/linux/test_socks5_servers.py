@@ -6,15 +6,13 @@ runs the outbound in the client namespace (with ztun's fwmark) and prints what h
 """
 
 import json
-import os
 import shutil
 import sys
 import textwrap
 import time
 
 import pytest
-
-from conftest import HERE
+from conftest import HERE, netns_hosts
 
 PROXY = "198.18.10.2"
 TCP_ECHO, UDP_ECHO = 8080, 7001  # servers.py's http and udp-echo
@@ -84,20 +82,8 @@ def echo_servers(lan):
 @pytest.fixture
 def lan(lan):
     """The Lan, its server namespace resolving echo.test to 198.19.0.1 (`ip netns exec` mounts /etc/netns/NAME/hosts)."""
-    etc = f"/etc/netns/{lan.server.name}"
-    made_parent = not os.path.isdir("/etc/netns")
-    os.makedirs(etc)
-    try:
-        with open(f"{etc}/hosts", "w") as f:
-            f.write("127.0.0.1 localhost\n198.19.0.1 echo.test\n")
+    with netns_hosts(lan.server, "127.0.0.1 localhost\n198.19.0.1 echo.test\n"):
         yield lan
-    finally:
-        shutil.rmtree(etc, ignore_errors=True)
-        if made_parent:
-            try:
-                os.rmdir("/etc/netns")
-            except OSError:
-                pass  # another test's namespace uses it now
 
 
 def microsocks(lan, port, *args):

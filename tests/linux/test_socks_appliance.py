@@ -16,27 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Lan, namespaces, need
+from conftest import Lan, namespaces, need, netns_hosts
 from servers import body
+from test_socks5_servers import DANTED_CONF, PROXY, wait_port
 
 MB = 1 << 20
-PROXY = "198.18.10.2"
-DANTE_CONF = """\
-logoutput: stderr
-internal: {proxy} port = {port}
-external: 198.19.0.1
-external: fd00:19::1
-clientmethod: none
-socksmethod: none
-user.privileged: root
-user.unprivileged: nobody
-client pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 }}
-socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: connect udpassociate }}
-socks pass {{ from: 0.0.0.0/0 to: ::/0 command: connect udpassociate }}
-socks pass {{ from: 0.0.0.0/0 to: 0.0.0.0/0 command: udpreply }}
-socks pass {{ from: ::/0 to: 0.0.0.0/0 command: udpreply }}
-"""
-
 BASE = """\
 [tun]
 name = "zt-tun0"
@@ -139,25 +123,13 @@ class SocksLan(Lan):
     def danted(self, port=1081):
         need("danted", "dante-server")
         conf = self.tmp / "danted.conf"
-        conf.write_text(DANTE_CONF.format(proxy=PROXY, port=port))
+        conf.write_text(DANTED_CONF.format(proxy=PROXY, port=port))
         p = self.server.spawn("danted", "-f", str(conf), "-p", str(self.tmp / "danted.pid"))
         wait_port(self.server, PROXY, port)
         return p
 
     def fetch(self, url: str, out: Path, check=True):
         return self.client.run("curl", "-sS", "--max-time", "60", "-o", str(out), url, check=check, timeout=90)
-
-
-def wait_port(ns, host, port, timeout=10.0):
-    code = ("import socket, sys, time\n"
-            "end = time.monotonic() + float(sys.argv[3])\n"
-            "while True:\n"
-            "    try:\n"
-            "        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1).close(); break\n"
-            "    except OSError:\n"
-            "        if time.monotonic() > end: raise\n"
-            "        time.sleep(0.05)\n")
-    ns.python(code, host, str(port), str(timeout))
 
 
 @pytest.fixture
@@ -268,10 +240,7 @@ outbound = "block"
 def test_fake_ip_dns_connects_by_name_through_the_proxy(slan):
     need("dig", "dnsutils")
     # The SOCKS server resolves the names itself, from its namespace's own hosts file.
-    hosts = Path(f"/etc/netns/{slan.server.name}")
-    hosts.mkdir(parents=True, exist_ok=True)
-    try:
-        (hosts / "hosts").write_text(f"127.0.0.1 localhost\n{Lan.SERVER4} web.example\n")
+    with netns_hosts(slan.server, f"127.0.0.1 localhost\n{Lan.SERVER4} web.example\n"):
         slan.microsocks()
         app = slan.start(FAKE_IP.format(url=f"socks5://{PROXY}:1080"))
         # Any address on port 53 routed into the TUN is answered by ztun.
@@ -290,9 +259,6 @@ def test_fake_ip_dns_connects_by_name_through_the_proxy(slan):
         assert r.stdout.split()[0] == "ConnectionRefusedError", r.stdout + app.log
         assert app.stop() == 0, app.log
         assert f"{fake}:8080 [web.example] via proxy up" in app.log, app.log
-    finally:
-        (hosts / "hosts").unlink(missing_ok=True)
-        hosts.rmdir()
 
 
 HOSTILE = PROXIED + "".join(f"""

@@ -5,7 +5,6 @@ import os
 import time
 
 import pytest
-
 from conftest import need
 from servers import body
 
