@@ -273,7 +273,8 @@ class Bench:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
     def start_ztun(self, cfg):
-        args = [*TUN_ARGS, "--mtu", cfg["mtu"], *cfg.get("args", ()), "--log-level", "WARNING"]
+        args = [*TUN_ARGS, "--mtu", cfg["mtu"], *cfg.get("args", ()), "--log-level", "WARNING",
+                "--control-socket", str(self.tmp / "control.sock")]  # not the host's /run/ztun
         if self.host:
             args += ["--lan-interface", "zt-g1"]
         log = self.tmp / f"ztun-{len(self.procs)}.log"
