@@ -4,8 +4,9 @@ Client packets C:c -> D:d are rewritten to B:n -> A:P (the kernel listener) and 
 kernel's replies A:P -> B:n back to D:d -> C:c, with RFC 1624 checksum updates.
 Memory is allocated once: a flow array, an open-addressing index (linear probing,
 backward-shift delete, keyed hash), a reverse array by NAT port, and per-address FIFO
-rings of free ports so a port is never handed out while in use and is reused last (and
-not before it has rested beyond the kernel's TIME_WAIT; see NatConfig.port_rest).
+rings of freed ports so a port is never handed out while in use and is reused last (never-used
+ports first, counted rather than listed, so 16 next addresses of 64k ports cost no memory until
+used; a freed one not before it has rested beyond the kernel's TIME_WAIT; see NatConfig.port_rest).
 """
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
@@ -69,6 +70,16 @@ cdef inline void _rewrite(uint8_t *p, const Meta *m, int alen, const uint8_t *ns
     zt_put16(l4 + 2, ndport)
 
 
+cdef inline uint32_t _rest_until(double last_seen, double rest) noexcept nogil:
+    """The whole second from which a port freed after last_seen may be reused (never earlier than last_seen + rest)."""
+    cdef double t = last_seen + rest
+    if t <= 0:
+        return 0
+    if t >= 4294967295.0:
+        return 4294967295u
+    return <uint32_t>t + (1 if <double>(<uint32_t>t) < t else 0)
+
+
 cdef inline void _fin_state(Flow *f) noexcept nogil:
     if f.state != ST_RESET and f.fins:
         f.state = ST_CLOSING if f.fins == (FIN_CLIENT | FIN_SERVER) else ST_FIN_WAIT
@@ -83,8 +94,9 @@ cdef class NatTable:
     cdef int32_t *free_ids
     cdef Py_ssize_t n_free, n_used
     cdef int32_t *rev
-    cdef uint16_t *rings
-    cdef double *rested  # per ring slot: when the freed port's flow last saw a packet
+    cdef uint16_t *rings  # per next address, the freed ports, oldest first
+    cdef uint32_t *rested  # per ring slot: the second (rounded up) its port may be reused from
+    cdef uint32_t *fresh  # per next address, how many never-used ports were handed out
     cdef double port_rest
     cdef uint32_t *ring_head
     cdef uint32_t *ring_count
@@ -124,25 +136,21 @@ cdef class NatTable:
         self.free_ids = <int32_t *>PyMem_Calloc(self.capacity, sizeof(int32_t))
         self.rev = <int32_t *>PyMem_Calloc(self.n_next * self.n_ports, sizeof(int32_t))
         self.rings = <uint16_t *>PyMem_Calloc(self.n_next * self.n_ports, sizeof(uint16_t))
-        self.rested = <double *>PyMem_Calloc(self.n_next * self.n_ports, sizeof(double))
+        self.rested = <uint32_t *>PyMem_Calloc(self.n_next * self.n_ports, sizeof(uint32_t))
+        self.fresh = <uint32_t *>PyMem_Calloc(self.n_next, sizeof(uint32_t))
         self.ring_head = <uint32_t *>PyMem_Calloc(self.n_next, sizeof(uint32_t))
         self.ring_count = <uint32_t *>PyMem_Calloc(self.n_next, sizeof(uint32_t))
         self.next_addr = <uint8_t *>PyMem_Calloc(self.n_next, 16)
         if not (self.flows and self.slots and self.free_ids and self.rev and self.rings and self.rested
-                and self.ring_head and self.ring_count and self.next_addr):
+                and self.fresh and self.ring_head and self.ring_count and self.next_addr):
             raise MemoryError(f"NAT table of capacity {self.capacity}")
         memset(self.slots, 0xFF, m * sizeof(int32_t))
-        memset(self.rev, 0xFF, self.n_next * self.n_ports * sizeof(int32_t))
         for i in range(self.capacity):
             self.free_ids[i] = <int32_t>(self.capacity - 1 - i)
         self.n_free = self.capacity
         for k in range(self.n_next):
             a = nxt[k]
             memcpy(self.next_addr + 16 * k, <const char *>a, len(a))
-            self.ring_count[k] = self.n_ports
-            for i in range(self.n_ports):
-                self.rings[k * self.n_ports + i] = <uint16_t>(self.port_min + i)
-                self.rested[k * self.n_ports + i] = -1e300  # never used: free at once
         self.port_rest = config.port_rest
         self.has4 = config.stack4 is not None
         if self.has4:
@@ -168,6 +176,7 @@ cdef class NatTable:
         PyMem_Free(self.rev)
         PyMem_Free(self.rings)
         PyMem_Free(self.rested)
+        PyMem_Free(self.fresh)
         PyMem_Free(self.ring_head)
         PyMem_Free(self.ring_count)
         PyMem_Free(self.next_addr)
@@ -206,7 +215,7 @@ cdef class NatTable:
                         const uint8_t *dst, uint16_t dport, double now) noexcept nogil:
         """A new flow (decision pending), or a negative drop reason."""
         cdef int lo, hi, idx
-        cdef uint32_t port, pos
+        cdef uint32_t port = 0
         cdef int32_t fid
         cdef uint64_t i
         cdef Flow *f
@@ -214,17 +223,22 @@ cdef class NatTable:
             return -TABLE_FULL
         lo = 0 if version == 4 else self.n4
         hi = self.n4 if version == 4 else self.n_next
+        # The first next address with a port never used, or whose oldest freed port has rested
+        # (see NatConfig.port_rest); never-used ports go first, so a freed one is reused last.
         idx = lo
-        # the first next address whose oldest free port has rested (see NatConfig.port_rest)
-        while idx < hi and (self.ring_count[idx] == 0
-                            or now - self.rested[idx * self.n_ports + self.ring_head[idx]] < self.port_rest):
+        while idx < hi:
+            if self.fresh[idx] < self.n_ports:
+                port = self.port_min + self.fresh[idx]
+                self.fresh[idx] += 1
+                break
+            if self.ring_count[idx] and now >= self.rested[idx * self.n_ports + self.ring_head[idx]]:
+                port = self.rings[idx * self.n_ports + self.ring_head[idx]]
+                self.ring_head[idx] = (self.ring_head[idx] + 1) % self.n_ports
+                self.ring_count[idx] -= 1
+                break
             idx += 1
         if idx >= hi:
             return -NO_PORT
-        pos = idx * self.n_ports + self.ring_head[idx]
-        port = self.rings[pos]
-        self.ring_head[idx] = (self.ring_head[idx] + 1) % self.n_ports
-        self.ring_count[idx] -= 1
         self.n_free -= 1
         fid = self.free_ids[self.n_free]
         self.n_used += 1
@@ -248,7 +262,7 @@ cdef class NatTable:
         while self.slots[i] >= 0:
             i = (i + 1) & self.mask
         self.slots[i] = fid
-        self.rev[idx * self.n_ports + (port - self.port_min)] = fid
+        self.rev[idx * self.n_ports + (port - self.port_min)] = fid + 1
         return fid
 
     cdef void _delete(self, int32_t fid) noexcept nogil:
@@ -268,10 +282,10 @@ cdef class NatTable:
             self.slots[i] = self.slots[j]
             i = j
         self.slots[i] = -1
-        self.rev[idx * self.n_ports + (f.nat_port - self.port_min)] = -1
+        self.rev[idx * self.n_ports + (f.nat_port - self.port_min)] = 0
         k = idx * self.n_ports + (self.ring_head[idx] + self.ring_count[idx]) % self.n_ports
         self.rings[k] = f.nat_port
-        self.rested[k] = f.last_seen
+        self.rested[k] = _rest_until(f.last_seen, self.port_rest)
         self.ring_count[idx] += 1
         f.in_use = 0
         self.free_ids[self.n_free] = fid
@@ -314,7 +328,7 @@ cdef class NatTable:
             return -1
         for k in range(self.n_next):
             if memcmp(self.next_addr + 16 * k, <const char *>a, 16) == 0:
-                return self.rev[k * self.n_ports + (port - self.port_min)]
+                return self.rev[k * self.n_ports + (port - self.port_min)] - 1
         return -1
 
     def delete(self, Py_ssize_t fid):
@@ -345,7 +359,7 @@ cdef class NatTable:
         self._get(fid).last_seen = now
 
     def free_ports(self):
-        return sum(self.ring_count[k] for k in range(self.n_next))
+        return sum(self.ring_count[k] + self.n_ports - self.fresh[k] for k in range(self.n_next))
 
     def counters(self):
         return counters(self.verdict_counts, self.drop_counts)
@@ -436,7 +450,7 @@ cdef class NatTable:
             for k in range(lo, hi):
                 if memcmp(self.next_addr + 16 * k, m.dst, alen) == 0:
                     if m.dst_port >= self.port_min and m.dst_port - self.port_min < <int>self.n_ports:
-                        fid = self.rev[k * self.n_ports + (m.dst_port - self.port_min)]
+                        fid = self.rev[k * self.n_ports + (m.dst_port - self.port_min)] - 1
                     break
             if fid < 0:
                 reason[0] = NO_FLOW

@@ -46,7 +46,11 @@ class NatTable:
         self._index = {}
         self._rev = {}
         # per next address, free ports oldest first, each with the time its flow last saw a packet
-        self._ports = [deque((p, -math.inf) for p in range(config.port_min, config.port_max + 1)) for _ in self._next]
+        # per next address: how many never-used ports were handed out, and the freed ports
+        # (oldest first) with the whole second each may be reused from
+        self._fresh = [0] * len(self._next)
+        self._ports = [deque() for _ in self._next]
+        self._n_ports = config.port_max - config.port_min + 1
         self._rest = config.port_rest
         self._cursor = 0
         self._timeouts = config.timeouts
@@ -64,12 +68,16 @@ class NatTable:
             return -d.TABLE_FULL
         lo, hi = (0, self._n4) if key[0] == 4 else (self._n4, len(self._next))
         for idx in range(lo, hi):
+            if self._fresh[idx] < self._n_ports:  # never-used ports first: a freed one is reused last
+                port = self.config.port_min + self._fresh[idx]
+                self._fresh[idx] += 1
+                break
             q = self._ports[idx]
-            if q and now - q[0][1] >= self._rest:
+            if q and now >= q[0][1]:  # the oldest freed port has rested (NatConfig.port_rest)
+                port = q.popleft()[0]
                 break
         else:
             return -d.NO_PORT
-        port = self._ports[idx].popleft()[0]
         fid = self._free.pop()
         self._flows[fid] = _Flow(key, idx, port, now)
         self._index[key] = fid
@@ -81,7 +89,7 @@ class NatTable:
         f = self._flow(fid)
         del self._index[f.key]
         del self._rev[(f.nat_index, f.nat_port)]
-        self._ports[f.nat_index].append((f.nat_port, f.last_seen))
+        self._ports[f.nat_index].append((f.nat_port, _rest_until(f.last_seen, self._rest)))
         self._flows[fid] = None
         self._free.append(fid)
 
@@ -139,7 +147,7 @@ class NatTable:
         self._flow(fid).last_seen = now
 
     def free_ports(self) -> int:
-        return sum(len(q) for q in self._ports)
+        return sum(len(q) + self._n_ports - fresh for q, fresh in zip(self._ports, self._fresh))
 
     def counters(self) -> dict:
         return counters(self.verdict_counts, self.drop_counts)
@@ -284,3 +292,9 @@ def _rewrite(batch, i, m, alen, new_src, new_sport, new_dst, new_dport):
         cs = update16(update16(cs, sport, new_sport), dport, new_dport)
     struct.pack_into("!HH", buf, l4, new_sport, new_dport)
     struct.pack_into("!H", buf, l4 + 16, cs)
+
+
+def _rest_until(last_seen: float, rest: float) -> int:
+    """The whole second from which a port freed after last_seen may be reused (as nat.pyx stores it)."""
+    t = last_seen + rest
+    return 0 if t <= 0 else min(math.ceil(t), 4294967295)
