@@ -6,15 +6,19 @@ unmarked traffic to it, e.g. from other programs, off the TUN too), and with fak
 fake pools are routed into the TUN so connections to fake addresses reach ztun.
 """
 
+import collections
 import dataclasses
 import ipaddress
 import logging
 import socket
+import time
 
+from .. import __version__, _fast
 from ..errors import ConfigError
 from ..outbound.direct import DirectOutbound
 from .forwarder import BLOCK, Forwarder
 from .rules import Rules
+from .status import split_stats
 
 log = logging.getLogger("ztun.appliance")
 
@@ -156,18 +160,10 @@ class Snapshot:
     """What `ztun-appliance status` and the metrics endpoint show: called on the loop only."""
 
     def __init__(self, gateway, forwarder):
-        import time
-
         self.gateway, self.forwarder = gateway, forwarder
         self.started = time.monotonic()
 
     def __call__(self, include_flows: bool = True) -> dict:
-        import collections
-        import time
-
-        from .. import __version__, _fast
-        from .status import split_stats
-
         gw, fwd = self.gateway, self.forwarder
         stack = gw.stack
         counters, gauges, drops = split_stats(stack.stats()) if stack is not None else ({}, {}, {})
