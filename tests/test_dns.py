@@ -428,21 +428,27 @@ def test_malformed_queries(env):
     assert c["malformed"] == 3 and c["formerr"] == 1 and len(replies) == 1 and c["queries"] == 3
 
 
+class Sink:
+    """An outbound UDP flow that accepts every datagram into sent."""
+
+    def __init__(self, sent):
+        self.sent = sent
+
+    def send(self, data, destination, domain=None):
+        self.sent.append(data)
+        return True
+
+    def close(self):
+        pass
+
+
 @settings(max_examples=400, deadline=None)
 @given(payload=st.binary(max_size=600))
 def test_random_bytes_never_raise(payload):
     sent = []
 
-    class Sink:
-        def send(self, data, destination, domain=None):
-            sent.append(data)
-            return True
-
-        def close(self):
-            pass
-
     with Loop() as loop:
-        s = DnsService(loop, "fake-ip", FakeIpPool(capacity=8), open_udp=lambda *a: Sink())
+        s = DnsService(loop, "fake-ip", FakeIpPool(capacity=8), open_udp=lambda *a: Sink(sent))
         replies = []
         handled = s.query(payload, CLIENT, ("192.0.2.1", 53), replies.append)
         c = s.counters
@@ -471,16 +477,8 @@ def test_odd_but_wellformed_queries_never_raise(name, rdtype, rdclass, flags, ed
     wire = query.to_wire()
     sent = []
 
-    class Sink:
-        def send(self, data, destination, domain=None):
-            sent.append(data)
-            return True
-
-        def close(self):
-            pass
-
     with Loop() as loop:
-        s = DnsService(loop, mode, FakeIpPool(capacity=8), open_udp=lambda *a: Sink(), timeout=0)
+        s = DnsService(loop, mode, FakeIpPool(capacity=8), open_udp=lambda *a: Sink(sent), timeout=0)
         replies = []
         for payload in (wire, wire[:cut]):
             s.query(payload, CLIENT, ("192.0.2.1", 53), replies.append)
