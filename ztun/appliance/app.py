@@ -1,7 +1,7 @@
 """From an AppConfig to running parts: the outbounds, the rules, the DNS service and the Forwarder.
 
-Also what the configuration implies for the TUN's routes: a SOCKS5 proxy's own address is
-always excluded from them (its connections carry the fwmark anyway; the exclusion keeps
+Also what the configuration implies for the TUN's routes: a SOCKS5 proxy's own address (the
+one its outbound resolved and connects to) is always excluded from them (its connections carry the fwmark anyway; the exclusion keeps
 unmarked traffic to it, e.g. from other programs, off the TUN too), and with fake-IP DNS the
 fake pools are routed into the TUN so connections to fake addresses reach ztun.
 """
@@ -10,7 +10,6 @@ import collections
 import dataclasses
 import ipaddress
 import logging
-import socket
 import time
 
 from .. import __version__, _fast
@@ -23,31 +22,14 @@ from .status import split_stats
 log = logging.getLogger("ztun.appliance")
 
 
-def proxy_addresses(config) -> list:
-    """The addresses of every SOCKS5 outbound's server (names resolved now, before any route exists)."""
-    out = []
-    for ob in config.outbounds:
-        if ob.type != "socks5":
-            continue
-        try:
-            out.append(ipaddress.ip_address(ob.host))
-            continue
-        except ValueError:
-            pass
-        try:
-            infos = socket.getaddrinfo(ob.host, ob.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as e:
-            raise ConfigError(f"outbounds.{ob.name}: cannot resolve the proxy {ob.host}: {e.strerror}") from None
-        out.extend(ipaddress.ip_address(info[4][0]) for info in infos)
-    return list(dict.fromkeys(out))
-
-
-def tun_options(config):
-    """config.tun with the routes the outbounds and DNS imply."""
+def tun_options(config, outbounds: dict):
+    """config.tun with the routes the outbounds (each proxy's address, as it connects to it) and DNS imply."""
     tun = config.tun
     excludes = list(tun.exclude_routes)
-    for addr in proxy_addresses(config):
-        net = ipaddress.ip_network(addr)
+    for ob in outbounds.values():
+        if not hasattr(ob, "proxy_address"):
+            continue
+        net = ipaddress.ip_network(ob.proxy_address[0])
         if net not in excludes:
             excludes.append(net)
     routes = list(tun.routes)
@@ -78,9 +60,12 @@ def build_outbounds(loop, config, resolved: dict | None = None) -> dict:
         elif ob.type == "socks5":
             from ..outbound.socks5 import Socks5Outbound
 
-            outbounds[ob.name] = Socks5Outbound(loop, ob.host, ob.port, username=ob.username, password=ob.password,
-                                                fwmark=fwmark, connect_timeout=timeout, name=ob.name,
-                                                address=resolved.get((ob.host, ob.port)))
+            try:
+                outbounds[ob.name] = Socks5Outbound(loop, ob.host, ob.port, username=ob.username, password=ob.password,
+                                                    fwmark=fwmark, connect_timeout=timeout, name=ob.name,
+                                                    address=resolved.get((ob.host, ob.port)))
+            except ValueError as e:  # e.g. a proxy name that does not resolve
+                raise ConfigError(f"outbounds.{ob.name}: {e}") from None
         elif ob.type != BLOCK:
             raise ConfigError(f"outbounds.{ob.name}: unknown type {ob.type!r}")
     return outbounds

@@ -200,9 +200,10 @@ def _run(config: AppConfig, reread=None) -> int:
     try:
         loop = Loop()
         interrupts.check()
-        gateway = Gateway(tun_options(config), udp_timeout=config.flows.udp_timeout, udp_max_sessions=config.flows.udp_max_sessions,
+        forwarder = build_handler(loop, config)  # resolves proxy names now, before any route exists
+        gateway = Gateway(tun_options(config, forwarder.outbounds), udp_timeout=config.flows.udp_timeout,
+                          udp_max_sessions=config.flows.udp_max_sessions,
                           lan_interfaces=config.gateway.lan_interfaces, enable_forwarding=config.gateway.enable_forwarding)
-        forwarder = build_handler(loop, config)
         snapshot = Snapshot(gateway, forwarder)
         # Before the device: a second appliance on the same socket fails before touching routes.
         if hasattr(socket, "AF_UNIX"):
