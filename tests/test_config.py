@@ -30,6 +30,7 @@ table = 0x100
 rule_priority = 700
 fwmark = 0x55
 offload = "off"
+napi = "on"
 
 [flows]
 udp_timeout = 30
@@ -108,7 +109,8 @@ def check(capsys, *argv) -> tuple[int, str, str]:
 
 def test_defaults_without_a_file():
     c = config.load()
-    assert c == AppConfig(tun=cli.TunOptions(offload=LINUX))  # offload "auto": on with the Linux TUN
+    # offload "auto": on with the Linux TUN; napi "auto": switched by load where there is a Linux TUN
+    assert c == AppConfig(tun=cli.TunOptions(offload=LINUX, napi="auto" if LINUX else "off"))
     assert [o.name for o in c.outbounds] == ["direct", "block"] and c.route.default == "direct"
     assert (c.flows.udp_timeout, c.flows.connect_timeout, c.flows.tcp_idle_timeout, c.flows.udp_max_sessions) == (60.0, 10.0, 7200.0, 16384)
     assert (c.dns.mode, str(c.dns.fake_ip4), str(c.dns.fake_ip6), c.dns.capacity, c.dns.ttl) == ("off", "198.18.0.0/15", "fc00::/18", 65536, 1)
@@ -124,8 +126,8 @@ def test_an_empty_file_is_the_defaults(tmp_path):
 def test_every_key_is_parsed(tmp_path):
     c = config.load(write(tmp_path, FULL))
     t = c.tun
-    assert (t.name, t.mtu, str(t.inet4), t.inet6, t.auto_route, t.strict_route, t.table, t.rule_priority, t.fwmark, t.offload) == \
-        ("zt7", 1500, "198.18.0.1/30", None, True, True, 256, 700, 0x55, False)
+    assert (t.name, t.mtu, str(t.inet4), t.inet6, t.auto_route, t.strict_route, t.table, t.rule_priority, t.fwmark, t.offload, t.napi) == \
+        ("zt7", 1500, "198.18.0.1/30", None, True, True, 256, 700, 0x55, False, "on")
     assert [str(r) for r in t.routes] == ["198.19.0.0/16", "198.20.0.0/16"] and [str(r) for r in t.exclude_routes] == ["198.19.5.0/24"]
     assert c.flows == config.FlowsConfig(30.0, 2.5, 600.0, 1000)
     assert c.gateway == config.GatewayConfig(("lan0", "lan1"), True)
@@ -146,6 +148,11 @@ def test_every_key_is_parsed(tmp_path):
 def test_offload_auto_on_off(tmp_path):
     for value, expected in (('"auto"', LINUX), ('"on"', True), ('"off"', False), ("true", True), ("false", False)):
         assert config.load(write(tmp_path, f"[tun]\noffload = {value}\n")).tun.offload is expected
+
+
+def test_napi_modes(tmp_path):
+    for value, expected in (('"auto"', "auto"), ('"on"', "on"), ('"off"', "off"), ("true", "on"), ("false", "off")):
+        assert config.load(write(tmp_path, f"[tun]\nnapi = {value}\n")).tun.napi == expected
 
 
 def test_the_printed_configuration_loads_back_the_same(tmp_path):
@@ -253,6 +260,7 @@ ERRORS = [
     ("[tun]\nmtu = 70000\n", 2, "tun.mtu", "must be 576..65535, got 70000"),
     ("[tun]\nroutes = [\"198.19.0.7/16\"]\n", 2, "tun.routes", "198.19.0.7/16 has host bits set (did you mean 198.19.0.0/16?)"),
     ("[flows]\nconnect_timeout = 0\n", 2, "flows.connect_timeout", "more than 0 and at most 86400, got 0"),
+    ("[tun]\nnapi = \"fast\"\n", 2, "tun.napi", "must be one of 'auto', 'on', 'off', got 'fast'"),
     # rules
     ("[[route.rules]]\noutbound = \"direct\"\ncidr = \"300.1.2.0/24\"\n", 3, "route.rules[0].cidr", "'300.1.2.0/24' is not an IPv4 or IPv6 CIDR"),
     ("[[route.rules]]\noutbound = \"direct\"\ncidr = \"198.19.0.0/16\"\n\n[[route.rules]]\noutbound = \"direct\"\nport = \"90-80\"\n",

@@ -83,3 +83,33 @@ def test_adopted_fd(netns):
     # The adopted device's address was its owner's; ztun took only its own route and rules back.
     assert "zt-adopt0" not in netns.ip("link")  # the fd was closed with the device: it is gone
     assert netns.ip("rule").count("\n") == 3
+
+
+# A created device with IFF_NAPI: the flag as the kernel reports it, the threaded switch as
+# each mode leaves it, and echo still answered through the NAPI receive path.
+NAPI = DRIVER + r"""
+from ztun._fast import tunio
+from ztun.tun.napi import IFF_NAPI
+out = {}
+for mode in ("off", "auto", "on"):
+    opts = TunOptions(name="zt-napi0", inet4="198.18.0.1/30", inet6=None, mtu=1500, napi=mode, routes=("198.19.0.0/16",))
+    seen = {}
+    def look(gw):
+        seen["flags"] = tunio.get_iff(gw.device.fileno())[1]
+    # the commands start once the gateway is attached: cat sees the switch as the mode set it
+    res = run(opts, [["ping", "-c", "3", "-i", "0.2", "-W", "5", "198.19.0.7"], ["cat", "/sys/class/net/zt-napi0/threaded"]], look)
+    out[mode] = {"napi": bool(seen["flags"] & IFF_NAPI), "threaded": res["pings"][1]["out"].strip(), "ping": res["pings"][0]}
+print(json.dumps(out))
+"""
+
+
+def test_napi_modes(netns):
+    need("ping", "iputils-ping")
+    before = netns.snapshot()
+    res = json.loads(netns.python(NAPI).stdout)
+    assert not res["off"]["napi"] and res["auto"]["napi"] and res["on"]["napi"], res
+    # auto starts inline (threaded only once the loop is saturated); on is threaded from the start
+    assert (res["off"]["threaded"], res["auto"]["threaded"], res["on"]["threaded"]) == ("0", "0", "1"), res
+    for mode, r in res.items():
+        assert r["ping"]["rc"] == 0 and "3 received" in r["ping"]["out"], (mode, r["ping"]["out"])
+    assert netns.snapshot() == before

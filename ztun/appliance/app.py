@@ -156,6 +156,9 @@ class Snapshot:
         counters["bytes_up"], counters["bytes_down"] = fwd.bytes_total()
         if fwd.dns is not None:
             counters.update({f"dns_{k}": v for k, v in fwd.dns.counters.items()})
+        if gw.napi is not None:
+            counters["napi_switches"] = gw.napi.switches
+            gauges["napi_threaded"] = int(gw.napi.threaded)
         states = collections.Counter(r.state for r in list(fwd.flows.values()))
         device = gw.device
         snap = {

@@ -34,6 +34,7 @@ RUN_FLAGS = {
     "rule_priority": ("tun.rule_priority", "--rule-priority"),
     "fwmark": ("tun.fwmark", "--fwmark"),
     "offload": ("tun.offload", "--offload"),
+    "napi": ("tun.napi", "--napi"),
     "lan_interfaces": ("gateway.lan_interfaces", "--lan-interface"),
     "enable_forwarding": ("gateway.enable_forwarding", "--enable-forwarding"),
     "udp_timeout": ("flows.udp_timeout", "--udp-timeout"),
@@ -87,6 +88,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", choices=("auto", "on", "off"), metavar="auto|on|off",
                    help="IFF_VNET_HDR with checksum and TCP segmentation offload: TCP moves as 64 KiB "
                         "super-packets; auto (the default) is on with Linux TUN, off elsewhere")
+    p.add_argument("--napi", choices=("auto", "on", "off"), metavar="auto|on|off",
+                   help="Linux: the kernel receives what ztun writes into the TUN in a NAPI thread on another core; "
+                        "auto (the default) switches it on while the loop is saturated, on always, off never")
     p.add_argument("--lan-interface", dest="lan_interfaces", action="append", metavar="NAME",
                    help="serve hosts on this interface as their gateway (repeatable): checks that forwarding is on")
     p.add_argument("--enable-forwarding", action=bool_flag,

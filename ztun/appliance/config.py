@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from ..errors import ConfigError
+from ..tun.napi import MODES as NAPI_MODES
 from ..tun.options import IFNAMSIZ, TunOptions
 
 MAX_SECONDS = 86400.0
@@ -127,7 +128,7 @@ class AppConfig:
 
 # The keys of each table, in the order they are documented and printed.
 TUN_KEYS = ("name", "mtu", "inet4", "inet6", "routes", "exclude_routes", "auto_route", "strict_route",
-            "table", "rule_priority", "fwmark", "offload")
+            "table", "rule_priority", "fwmark", "offload", "napi")
 KEYS = {
     "": ("tun", "flows", "gateway", "log", "outbounds", "route", "dns", "metrics", "control"),
     "tun": TUN_KEYS,
@@ -417,9 +418,14 @@ def _tun(ctx, raw: dict) -> TunOptions:
             mode = _choice(ctx, path, v, ("auto", "on", "off"))
             # auto: on where there is a kernel offload to use (the Linux TUN)
             kw[k] = mode == "on" or (mode == "auto" and sys.platform.startswith("linux"))
+        elif k == "napi":
+            if isinstance(v, bool):
+                v = "on" if v else "off"
+            kw[k] = _choice(ctx, path, v, NAPI_MODES)
         else:
             kw[k] = v
     kw.setdefault("offload", sys.platform.startswith("linux"))  # "auto" is the default
+    kw.setdefault("napi", "auto" if sys.platform.startswith("linux") else "off")  # a Linux TUN's switch
     try:
         return TunOptions(**kw)
     except ConfigError as e:
@@ -798,7 +804,7 @@ def format_config(config: AppConfig) -> str:
         ("routes", _toml([str(r) for r in t.routes])), ("exclude_routes", _toml([str(r) for r in t.exclude_routes])),
         ("auto_route", _toml(t.auto_route)), ("strict_route", _toml(t.strict_route)),
         ("table", _toml(t.table)), ("rule_priority", _toml(t.rule_priority)), ("fwmark", hex(t.fwmark)),
-        ("offload", _toml("on" if t.offload else "off")),
+        ("offload", _toml("on" if t.offload else "off")), ("napi", _toml(t.napi)),
     ])
     f = config.flows
     section("[flows]", [(k, _toml(getattr(f, k))) for k in KEYS["flows"]])

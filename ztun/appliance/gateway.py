@@ -7,6 +7,7 @@ from ..errors import RouteError, TunError
 from ..system import route_plan
 from ..system.router import open_router
 from ..tun.device import open_tun
+from ..tun.napi import NapiThreads
 from ..tun.options import TunOptions
 from ..tun.stack_system import SystemStack
 
@@ -47,6 +48,7 @@ class Gateway:
         self.device = None
         self.router = None
         self.stack = None
+        self.napi = None  # NapiThreads, for a device opened with IFF_NAPI
         self.failure = None  # the error that stopped the stack, if any
         self._loop = None
 
@@ -74,6 +76,8 @@ class Gateway:
                 self.router.add(route)
             for rule in plan.rules:
                 self.router.add(rule)
+            if getattr(self.device, "napi", False):
+                self.napi = NapiThreads(name, self.device.if_index, opts.napi)
             self.stack = SystemStack(self.device, opts, udp_timeout=self.udp_timeout,
                                      udp_max_sessions=self.udp_max_sessions)
         except BaseException:
@@ -105,6 +109,8 @@ class Gateway:
         self._loop = loop
         self.stack.start(handler, loop)
         loop.add_reader(self.stack.fileno(), self._on_readable)
+        if self.napi is not None:
+            self.napi.start(loop)
 
     def _on_readable(self):
         try:
@@ -125,12 +131,16 @@ class Gateway:
             parts.append("excluding " + ",".join(map(str, o.exclude_routes)))
         if o.auto_route:
             parts.append("auto-route" + (" strict" if o.strict_route else ""))
+        if self.napi is not None:
+            parts.append(f"threaded NAPI {o.napi}")
         if o.routes or o.auto_route:
             parts.append(f"table {o.table} rules {o.rule_priority}..{o.rule_priority + 9} fwmark {o.fwmark:#x}")
         return ", ".join(parts)
 
     def close(self) -> None:
         """Stop the stack, undo every route, rule, address and link change, close the device. Idempotent."""
+        if self.napi is not None:
+            self.napi.close()
         if self._loop is not None and self.stack is not None:
             try:
                 self._loop.remove_reader(self.stack.fileno())

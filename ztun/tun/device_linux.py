@@ -10,6 +10,7 @@ from .._fast import tunio
 from .._fast.defs import VNET_HDR_LEN
 from ..errors import TunError
 from .fd_device import FdDevice
+from .napi import IFF_NAPI
 from .options import TunOptions
 
 log = logging.getLogger("ztun.tun.device")
@@ -98,6 +99,7 @@ class LinuxTunDevice(FdDevice):
         self.vnet_hdr = bool(flags & _C.get("IFF_VNET_HDR", 0))
         self.offload = 0  # TUN_F_* flags enabled with TUNSETOFFLOAD
         self.multi_queue = bool(flags & _C.get("IFF_MULTI_QUEUE", 0))
+        self.napi = bool(flags & IFF_NAPI)  # writes go through NAPI (ztun.tun.napi)
         self._hdr = VNET_HDR_LEN if self.vnet_hdr else 0
 
     @classmethod
@@ -116,8 +118,20 @@ class LinuxTunDevice(FdDevice):
             log.info("offload left off on %s: it exists already and the setting would outlive ztun", options.name)
         if use_offload:
             flags |= _C["IFF_VNET_HDR"]
+        # NAPI for a device ztun creates, so its threaded switch (sysfs) goes with it
+        if options.napi != "off" and not existed:
+            flags |= IFF_NAPI
         fd = _open_control()
-        name = _attach(fd, options.name, flags, existed)
+        try:
+            name = _attach(fd, options.name, flags, existed)
+        except TunError as e:
+            if not flags & IFF_NAPI or e.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            # a kernel before 4.15, or CAP_NET_ADMIN only in a user namespace
+            log.info("no IFF_NAPI for %s (%s): writes are received inline", options.name, os.strerror(e.errno))
+            flags &= ~IFF_NAPI
+            fd = _open_control()
+            name = _attach(fd, options.name, flags, existed)
         offload = 0
         if use_offload:
             try:

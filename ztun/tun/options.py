@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from .._fast.nat_config import NatConfig
+from .napi import MODES as NAPI_MODES
 
 IFNAMSIZ = 16
 MIN_MTU = 576
@@ -77,7 +78,8 @@ class TunOptions:
     all traffic through the TUN (see ztun.system.route_plan); strict_route makes a family
     without an address on the TUN unreachable. file_descriptor adopts an already open TUN
     (Android VpnService, systemd) instead of opening /dev/net/tun. offload sets
-    IFF_VNET_HDR: each packet carries a virtio_net_hdr in its slot's headroom.
+    IFF_VNET_HDR: each packet carries a virtio_net_hdr in its slot's headroom. napi
+    (Linux, a device ztun creates) is "off", "on" or "auto": see ztun.tun.napi.
     """
 
     name: str = "ztun0"
@@ -94,6 +96,7 @@ class TunOptions:
     file_descriptor: int | None = None
     multi_queue: bool = False
     offload: bool = False
+    napi: str = "off"
 
     def __post_init__(self):
         def put(field, value):
@@ -119,6 +122,9 @@ class TunOptions:
         for field in ("auto_route", "strict_route", "multi_queue", "offload"):
             if not isinstance(getattr(self, field), bool):
                 _fail(field, f"must be true or false, got {getattr(self, field)!r}")
+
+        if self.napi not in NAPI_MODES:
+            _fail("napi", f"must be one of {', '.join(NAPI_MODES)}, got {self.napi!r}")
 
         routes = _networks("routes", self.routes)
         excludes = _networks("exclude_routes", self.exclude_routes)
