@@ -1,4 +1,4 @@
-"""OutQueue: packets the system stack originates (UDP replies, resets, unreachables), written to the TUN in batches."""
+"""OutQueue: packets the system stack originates or releases (UDP replies, resets, unreachables, held SYNs), written to the TUN in batches."""
 
 import logging
 
@@ -48,6 +48,16 @@ class OutQueue:
     def udp(self, src: bytes, sport: int, dst: bytes, dport: int, payload) -> bool:
         """Queue a UDP datagram src:sport -> dst:dport (addresses packed, 4 or 16 bytes)."""
         return self._added(build.udp_packet(self.batch, self._slot(), src, sport, dst, dport, payload))
+
+    def packet(self, raw: bytes, length: int) -> bool:
+        """Queue a packet of length bytes as raw holds it (its virtio_net_hdr first where the batch has them)."""
+        i, h = self._slot(), self.batch.headroom
+        if len(raw) < length or length > self.batch.max_packet:
+            return self._added(0)
+        self.batch.data[i, h + length - len(raw) : h + length] = np.frombuffer(raw, dtype=np.uint8)
+        self.batch.lengths[i] = length
+        self.batch.verdicts[i] = d.V_WRITE
+        return self._added(length)
 
     def reset(self, batch, i: int) -> bool:
         """Queue the TCP RST answering slot i of batch."""

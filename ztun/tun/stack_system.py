@@ -318,17 +318,19 @@ class SystemStack:
             return  # the flow is gone (expired, stack stopped): nothing to release
         del self._deferred[fid]
         _, raw, length, row = held
-        one = self._one
+        if verdict == Verdict.ALLOW:
+            # Queued behind what the stack originated before it, and written with the SYNs
+            # other connects released in this loop iteration: one TUN write for them all.
+            self._apply(fid, verdict, None, 0)
+            self.out.packet(raw, length)
+            return
+        one = self._one  # the parse row answers a refused SYN with a reset
         h = one.headroom
         one.data[0, h + length - len(raw) : h + length] = np.frombuffer(raw, dtype=np.uint8)
         one.lengths[0] = length
         one.meta.view(np.uint8)[:] = np.frombuffer(row, dtype=np.uint8)
         one.count = 1
         self._apply(fid, verdict, one, 0)
-        if verdict == Verdict.ALLOW:
-            one.verdicts[0] = d.V_WRITE
-            self.out.flush()  # keep the order: replies queued before this SYN go first
-            self._write(one, 1)
 
     def _accept(self, listener):
         for _ in range(ACCEPTS_PER_EVENT):
@@ -391,7 +393,7 @@ class SystemStack:
         out.update({k: v for k, v in nat.counters().items() if v})
         out.update({k: c for k, c in self.counters.items() if k != "echo_answered"})
         out.update({f"udp_{k}": c for k, c in udp.counters.items()})
-        out["originated_written"] = self.out.written
+        out["originated_written"] = self.out.written  # resets, UDP replies, unreachables and released SYNs
         out["originated_failed"] = self.out.failed
         if self.out.coalesced:
             out["udp_gro_coalesced"] = self.out.coalesced
