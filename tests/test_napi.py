@@ -1,4 +1,4 @@
-"""Threaded NAPI's switch (ztun.tun.napi) against a stand-in sysfs: modes, hysteresis, unusable switches."""
+"""Threaded NAPI's switch (ztun.tun.napi) against a stand-in sysfs and /proc: modes, load, hysteresis, unusable switches."""
 
 import logging
 import time
@@ -8,14 +8,36 @@ import pytest
 from ztun.tun import napi
 from ztun.tun.loop import Loop
 
+DEVICES = [(1, "lo"), (7, "zt0")]  # what netlink says this namespace has
+
 
 @pytest.fixture
 def sysfs(tmp_path):
-    dev = tmp_path / "zt0"
-    dev.mkdir()
-    (dev / "ifindex").write_text("7\n")
-    (dev / "threaded").write_text("0\n")
-    return tmp_path
+    root = tmp_path / "net"
+    for index, name in DEVICES:
+        (root / name).mkdir(parents=True)
+        (root / name / "ifindex").write_text(f"{index}\n")
+    (root / "zt0" / "threaded").write_text("0\n")
+    return root
+
+
+@pytest.fixture
+def proc(tmp_path):
+    root = tmp_path / "proc"
+    for pid, comm in (("1", "init"), ("42", "napi/zt0-8193"), ("43", "napi/zt01-8194"), ("self", "x")):
+        (root / pid).mkdir(parents=True)
+        (root / pid / "comm").write_text(comm + "\n")
+    return root
+
+
+def kthread_cpu(proc, pid, ticks):
+    """A /proc/PID/stat whose utime + stime are ticks clock ticks."""
+    fields = ["S"] + ["0"] * 10 + [str(ticks), "0"] + ["0"] * 30
+    (proc / pid / "stat").write_text(f"{pid} (napi/x) " + " ".join(fields) + "\n")
+
+
+def threads(sysfs, mode="auto", **kw):
+    return napi.NapiThreads("zt0", 7, mode, sysfs=str(sysfs), interfaces=lambda: DEVICES, **kw)
 
 
 def switch(sysfs):
@@ -24,18 +46,18 @@ def switch(sysfs):
 
 def test_on_switches_at_start_and_off_never(sysfs):
     with Loop() as loop:
-        on = napi.NapiThreads("zt0", 7, "on", sysfs=str(sysfs))
+        on = threads(sysfs, "on")
         on.start(loop)
         assert switch(sysfs) == "1" and on.threaded and on.switches == 1
         (sysfs / "zt0" / "threaded").write_text("0\n")
-        off = napi.NapiThreads("zt0", 7, "off", sysfs=str(sysfs))
+        off = threads(sysfs, "off")
         off.start(loop)
         off.update(1.0)
         assert switch(sysfs) == "0" and not off.threaded and not off.set(True)
 
 
 def test_auto_follows_the_load_with_hysteresis(sysfs):
-    auto = napi.NapiThreads("zt0", 7, "auto", sysfs=str(sysfs))
+    auto = threads(sysfs)
     auto.update(napi.ON_ABOVE - 0.01)
     assert not auto.threaded and switch(sysfs) == "0"  # below the threshold: not even written
     auto.update(napi.ON_ABOVE)
@@ -52,10 +74,51 @@ def test_auto_follows_the_load_with_hysteresis(sysfs):
     assert not auto.threaded and switch(sysfs) == "0" and auto.switches == 2
 
 
-def test_auto_looks_at_the_loops_cpu_time(sysfs, monkeypatch):
+class Clocks:
+    """Stand-in time: the test advances the wall clock and says how much of it the loop spent on the CPU."""
+
+    def __init__(self, monkeypatch):
+        self.wall = self.cpu = 1000.0
+        monkeypatch.setattr(napi.time, "monotonic", lambda: self.wall)
+
+    def spend(self, seconds, share):
+        self.wall += seconds
+        self.cpu += seconds * share
+
+
+def test_the_napi_threads_work_counts_as_load_while_threaded(sysfs, proc, monkeypatch):
+    """Switched on, the loop's own share falls (its receive work moved away): the NAPI thread's
+    CPU keeps the load where it was, so the switch does not flap off and on."""
+    clocks = Clocks(monkeypatch)
+    kthread_cpu(proc, "42", 0)
+    kthread_cpu(proc, "43", 0)  # another device's thread (zt01): not counted
+    auto = threads(sysfs, proc=str(proc), clock=lambda: clocks.cpu)
+    with Loop() as loop:
+        auto.start(loop)
+        clocks.spend(napi.INTERVAL, 0.95)
+        auto._tick()
+        assert auto.threaded and auto.switches == 1
+        ticks = 0
+        for _ in range(3 * napi.OFF_AFTER):
+            clocks.spend(napi.INTERVAL, 0.5)  # the loop alone would look calm ...
+            ticks += int(napi.INTERVAL * 0.4 * napi._CLK_TCK)  # ... but its NAPI thread took over 40% of a core
+            kthread_cpu(proc, "42", ticks)
+            kthread_cpu(proc, "43", ticks * 10)
+            auto._tick()
+        assert auto.threaded and auto.switches == 1 and auto._kthreads == ["42"]
+        for _ in range(napi.OFF_AFTER + 1):  # the load really ends
+            clocks.spend(napi.INTERVAL, 0.1)
+            auto._tick()
+        assert not auto.threaded and auto.switches == 2 and switch(sysfs) == "0"
+        auto.close()
+        assert auto._timer is None
+        auto.close()  # idempotent
+
+
+def test_auto_looks_at_the_loops_cpu_time_on_its_loop(sysfs, monkeypatch):
     monkeypatch.setattr(napi, "INTERVAL", 0.02)
-    # a stand-in clock: the loop's CPU time grows with the wall time, as a saturated loop's does
-    auto = napi.NapiThreads("zt0", 7, "auto", sysfs=str(sysfs), clock=time.monotonic)
+    # the loop's CPU time grows with the wall time, as a saturated loop's does
+    auto = threads(sysfs, clock=time.monotonic)
     with Loop() as loop:
         auto.start(loop)
         deadline = loop.time() + 5
@@ -63,26 +126,39 @@ def test_auto_looks_at_the_loops_cpu_time(sysfs, monkeypatch):
             loop.run_once(0.05)
         assert auto.threaded and switch(sysfs) == "1"
         auto.close()
-        assert auto._timer is None
-        auto.close()  # idempotent
+        looks = []
+        auto.update = looks.append
+        for _ in range(5):
+            loop.run_once(0.05)
+        assert looks == [] and auto._timer is None  # no look after close
 
 
-def test_a_switch_of_another_device_is_left_alone(sysfs, caplog):
+@pytest.mark.parametrize("shown", [
+    [(1, "lo"), (7, "zt0"), (9, "eth0")],  # a device this namespace does not have
+    [(1, "lo"), (3, "zt0")],  # a zt0, but another one
+], ids=["more devices", "another index"])
+def test_a_sysfs_of_another_namespace_is_left_alone(tmp_path, caplog, shown):
     caplog.set_level(logging.INFO, "ztun.tun.napi")
-    other = napi.NapiThreads("zt0", 8, "on", sysfs=str(sysfs))  # this /sys shows index 7: another namespace's
+    root = tmp_path / "net"
+    for index, name in shown:
+        (root / name).mkdir(parents=True)
+        (root / name / "ifindex").write_text(f"{index}\n")
+    (root / "zt0" / "threaded").write_text("0\n")
+    other = threads(root, "on")
     other.start(None)
-    assert not other.usable and not other.threaded and switch(sysfs) == "0"
-    assert "not usable" in caplog.text
+    assert not other.usable and not other.threaded and switch(root) == "0"
+    assert "another network namespace" in caplog.text
     assert not other.set(True)  # once unusable, never written
 
 
 def test_a_missing_switch_is_logged_once(sysfs, caplog):
     caplog.set_level(logging.INFO, "ztun.tun.napi")
     (sysfs / "zt0" / "threaded").unlink()  # a kernel before 5.12
-    auto = napi.NapiThreads("zt0", 7, "auto", sysfs=str(sysfs))
+    auto = threads(sysfs)
     auto.update(1.0)
     auto.update(1.0)
     assert not auto.usable and caplog.text.count("not usable") == 1
+    assert not (sysfs / "zt0" / "threaded").exists()  # not created by the attempt
 
 
 def test_modes_are_checked():

@@ -84,3 +84,63 @@ def test_write_failures_counted(stack_and_peer):
     s = stack.stats()
     assert s["echo_answered"] == 3 and s["replies_written"] == 0 and s["write_failed"] == 3
     assert s["dropped"] == 3
+
+
+class _Holding:
+    """A handler that holds every TCP SYN until the test decides."""
+
+    icmp_echo = "reply"
+
+    def __init__(self):
+        self.decide = None
+
+    def prepare(self, flow, decide):
+        from ztun.tun.handler import Verdict
+
+        self.decide = decide
+        return Verdict.DEFER
+
+    def handle_tcp(self, sock, source, destination):
+        sock.close()
+
+
+@pytest.mark.parametrize("vnet", [False, True], ids=["plain", "virtio header"])
+def test_a_released_syn_goes_before_its_flows_next_packets(vnet):
+    """The SYN released after the outbound connected waits in the out queue for the loop's
+    next turn; a packet of that flow read before then must not overtake it to the kernel."""
+    from scapy.layers.inet import TCP
+
+    from ztun._fast import tunio
+    from ztun.tun.device_linux import LinuxTunDevice
+    from ztun.tun.handler import Verdict
+    from ztun.tun.loop import Loop
+    from ztun.tun.options import TunOptions
+
+    a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer.setblocking(False)
+    hdr = bytes(10) if vnet else b""
+    dev = LinuxTunDevice(a.detach(), "zt-fake", 1500, flags=tunio.CONSTANTS["IFF_VNET_HDR"] if vnet else 0)
+    loop, handler = Loop(), _Holding()
+    stack = SystemStack(dev, TunOptions(name="zt-fake", inet4="198.18.0.1/28", inet6=None))
+    try:
+        stack.start(handler, loop)
+        client = dict(src="198.19.5.5", dst="198.19.0.7")
+        peer.send(hdr + bytes(IP(**client) / TCP(sport=40000, dport=80, flags="S", seq=100)))
+        stack.on_readable()
+        assert drain(peer) == [] and handler.decide is not None  # held
+        handler.decide(Verdict.ALLOW)
+        peer.send(hdr + bytes(IP(**client) / TCP(sport=40000, dport=80, flags="R", seq=101)))
+        stack.on_readable()
+        out = drain(peer)
+        assert [len(p) > len(hdr) for p in out] == [True, True], out
+        flags = [IP(p[len(hdr):])[TCP].flags for p in out]
+        assert [str(f) for f in flags] == ["S", "R"], flags
+        syn = IP(out[0][len(hdr):])
+        assert (syn.src, syn.dst, syn[TCP].seq) == ("198.18.0.2", "198.18.0.1", 100)  # B:n -> A:P
+        loop.run_once(0)  # the queue's own flush finds nothing more
+        assert drain(peer) == [] and stack.stats()["tcp_allowed"] == 1
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()
+        peer.close()

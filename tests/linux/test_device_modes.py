@@ -99,6 +99,18 @@ for mode in ("off", "auto", "on"):
     # the commands start once the gateway is attached: cat sees the switch as the mode set it
     res = run(opts, [["ping", "-c", "3", "-i", "0.2", "-W", "5", "198.19.0.7"], ["cat", "/sys/class/net/zt-napi0/threaded"]], look)
     out[mode] = {"napi": bool(seen["flags"] & IFF_NAPI), "threaded": res["pings"][1]["out"].strip(), "ping": res["pings"][0]}
+# A device someone else made with IFF_NAPI, adopted: its switch is its owner's, ztun leaves it be.
+import os
+fd = os.open("/dev/net/tun", os.O_RDWR)
+name = tunio.set_iff(fd, "zt-napi1", tunio.CONSTANTS["IFF_TUN"] | tunio.CONSTANTS["IFF_NO_PI"] | IFF_NAPI)
+for cmd in (["addr", "add", "198.18.0.5/30", "dev", name], ["link", "set", name, "up"]):
+    subprocess.run(["ip", *cmd], check=True)
+opts = TunOptions(file_descriptor=fd, inet4="198.18.0.5/30", inet6=None, mtu=1500, napi="on", routes=("198.19.0.0/16",))
+seen = {}
+res = run(opts, [["ping", "-c", "2", "-i", "0.2", "-W", "5", "198.19.0.7"], ["cat", "/sys/class/net/zt-napi1/threaded"]],
+          lambda gw: seen.update(controller=gw.napi is not None, napi=gw.device.napi))
+out["adopted"] = {"napi": seen["napi"], "controller": seen["controller"], "threaded": res["pings"][1]["out"].strip(),
+                  "ping": res["pings"][0]}
 print(json.dumps(out))
 """
 
@@ -110,6 +122,7 @@ def test_napi_modes(netns):
     assert not res["off"]["napi"] and res["auto"]["napi"] and res["on"]["napi"], res
     # auto starts inline (threaded only once the loop is saturated); on is threaded from the start
     assert (res["off"]["threaded"], res["auto"]["threaded"], res["on"]["threaded"]) == ("0", "0", "1"), res
+    assert res["adopted"]["napi"] and not res["adopted"]["controller"] and res["adopted"]["threaded"] == "0", res["adopted"]
     for mode, r in res.items():
-        assert r["ping"]["rc"] == 0 and "3 received" in r["ping"]["out"], (mode, r["ping"]["out"])
+        assert r["ping"]["rc"] == 0 and " 0% packet loss" in r["ping"]["out"], (mode, r["ping"]["out"])
     assert netns.snapshot() == before

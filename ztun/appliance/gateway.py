@@ -76,7 +76,7 @@ class Gateway:
                 self.router.add(route)
             for rule in plan.rules:
                 self.router.add(rule)
-            if getattr(self.device, "napi", False):
+            if getattr(self.device, "napi", False) and getattr(self.device, "created", False):  # not one adopted or attached
                 self.napi = NapiThreads(name, self.device.if_index, opts.napi)
             self.stack = SystemStack(self.device, opts, udp_timeout=self.udp_timeout,
                                      udp_max_sessions=self.udp_max_sessions)

@@ -125,13 +125,15 @@ class LinuxTunDevice(FdDevice):
         try:
             name = _attach(fd, options.name, flags, existed)
         except TunError as e:
-            if not flags & IFF_NAPI or e.errno not in (errno.EINVAL, errno.EPERM):
+            if not flags & IFF_NAPI or e.errno != errno.EINVAL:
                 raise
-            # a kernel before 4.15, or CAP_NET_ADMIN only in a user namespace
-            log.info("no IFF_NAPI for %s (%s): writes are received inline", options.name, os.strerror(e.errno))
-            flags &= ~IFF_NAPI
+            flags &= ~IFF_NAPI  # a kernel that refuses the flag; one before 4.15 ignores it
             fd = _open_control()
             name = _attach(fd, options.name, flags, existed)
+        if flags & IFF_NAPI and not tunio.get_iff(fd)[1] & IFF_NAPI:
+            flags &= ~IFF_NAPI
+        if options.napi != "off" and not existed and not flags & IFF_NAPI:
+            log.info("no IFF_NAPI on %s (a kernel before 4.15): the kernel receives ztun's writes inline", name)
         offload = 0
         if use_offload:
             try:

@@ -12,61 +12,74 @@ wake-up per burst: a few tens of microseconds of round-trip time while the loop 
 import errno
 import logging
 import os
+import socket
 import time
 
 log = logging.getLogger("ztun.tun.napi")
 
 IFF_NAPI = 0x0010  # <linux/if_tun.h>, Linux 4.15+ (not in older build headers, hence here)
 MODES = ("auto", "on", "off")
-INTERVAL = 0.25  # seconds between two looks at the loop's load (auto)
-ON_ABOVE = 0.85  # the loop's CPU share of a wall second that turns threading on ...
-OFF_BELOW = 0.7  # ... and the share it must stay under ...
-OFF_AFTER = 4  # ... for this many looks in a row (a second) to turn it off again: no flapping at the edge
+INTERVAL = 0.25  # seconds between two looks at the load (auto)
+ON_ABOVE = 0.85  # the loop's CPU share of the wall time that turns threading on ...
+OFF_BELOW = 0.7  # ... and the share (the loop's plus the NAPI thread's) it must stay under ...
+OFF_AFTER = 4  # ... for this many looks in a row (a second) to turn it off again
 SYSFS = "/sys/class/net"
+PROC = "/proc"
+_COMM = 15  # a task's name is cut to TASK_COMM_LEN - 1 bytes
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class NapiThreads:
-    """The `threaded` switch of one TUN device, set by mode: "on" always, "auto" by the loop's load.
+    """The `threaded` switch of one TUN device, set by mode: "on" always, "auto" by the load.
 
     Only for a device ztun created (the switch would outlive ztun on a persistent one).
-    A switch that cannot be set (no such sysfs file: an old kernel, a network namespace
-    without its own /sys, a read-only /sys) is logged once and then left alone.
+    The load is the loop thread's CPU time and, while threaded, that of the device's NAPI
+    threads: the receive work moved there still counts, so switching on does not by itself
+    make the load look low enough to switch off again. A switch that cannot be set (no
+    such sysfs file: an old kernel; a /sys that shows another network namespace's devices;
+    a read-only /sys) is logged once and then left alone.
     """
 
-    def __init__(self, name: str, if_index: int, mode: str, *, sysfs: str = SYSFS, clock=time.thread_time):
+    def __init__(self, name: str, if_index: int, mode: str, *, sysfs: str = SYSFS, proc: str = PROC,
+                 clock=time.thread_time, interfaces=socket.if_nameindex):
         if mode not in MODES:
             raise ValueError(f"napi mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.name, self.if_index, self.mode = name, if_index, mode
+        self.sysfs, self.proc = sysfs, proc
         self.path = os.path.join(sysfs, name, "threaded")
-        self._index_path = os.path.join(sysfs, name, "ifindex")
-        self.clock = clock
+        self.clock, self.interfaces = clock, interfaces
         self.threaded = False
         self.usable = mode != "off"
+        self.checked = False  # the sysfs shows this namespace's devices
         self.switches = 0
         self._calm = 0  # looks in a row below OFF_BELOW while threaded
         self._loop = self._timer = None
-        self._last = None  # (wall, loop CPU) at the previous look
+        self._last = None  # (wall, loop CPU, NAPI threads' CPU) at the previous look
+        self._kthreads: list = []  # pids of the device's NAPI threads, found once threaded
 
     def start(self, loop) -> None:
-        """Apply the mode: "on" switches threading on now, "auto" looks at the loop's load every INTERVAL."""
+        """Apply the mode: "on" switches threading on now, "auto" looks at the load every INTERVAL."""
         if self.mode == "on":
             self.set(True)
         elif self.mode == "auto" and self.usable:
             self._loop = loop
-            self._last = (time.monotonic(), self.clock())
+            self._last = (time.monotonic(), self.clock(), None)
             self._timer = loop.call_later(INTERVAL, self._tick)
 
     def _tick(self) -> None:
         now, cpu = time.monotonic(), self.clock()
-        wall0, cpu0 = self._last
-        self._last = (now, cpu)
+        kcpu = self._kthread_cpu() if self.threaded else None
+        wall0, cpu0, kcpu0 = self._last
+        self._last = (now, cpu, kcpu)
         if now > wall0:
-            self.update((cpu - cpu0) / (now - wall0))
+            # the NAPI threads' share counts from the second look after switching on
+            moved = kcpu - kcpu0 if kcpu is not None and kcpu0 is not None and kcpu >= kcpu0 else 0.0
+            self.update((cpu - cpu0 + moved) / (now - wall0))
         if self.usable and self._loop is not None:
             self._timer = self._loop.call_later(INTERVAL, self._tick)
 
     def update(self, busy: float) -> None:
-        """The loop spent this share of the last interval on the CPU: switch with hysteresis."""
+        """The load was this share of the last interval: switch with hysteresis."""
         if not self.threaded:
             if busy >= ON_ABOVE:
                 self.set(True)
@@ -81,10 +94,9 @@ class NapiThreads:
         if not self.usable:
             return False
         try:
-            # /sys is that of the namespace it was mounted in: make sure it shows our device
-            with open(self._index_path) as f:
-                if int(f.read()) != self.if_index:
-                    raise OSError(errno.ENODEV, "this /sys shows another device of that name")
+            if not self.checked:
+                self._check_sysfs()
+                self.checked = True
             fd = os.open(self.path, os.O_WRONLY)  # never creates it
             try:
                 os.write(fd, b"1" if on else b"0")
@@ -97,9 +109,50 @@ class NapiThreads:
             return False
         if on != self.threaded:
             self.switches += 1
+            self._kthreads = []
+            if self._last is not None:
+                self._last = (*self._last[:2], None)
             log.debug("threaded NAPI on %s: %s", self.name, "on" if on else "off")
         self.threaded = on
         return True
+
+    def _check_sysfs(self) -> None:
+        """The sysfs lists exactly the devices of ztun's network namespace (one mounted elsewhere may show
+        another namespace's device of the same name, and indexes repeat across namespaces)."""
+        for _ in range(3):  # a device coming or going between the two looks: look again
+            ours = {name: index for index, name in self.interfaces()}
+            shown = {}
+            for name in os.listdir(self.sysfs):
+                try:
+                    with open(os.path.join(self.sysfs, name, "ifindex")) as f:
+                        shown[name] = int(f.read())
+                except FileNotFoundError:
+                    continue
+            if shown == ours and ours.get(self.name) == self.if_index:
+                return
+        raise OSError(errno.ENODEV, "this /sys shows another network namespace's devices")
+
+    def _kthread_cpu(self) -> float:
+        """CPU seconds of the device's NAPI threads (named napi/<device>-<id>), found on first use."""
+        if not self._kthreads:
+            prefix = f"napi/{self.name}-"[:_COMM]
+            for pid in os.listdir(self.proc):
+                if pid.isdigit():
+                    try:
+                        with open(os.path.join(self.proc, pid, "comm")) as f:
+                            if f.read().rstrip("\n").startswith(prefix):
+                                self._kthreads.append(pid)
+                    except OSError:
+                        continue
+        total = 0.0
+        for pid in self._kthreads:
+            try:
+                with open(os.path.join(self.proc, pid, "stat")) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
 
     def close(self) -> None:
         """Stop looking at the load; the switch goes with the device. Idempotent."""
@@ -107,3 +160,4 @@ class NapiThreads:
             self._timer.cancel()
             self._timer = None
         self._loop = None
+

@@ -1,6 +1,8 @@
 """OutQueue: packets the system stack originates or releases (UDP replies, resets, unreachables, held SYNs), written to the TUN in batches."""
 
+import errno
 import logging
+from collections import Counter
 
 import numpy as np
 
@@ -27,6 +29,7 @@ class OutQueue:
         self.n = 0
         self.written = 0  # datagrams (or other packets) the device took
         self.failed = 0
+        self.failures: Counter = Counter()  # errno -> slots whose write failed with it
         self.too_big = 0
         self.coalesced = 0  # datagrams that went out inside another's super-packet
         self._flush_handle = None
@@ -80,17 +83,24 @@ class OutQueue:
             if kept < n:
                 self.coalesced += n - kept
                 written = self.device.write_batch(self.batch, n, only_verdict=d.V_WRITE)
+                lost = 0
                 if written < kept:
                     failed = self.device.failed_slots()
                     lost = sum(int(self._segs[i]) for i, _ in failed)
-                    self.failed += lost
-                    self.written += n - lost
-                    log.debug("could not write %d of %d originated packets: %s", lost, n, failed)
-                else:
-                    self.written += n
+                    self._note_failed(failed, lost, n)
+                self.written += n - lost
                 return
         written = self.device.write_batch(self.batch, n)
         self.written += written
         if written < n:
-            self.failed += n - written
-            log.debug("could not write %d of %d originated packets: %s", n - written, n, self.device.failed_slots())
+            self._note_failed(self.device.failed_slots(), n - written, n)
+
+    def _note_failed(self, failed, lost: int, n: int) -> None:
+        """Count lost packets; warn the first time each errno makes a write fail (they are counted after)."""
+        self.failed += lost
+        for _, err in failed:
+            if not self.failures[err]:
+                log.warning("writing originated packets to %s failed: %s (errno %d); counting further failures",
+                            getattr(self.device, "name", "the TUN"), errno.errorcode.get(err, err), err)
+            self.failures[err] += 1
+        log.debug("could not write %d of %d originated packets: %s", lost, n, failed)

@@ -175,6 +175,8 @@ class SystemStack:
         if not self._running:
             return 0
         dev, batch, total = self.device, self.batch, 0
+        if self.out is not None and self.out.n:
+            self.out.flush()  # a SYN released since the last flush goes before its flow's next packets
         for _ in range(self.max_batches):
             n = dev.read_batch(batch)
             if n == 0:
