@@ -164,3 +164,33 @@ def test_a_missing_switch_is_logged_once(sysfs, caplog):
 def test_modes_are_checked():
     with pytest.raises(ValueError, match="napi mode"):
         napi.NapiThreads("zt0", 7, "fast")
+
+
+def test_a_busy_loop_reading_one_packet_at_a_time_stays_inline(sysfs):
+    """A ping-pong keeps the loop busy but never queues packets: the thread would only add latency."""
+    auto = threads(sysfs)
+    auto.update(1.0, 1.0)
+    auto.update(1.0, napi.ON_BATCH - 0.5)
+    assert not auto.threaded and switch(sysfs) == "0"
+    auto.update(1.0, napi.ON_BATCH)  # packets wait between reads: saturated
+    assert auto.threaded and switch(sysfs) == "1"
+    for _ in range(napi.OFF_AFTER - 1):
+        auto.update(1.0, 1.0)  # still busy, but the queue is gone
+    assert auto.threaded
+    auto.update(1.0, 1.0)
+    assert not auto.threaded and switch(sysfs) == "0"
+
+
+def test_the_reads_come_from_the_stacks_counters(sysfs, monkeypatch):
+    clocks = Clocks(monkeypatch)
+    counts = [0, 0]
+    auto = threads(sysfs, clock=lambda: clocks.cpu, reads=lambda: tuple(counts))
+    with Loop() as loop:
+        auto.start(loop)
+        for packets in (1, 1, 30):  # a ping-pong twice, then 30 packets per read
+            clocks.spend(napi.INTERVAL, 0.99)
+            counts[0] += 100 * packets
+            counts[1] += 100
+            auto._tick()
+            assert auto.threaded == (packets == 30)
+        auto.close()

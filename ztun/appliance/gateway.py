@@ -77,7 +77,8 @@ class Gateway:
             for rule in plan.rules:
                 self.router.add(rule)
             if getattr(self.device, "napi", False) and getattr(self.device, "created", False):  # not one adopted or attached
-                self.napi = NapiThreads(name, self.device.if_index, opts.napi)
+                self.napi = NapiThreads(name, self.device.if_index, opts.napi,
+                                        reads=lambda: (self.stack.packets_read, self.stack.batches_read))
             self.stack = SystemStack(self.device, opts, udp_timeout=self.udp_timeout,
                                      udp_max_sessions=self.udp_max_sessions)
         except BaseException:

@@ -6,7 +6,8 @@ loop's CPU under a load of short connections. A queue opened with IFF_NAPI hands
 packet to NAPI instead, and with the device's `threaded` switch on (sysfs, Linux 5.12+)
 NAPI polls in a kernel thread the scheduler can run on another core. That thread costs a
 wake-up per burst: a few tens of microseconds of round-trip time while the loop is idle.
-"auto" therefore turns it on only while the loop is saturated, and off again once it is not.
+"auto" therefore turns it on only while the loop is saturated (busy, and packets queue up in
+the TUN between its reads), and off again once it is not.
 """
 
 import errno
@@ -23,6 +24,10 @@ INTERVAL = 0.25  # seconds between two looks at the load (auto)
 ON_ABOVE = 0.85  # the loop's CPU share of the wall time that turns threading on ...
 OFF_BELOW = 0.7  # ... and the share (the loop's plus the NAPI thread's) it must stay under ...
 OFF_AFTER = 4  # ... for this many looks in a row (a second) to turn it off again
+# Packets per TUN read, on average over a look: a busy loop that reads one at a time is bound
+# by round trips (a ping-pong), where the thread's wake-up only adds latency.
+ON_BATCH = 4.0  # at least this many to turn threading on ...
+OFF_BATCH = 2.0  # ... and a look with fewer counts as calm
 SYSFS = "/sys/class/net"
 PROC = "/proc"
 _COMM = 15  # a task's name is cut to TASK_COMM_LEN - 1 bytes
@@ -40,7 +45,7 @@ class NapiThreads:
     a read-only /sys) is logged once and then left alone.
     """
 
-    def __init__(self, name: str, if_index: int, mode: str, *, sysfs: str = SYSFS, proc: str = PROC,
+    def __init__(self, name: str, if_index: int, mode: str, *, reads=None, sysfs: str = SYSFS, proc: str = PROC,
                  clock=time.thread_time, interfaces=socket.if_nameindex):
         if mode not in MODES:
             raise ValueError(f"napi mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -48,13 +53,14 @@ class NapiThreads:
         self.sysfs, self.proc = sysfs, proc
         self.path = os.path.join(sysfs, name, "threaded")
         self.clock, self.interfaces = clock, interfaces
+        self.reads = reads  # () -> (packets read, reads) from the TUN so far; None: not looked at
         self.threaded = False
         self.usable = mode != "off"
         self.checked = False  # the sysfs shows this namespace's devices
         self.switches = 0
         self._calm = 0  # looks in a row below OFF_BELOW while threaded
         self._loop = self._timer = None
-        self._last = None  # (wall, loop CPU, NAPI threads' CPU) at the previous look
+        self._last = None  # (wall, loop CPU, NAPI threads' CPU, (packets, reads)) at the previous look
         self._kthreads: list = []  # pids of the device's NAPI threads, found once threaded
 
     def start(self, loop) -> None:
@@ -63,28 +69,35 @@ class NapiThreads:
             self.set(True)
         elif self.mode == "auto" and self.usable:
             self._loop = loop
-            self._last = (time.monotonic(), self.clock(), None)
+            self._last = (time.monotonic(), self.clock(), None, self._reads())
             self._timer = loop.call_later(INTERVAL, self._tick)
 
     def _tick(self) -> None:
         now, cpu = time.monotonic(), self.clock()
         kcpu = self._kthread_cpu() if self.threaded else None
-        wall0, cpu0, kcpu0 = self._last
-        self._last = (now, cpu, kcpu)
+        reads = self._reads()
+        wall0, cpu0, kcpu0, reads0 = self._last
+        self._last = (now, cpu, kcpu, reads)
         if now > wall0:
             # the NAPI threads' share counts from the second look after switching on
             moved = kcpu - kcpu0 if kcpu is not None and kcpu0 is not None and kcpu >= kcpu0 else 0.0
-            self.update((cpu - cpu0 + moved) / (now - wall0))
+            batch = (reads[0] - reads0[0]) / (reads[1] - reads0[1]) if reads[1] > reads0[1] else 0.0
+            self.update((cpu - cpu0 + moved) / (now - wall0), batch if self.reads is not None else None)
         if self.usable and self._loop is not None:
             self._timer = self._loop.call_later(INTERVAL, self._tick)
 
-    def update(self, busy: float) -> None:
-        """The load was this share of the last interval: switch with hysteresis."""
+    def _reads(self) -> tuple:
+        return self.reads() if self.reads is not None else (0, 0)
+
+    def update(self, busy: float, batch: float | None = None) -> None:
+        """The load was this share of the last interval, with batch packets per TUN read on average
+        (None: not known): switch with hysteresis."""
         if not self.threaded:
-            if busy >= ON_ABOVE:
+            if busy >= ON_ABOVE and (batch is None or batch >= ON_BATCH):
                 self.set(True)
             return
-        self._calm = self._calm + 1 if busy < OFF_BELOW else 0
+        calm = busy < OFF_BELOW or (batch is not None and batch < OFF_BATCH)
+        self._calm = self._calm + 1 if calm else 0
         if self._calm >= OFF_AFTER:
             self._calm = 0
             self.set(False)
@@ -111,7 +124,7 @@ class NapiThreads:
             self.switches += 1
             self._kthreads = []
             if self._last is not None:
-                self._last = (*self._last[:2], None)
+                self._last = (self._last[0], self._last[1], None, self._last[3])
             log.debug("threaded NAPI on %s: %s", self.name, "on" if on else "off")
         self.threaded = on
         return True
