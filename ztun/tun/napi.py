@@ -173,4 +173,3 @@ class NapiThreads:
             self._timer.cancel()
             self._timer = None
         self._loop = None
-
