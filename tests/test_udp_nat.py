@@ -143,3 +143,31 @@ def test_outqueue_flushes_when_full():
     assert not out.udp(b"\xc6\x13\x00\x01", 53, b"\xc6\x12\x00\x05", 5000, bytes(70000))
     assert out.too_big == 1
     loop.close()
+
+
+class FailingDevice(RecordingDevice):
+    """Takes nothing: every slot fails with EIO."""
+
+    def write_batch(self, batch, n, *, only_verdict=None):
+        self.n = n
+        return 0
+
+    def failed_slots(self):
+        return [(i, 5) for i in range(self.n)]
+
+
+def test_a_queued_packet_goes_out_as_given_and_failed_writes_warn_once(caplog):
+    loop, dev = Loop(), RecordingDevice()
+    out = OutQueue(loop, dev)
+    raw = bytes(IP(src="198.18.0.2", dst="198.18.0.1") / UDP(sport=7, dport=9) / Raw(b"x"))
+    assert out.packet(raw, len(raw)) and not out.packet(raw, len(raw) + 1)  # raw shorter than said: refused
+    out.flush()
+    assert dev.packets == [raw] and out.written == 1 and out.too_big == 1
+    failing = OutQueue(loop, FailingDevice())
+    for _ in range(3):
+        failing.packet(raw, len(raw))
+        failing.packet(raw, len(raw))
+        failing.flush()
+    assert failing.failed == 6 and failing.failures == {5: 6} and failing.written == 0
+    assert caplog.text.count("writing originated packets") == 1 and "EIO" in caplog.text
+    loop.close()
