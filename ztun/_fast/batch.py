@@ -47,13 +47,17 @@ class PacketBatch:
         start = self.headroom
         return memoryview(self.data[i, start : start + int(self.lengths[i])])
 
-    def set_packet(self, i: int, packet) -> None:
-        """Copy one packet into slot i (tests, the UDP/ICMP reply path)."""
-        n = len(packet)
-        if n > self.max_packet:
-            raise PacketError(f"packet of {n} bytes does not fit a {self.max_packet}-byte slot")
+    def set_packet(self, i: int, packet, front: int = 0) -> None:
+        """Copy one packet into slot i (tests, the UDP/ICMP reply path, a released SYN).
+
+        The first ``front`` bytes of ``packet`` precede the IP packet (its virtio_net_hdr)
+        and go into the end of the headroom.
+        """
+        n = len(packet) - front
+        if n > self.max_packet or not 0 <= front <= self.headroom:
+            raise PacketError(f"packet of {n} bytes after {front} in front does not fit a {self.max_packet}-byte slot")
         start = self.headroom
-        self.data[i, start : start + n] = np.frombuffer(packet, dtype=np.uint8)
+        self.data[i, start - front : start + n] = np.frombuffer(packet, dtype=np.uint8)
         self.lengths[i] = n
 
     def fill(self, packets) -> None:

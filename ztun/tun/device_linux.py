@@ -119,7 +119,8 @@ class LinuxTunDevice(FdDevice):
         if use_offload:
             flags |= _C["IFF_VNET_HDR"]
         # NAPI for a device ztun creates, so its threaded switch (sysfs) goes with it
-        if options.napi != "off" and not existed:
+        want_napi = options.napi != "off" and not existed
+        if want_napi:
             flags |= IFF_NAPI
         fd = _open_control()
         try:
@@ -132,7 +133,7 @@ class LinuxTunDevice(FdDevice):
             name = _attach(fd, options.name, flags, existed)
         if flags & IFF_NAPI and not tunio.get_iff(fd)[1] & IFF_NAPI:
             flags &= ~IFF_NAPI
-        if options.napi != "off" and not existed and not flags & IFF_NAPI:
+        if want_napi and not flags & IFF_NAPI:
             log.info("no IFF_NAPI on %s (a kernel before 4.15): the kernel receives ztun's writes inline", name)
         offload = 0
         if use_offload:

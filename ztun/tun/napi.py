@@ -81,13 +81,15 @@ class NapiThreads:
         if now > wall0:
             # the NAPI threads' share counts from the second look after switching on
             moved = kcpu - kcpu0 if kcpu is not None and kcpu0 is not None and kcpu >= kcpu0 else 0.0
-            batch = (reads[0] - reads0[0]) / (reads[1] - reads0[1]) if reads[1] > reads0[1] else 0.0
-            self.update((cpu - cpu0 + moved) / (now - wall0), batch if self.reads is not None else None)
+            batch = None
+            if reads is not None:
+                batch = (reads[0] - reads0[0]) / (reads[1] - reads0[1]) if reads[1] > reads0[1] else 0.0
+            self.update((cpu - cpu0 + moved) / (now - wall0), batch)
         if self.usable and self._loop is not None:
             self._timer = self._loop.call_later(INTERVAL, self._tick)
 
-    def _reads(self) -> tuple:
-        return self.reads() if self.reads is not None else (0, 0)
+    def _reads(self):
+        return self.reads() if self.reads is not None else None
 
     def update(self, busy: float, batch: float | None = None) -> None:
         """The load was this share of the last interval, with batch packets per TUN read on average

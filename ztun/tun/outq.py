@@ -54,11 +54,11 @@ class OutQueue:
 
     def packet(self, raw: bytes, length: int) -> bool:
         """Queue a packet of length bytes as raw holds it (its virtio_net_hdr first where the batch has them)."""
-        i, h = self._slot(), self.batch.headroom
-        if len(raw) < length or length > self.batch.max_packet:
+        front = len(raw) - length
+        if not 0 <= front <= self.batch.headroom or length > self.batch.max_packet:
             return self._added(0)
-        self.batch.data[i, h + length - len(raw) : h + length] = np.frombuffer(raw, dtype=np.uint8)
-        self.batch.lengths[i] = length
+        i = self._slot()
+        self.batch.set_packet(i, raw, front)
         self.batch.verdicts[i] = d.V_WRITE
         return self._added(length)
 
@@ -96,11 +96,14 @@ class OutQueue:
             self._note_failed(self.device.failed_slots(), n - written, n)
 
     def _note_failed(self, failed, lost: int, n: int) -> None:
-        """Count lost packets; warn the first time each errno makes a write fail (they are counted after)."""
         self.failed += lost
-        for _, err in failed:
-            if not self.failures[err]:
-                log.warning("writing originated packets to %s failed: %s (errno %d); counting further failures",
-                            getattr(self.device, "name", "the TUN"), errno.errorcode.get(err, err), err)
-            self.failures[err] += 1
+        count_failures(self.failures, failed, f"originated packets to {getattr(self.device, 'name', 'the TUN')}")
         log.debug("could not write %d of %d originated packets: %s", lost, n, failed)
+
+
+def count_failures(failures: Counter, failed, what: str) -> None:
+    """Count (slot, errno) write failures by errno; warn the first time each errno makes writing what fail."""
+    for _, err in failed:
+        if not failures[err]:
+            log.warning("writing %s failed: %s (errno %d); counting further failures", what, errno.errorcode.get(err, err), err)
+        failures[err] += 1

@@ -25,7 +25,7 @@ from .._fast import defs as d
 from .._fast.nat_config import NatConfig
 from ..outbound.relay import abort
 from .handler import Flow, Verdict
-from .outq import OutQueue
+from .outq import OutQueue, count_failures
 from .udp import UdpNat
 
 log = logging.getLogger("ztun.stack")
@@ -327,9 +327,7 @@ class SystemStack:
             self.out.packet(raw, length)
             return
         one = self._one  # the parse row answers a refused SYN with a reset
-        h = one.headroom
-        one.data[0, h + length - len(raw) : h + length] = np.frombuffer(raw, dtype=np.uint8)
-        one.lengths[0] = length
+        one.set_packet(0, raw, len(raw) - length)
         one.meta.view(np.uint8)[:] = np.frombuffer(row, dtype=np.uint8)
         one.count = 1
         self._apply(fid, verdict, one, 0)
@@ -372,10 +370,7 @@ class SystemStack:
         self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _note_failures(self, failed) -> None:
-        for _, err in failed:
-            if not self.write_failures[err]:
-                log.warning("writing to %s failed: %s (errno %d); counting further failures", self.device.name, errno.errorcode.get(err, err), err)
-            self.write_failures[err] += 1
+        count_failures(self.write_failures, failed, f"to {self.device.name}")
 
     # -- counters -------------------------------------------------------------------
 
