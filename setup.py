@@ -9,8 +9,9 @@ from setuptools import Extension, setup
 TRACE = os.environ.get("ZTUN_CYTHON_TRACE") == "1"
 CORE = ["checksum", "packet", "nat", "gso", "build", "icmp"]
 # Device I/O is POSIX: tunio (Linux TUN) and utunio (macOS utun framing, also built on Linux
-# for its socketpair tests). Windows reads Wintun's rings through ctypes.
-PLATFORM = {"linux": ["tunio", "utunio"], "darwin": ["utunio"]}
+# for its socketpair tests), sockq (a worker thread for connect/shutdown/close). Windows
+# reads Wintun's rings through ctypes.
+PLATFORM = {"linux": ["tunio", "utunio", "sockq"], "darwin": ["utunio", "sockq"]}
 MODULES = CORE + PLATFORM.get("linux" if sys.platform.startswith("linux") else sys.platform, [])
 
 macros = [("CYTHON_TRACE_NOGIL", "1")] if TRACE else []

@@ -39,6 +39,7 @@ CONFIGS = {
     "ztun-nooffload": {"mtu": "65535", "args": ["--offload", "off"]},
     "ztun-napi-off": {"mtu": "65535", "args": ["--napi", "off"]},  # the kernel's receive work inline in the TUN writes
     "ztun-napi-on": {"mtu": "65535", "args": ["--napi", "on"]},  # always in a NAPI thread (auto: while saturated)
+    "ztun-sockq-off": {"mtu": "65535", "env": {"ZTUN_SOCKQ": "0"}},  # connect/shutdown/close on the loop's thread
     "ztun-mtu1500": {"mtu": "1500"},
     "ztun-mtu1500-nooffload": {"mtu": "1500", "args": ["--offload", "off"]},
     "ztun-mtu1500-nogro": {"mtu": "1500", "env": {"ZTUN_UDP_GRO": "0"}},  # offload, but UDP replies written one by one
@@ -46,6 +47,8 @@ CONFIGS = {
     # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the
     # proxy (the client knows nothing of it), and the client speaking SOCKS5 to microsocks itself.
     "ztun-socks": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun"},
+    "ztun-socks-sockq-off": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
+                             "env": {"ZTUN_SOCKQ": "0"}},
     "socks-only": {"socks": "client"},
 }
 PROXY = "198.18.10.2:1080"

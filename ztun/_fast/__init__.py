@@ -40,6 +40,16 @@ else:
     from . import tunio_py as tunio
     from . import utunio_py as utunio
 
+# Connect, shutdown and close on a worker thread (POSIX, compiled); ZTUN_SOCKQ=0 makes them
+# at once on the loop's thread, as the twin does, for comparison.
+if IMPLEMENTATION == "cython" and sys.platform != "win32" and os.environ.get("ZTUN_SOCKQ", "1") not in ("0", "off"):
+    try:
+        from . import sockq
+    except ImportError:  # pragma: no cover - a build without it
+        from . import sockq_py as sockq
+else:
+    from . import sockq_py as sockq
+
 NatTable = nat.NatTable
 parse_batch = packet.parse_batch
 verify_checksums = packet.verify_checksums
@@ -60,6 +70,7 @@ __all__ = [
     "nat",
     "packet",
     "parse_batch",
+    "sockq",
     "tunio",
     "utunio",
     "verify_checksums",

@@ -13,14 +13,27 @@ _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux: non-blocking from
 
 
 class Connecting:
-    """A connect in progress; cancel() closes it without calling back."""
+    """A connect in progress, made by the loop's socket worker (loop.sockq); cancel() closes it without calling back.
 
-    __slots__ = ("loop", "sock", "on_done", "timer", "done")
+    Until the worker has made the call, the socket is the worker's too: it is closed through
+    loop.sockq, never directly.
+    """
 
-    def __init__(self, loop, sock, on_done, timeout):
-        self.loop, self.sock, self.on_done, self.done = loop, sock, on_done, False
+    __slots__ = ("loop", "sock", "on_done", "timer", "done", "watching")
+
+    def __init__(self, loop, sock, address, on_done, timeout):
+        self.loop, self.sock, self.on_done, self.done, self.watching = loop, sock, on_done, False, False
+        loop.sockq.connect(sock, address, self._started)  # a bad address raises here; the result comes later
         self.timer = loop.call_later(timeout, self._finish, errno.ETIMEDOUT)
-        loop.add_writer(sock.fileno(), self._writable)
+
+    def _started(self, err):
+        if self.done:
+            return
+        if err in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+            self.loop.add_writer(self.sock.fileno(), self._writable)
+            self.watching = True
+        else:
+            self._finish(err)
 
     def _writable(self):
         self._finish(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
@@ -28,22 +41,25 @@ class Connecting:
     def _finish(self, err):
         if self.done:
             return
-        self.done = True
-        self.timer.cancel()
-        self.loop.remove_writer(self.sock.fileno())
+        self._end()
         on_done, self.on_done = self.on_done, None  # on_done often holds this object: no cycle left for the GC
         if err:
-            self.sock.close()
+            self.loop.sockq.close(self.sock)
             on_done(None, OSError(err, f"connect: {errno.errorcode.get(err, err)}"))
         else:
             on_done(self.sock, None)
 
+    def _end(self):
+        self.done = True
+        self.timer.cancel()
+        if self.watching:
+            self.loop.remove_writer(self.sock.fileno())
+
     def cancel(self):
         if not self.done:
-            self.done = True
-            self.timer.cancel()
-            self.loop.remove_writer(self.sock.fileno())
-            self.sock.close()
+            self._end()
+            self.on_done = None
+            self.loop.sockq.close(self.sock)
 
 
 def tcp_socket(family: int, fwmark: int = 0) -> socket.socket:
@@ -71,15 +87,10 @@ def connect(loop, address: tuple, on_done, *, fwmark: int = 0, timeout: float = 
         raise ValueError(f"{host!r} is not an IP address") from None
     sock = tcp_socket(family, fwmark)
     try:
-        err = sock.connect_ex((host, port))
+        return Connecting(loop, sock, (host, port), on_done, timeout)
     except (OSError, ValueError, OverflowError):
         sock.close()
         raise
-    if err not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-        sock.close()
-        loop.call_soon(on_done, None, OSError(err, f"connect: {errno.errorcode.get(err, err)}"))
-        return None
-    return Connecting(loop, sock, on_done, timeout)
 
 
 def udp_socket(family: int, fwmark: int = 0) -> socket.socket:

@@ -156,10 +156,7 @@ class _Direction:
             self.writing = False
         if self.eof and not pending and not self.shut:
             self.shut = True
-            try:
-                self.dst.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+            self.relay.loop.sockq.shutdown(self.dst)  # on the worker: the peer's FIN work is done there
             self.relay._direction_done()
             if self.relay.closed:
                 return  # both ways done: close() dropped the registrations with the fds
@@ -262,13 +259,14 @@ class Relay:
         for direction in (self.up, self.down):
             if direction is not None:
                 direction.release()
+        sockq = self.loop.sockq
         for sock in (self.client, self.remote):
             if sock.fileno() >= 0:
                 self.loop.discard(sock.fileno())  # closed next: no epoll_ctl calls needed
             if reset:
-                abort(sock)
+                sockq.abort(sock)  # on the worker, after the shutdowns queued before
             else:
-                sock.close()
+                sockq.close(sock)
         if self.on_close is not None:
             try:
                 self.on_close(self, reason)

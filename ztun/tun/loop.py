@@ -17,6 +17,8 @@ import socket
 import time
 from collections import deque
 
+from .._fast import sockq
+
 log = logging.getLogger("ztun.loop")
 
 # Interest and readiness bits, epoll's values (the selectors backend translates).
@@ -109,6 +111,15 @@ class Loop:
         self.add_reader(self._wake_r.fileno(), self._on_wake)
         self._signals: dict = {}  # signum -> (Handle, previous Python handler)
         self._old_wakeup_fd = None
+        self._sockq = None
+
+    @property
+    def sockq(self):
+        """This loop's worker for connect, shutdown and close (ztun._fast.sockq), started on first use."""
+        if self._sockq is None:
+            self._check_open()
+            self._sockq = sockq.SocketQueue(self)
+        return self._sockq
 
     # --- readers and writers -------------------------------------------------
 
@@ -316,6 +327,8 @@ class Loop:
                 h.callback(*h.args)
             except Exception:
                 log.exception("callback %r failed", h)
+        if self._sockq is not None:
+            self._sockq.kick()  # one wake-up of the socket worker for the calls of this iteration
 
     def _check_open(self):
         if self._closed:
@@ -327,6 +340,8 @@ class Loop:
             return
         for signum in list(self._signals):
             self.remove_signal_handler(signum)
+        if self._sockq is not None:
+            self._sockq.stop()  # the calls still queued are made first
         self._closed = True
         self._poller.close()
         self._fds.clear()

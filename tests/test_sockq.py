@@ -1,0 +1,218 @@
+"""The socket worker (ztun._fast.sockq) and its twin: results come back on the loop, calls keep their order."""
+
+import errno
+import importlib
+import os
+import socket
+import sys
+import time
+
+import pytest
+
+from ztun.tun.loop import Loop
+
+NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
+
+
+@pytest.fixture(params=["cython", "python"])
+def sockq(request):
+    if request.param == "cython":
+        if sys.platform == "win32":
+            pytest.skip("the socket worker is POSIX-only: Windows makes the calls at once")
+        if NO_EXT:
+            pytest.skip("ZTUN_NO_EXTENSIONS=1: testing the pure-Python twin only")
+        try:
+            mod = importlib.import_module("ztun._fast.sockq")
+        except ImportError as e:
+            pytest.fail(f"compiled module ztun._fast.sockq is missing ({e}); build it with `pip install -e .`")
+        assert mod.THREADED
+        return mod
+    return importlib.import_module("ztun._fast.sockq_py")
+
+
+@pytest.fixture
+def loop():
+    with Loop() as lp:
+        yield lp
+
+
+def queue(sockq, loop, **kw):
+    """A queue of the implementation under test, as the loop's own: the loop kicks it after each iteration."""
+    q = loop._sockq = sockq.SocketQueue(loop, **kw)
+    return q
+
+
+def run_until(loop, cond, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not cond() and time.monotonic() < end:
+        loop.run_once(0.02)
+    return cond()
+
+
+def nonblocking(family=socket.AF_INET):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setblocking(False)
+    return s
+
+
+def test_connect_reports_on_the_loop(sockq, loop):
+    q = queue(sockq, loop)
+    with socket.create_server(("127.0.0.1", 0)) as srv, nonblocking() as s:
+        got = []
+        q.connect(s, srv.getsockname(), got.append)
+        assert got == []  # never from inside connect()
+        assert run_until(loop, lambda: got)
+        assert got[0] in (0, errno.EINPROGRESS)
+        srv.settimeout(5)
+        conn, peer = srv.accept()
+        conn.close()
+        assert peer == s.getsockname()
+    q.stop()
+
+
+def test_refused_unreachable_and_bad_addresses(sockq, loop):
+    q = queue(sockq, loop)
+    with socket.create_server(("127.0.0.1", 0)) as tmp:
+        closed_port = tmp.getsockname()[1]
+    refused, unreachable = nonblocking(), nonblocking()
+    got = {}
+    q.connect(refused, ("127.0.0.1", closed_port), lambda e: got.setdefault("refused", e))
+    q.connect(unreachable, ("255.255.255.255", 80), lambda e: got.setdefault("unreachable", e))  # TCP to broadcast: at once
+    assert run_until(loop, lambda: len(got) == 2)
+    assert got["unreachable"] == errno.ENETUNREACH
+    assert got["refused"] == errno.EINPROGRESS  # the reset comes after the call: SO_ERROR says so
+    errors = []
+    loop.add_writer(refused.fileno(), lambda: errors.append(refused.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+    assert run_until(loop, lambda: errors)
+    loop.remove_writer(refused.fileno())
+    assert errors[0] == errno.ECONNREFUSED
+    calls = []
+    with nonblocking() as s:
+        for bad, error in ((("fd00::1", 80), ValueError), (("localhost", 80), ValueError), (("127.0.0.1", 70000), OverflowError)):
+            with pytest.raises(error):
+                q.connect(s, bad, calls.append)
+    run_until(loop, lambda: False, 0.1)
+    assert calls == []
+    refused.close()
+    unreachable.close()
+    q.stop()
+
+
+def test_ipv6_connect(sockq, loop):
+    q = queue(sockq, loop)
+    try:
+        srv = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    with srv, nonblocking(socket.AF_INET6) as s:
+        got = []
+        q.connect(s, srv.getsockname(), got.append)
+        assert run_until(loop, lambda: got) and got[0] in (0, errno.EINPROGRESS)
+        srv.settimeout(5)
+        srv.accept()[0].close()
+    q.stop()
+
+
+def _pair():
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        a = socket.create_connection(srv.getsockname())
+        b, _ = srv.accept()
+    return a, b
+
+
+def test_shutdown_then_close_keep_their_order(sockq, loop):
+    q = queue(sockq, loop)
+    a, b = _pair()
+    a.sendall(b"last words")
+    q.shutdown(a)
+    q.close(a)
+    assert a.fileno() == -1  # detached at once: the worker owns the fd now
+    q.kick()  # what the loop does after each iteration
+    b.settimeout(5)
+    data = b""
+    while True:
+        chunk = b.recv(100)
+        if not chunk:
+            break
+        data += chunk
+    assert data == b"last words"  # then a FIN, not a reset
+    b.close()
+    q.stop()
+
+
+def test_abort_resets_the_peer(sockq, loop):
+    q = queue(sockq, loop)
+    a, b = _pair()
+    q.abort(a)
+    q.kick()
+    b.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        while b.recv(100):
+            pass
+    b.close()
+    q.stop()
+
+
+def test_a_full_queue_runs_calls_at_once_and_nothing_is_lost(sockq, loop):
+    q = queue(sockq, loop, capacity=2)
+    with socket.create_server(("127.0.0.1", 0), backlog=256) as srv:
+        socks = [nonblocking() for _ in range(200)]
+        got = []
+        for i, s in enumerate(socks):
+            q.connect(s, srv.getsockname(), lambda e, i=i: got.append((i, e)))
+        assert run_until(loop, lambda: len(got) == len(socks))
+        assert sorted(i for i, _ in got) == list(range(len(socks)))  # each exactly once
+        assert all(e in (0, errno.EINPROGRESS) for _, e in got)
+        assert q.queued + q.ran_inline >= len(socks)
+        for s in socks:
+            q.close(s)
+    q.stop()
+
+
+def test_stop_makes_the_queued_calls_and_later_ones_run_at_once(sockq, loop):
+    q = queue(sockq, loop)
+    pairs = [_pair() for _ in range(20)]
+    for a, _ in pairs:
+        q.close(a)
+    q.stop()
+    for _, b in pairs:  # closed by the time stop() returns
+        b.settimeout(5)
+        assert b.recv(10) == b""
+        b.close()
+    q.stop()
+    a, b = _pair()
+    q.close(a)
+    b.settimeout(5)
+    assert b.recv(10) == b""
+    b.close()
+    got = []
+    with nonblocking() as s:
+        q.connect(s, ("255.255.255.255", 80), got.append)
+        assert run_until(loop, lambda: got) and got == [errno.ENETUNREACH]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc/self/task (Linux)")
+def test_the_loop_owns_one_worker_and_stops_it():
+    threads = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731 - the worker is a native thread
+    before = threads()
+    loop = Loop()
+    assert loop._sockq is None  # started on first use only
+    q = loop.sockq
+    assert loop.sockq is q
+    assert threads() == before + (1 if getattr(sys.modules[type(q).__module__], "THREADED", False) else 0)
+    a, b = _pair()
+    q.close(a)
+    loop.close()  # the worker makes its last calls, then ends
+    b.settimeout(5)
+    assert b.recv(10) == b""
+    b.close()
+    assert threads() == before
+    a, b = _pair()
+    loop.sockq.close(a)  # stopped: a late close is made at once
+    b.settimeout(5)
+    assert b.recv(10) == b""
+    b.close()
+    unused = Loop()
+    unused.close()
+    with pytest.raises(RuntimeError):
+        unused.sockq  # a closed loop starts no worker

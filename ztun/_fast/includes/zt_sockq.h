@@ -1,0 +1,203 @@
+/* A worker thread for the socket calls whose cost is mostly work done inline for a peer.
+ *
+ * A non-blocking connect over a veth runs the whole three-way handshake of both ends
+ * inside the call; a shutdown or a close does the peer's FIN processing. Queued here, the
+ * calls run on another core while the loop goes on. Calls run in the order they were
+ * queued (a shutdown before the close of the same fd). Only a connect has a result: the
+ * worker queues (token, errno) and writes one byte to notify_fd when results wait.
+ */
+#ifndef ZT_SOCKQ_H
+#define ZT_SOCKQ_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+enum { ZT_OP_CONNECT = 1, ZT_OP_SHUTDOWN = 2, ZT_OP_CLOSE = 3, ZT_OP_ABORT = 4 };
+#define ZT_SOCKQ_BATCH 64
+
+typedef struct {
+    int kind;
+    int fd;
+    uint64_t token;
+    socklen_t addrlen;
+    struct sockaddr_storage addr;
+} zt_op;
+
+typedef struct {
+    uint64_t token;
+    int err;
+} zt_result;
+
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pthread_t thread;
+    unsigned capacity;
+    zt_op *ops;          /* main pushes at op_head, the worker takes from op_tail */
+    zt_result *results;  /* the worker pushes at res_head, main takes from res_tail */
+    unsigned op_head, op_tail, res_head, res_tail;
+    int waiting;         /* the worker sleeps on wake */
+    int notified;        /* a byte is in notify_fd that main has not read */
+    int stop;
+    int notify_fd;
+} zt_sockq;
+
+/* One call, on whichever thread: 0 or the errno it failed with. */
+static int zt_sockq_run(const zt_op *op) {
+    struct linger lg;
+    int r = 0;
+    switch (op->kind) {
+    case ZT_OP_CONNECT:
+        r = connect(op->fd, (const struct sockaddr *)&op->addr, op->addrlen);
+        break;
+    case ZT_OP_SHUTDOWN:
+        r = shutdown(op->fd, SHUT_WR);
+        break;
+    case ZT_OP_ABORT:
+        lg.l_onoff = 1;
+        lg.l_linger = 0;
+        (void)setsockopt(op->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        /* fall through */
+    case ZT_OP_CLOSE:
+        r = close(op->fd);
+        break;
+    default:
+        return EINVAL;
+    }
+    return r < 0 ? errno : 0;
+}
+
+static void *zt_sockq_main(void *arg) {
+    zt_sockq *q = (zt_sockq *)arg;
+    zt_op batch[ZT_SOCKQ_BATCH];
+    zt_result done[ZT_SOCKQ_BATCH];
+    unsigned n, k, m, room;
+    pthread_mutex_lock(&q->lock);
+    for (;;) {
+        if (q->stop)
+            q->res_tail = q->res_head;  /* nobody takes results now: they would only block the last calls */
+        /* A connect is taken only while its result has room: results never overflow. */
+        room = q->capacity - (q->res_head - q->res_tail);
+        n = m = 0;
+        while (n < ZT_SOCKQ_BATCH && q->op_tail != q->op_head) {
+            zt_op *op = &q->ops[q->op_tail % q->capacity];
+            if (op->kind == ZT_OP_CONNECT) {
+                if (m == room)
+                    break;
+                m++;
+            }
+            batch[n++] = *op;
+            q->op_tail++;
+        }
+        if (n == 0) {
+            if (q->stop && q->op_tail == q->op_head)
+                break;
+            q->waiting = 1;
+            pthread_cond_wait(&q->wake, &q->lock);
+            q->waiting = 0;
+            continue;
+        }
+        pthread_mutex_unlock(&q->lock);
+        for (k = m = 0; k < n; k++) {
+            int err = zt_sockq_run(&batch[k]);
+            if (batch[k].kind == ZT_OP_CONNECT) {
+                done[m].token = batch[k].token;
+                done[m++].err = err;
+            }
+        }
+        pthread_mutex_lock(&q->lock);
+        for (k = 0; k < m; k++)
+            q->results[q->res_head++ % q->capacity] = done[k];
+        if (m && !q->notified) {
+            char one = 1;
+            q->notified = 1;
+            (void)!write(q->notify_fd, &one, 1);
+        }
+    }
+    pthread_mutex_unlock(&q->lock);
+    return NULL;
+}
+
+/* A queue of capacity calls (and as many connect results) with its worker running; NULL and errno on failure. */
+static zt_sockq *zt_sockq_new(unsigned capacity, int notify_fd) {
+    int err;
+    zt_sockq *q = (zt_sockq *)calloc(1, sizeof *q);
+    if (q == NULL)
+        return NULL;
+    q->capacity = capacity;
+    q->notify_fd = notify_fd;
+    q->ops = (zt_op *)calloc(capacity, sizeof *q->ops);
+    q->results = (zt_result *)calloc(capacity, sizeof *q->results);
+    if (q->ops == NULL || q->results == NULL) {
+        err = ENOMEM;
+        goto fail;
+    }
+    pthread_mutex_init(&q->lock, NULL);
+    pthread_cond_init(&q->wake, NULL);
+    err = pthread_create(&q->thread, NULL, zt_sockq_main, q);
+    if (err == 0)
+        return q;
+    pthread_cond_destroy(&q->wake);
+    pthread_mutex_destroy(&q->lock);
+fail:
+    free(q->ops);
+    free(q->results);
+    free(q);
+    errno = err;
+    return NULL;
+}
+
+/* Queue a call: 1, or 0 when the queue is full (the caller then runs it itself). The worker
+ * starts on it at the next kick (or when it finishes what it is doing). */
+static int zt_sockq_push(zt_sockq *q, const zt_op *op) {
+    int queued = 0;
+    pthread_mutex_lock(&q->lock);
+    if (!q->stop && q->op_head - q->op_tail < q->capacity) {
+        q->ops[q->op_head++ % q->capacity] = *op;
+        queued = 1;
+    }
+    pthread_mutex_unlock(&q->lock);
+    return queued;
+}
+
+/* Wake the worker if calls wait for it: once per loop iteration, so one wake-up serves them all. */
+static void zt_sockq_kick(zt_sockq *q) {
+    pthread_mutex_lock(&q->lock);
+    if (q->waiting && q->op_head != q->op_tail)
+        pthread_cond_signal(&q->wake);
+    pthread_mutex_unlock(&q->lock);
+}
+
+/* Take up to max results; the byte in notify_fd is main's to read first. */
+static unsigned zt_sockq_results(zt_sockq *q, zt_result *out, unsigned max) {
+    unsigned n = 0;
+    pthread_mutex_lock(&q->lock);
+    q->notified = 0;
+    while (n < max && q->res_tail != q->res_head)
+        out[n++] = q->results[q->res_tail++ % q->capacity];
+    if (n && q->waiting)
+        pthread_cond_signal(&q->wake);  /* it may be waiting for room for a connect's result */
+    pthread_mutex_unlock(&q->lock);
+    return n;
+}
+
+/* Run what is queued, stop the worker and free the queue (results not taken are lost). */
+static void zt_sockq_free(zt_sockq *q) {
+    pthread_mutex_lock(&q->lock);
+    q->stop = 1;
+    pthread_cond_signal(&q->wake);
+    pthread_mutex_unlock(&q->lock);
+    pthread_join(q->thread, NULL);
+    pthread_cond_destroy(&q->wake);
+    pthread_mutex_destroy(&q->lock);
+    free(q->ops);
+    free(q->results);
+    free(q);
+}
+
+#endif

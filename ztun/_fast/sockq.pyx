@@ -1,0 +1,253 @@
+"""Connect, shutdown and close on a worker thread (zt_sockq.h), compiled; sockq_py.py is the twin.
+
+Over a veth these calls do the peer's work inline (a connect runs both ends of the
+handshake, a shutdown the peer's FIN), a third of the loop's time under a connection
+storm. Queued, they run on another core in the order given; a full queue runs a call at
+once. A socket handed to close() or abort() is detached at once and closed by the worker.
+"""
+import logging
+import os
+import socket
+
+from libc.errno cimport EINVAL, errno
+from libc.stdint cimport uint16_t, uint64_t
+from libc.string cimport memset
+
+log = logging.getLogger("ztun.sockq")
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+
+    struct sockaddr_storage:
+        sa_family_t ss_family
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        pass
+
+    struct in6_addr:
+        pass
+
+    struct sockaddr_in:
+        sa_family_t sin_family
+        uint16_t sin_port
+        in_addr sin_addr
+
+    struct sockaddr_in6:
+        sa_family_t sin6_family
+        uint16_t sin6_port
+        unsigned int sin6_flowinfo
+        in6_addr sin6_addr
+        unsigned int sin6_scope_id
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char *src, void *dst)
+    uint16_t htons(uint16_t)
+    unsigned int htonl(unsigned int)
+
+cdef extern from "zt_sockq.h" nogil:
+    enum:
+        ZT_OP_CONNECT
+        ZT_OP_SHUTDOWN
+        ZT_OP_CLOSE
+        ZT_OP_ABORT
+        ZT_SOCKQ_BATCH
+
+    ctypedef struct zt_op:
+        int kind
+        int fd
+        uint64_t token
+        socklen_t addrlen
+        sockaddr_storage addr
+
+    ctypedef struct zt_result:
+        uint64_t token
+        int err
+
+    ctypedef struct zt_sockq:
+        pass
+
+    zt_sockq *zt_sockq_new(unsigned capacity, int notify_fd)
+    int zt_sockq_push(zt_sockq *q, const zt_op *op)
+    void zt_sockq_kick(zt_sockq *q)
+    unsigned zt_sockq_results(zt_sockq *q, zt_result *out, unsigned max)
+    void zt_sockq_free(zt_sockq *q)
+    int zt_sockq_run(const zt_op *op)
+
+THREADED = True
+
+
+cdef int _sockaddr(zt_op *op, int family, address) except -1:
+    """op's address from (host, port[, flowinfo, scope_id]): an IP literal of family, as connect() takes it."""
+    cdef sockaddr_in *a4 = <sockaddr_in *>&op.addr
+    cdef sockaddr_in6 *a6 = <sockaddr_in6 *>&op.addr
+    host = address[0].encode("ascii") if isinstance(address[0], str) else bytes(address[0])
+    port = int(address[1])
+    if not 0 <= port <= 65535:
+        raise OverflowError(f"port must be 0-65535, not {port}")
+    memset(&op.addr, 0, sizeof(op.addr))
+    if family == socket.AF_INET:
+        a4.sin_family = socket.AF_INET
+        a4.sin_port = htons(port)
+        if inet_pton(socket.AF_INET, host, &a4.sin_addr) != 1:
+            raise ValueError(f"{address[0]!r} is not an IPv4 address")
+        op.addrlen = sizeof(sockaddr_in)
+    elif family == socket.AF_INET6:
+        a6.sin6_family = socket.AF_INET6
+        a6.sin6_port = htons(port)
+        if len(address) > 2:
+            a6.sin6_flowinfo = htonl(int(address[2]))
+        if len(address) > 3:
+            a6.sin6_scope_id = int(address[3])
+        if inet_pton(socket.AF_INET6, host, &a6.sin6_addr) != 1:
+            raise ValueError(f"{address[0]!r} is not an IPv6 address")
+        op.addrlen = sizeof(sockaddr_in6)
+    else:
+        raise ValueError(f"address family {family} is not IPv4 or IPv6")
+    return 0
+
+
+cdef class SocketQueue:
+    """The loop's worker thread for connect, shutdown and close of non-blocking sockets.
+
+    Every call on a socket handed here must go through here until its connect result came
+    back: the worker may still be about to use the fd.
+    """
+
+    cdef zt_sockq *q
+    cdef object loop
+    cdef int notify_r, notify_w
+    cdef dict waiting  # token -> callback of a queued connect
+    cdef uint64_t next_token
+    cdef readonly unsigned long long queued, ran_inline
+    cdef unsigned long long kicked
+
+    def __cinit__(self, loop, unsigned capacity=4096):
+        self.q = NULL
+        self.notify_r = self.notify_w = -1
+        if capacity == 0:
+            raise ValueError("capacity must be at least 1")
+        self.loop = loop
+        self.waiting = {}
+        self.next_token = 1
+        r, w = os.pipe()  # not inherited by children
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self.notify_r, self.notify_w = r, w
+        self.q = zt_sockq_new(capacity, w)
+        if self.q == NULL:
+            err = errno
+            self._close_pipe()
+            raise OSError(err, f"sockq worker: {os.strerror(err)}")
+        loop.add_reader(r, self._results)
+
+    cdef _close_pipe(self):
+        for fd in (self.notify_r, self.notify_w):
+            if fd >= 0:
+                os.close(fd)
+        self.notify_r = self.notify_w = -1
+
+    cdef bint _push(self, zt_op *op, int *err):
+        """Queue op, or (queue full or stopped) run it here and set *err; True if queued."""
+        if self.q != NULL and zt_sockq_push(self.q, op):
+            self.queued += 1
+            return True
+        with nogil:
+            err[0] = zt_sockq_run(op)
+        self.ran_inline += 1
+        return False
+
+    def connect(self, sock, address, callback):
+        """Start sock's non-blocking connect to address (an IP literal and a port).
+
+        callback(err) runs on the loop once the call was made: 0 (connected), EINPROGRESS
+        or EWOULDBLOCK (wait for writability), or the errno it failed with. A bad address
+        raises here.
+        """
+        cdef zt_op op
+        cdef int err = 0
+        _sockaddr(&op, sock.family, address)
+        op.kind = ZT_OP_CONNECT
+        op.fd = sock.fileno()
+        if op.fd < 0:
+            raise ValueError("the socket is closed")
+        op.token = self.next_token
+        if self._push(&op, &err):
+            self.waiting[self.next_token] = callback
+            self.next_token += 1
+        else:
+            self.loop.call_soon(callback, err)
+
+    def shutdown(self, sock):
+        """shutdown(SHUT_WR): the peer gets a FIN after the bytes already sent. Errors are ignored."""
+        cdef zt_op op
+        cdef int err
+        op.kind = ZT_OP_SHUTDOWN
+        op.fd = sock.fileno()
+        if op.fd >= 0:
+            self._push(&op, &err)
+
+    def close(self, sock):
+        """Close sock (detached now, closed on the worker)."""
+        self._close(sock, ZT_OP_CLOSE)
+
+    def abort(self, sock):
+        """Close sock with a reset (SO_LINGER 0)."""
+        self._close(sock, ZT_OP_ABORT)
+
+    cdef _close(self, sock, int kind):
+        cdef zt_op op
+        cdef int err
+        op.kind = kind
+        op.fd = sock.detach()
+        if op.fd >= 0:
+            self._push(&op, &err)
+
+    def kick(self):
+        """Start the worker on the calls queued since the last kick (the loop kicks after each iteration)."""
+        if self.q != NULL and self.queued != self.kicked:
+            self.kicked = self.queued
+            zt_sockq_kick(self.q)
+
+    def _results(self):
+        cdef zt_result out[ZT_SOCKQ_BATCH]
+        cdef unsigned n, k
+        try:
+            os.read(self.notify_r, 64)
+        except BlockingIOError:
+            pass
+        while self.q != NULL:
+            n = zt_sockq_results(self.q, out, ZT_SOCKQ_BATCH)
+            for k in range(n):
+                callback = self.waiting.pop(out[k].token, None)
+                if callback is not None:
+                    try:
+                        callback(out[k].err)
+                    except Exception:
+                        log.exception("connect callback %r failed", callback)
+            if n < ZT_SOCKQ_BATCH:
+                break
+
+    def stop(self):
+        """Make the calls still queued, stop the worker; later calls run at once. Idempotent.
+
+        Connect results not yet delivered are dropped (their callbacks never run).
+        """
+        if self.q == NULL:
+            return
+        self.loop.remove_reader(self.notify_r)
+        with nogil:
+            zt_sockq_free(self.q)
+        self.q = NULL
+        self.waiting.clear()
+        self._close_pipe()
+
+    def __dealloc__(self):
+        if self.q != NULL:
+            with nogil:
+                zt_sockq_free(self.q)
+            self.q = NULL
+        for fd in (self.notify_r, self.notify_w):
+            if fd >= 0:
+                os.close(fd)

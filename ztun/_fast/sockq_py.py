@@ -1,0 +1,58 @@
+"""The twin of sockq.pyx: the same SocketQueue, each call made at once on the loop's thread."""
+
+import socket
+import struct
+
+THREADED = False
+
+
+class SocketQueue:
+    """connect, shutdown and close of non-blocking sockets, made at once (sockq.pyx queues them)."""
+
+    def __init__(self, loop, capacity: int = 4096):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.loop = loop
+        self.queued = 0
+        self.ran_inline = 0
+
+    def connect(self, sock, address, callback) -> None:
+        """Start sock's non-blocking connect; callback(err) runs on the loop: 0, EINPROGRESS/EWOULDBLOCK or the errno."""
+        if sock.fileno() < 0:
+            raise ValueError("the socket is closed")
+        family = sock.family
+        host = address[0]
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, TypeError):
+            raise ValueError(f"{host!r} is not an {'IPv4' if family == socket.AF_INET else 'IPv6'} address") from None
+        err = sock.connect_ex(tuple(address))
+        self.ran_inline += 1
+        self.loop.call_soon(callback, err)
+
+    def shutdown(self, sock) -> None:
+        """shutdown(SHUT_WR); errors are ignored."""
+        self.ran_inline += 1
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self, sock) -> None:
+        self.ran_inline += 1
+        sock.close()
+
+    def abort(self, sock) -> None:
+        """Close sock with a reset (SO_LINGER 0)."""
+        self.ran_inline += 1
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        sock.close()
+
+    def kick(self) -> None:
+        """Nothing is queued."""
+
+    def stop(self) -> None:
+        """Nothing waits: every call was made at once."""
