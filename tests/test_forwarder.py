@@ -373,3 +373,28 @@ def test_udp_replies_from_an_ipv4_mapped_source_reach_an_ipv4_client():
         assert s.replies == [(b"r", ("198.19.0.1", 9))]
         s.on_close(s, "idle")
         fwd.close()
+
+
+def test_connected_outbounds_whose_client_never_comes_are_closed_in_order(monkeypatch):
+    from ztun.appliance import forwarder
+
+    monkeypatch.setattr(forwarder, "CLAIM_TIMEOUT", 0.4)
+    with Loop() as loop:
+        fwd, proxy, _ = setup(loop)
+        decisions = []
+        start = time.monotonic()
+        fwd.prepare(Flow(6, C, ("198.19.0.1", 80)), decisions.append)
+        run(loop)
+        while time.monotonic() - start < 0.2:
+            loop.run_once(0.01)
+        fwd.prepare(Flow(6, C, ("198.19.0.2", 80)), decisions.append)
+        run(loop)
+        assert decisions == [Verdict.ALLOW, Verdict.ALLOW] and len(fwd.snapshot_flows()) == 2
+        while time.monotonic() - start < 0.5:  # the first one's claim ran out, the second's not yet
+            loop.run_once(0.01)
+        assert [f["destination"] for f in fwd.snapshot_flows()] == ["198.19.0.2:80"] and fwd.counters["tcp_unclaimed"] == 1
+        while time.monotonic() - start < 0.8:
+            loop.run_once(0.01)
+        assert fwd.snapshot_flows() == [] and fwd.counters["tcp_unclaimed"] == 2
+        assert fwd._claim_timer is None  # nothing waits: no timer either
+        fwd.close()

@@ -88,11 +88,13 @@ def test_refused_unreachable_and_bad_addresses(sockq, loop):
     assert errors[0] == errno.ECONNREFUSED
     calls = []
     with nonblocking() as s:
-        for bad, error in ((("fd00::1", 80), ValueError), (("localhost", 80), ValueError), (("127.0.0.1", 70000), OverflowError)):
+        for bad, error in ((("localhost", 80), ValueError), (("198.18.0.300", 80), ValueError), (("127.0.0.1", 70000), OverflowError)):
             with pytest.raises(error):
                 q.connect(s, bad, calls.append)
-    run_until(loop, lambda: False, 0.1)
-    assert calls == []
+        run_until(loop, lambda: False, 0.1)
+        assert calls == []
+        q.connect(s, ("fd00::1", 80), calls.append)  # the other family's address: connect() refuses it
+        assert run_until(loop, lambda: calls) and calls == [errno.EAFNOSUPPORT]
     refused.close()
     unreachable.close()
     q.stop()
@@ -216,3 +218,29 @@ def test_the_loop_owns_one_worker_and_stops_it():
     unused.close()
     with pytest.raises(RuntimeError):
         unused.sockq  # a closed loop starts no worker
+
+
+@pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
+def test_accept_batch_gives_non_blocking_sockets_and_raw_peers(sockq, family, host):
+    try:
+        srv = socket.create_server((host, 0), family=family)
+    except OSError:
+        pytest.skip(f"no {host}")
+    with srv:
+        srv.setblocking(False)
+        clients = [socket.create_connection(srv.getsockname()[:2]) for _ in range(3)]
+        time.sleep(0.05)
+        first, err = sockq.accept_batch(srv, 2)
+        rest, err2 = sockq.accept_batch(srv, 64)
+        none, err3 = sockq.accept_batch(srv, 64)
+        assert (len(first), len(rest), none, err, err2, err3) == (2, 1, [], 0, 0, 0)
+        peers = {c.getsockname()[:2] for c in clients}
+        for sock, addr, port in first + rest:
+            assert len(addr) == (4 if family == socket.AF_INET else 16)
+            assert (socket.inet_ntop(family, addr), port) in peers
+            assert sock.family == family and sock.type == socket.SOCK_STREAM
+            assert sock.gettimeout() == 0.0 and not os.get_blocking(sock.fileno())
+            assert not os.get_inheritable(sock.fileno())
+            sock.close()
+        for c in clients:
+            c.close()

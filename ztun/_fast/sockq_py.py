@@ -1,9 +1,28 @@
 """The twin of sockq.pyx: the same SocketQueue, each call made at once on the loop's thread."""
 
+import errno
 import socket
 import struct
 
 THREADED = False
+_SKIP = (errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
+
+
+def accept_batch(listener, most: int):
+    """Accept up to most connections: ([(non-blocking socket, peer address bytes, peer port)], errno or 0)."""
+    out = []
+    while len(out) < most:
+        try:
+            sock, peer = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return out, 0
+        except OSError as e:
+            if e.errno in _SKIP:
+                continue
+            return out, e.errno
+        sock.setblocking(False)
+        out.append((sock, socket.inet_pton(sock.family, peer[0]), peer[1]))
+    return out, 0
 
 
 class SocketQueue:
@@ -20,13 +39,16 @@ class SocketQueue:
         """Start sock's non-blocking connect; callback(err) runs on the loop: 0, EINPROGRESS/EWOULDBLOCK or the errno."""
         if sock.fileno() < 0:
             raise ValueError("the socket is closed")
-        family = sock.family
         host = address[0]
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             socket.inet_pton(family, host)
         except (OSError, TypeError):
             raise ValueError(f"{host!r} is not an {'IPv4' if family == socket.AF_INET else 'IPv6'} address") from None
-        err = sock.connect_ex(tuple(address))
+        if family != sock.family:  # what connect() says of it, as in the compiled queue
+            err = errno.EAFNOSUPPORT
+        else:
+            err = sock.connect_ex(tuple(address))
         self.ran_inline += 1
         self.loop.call_soon(callback, err)
 

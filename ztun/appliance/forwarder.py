@@ -78,7 +78,10 @@ class Forwarder:
         self.rules = None
         self.dns = dns
         self.configure(outbounds, rules)
-        self._ready: dict = {}  # (source, destination) -> (remote socket, expiry timer, FlowRecord)
+        # (source, destination) -> (remote socket, claim deadline, FlowRecord), oldest first: one
+        # timer for all of them (_claim_sweep), not one per connection
+        self._ready: dict = {}
+        self._claim_timer = None
         self.flows: dict = {}  # id -> FlowRecord, every open flow
         self.connecting: dict = {}  # FlowRecord -> pending outbound connect
         self.udp: dict = {}  # session -> _UdpRelay
@@ -143,7 +146,9 @@ class Forwarder:
             if old is not None:
                 self._discard(old)
             record.state = "accepting"
-            self._ready[key] = (remote, self.loop.call_later(CLAIM_TIMEOUT, self._unclaimed, key), record)
+            self._ready[key] = (remote, time.monotonic() + CLAIM_TIMEOUT, record)
+            if self._claim_timer is None:
+                self._claim_timer = self.loop.call_later(CLAIM_TIMEOUT, self._claim_sweep)
             decide(Verdict.ALLOW)
 
         self.flows[record.id] = record
@@ -194,15 +199,21 @@ class Forwarder:
 
         ask(families)
 
-    def _unclaimed(self, key):
-        entry = self._ready.pop(key, None)
-        if entry is not None:
+    def _claim_sweep(self):
+        """Close the connected outbound sockets whose client never completed its handshake."""
+        self._claim_timer = None
+        now = time.monotonic()
+        while self._ready:
+            key = next(iter(self._ready))
+            deadline = self._ready[key][1]
+            if deadline > now:  # the rest are younger
+                self._claim_timer = self.loop.call_later(deadline - now, self._claim_sweep)
+                return
             self.counters["tcp_unclaimed"] += 1
-            self._discard(entry)
+            self._discard(self._ready.pop(key))
 
     def _discard(self, entry):
-        remote, timer, record = entry
-        timer.cancel()
+        remote, _, record = entry
         remote.close()
         self.flows.pop(record.id, None)
 
@@ -215,8 +226,7 @@ class Forwarder:
         if entry is None:
             abort(sock)  # the outbound side is gone (claim timeout): tell the client at once
             return
-        remote, timer, record = entry
-        timer.cancel()  # sock comes with TCP_NODELAY (PacketHandler.handle_tcp)
+        remote, _, record = entry  # sock comes with TCP_NODELAY (PacketHandler.handle_tcp)
         record.state = "relaying"
 
         def closed(relay, reason):
@@ -279,6 +289,9 @@ class Forwarder:
                 record.relay.close("closed", reset=True)
         for key in list(self._ready):
             self._discard(self._ready.pop(key))
+        if self._claim_timer is not None:
+            self._claim_timer.cancel()
+            self._claim_timer = None
         for session in list(self.udp):
             session.close()
         if self.dns is not None:

@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import time
+import weakref
 
 log = logging.getLogger("ztun.relay")
 
@@ -68,6 +69,42 @@ class _PipePool:
 
 
 PIPES = _PipePool()
+
+
+class _IdleWatch:
+    """The idle checks of every relay of one loop with one idle timeout: one timer for them all,
+    every idle_timeout / IDLE_CHECKS, instead of one per relay made and cancelled per connection."""
+
+    _watches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # loop -> {idle timeout: _IdleWatch}
+
+    def __init__(self, loop, timeout: float):
+        self.loop, self.timeout = loop, timeout
+        self.relays: dict = {}  # Relay -> None, an ordered set
+        self.timer = None
+
+    @classmethod
+    def of(cls, loop, timeout: float) -> "_IdleWatch":
+        watches = cls._watches.setdefault(loop, {})
+        watch = watches.get(timeout)
+        if watch is None:
+            watch = watches[timeout] = cls(loop, timeout)
+        return watch
+
+    def add(self, relay) -> None:
+        self.relays[relay] = None
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.timeout / IDLE_CHECKS, self._check)
+
+    def discard(self, relay) -> None:
+        self.relays.pop(relay, None)
+
+    def _check(self):
+        self.timer = None
+        now = time.monotonic()
+        for relay in list(self.relays):
+            relay._check_idle(now)
+        if self.relays:  # none left: no timer until the next relay
+            self.timer = self.loop.call_later(self.timeout / IDLE_CHECKS, self._check)
 
 
 class _Direction:
@@ -206,7 +243,8 @@ class Relay:
         except OSError:
             self.close("closed")
             raise
-        self._timer = loop.call_later(idle_timeout / IDLE_CHECKS, self._check_idle)
+        self._idle = _IdleWatch.of(loop, idle_timeout)
+        self._idle.add(self)
         self.up._set_reading(True)
         self.down._set_reading(True)
 
@@ -218,20 +256,14 @@ class Relay:
     def bytes_down(self) -> int:
         return self.down.bytes if self.down is not None else 0
 
-    def _check_idle(self):
+    def _check_idle(self, now: float):
         """Activity is bytes moved since the last check (no clock read per relayed chunk)."""
-        if self.closed:
-            return
-        now = time.monotonic()
         moved = self.up.bytes + self.down.bytes
         if moved != self._moved:
             self._moved = moved
             self.last_active = now
-        idle = now - self.last_active
-        if idle >= self.idle_timeout:
+        elif now - self.last_active >= self.idle_timeout:
             self.close("idle", reset=True)
-        else:
-            self._timer = self.loop.call_later(min(self.idle_timeout - idle, self.idle_timeout / IDLE_CHECKS), self._check_idle)
 
     def _direction_done(self):
         if self.up.shut and self.down.shut:
@@ -254,8 +286,8 @@ class Relay:
             return
         self.closed = True
         self.reason = reason
-        if getattr(self, "_timer", None) is not None:
-            self._timer.cancel()
+        if getattr(self, "_idle", None) is not None:
+            self._idle.discard(self)
         for direction in (self.up, self.down):
             if direction is not None:
                 direction.release()

@@ -20,7 +20,7 @@ from collections import Counter
 
 import numpy as np
 
-from .._fast import NatTable, PacketBatch, echo_batch, gso, parse_batch
+from .._fast import NatTable, PacketBatch, echo_batch, gso, parse_batch, sockq
 from .._fast import defs as d
 from .._fast.nat_config import NatConfig
 from ..outbound.relay import abort
@@ -333,27 +333,21 @@ class SystemStack:
         self._apply(fid, verdict, one, 0)
 
     def _accept(self, listener):
-        for _ in range(ACCEPTS_PER_EVENT):
-            try:
-                sock, peer = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("accept: %s", e)
-                    return
-                continue
-            fid = self.nat.lookup_nat(peer[0], peer[1])
+        accepted, err = sockq.accept_batch(listener, ACCEPTS_PER_EVENT)
+        if err:
+            log.warning("accept: %s", os.strerror(err))  # out of fds or memory: the rest wait in the backlog
+        nat, handler = self.nat, self.handler
+        for sock, peer, port in accepted:
+            fid = nat.lookup_nat(peer, port)
             if fid < 0:
                 self.counters["tcp_accept_no_flow"] += 1
                 abort(sock)
                 continue
-            source, destination, _ = self.nat.endpoints(fid)
-            sock.setblocking(False)
+            source, destination, _ = nat.endpoints(fid)
             if not _NODELAY_INHERITED:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
-                self.handler.handle_tcp(sock, source, destination)
+                handler.handle_tcp(sock, source, destination)
             except Exception:
                 log.exception("handle_tcp failed")
                 abort(sock)

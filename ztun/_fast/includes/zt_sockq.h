@@ -10,6 +10,7 @@
 #define ZT_SOCKQ_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -198,6 +199,25 @@ static void zt_sockq_free(zt_sockq *q) {
     free(q->ops);
     free(q->results);
     free(q);
+}
+
+/* EAGAIN and EWOULDBLOCK are one value on Linux, two on some systems. */
+static int zt_again(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
+
+/* accept() a non-blocking, close-on-exec socket: accept4 where there is one, else two fcntl. */
+static int zt_accept_nb(int fd, struct sockaddr_storage *peer, socklen_t *len) {
+#if defined(__linux__)
+    return accept4(fd, (struct sockaddr *)peer, len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+    int s = accept(fd, (struct sockaddr *)peer, len);
+    if (s >= 0 && (fcntl(s, F_SETFL, fcntl(s, F_GETFL) | O_NONBLOCK) < 0 || fcntl(s, F_SETFD, FD_CLOEXEC) < 0)) {
+        int err = errno;
+        close(s);
+        errno = err;
+        return -1;
+    }
+    return s;
+#endif
 }
 
 #endif
