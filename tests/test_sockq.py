@@ -38,7 +38,7 @@ def loop():
 
 def queue(sockq, loop, **kw):
     """A queue of the implementation under test, as the loop's own: the loop kicks it after each iteration."""
-    q = loop._sockq = sockq.SocketQueue(loop, **kw)
+    q = loop._sockq = sockq.SocketQueue(loop, epoll_fd=loop._poller.fileno(), **kw)
     return q
 
 
@@ -165,10 +165,54 @@ def test_a_full_queue_runs_calls_at_once_and_nothing_is_lost(sockq, loop):
         assert run_until(loop, lambda: len(got) == len(socks))
         assert sorted(i for i, _ in got) == list(range(len(socks)))  # each exactly once
         assert all(e in (0, errno.EINPROGRESS) for _, e in got)
-        assert q.queued + q.ran_inline >= len(socks)
+        assert q.queued + q.ran_inline == len(socks)
         for s in socks:
             q.close(s)
     q.stop()
+
+
+def test_calls_that_find_the_queue_full_wait_their_turn(sockq, loop):
+    """A close must not overtake a shutdown queued before it: the fd would be free for a new
+    socket, and the worker's late shutdown would hit that one."""
+    q = queue(sockq, loop, capacity=1)
+    a, b = _pair()
+    fd = a.fileno()
+    q.shutdown(a)
+    q.close(a)  # finds the queue full (the worker was not kicked yet)
+    new_a, new_b = _pair()
+    if sockq.THREADED:
+        assert q.overflowed >= 1 and new_a.fileno() != fd  # still open: not closed ahead of its turn
+    assert run_until(loop, lambda: _eof(b))
+    new_a.sendall(b"still open")  # whatever number it got, no stale call touched it
+    new_b.settimeout(5)
+    assert new_b.recv(100) == b"still open"
+    for s in (b, new_a, new_b):
+        s.close()
+    q.stop()
+
+
+def _eof(sock) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(100) == b""
+    except BlockingIOError:
+        return False
+
+
+def test_a_connect_made_before_the_loop_runs_starts_at_once(loop):
+    """The loop kicks its worker before it waits, not only after callbacks: a connect queued
+    outside them is made before the poll, not a whole poll later."""
+    from ztun.outbound import direct
+
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        got = []
+        direct.connect(loop, srv.getsockname(), lambda s, e: got.append((s, e)), timeout=5)
+        start = time.monotonic()
+        while not got and time.monotonic() - start < 6:
+            loop.run_once()  # no timeout: the poll waits for an event or the connect's 5 s timer
+        sock, err = got[0]
+        assert err is None and time.monotonic() - start < 1
+        sock.close()
 
 
 def test_stop_makes_the_queued_calls_and_later_ones_run_at_once(sockq, loop):
@@ -216,8 +260,12 @@ def test_the_loop_owns_one_worker_and_stops_it():
     b.close()
     unused = Loop()
     unused.close()
-    with pytest.raises(RuntimeError):
-        unused.sockq  # a closed loop starts no worker
+    a, b = _pair()
+    unused.sockq.close(a)  # a closed loop starts no worker: the close is made at once
+    assert threads() == before and unused._sockq is None
+    b.settimeout(5)
+    assert b.recv(10) == b""
+    b.close()
 
 
 @pytest.mark.parametrize("family,host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])

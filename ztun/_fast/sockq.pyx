@@ -2,16 +2,18 @@
 
 Over a veth these calls do the peer's work inline (a connect runs both ends of the
 handshake, a shutdown the peer's FIN), a third of the loop's time under a connection
-storm. Queued, they run on another core in the order given; a full queue runs a call at
-once. A socket handed to close() or abort() is detached at once and closed by the worker.
+storm. Queued, they run on another core in the order given (calls that find the queue
+full wait in order behind it). A socket handed to close() or abort() is detached at once
+and closed by the worker.
 """
 import logging
 import os
 import socket
+from collections import deque
 
 from libc.errno cimport EINVAL, errno
 from libc.stdint cimport uint16_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 log = logging.getLogger("ztun.sockq")
 
@@ -69,12 +71,12 @@ cdef extern from "zt_sockq.h" nogil:
     ctypedef struct zt_sockq:
         pass
 
-    zt_sockq *zt_sockq_new(unsigned capacity, int notify_fd)
+    zt_sockq *zt_sockq_new(unsigned capacity, int notify_fd, int epoll_fd)
     int zt_sockq_push(zt_sockq *q, const zt_op *op)
     void zt_sockq_kick(zt_sockq *q)
     unsigned zt_sockq_results(zt_sockq *q, zt_result *out, unsigned max)
     void zt_sockq_free(zt_sockq *q)
-    int zt_sockq_run(const zt_op *op)
+    int zt_sockq_run(const zt_op *op, int epoll_fd)
     int zt_accept_nb(int fd, sockaddr_storage *peer, socklen_t *len)
     bint zt_again(int err)
 
@@ -171,23 +173,26 @@ cdef class SocketQueue:
     cdef object loop
     cdef int notify_r, notify_w
     cdef dict waiting  # token -> callback of a queued connect
+    cdef object overflow  # images of the calls that found the queue full, in order
     cdef uint64_t next_token
-    cdef readonly unsigned long long queued, ran_inline
+    cdef readonly unsigned long long queued, overflowed, ran_inline
     cdef unsigned long long kicked
 
-    def __cinit__(self, loop, unsigned capacity=4096):
+    def __cinit__(self, loop, unsigned capacity=4096, int epoll_fd=-1):
+        """epoll_fd: the loop's epoll (Linux), which a socket leaves before the worker closes it."""
         self.q = NULL
         self.notify_r = self.notify_w = -1
-        if capacity == 0:
-            raise ValueError("capacity must be at least 1")
+        if not 0 < capacity <= 1 << 20:
+            raise ValueError("capacity must be 1 to 2**20")
         self.loop = loop
         self.waiting = {}
+        self.overflow = deque()
         self.next_token = 1
         r, w = os.pipe()  # not inherited by children
         os.set_blocking(r, False)
         os.set_blocking(w, False)
         self.notify_r, self.notify_w = r, w
-        self.q = zt_sockq_new(capacity, w)
+        self.q = zt_sockq_new(capacity, w, epoll_fd)
         if self.q == NULL:
             err = errno
             self._close_pipe()
@@ -201,14 +206,30 @@ cdef class SocketQueue:
         self.notify_r = self.notify_w = -1
 
     cdef bint _push(self, zt_op *op, int *err):
-        """Queue op, or (queue full or stopped) run it here and set *err; True if queued."""
-        if self.q != NULL and zt_sockq_push(self.q, op):
+        """Queue op (behind the overflow, if any); once stopped, run it here and set *err. True if queued."""
+        if self.q == NULL:
+            with nogil:
+                err[0] = zt_sockq_run(op, -1)
+            self.ran_inline += 1
+            return False
+        if not self.overflow and zt_sockq_push(self.q, op):
             self.queued += 1
-            return True
-        with nogil:
-            err[0] = zt_sockq_run(op)
-        self.ran_inline += 1
-        return False
+        else:  # never at once: a call queued before it on the same fd must come first
+            self.overflow.append((<char *>op)[:sizeof(zt_op)])
+            self.overflowed += 1
+        return True
+
+    cdef _drain(self):
+        """Move what the overflow holds into the queue, as far as it has room."""
+        cdef zt_op op
+        cdef bytes image
+        while self.overflow:
+            image = self.overflow[0]
+            memcpy(&op, <const char *>image, sizeof(zt_op))
+            if not zt_sockq_push(self.q, &op):
+                break
+            self.overflow.popleft()
+            self.queued += 1
 
     def connect(self, sock, address, callback):
         """Start sock's non-blocking connect to address (an IP literal and a port).
@@ -258,7 +279,11 @@ cdef class SocketQueue:
 
     def kick(self):
         """Start the worker on the calls queued since the last kick (the loop kicks after each iteration)."""
-        if self.q != NULL and self.queued != self.kicked:
+        if self.q == NULL:
+            return
+        if self.overflow:
+            self._drain()
+        if self.queued != self.kicked:
             self.kicked = self.queued
             zt_sockq_kick(self.q)
 
@@ -280,18 +305,28 @@ cdef class SocketQueue:
                         log.exception("connect callback %r failed", callback)
             if n < ZT_SOCKQ_BATCH:
                 break
+        if self.overflow and self.q != NULL:
+            self.kick()
 
     def stop(self):
-        """Make the calls still queued, stop the worker; later calls run at once. Idempotent.
+        """Make the calls still queued (in order), stop the worker; later calls run at once. Idempotent.
 
         Connect results not yet delivered are dropped (their callbacks never run).
         """
+        cdef zt_op op
+        cdef bytes image
         if self.q == NULL:
             return
         self.loop.remove_reader(self.notify_r)
         with nogil:
             zt_sockq_free(self.q)
         self.q = NULL
+        while self.overflow:
+            image = self.overflow.popleft()
+            memcpy(&op, <const char *>image, sizeof(zt_op))
+            with nogil:
+                zt_sockq_run(&op, -1)
+            self.ran_inline += 1
         self.waiting.clear()
         self._close_pipe()
 

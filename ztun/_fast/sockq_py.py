@@ -28,12 +28,11 @@ def accept_batch(listener, most: int):
 class SocketQueue:
     """connect, shutdown and close of non-blocking sockets, made at once (sockq.pyx queues them)."""
 
-    def __init__(self, loop, capacity: int = 4096):
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
+    def __init__(self, loop, capacity: int = 4096, epoll_fd: int = -1):
+        if not 0 < capacity <= 1 << 20:
+            raise ValueError("capacity must be 1 to 2**20")
         self.loop = loop
-        self.queued = 0
-        self.ran_inline = 0
+        self.queued = self.overflowed = self.ran_inline = 0
 
     def connect(self, sock, address, callback) -> None:
         """Start sock's non-blocking connect; callback(err) runs on the loop: 0, EINPROGRESS/EWOULDBLOCK or the errno."""

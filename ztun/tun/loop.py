@@ -17,7 +17,7 @@ import socket
 import time
 from collections import deque
 
-from .._fast import sockq
+from .._fast import sockq, sockq_py
 
 log = logging.getLogger("ztun.loop")
 
@@ -115,10 +115,15 @@ class Loop:
 
     @property
     def sockq(self):
-        """This loop's worker for connect, shutdown and close (ztun._fast.sockq), started on first use."""
+        """This loop's worker for connect, shutdown and close (ztun._fast.sockq), started on first use.
+
+        On a closed loop that never started one, the calls are made at once (a late close still closes).
+        """
         if self._sockq is None:
-            self._check_open()
-            self._sockq = sockq.SocketQueue(self)
+            if self._closed:
+                return sockq_py.SocketQueue(self)
+            epoll_fd = -1 if isinstance(self._poller, _SelectorPoller) else self._poller.fileno()
+            self._sockq = sockq.SocketQueue(self, epoll_fd=epoll_fd)
         return self._sockq
 
     # --- readers and writers -------------------------------------------------
@@ -291,6 +296,8 @@ class Loop:
                 wait = timeout
         else:
             wait = -1.0 if timeout is None else timeout
+        if self._sockq is not None:
+            self._sockq.kick()  # calls made since the last iteration's end (outside the loop's callbacks)
         events = self._poller.poll(wait, _MAX_EVENTS)
         if events:
             fds = self._fds

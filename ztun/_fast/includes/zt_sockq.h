@@ -17,6 +17,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <sys/epoll.h>
+#endif
 
 enum { ZT_OP_CONNECT = 1, ZT_OP_SHUTDOWN = 2, ZT_OP_CLOSE = 3, ZT_OP_ABORT = 4 };
 #define ZT_SOCKQ_BATCH 64
@@ -46,10 +49,15 @@ typedef struct {
     int notified;        /* a byte is in notify_fd that main has not read */
     int stop;
     int notify_fd;
+    int epoll_fd;        /* the loop's epoll, or -1 */
 } zt_sockq;
 
-/* One call, on whichever thread: 0 or the errno it failed with. */
-static int zt_sockq_run(const zt_op *op) {
+/* One call, on whichever thread: 0 or the errno it failed with.
+ *
+ * Before a close on the worker, the fd leaves the loop's epoll: the kernel drops the
+ * registration only when the file is released, which may come after the fd number is free
+ * again, and the loop could then take an event of the old socket for a new one. */
+static int zt_sockq_run(const zt_op *op, int epoll_fd) {
     struct linger lg;
     int r = 0;
     switch (op->kind) {
@@ -65,6 +73,12 @@ static int zt_sockq_run(const zt_op *op) {
         (void)setsockopt(op->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
         /* fall through */
     case ZT_OP_CLOSE:
+#if defined(__linux__)
+        if (epoll_fd >= 0)
+            (void)epoll_ctl(epoll_fd, EPOLL_CTL_DEL, op->fd, NULL);  /* ENOENT when it was not registered */
+#else
+        (void)epoll_fd;
+#endif
         r = close(op->fd);
         break;
     default:
@@ -105,7 +119,7 @@ static void *zt_sockq_main(void *arg) {
         }
         pthread_mutex_unlock(&q->lock);
         for (k = m = 0; k < n; k++) {
-            int err = zt_sockq_run(&batch[k]);
+            int err = zt_sockq_run(&batch[k], q->epoll_fd);
             if (batch[k].kind == ZT_OP_CONNECT) {
                 done[m].token = batch[k].token;
                 done[m++].err = err;
@@ -124,14 +138,25 @@ static void *zt_sockq_main(void *arg) {
     return NULL;
 }
 
-/* A queue of capacity calls (and as many connect results) with its worker running; NULL and errno on failure. */
-static zt_sockq *zt_sockq_new(unsigned capacity, int notify_fd) {
+/* A queue of capacity calls (and as many connect results; rounded up to a power of two, so
+ * the free-running indices wrap cleanly) with its worker running; NULL and errno on failure. */
+static zt_sockq *zt_sockq_new(unsigned capacity, int notify_fd, int epoll_fd) {
     int err;
-    zt_sockq *q = (zt_sockq *)calloc(1, sizeof *q);
+    unsigned size = 1;
+    zt_sockq *q;
+    if (capacity == 0 || capacity > (1u << 20)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    while (size < capacity)
+        size <<= 1;
+    q = (zt_sockq *)calloc(1, sizeof *q);
     if (q == NULL)
         return NULL;
+    capacity = size;
     q->capacity = capacity;
     q->notify_fd = notify_fd;
+    q->epoll_fd = epoll_fd;
     q->ops = (zt_op *)calloc(capacity, sizeof *q->ops);
     q->results = (zt_result *)calloc(capacity, sizeof *q->results);
     if (q->ops == NULL || q->results == NULL) {
@@ -153,8 +178,8 @@ fail:
     return NULL;
 }
 
-/* Queue a call: 1, or 0 when the queue is full (the caller then runs it itself). The worker
- * starts on it at the next kick (or when it finishes what it is doing). */
+/* Queue a call: 1, or 0 when the queue is full (the caller keeps it, in order, for later). The
+ * worker starts on it at the next kick (or when it finishes what it is doing). */
 static int zt_sockq_push(zt_sockq *q, const zt_op *op) {
     int queued = 0;
     pthread_mutex_lock(&q->lock);
