@@ -81,10 +81,12 @@ for srv, fn in servers[1:]:
 serve(*servers[0])
 """
 
-# mode (down | up | cps), the server, seconds, and the SOCKS5 proxy host:port or "-" for none.
+# mode (down | up | cps), the server, seconds, the SOCKS5 proxy host:port or "-" for none, and
+# for cps the connections kept in flight (4 processes, each with that many / 4 threads).
 SOCKS_LOAD = r"""
-import multiprocessing, socket, struct, sys, time
+import multiprocessing, socket, struct, sys, threading, time
 mode, server, seconds, proxy = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+inflight = int(sys.argv[5]) if len(sys.argv) > 5 else 4
 
 def connect(port):
     if proxy == "-":
@@ -115,8 +117,8 @@ def bulk(up):
     s.close()
     return n * 8 / elapsed / 1e9
 
-def conns(_):
-    n, end = 0, time.monotonic() + seconds
+def one_by_one(counts, end):
+    n = 0
     while time.monotonic() < end:
         s = connect(8080)
         s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -124,11 +126,20 @@ def conns(_):
             pass
         s.close()
         n += 1
-    return n
+    counts.append(n)
+
+def conns(threads):
+    counts, end = [], time.monotonic() + seconds
+    workers = [threading.Thread(target=one_by_one, args=(counts, end)) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return sum(counts)
 
 if mode == "cps":
     with multiprocessing.Pool(4) as pool:
-        print(sum(pool.map(conns, range(4))) / seconds)
+        print(sum(pool.map(conns, [max(1, inflight // 4)] * 4)) / seconds)
 else:
     print(bulk(mode == "up"))
 """
@@ -376,8 +387,12 @@ class Bench:
         out = {}
         proxy = PROXY if via == "client" else "-"
         cpu0, sock0, t0 = _cpu(pid), _cpu(self.microsocks.pid), time.monotonic()
-        for mode, metric, unit in (("up", "tcp_up", "Gbit/s"), ("down", "tcp_down", "Gbit/s"), ("cps", "http_conn_per_s", "conn/s")):
-            r = self.ns(self.load, sys.executable, "-c", SOCKS_LOAD, mode, SERVER4, str(self.seconds), proxy, timeout=self.seconds + 60)
+        runs = (("up", "tcp_up", "Gbit/s", 1), ("down", "tcp_down", "Gbit/s", 1),
+                ("cps", "http_conn_per_s", "conn/s", 32),  # in flight as `ab -c 32` on the direct path
+                ("cps", "http_conn_per_s_4", "conn/s", 4))  # four clients one connection after another
+        for mode, metric, unit, inflight in runs:
+            r = self.ns(self.load, sys.executable, "-c", SOCKS_LOAD, mode, SERVER4, str(self.seconds), proxy, str(inflight),
+                        timeout=self.seconds + 60)
             out[metric] = (float(r.stdout), unit)
         elapsed = time.monotonic() - t0
         if pid:
@@ -461,7 +476,7 @@ def main():
         for metric, (values, unit) in results[name].items():
             print(f"{name}_{metric} {statistics.median(values):.4g} {unit}", flush=True)
     if "ztun-socks" in results and "socks-only" in results:
-        for metric in ("tcp_up", "tcp_down", "http_conn_per_s"):
+        for metric in ("tcp_up", "tcp_down", "http_conn_per_s", "http_conn_per_s_4"):
             z, o = (statistics.median(results[c][metric][0]) for c in ("ztun-socks", "socks-only"))
             print(f"ratio_ztun-socks_{metric} {z / o:.3f} of-socks-only")
     if "kernel" in results:
