@@ -35,10 +35,10 @@ TUN_ARGS = ["--tun-name", "zt-bench0", "--inet4", "198.18.0.1/28", "--inet6", "f
 METRICS = ("tcp", "cps", "rtt", "udp", "rss")
 CONFIGS = {
     "kernel": None,
-    "ztun": {"mtu": "65535"},  # the defaults: offload on
+    "ztun": {"mtu": "65535"},  # the defaults: offload on, NAPI off (the kernel's receive work inline in the TUN writes)
     "ztun-nooffload": {"mtu": "65535", "args": ["--offload", "off"]},
-    "ztun-napi-off": {"mtu": "65535", "args": ["--napi", "off"]},  # the kernel's receive work inline in the TUN writes
-    "ztun-napi-on": {"mtu": "65535", "args": ["--napi", "on"]},  # always in a NAPI thread (auto: while saturated)
+    "ztun-napi-auto": {"mtu": "65535", "args": ["--napi", "auto"]},  # a NAPI thread while saturated with large packets
+    "ztun-napi-on": {"mtu": "65535", "args": ["--napi", "on"]},  # always in a NAPI thread
     "ztun-sockq-off": {"mtu": "65535", "env": {"ZTUN_SOCKQ": "0"}},  # connect/shutdown/close on the loop's thread
     "ztun-mtu1500": {"mtu": "1500"},
     "ztun-mtu1500-nooffload": {"mtu": "1500", "args": ["--offload", "off"]},

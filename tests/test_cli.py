@@ -70,9 +70,9 @@ def test_flags_reach_the_options():
 def test_unset_flags_keep_the_defaults():
     parser = cli.build_parser()
     args = parser.parse_args(["run"])
-    # --offload and --napi auto: on, or switched by load, with a Linux TUN; TunOptions itself defaults to off
+    # --offload auto: on with a Linux TUN; --napi off; TunOptions itself defaults to off
     linux = sys.platform.startswith("linux")
-    assert cli.load_config(parser.commands["run"], args).tun == cli.TunOptions(offload=linux, napi="auto" if linux else "off")
+    assert cli.load_config(parser.commands["run"], args).tun == cli.TunOptions(offload=linux, napi="off")
 
 
 def test_every_run_flag_has_a_config_key():

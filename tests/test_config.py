@@ -109,8 +109,8 @@ def check(capsys, *argv) -> tuple[int, str, str]:
 
 def test_defaults_without_a_file():
     c = config.load()
-    # offload "auto": on with the Linux TUN; napi "auto": switched by load where there is a Linux TUN
-    assert c == AppConfig(tun=cli.TunOptions(offload=LINUX, napi="auto" if LINUX else "off"))
+    # offload "auto": on with the Linux TUN; napi "off"
+    assert c == AppConfig(tun=cli.TunOptions(offload=LINUX, napi="off"))
     assert [o.name for o in c.outbounds] == ["direct", "block"] and c.route.default == "direct"
     assert (c.flows.udp_timeout, c.flows.connect_timeout, c.flows.tcp_idle_timeout, c.flows.udp_max_sessions) == (60.0, 10.0, 7200.0, 16384)
     assert (c.dns.mode, str(c.dns.fake_ip4), str(c.dns.fake_ip6), c.dns.capacity, c.dns.ttl) == ("off", "198.18.0.0/15", "fc00::/18", 65536, 1)

@@ -194,3 +194,42 @@ def test_the_reads_come_from_the_stacks_counters(sysfs, monkeypatch):
             auto._tick()
             assert auto.threaded == (packets == 30)
         auto.close()
+
+
+def test_small_packets_stay_inline_and_large_ones_go_to_the_thread(sysfs):
+    """A storm of short connections writes ~100-byte packets: the wake-up per write costs more than
+    the receive work the thread would take; bulk TCP's 64 KiB packets are worth it."""
+    auto = threads(sysfs)
+    auto.update(1.0, 20.0, 120.0)
+    assert not auto.threaded and switch(sysfs) == "0"
+    auto.update(1.0, 20.0, 56000.0)
+    assert auto.threaded and switch(sysfs) == "1"
+    for _ in range(napi.OFF_AFTER - 1):
+        auto.update(1.0, 20.0, napi.OFF_SIZE - 1)  # busy and batched, but small packets now
+    assert auto.threaded
+    auto.update(1.0, 20.0, napi.OFF_SIZE - 1)
+    assert not auto.threaded and switch(sysfs) == "0"
+
+
+def test_the_packet_size_comes_from_the_devices_rx_counters(sysfs, monkeypatch):
+    clocks = Clocks(monkeypatch)
+    stats = sysfs / "zt0" / "statistics"
+    stats.mkdir()
+    written = [0, 0]
+
+    def write(nbytes, packets):
+        written[0] += nbytes
+        written[1] += packets
+        (stats / "rx_bytes").write_text(f"{written[0]}\n")
+        (stats / "rx_packets").write_text(f"{written[1]}\n")
+
+    write(0, 0)
+    auto = threads(sysfs, clock=lambda: clocks.cpu)
+    with Loop() as loop:
+        auto.start(loop)
+        for size in (100, 100, 60000):  # connections' small packets twice, then bulk
+            clocks.spend(napi.INTERVAL, 0.99)
+            write(1000 * size, 1000)
+            auto._tick()
+            assert auto.threaded == (size == 60000)
+        auto.close()

@@ -425,7 +425,9 @@ def _tun(ctx, raw: dict) -> TunOptions:
         else:
             kw[k] = v
     kw.setdefault("offload", sys.platform.startswith("linux"))  # "auto" is the default
-    kw.setdefault("napi", "auto" if sys.platform.startswith("linux") else "off")  # a Linux TUN's switch
+    # Off: with the socket worker (ztun._fast.sockq) the NAPI thread measured slower for
+    # connections and round trips, and no faster for bulk TCP, on the 2-core VM (README, Performance).
+    kw.setdefault("napi", "off")
     try:
         return TunOptions(**kw)
     except ConfigError as e:

@@ -7,7 +7,10 @@ packet to NAPI instead, and with the device's `threaded` switch on (sysfs, Linux
 NAPI polls in a kernel thread the scheduler can run on another core. That thread costs a
 wake-up per burst: a few tens of microseconds of round-trip time while the loop is idle.
 "auto" therefore turns it on only while the loop is saturated (busy, and packets queue up in
-the TUN between its reads), and off again once it is not.
+the TUN between its reads) with large packets, and off again once it is not. The wake-up is
+paid per write and the work moved grows with the bytes: under a storm of short connections
+(packets of ~100 bytes, and the connects' own TCP work already on the socket worker,
+ztun._fast.sockq) the thread measured slower than inline; for bulk TCP (64 KiB packets) faster.
 """
 
 import errno
@@ -28,6 +31,9 @@ OFF_AFTER = 4  # ... for this many looks in a row (a second) to turn it off agai
 # by round trips (a ping-pong), where the thread's wake-up only adds latency.
 ON_BATCH = 4.0  # at least this many to turn threading on ...
 OFF_BATCH = 2.0  # ... and a look with fewer counts as calm
+# Bytes per packet ztun writes into the TUN (the device's rx counters), on average over a look.
+ON_SIZE = 1024  # at least this many to turn threading on ...
+OFF_SIZE = 512  # ... and a look with fewer counts as calm
 SYSFS = "/sys/class/net"
 PROC = "/proc"
 _COMM = 15  # a task's name is cut to TASK_COMM_LEN - 1 bytes
@@ -60,7 +66,7 @@ class NapiThreads:
         self.switches = 0
         self._calm = 0  # looks in a row below OFF_BELOW while threaded
         self._loop = self._timer = None
-        self._last = None  # (wall, loop CPU, NAPI threads' CPU, (packets, reads)) at the previous look
+        self._last = None  # (wall, loop CPU, NAPI threads' CPU, (packets, reads), (bytes, packets) written) at the last look
         self._kthreads: list = []  # pids of the device's NAPI threads, found once threaded
 
     def start(self, loop) -> None:
@@ -69,36 +75,51 @@ class NapiThreads:
             self.set(True)
         elif self.mode == "auto" and self.usable:
             self._loop = loop
-            self._last = (time.monotonic(), self.clock(), None, self._reads())
+            self._last = (time.monotonic(), self.clock(), None, self._reads(), self._written())
             self._timer = loop.call_later(INTERVAL, self._tick)
 
     def _tick(self) -> None:
         now, cpu = time.monotonic(), self.clock()
         kcpu = self._kthread_cpu() if self.threaded else None
-        reads = self._reads()
-        wall0, cpu0, kcpu0, reads0 = self._last
-        self._last = (now, cpu, kcpu, reads)
+        reads, written = self._reads(), self._written()
+        wall0, cpu0, kcpu0, reads0, written0 = self._last
+        self._last = (now, cpu, kcpu, reads, written)
         if now > wall0:
             # the NAPI threads' share counts from the second look after switching on
             moved = kcpu - kcpu0 if kcpu is not None and kcpu0 is not None and kcpu >= kcpu0 else 0.0
-            batch = None
+            batch = size = None
             if reads is not None:
                 batch = (reads[0] - reads0[0]) / (reads[1] - reads0[1]) if reads[1] > reads0[1] else 0.0
-            self.update((cpu - cpu0 + moved) / (now - wall0), batch)
+            if written is not None and written0 is not None and written[1] > written0[1]:
+                size = (written[0] - written0[0]) / (written[1] - written0[1])
+            self.update((cpu - cpu0 + moved) / (now - wall0), batch, size)
         if self.usable and self._loop is not None:
             self._timer = self._loop.call_later(INTERVAL, self._tick)
 
     def _reads(self):
         return self.reads() if self.reads is not None else None
 
-    def update(self, busy: float, batch: float | None = None) -> None:
-        """The load was this share of the last interval, with batch packets per TUN read on average
-        (None: not known): switch with hysteresis."""
+    def _written(self):
+        """(bytes, packets) ztun has written into the device (its rx counters), or None if not known."""
+        try:
+            if not self.checked:
+                self._check_sysfs()
+                self.checked = True
+            stats = os.path.join(self.sysfs, self.name, "statistics")
+            with open(os.path.join(stats, "rx_bytes")) as b, open(os.path.join(stats, "rx_packets")) as n:
+                return int(b.read()), int(n.read())
+        except (OSError, ValueError):
+            return None
+
+    def update(self, busy: float, batch: float | None = None, size: float | None = None) -> None:
+        """The load was this share of the last interval, with batch packets per TUN read and size
+        bytes per packet written on average (None: not known): switch with hysteresis."""
         if not self.threaded:
-            if busy >= ON_ABOVE and (batch is None or batch >= ON_BATCH):
+            if busy >= ON_ABOVE and (batch is None or batch >= ON_BATCH) and (size is None or size >= ON_SIZE):
                 self.set(True)
             return
-        calm = busy < OFF_BELOW or (batch is not None and batch < OFF_BATCH)
+        calm = (busy < OFF_BELOW or (batch is not None and batch < OFF_BATCH)
+                or (size is not None and size < OFF_SIZE))
         self._calm = self._calm + 1 if calm else 0
         if self._calm >= OFF_AFTER:
             self._calm = 0
@@ -126,7 +147,7 @@ class NapiThreads:
             self.switches += 1
             self._kthreads = []
             if self._last is not None:
-                self._last = (self._last[0], self._last[1], None, self._last[3])
+                self._last = (self._last[0], self._last[1], None, *self._last[3:])
             log.debug("threaded NAPI on %s: %s", self.name, "on" if on else "off")
         self.threaded = on
         return True
