@@ -41,7 +41,8 @@ CONFIGS = {
     "ztun-napi-on": {"mtu": "65535", "args": ["--napi", "on"]},  # always in a NAPI thread
     "ztun-sockq-off": {"mtu": "65535", "env": {"ZTUN_SOCKQ": "0"}},  # connect/shutdown/close on the loop's thread
     "ztun-mtu1500": {"mtu": "1500"},
-    "ztun-mtu1500-nooffload": {"mtu": "1500", "args": ["--offload", "off"]},
+    "ztun-mtu1500-nooffload": {"mtu": "1500", "args": ["--offload", "off"]},  # and so --napi auto
+    "ztun-mtu1500-nooffload-napi-off": {"mtu": "1500", "args": ["--offload", "off", "--napi", "off"]},
     "ztun-mtu1500-nogro": {"mtu": "1500", "env": {"ZTUN_UDP_GRO": "0"}},  # offload, but UDP replies written one by one
     "ztun-python": {"mtu": "65535", "env": {"ZTUN_NO_EXTENSIONS": "1"}},
     # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the

@@ -107,9 +107,17 @@ def check(capsys, *argv) -> tuple[int, str, str]:
     return rc, out.out, out.err
 
 
+def test_napi_defaults_to_auto_without_offload(tmp_path):
+    f = tmp_path / "z.toml"
+    f.write_text("[tun]\noffload = false\n")
+    assert config.load(f).tun.napi == ("auto" if LINUX else "off")  # 1500-byte packets: the thread pays
+    f.write_text("[tun]\noffload = false\nnapi = \"off\"\n")
+    assert config.load(f).tun.napi == "off"
+
+
 def test_defaults_without_a_file():
     c = config.load()
-    # offload "auto": on with the Linux TUN; napi "off"
+    # offload "auto": on with the Linux TUN; napi off with offload (README, --napi)
     assert c == AppConfig(tun=cli.TunOptions(offload=LINUX, napi="off"))
     assert [o.name for o in c.outbounds] == ["direct", "block"] and c.route.default == "direct"
     assert (c.flows.udp_timeout, c.flows.connect_timeout, c.flows.tcp_idle_timeout, c.flows.udp_max_sessions) == (60.0, 10.0, 7200.0, 16384)

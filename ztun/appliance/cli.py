@@ -90,8 +90,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                         "super-packets; auto (the default) is on with Linux TUN, off elsewhere")
     p.add_argument("--napi", choices=("auto", "on", "off"), metavar="auto|on|off",
                    help="Linux: the kernel receives what ztun writes into the TUN in a NAPI thread on another core; "
-                        "auto switches it on while the loop is saturated with large packets, on always, "
-                        "off (the default) never")
+                        "auto switches it on while the loop is saturated with large packets, on always, off never; "
+                        "the default is off with offload, auto without")
     p.add_argument("--lan-interface", dest="lan_interfaces", action="append", metavar="NAME",
                    help="serve hosts on this interface as their gateway (repeatable): checks that forwarding is on")
     p.add_argument("--enable-forwarding", action=bool_flag,

@@ -425,9 +425,10 @@ def _tun(ctx, raw: dict) -> TunOptions:
         else:
             kw[k] = v
     kw.setdefault("offload", sys.platform.startswith("linux"))  # "auto" is the default
-    # Off: with the socket worker (ztun._fast.sockq) the NAPI thread measured slower for
-    # connections and round trips, and no faster for bulk TCP, on the 2-core VM (README, Performance).
-    kw.setdefault("napi", "off")
+    # With offload, off: next to the socket worker (ztun._fast.sockq) the NAPI thread measured
+    # slower for connections and round trips and no faster for bulk TCP's super-packets. Without
+    # offload, auto: bulk TCP as 1500-byte packets was 2.5x faster with the thread (README, Performance).
+    kw.setdefault("napi", "off" if kw["offload"] or not sys.platform.startswith("linux") else "auto")
     try:
         return TunOptions(**kw)
     except ConfigError as e:
