@@ -233,3 +233,21 @@ def test_the_packet_size_comes_from_the_devices_rx_counters(sysfs, monkeypatch):
             auto._tick()
             assert auto.threaded == (size == 60000)
         auto.close()
+
+
+def test_auto_on_a_sysfs_of_another_namespace_stops_looking(tmp_path, monkeypatch):
+    """The counters are read only from this namespace's sysfs: a foreign one makes the switch
+    unusable at the first look, not a full scan of /sys every tick."""
+    root = tmp_path / "net"
+    for index, name in ((1, "lo"), (9, "zt0")):  # another namespace's zt0
+        (root / name).mkdir(parents=True)
+        (root / name / "ifindex").write_text(f"{index}\n")
+    (root / "zt0" / "threaded").write_text("0\n")
+    asked = []
+    auto = napi.NapiThreads("zt0", 7, "auto", sysfs=str(root), interfaces=lambda: asked.append(1) or DEVICES)
+    with Loop() as loop:
+        auto.start(loop)
+        assert not auto.usable and auto._timer is None  # no tick scheduled
+        looks = len(asked)
+        auto._tick()
+        assert len(asked) == looks and switch(root) == "0"

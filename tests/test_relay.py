@@ -189,3 +189,43 @@ def test_no_fd_leak(rig_factory):
     assert len(PIPES.free) <= 2  # sequential relays reuse one pair of pipes
     PIPES.clear()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_closed_loop_and_its_relays_are_freed():
+    """The relays' shared idle check lives on the loop: nothing module-wide keeps a loop alive."""
+    import gc
+    import weakref
+
+    loop = Loop()
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    relay = Relay(loop, b, c, idle_timeout=30)
+    gone = weakref.ref(loop), weakref.ref(relay)
+    relay.close()
+    loop.close()
+    del loop, relay
+    gc.collect()
+    assert gone[0]() is None and gone[1]() is None
+    for s in (a, d):
+        s.close()
+
+
+def test_one_failing_relay_does_not_stop_the_idle_checks_of_the_others(monkeypatch):
+    with Loop() as loop:
+        pairs = [socket.socketpair() for _ in range(4)]
+        closed = []
+        broken = Relay(loop, pairs[0][1], pairs[1][0], idle_timeout=0.3)
+        fine = Relay(loop, pairs[2][1], pairs[3][0], idle_timeout=0.3, on_close=lambda r, why: closed.append(why))
+
+        def fail(now):
+            raise RuntimeError("broken")
+
+        monkeypatch.setattr(broken, "_check_idle", fail)
+        end = time.monotonic() + 5
+        while not closed and time.monotonic() < end:
+            loop.run_once(0.05)
+        assert closed == ["idle"]
+        broken.close()
+        for a, b in pairs:
+            a.close()
+            b.close()

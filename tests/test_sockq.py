@@ -292,3 +292,9 @@ def test_accept_batch_gives_non_blocking_sockets_and_raw_peers(sockq, family, ho
             sock.close()
         for c in clients:
             c.close()
+
+
+def test_accept_batch_reports_what_stops_it(sockq):
+    with socket.socket() as never_listened:  # accept(2) on it: EINVAL, not something to retry
+        never_listened.setblocking(False)
+        assert sockq.accept_batch(never_listened, 8) == ([], errno.EINVAL)

@@ -5,13 +5,18 @@ import socket
 import struct
 
 THREADED = False
-_SKIP = (errno.EINTR, errno.ECONNABORTED, errno.EPROTO)
+# a connection that failed before it was taken (accept(2): pending network errors), or a firewall
+_SKIP = {getattr(errno, name) for name in ("EINTR", "ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "ENETUNREACH",
+                                            "EHOSTDOWN", "EHOSTUNREACH", "ENOPROTOOPT", "EOPNOTSUPP", "ENONET")
+         if hasattr(errno, name)}
 
 
 def accept_batch(listener, most: int):
     """Accept up to most connections: ([(non-blocking socket, peer address bytes, peer port)], errno or 0)."""
     out = []
-    while len(out) < most:
+    for _ in range(2 * most):
+        if len(out) >= most:
+            break
         try:
             sock, peer = listener.accept()
         except (BlockingIOError, InterruptedError):

@@ -14,7 +14,6 @@ import os
 import socket
 import struct
 import time
-import weakref
 
 log = logging.getLogger("ztun.relay")
 
@@ -73,9 +72,8 @@ PIPES = _PipePool()
 
 class _IdleWatch:
     """The idle checks of every relay of one loop with one idle timeout: one timer for them all,
-    every idle_timeout / IDLE_CHECKS, instead of one per relay made and cancelled per connection."""
-
-    _watches: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # loop -> {idle timeout: _IdleWatch}
+    every idle_timeout / IDLE_CHECKS, instead of one per relay made and cancelled per connection.
+    Kept in the loop's own `shared` dict, so it goes with the loop."""
 
     def __init__(self, loop, timeout: float):
         self.loop, self.timeout = loop, timeout
@@ -84,7 +82,7 @@ class _IdleWatch:
 
     @classmethod
     def of(cls, loop, timeout: float) -> "_IdleWatch":
-        watches = cls._watches.setdefault(loop, {})
+        watches = loop.shared.setdefault(cls, {})  # idle timeout -> _IdleWatch
         watch = watches.get(timeout)
         if watch is None:
             watch = watches[timeout] = cls(loop, timeout)
@@ -102,7 +100,11 @@ class _IdleWatch:
         self.timer = None
         now = time.monotonic()
         for relay in list(self.relays):
-            relay._check_idle(now)
+            try:
+                relay._check_idle(now)
+            except Exception:  # one relay's failed close must not stop the checks of the others
+                log.exception("idle check of relay %s failed", relay._name())
+                self.relays.pop(relay, None)
         if self.relays:  # none left: no timer until the next relay
             self.timer = self.loop.call_later(self.timeout / IDLE_CHECKS, self._check)
 

@@ -112,6 +112,7 @@ class Loop:
         self._signals: dict = {}  # signum -> (Handle, previous Python handler)
         self._old_wakeup_fd = None
         self._sockq = None
+        self.shared: dict = {}  # what other modules keep per loop (the relays' idle checks), gone with it
 
     @property
     def sockq(self):
@@ -352,6 +353,7 @@ class Loop:
         self._closed = True
         self._poller.close()
         self._fds.clear()
+        self.shared.clear()
         self._wake_r.close()
         self._wake_w.close()
         self._timers.clear()

@@ -77,7 +77,8 @@ class NapiThreads:
         elif self.mode == "auto" and self.usable:
             self._loop = loop
             self._last = (time.monotonic(), self.clock(), None, self._reads(), self._written())
-            self._timer = loop.call_later(INTERVAL, self._tick)
+            if self.usable:  # not if the first look found the sysfs foreign
+                self._timer = loop.call_later(INTERVAL, self._tick)
 
     def _tick(self) -> None:
         now, cpu = time.monotonic(), self.clock()
@@ -102,10 +103,9 @@ class NapiThreads:
 
     def _written(self):
         """(bytes, packets) ztun has written into the device (its rx counters), or None if not known."""
+        if not self.usable or not self._sysfs_ours():
+            return None
         try:
-            if not self.checked:
-                self._check_sysfs()
-                self.checked = True
             stats = os.path.join(self.sysfs, self.name, "statistics")
             with open(os.path.join(stats, "rx_bytes")) as b, open(os.path.join(stats, "rx_packets")) as n:
                 return int(b.read()), int(n.read())
@@ -128,21 +128,16 @@ class NapiThreads:
 
     def set(self, on: bool) -> bool:
         """Write the switch; False (and never again) if it cannot be written."""
-        if not self.usable:
+        if not self.usable or not self._sysfs_ours():
             return False
         try:
-            if not self.checked:
-                self._check_sysfs()
-                self.checked = True
             fd = os.open(self.path, os.O_WRONLY)  # never creates it
             try:
                 os.write(fd, b"1" if on else b"0")
             finally:
                 os.close(fd)
         except (OSError, ValueError) as e:
-            self.usable = False
-            log.info("threaded NAPI on %s left %s: %s is not usable (%s)", self.name, "on" if self.threaded else "off",
-                     self.path, getattr(e, "strerror", None) or e)
+            self._unusable(e)
             return False
         if on != self.threaded:
             self.switches += 1
@@ -152,6 +147,22 @@ class NapiThreads:
             log.debug("threaded NAPI on %s: %s", self.name, "on" if on else "off")
         self.threaded = on
         return True
+
+    def _sysfs_ours(self) -> bool:
+        """The sysfs shows this namespace's devices (looked at once); if not, the switch is unusable."""
+        if not self.checked:
+            try:
+                self._check_sysfs()
+            except OSError as e:
+                self._unusable(e)
+                return False
+            self.checked = True
+        return True
+
+    def _unusable(self, error) -> None:
+        self.usable = False
+        log.info("threaded NAPI on %s left %s: %s is not usable (%s)", self.name, "on" if self.threaded else "off",
+                 self.path, getattr(error, "strerror", None) or error)
 
     def _check_sysfs(self) -> None:
         """The sysfs lists exactly the devices of ztun's network namespace (one mounted elsewhere may show

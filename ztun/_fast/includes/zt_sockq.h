@@ -229,6 +229,21 @@ static void zt_sockq_free(zt_sockq *q) {
 /* EAGAIN and EWOULDBLOCK are one value on Linux, two on some systems. */
 static int zt_again(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
+/* What accept() reports of a connection that failed before it was taken (accept(2): Linux
+ * passes the new socket's pending network errors on; retry as for EAGAIN), or a firewall. */
+static int zt_accept_skip(int err) {
+    switch (err) {
+    case EINTR: case ECONNABORTED: case EPROTO: case EPERM:
+    case ENETDOWN: case ENETUNREACH: case EHOSTDOWN: case EHOSTUNREACH: case ENOPROTOOPT: case EOPNOTSUPP:
+#ifdef ENONET
+    case ENONET:
+#endif
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 /* accept() a non-blocking, close-on-exec socket: accept4 where there is one, else two fcntl. */
 static int zt_accept_nb(int fd, struct sockaddr_storage *peer, socklen_t *len) {
 #if defined(__linux__)
