@@ -384,23 +384,30 @@ class Bench:
 
     def measure_socks(self, pid, via):
         """The SOCKS5 path with one Python load tool: TCP each way and HTTP connections per second,
-        and the CPU of ztun and of microsocks (the proxy) while it runs."""
+        and the CPU of ztun and of microsocks (the proxy) over all of it and during each run."""
         out = {}
         proxy = PROXY if via == "client" else "-"
-        cpu0, sock0, t0 = _cpu(pid), _cpu(self.microsocks.pid), time.monotonic()
+        start = (_cpu(pid), _cpu(self.microsocks.pid), time.monotonic())
         runs = (("up", "tcp_up", "Gbit/s", 1), ("down", "tcp_down", "Gbit/s", 1),
                 ("cps", "http_conn_per_s", "conn/s", 32),  # in flight as `ab -c 32` on the direct path
                 ("cps", "http_conn_per_s_4", "conn/s", 4))  # four clients one connection after another
         for mode, metric, unit, inflight in runs:
+            before = (_cpu(pid), _cpu(self.microsocks.pid), time.monotonic())
             r = self.ns(self.load, sys.executable, "-c", SOCKS_LOAD, mode, SERVER4, str(self.seconds), proxy, str(inflight),
                         timeout=self.seconds + 60)
             out[metric] = (float(r.stdout), unit)
+            self._socks_cpu(out, pid, before, f"_{metric}")
+        self._socks_cpu(out, pid, start, "")
+        if pid:
+            out["rss"] = (_rss(pid) / 1024, "MiB")
+        return out
+
+    def _socks_cpu(self, out, pid, since, suffix):
+        cpu0, proxy0, t0 = since
         elapsed = time.monotonic() - t0
         if pid:
-            out["cpu"] = ((_cpu(pid) - cpu0) / elapsed * 100, "%")
-            out["rss"] = (_rss(pid) / 1024, "MiB")
-        out["proxy_cpu"] = ((_cpu(self.microsocks.pid) - sock0) / elapsed * 100, "%")
-        return out
+            out[f"cpu{suffix}"] = ((_cpu(pid) - cpu0) / elapsed * 100, "%")
+        out[f"proxy_cpu{suffix}"] = ((_cpu(self.microsocks.pid) - proxy0) / elapsed * 100, "%")
 
     def rss_with_connections(self, pid, n=1000):
         p, log = self.spawn(self.load, sys.executable, "-c", HOLD_CONNECTIONS, SERVER4, str(n), "30", ready="open")
