@@ -226,11 +226,11 @@ class Bench:
             raise RuntimeError(f"{' '.join(cmd)}: {r.stdout}{r.stderr}")
         return r
 
-    def spawn(self, name, *cmd, ready=None, env=None, log=None):
+    def spawn(self, name, *cmd, ready=None, env=None, log=None, repo=REPO):
         log = log or self.tmp / f"proc-{len(self.procs)}.log"
         with open(log, "wb") as f:
-            p = subprocess.Popen(["ip", "netns", "exec", name, *cmd], stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
-                                 env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+            p = subprocess.Popen(["ip", "netns", "exec", name, *cmd], stdout=f, stderr=subprocess.STDOUT, cwd=repo,
+                                 env={**os.environ, "PYTHONPATH": str(repo), **(env or {})})
         self.procs.append(p)
         deadline = time.monotonic() + 30
         while ready and ready not in log.read_text(errors="replace"):
@@ -298,7 +298,8 @@ class Bench:
         if self.host:
             args += ["--lan-interface", "zt-g1"]
         log = self.tmp / f"ztun-{len(self.procs)}.log"
-        p, _ = self.spawn(self.client, sys.executable, "-m", "ztun.appliance", "run", *args, env=cfg.get("env"), log=log)
+        p, _ = self.spawn(self.client, sys.executable, "-m", "ztun.appliance", "run", *args, env=cfg.get("env"), log=log,
+                          repo=cfg.get("repo", REPO))
         # WARNING level hides the ready line: wait for the TUN route instead
         deadline = time.monotonic() + 30
         while "zt-bench0" not in self.ns(self.client, "ip", "route", "get", SERVER4).stdout:
@@ -441,6 +442,10 @@ def main():
     ap.add_argument("--udp-rates", default="300M,1G", help="iperf3 -b rates of the UDP runs (each up and down)")
     ap.add_argument("--metrics", default=",".join(METRICS),
                     help=f"comma-separated, of {', '.join(METRICS)} (fewer: a faster run while iterating)")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="another checkout of ztun, built in place (e.g. `git worktree add DIR REV` and "
+                         "`python setup.py build_ext --inplace` there): each ztun configuration also runs "
+                         "from it as NAME@base, alternating in the same rounds, and ratios NAME/NAME@base are printed")
     args = ap.parse_args()
     metrics = args.metrics.split(",")
     unknown = set(metrics) - set(METRICS)
@@ -455,6 +460,13 @@ def main():
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configurations: {', '.join(unknown)}")
+    if args.baseline:
+        base = Path(args.baseline).resolve()
+        if not (base / "ztun" / "appliance").is_dir():
+            raise SystemExit(f"--baseline {base}: not a ztun checkout")
+        for name in [c for c in configs if CONFIGS[c] and "mtu" in CONFIGS[c]]:
+            CONFIGS[f"{name}@base"] = {**CONFIGS[name], "repo": base}
+            configs.insert(configs.index(name) + 1, f"{name}@base")
     socks = any((CONFIGS[c] or {}).get("socks") for c in configs)
     if socks and shutil.which("microsocks") is None:
         raise SystemExit("the SOCKS5 configurations need microsocks (apt-get install microsocks)")
@@ -483,6 +495,11 @@ def main():
     for name in configs:
         for metric, (values, unit) in results[name].items():
             print(f"{name}_{metric} {statistics.median(values):.4g} {unit}", flush=True)
+    for name in [c for c in configs if f"{c}@base" in results]:
+        for metric, (values, _) in results[name].items():
+            based = results[f"{name}@base"].get(metric)
+            if based and statistics.median(based[0]):
+                print(f"vs_base_{name}_{metric} {statistics.median(values) / statistics.median(based[0]):.3f} of-baseline")
     if "ztun-socks" in results and "socks-only" in results:
         for metric in ("tcp_up", "tcp_down", "http_conn_per_s", "http_conn_per_s_4"):
             z, o = (statistics.median(results[c][metric][0]) for c in ("ztun-socks", "socks-only"))
