@@ -251,27 +251,23 @@ cdef class SocketQueue:
 
     def shutdown(self, sock):
         """shutdown(SHUT_WR): the peer gets a FIN after the bytes already sent. Errors are ignored."""
-        cdef zt_op op
-        cdef int err
-        op.kind = ZT_OP_SHUTDOWN
-        op.fd = sock.fileno()
-        if op.fd >= 0:
-            self._push(&op, &err)
+        self._call(ZT_OP_SHUTDOWN, sock.fileno())
 
     def close(self, sock):
         """Close sock (detached now, closed on the worker)."""
-        self._close(sock, ZT_OP_CLOSE)
+        self._call(ZT_OP_CLOSE, sock.detach())
 
     def abort(self, sock):
         """Close sock with a reset (SO_LINGER 0)."""
-        self._close(sock, ZT_OP_ABORT)
+        self._call(ZT_OP_ABORT, sock.detach())
 
-    cdef _close(self, sock, int kind):
+    cdef _call(self, int kind, int fd):
+        """Queue a call whose result nobody waits for (a closed socket's fd, -1, is skipped)."""
         cdef zt_op op
         cdef int err
-        op.kind = kind
-        op.fd = sock.detach()
-        if op.fd >= 0:
+        if fd >= 0:
+            op.kind = kind
+            op.fd = fd
             self._push(&op, &err)
 
     def kick(self):
@@ -332,6 +328,4 @@ cdef class SocketQueue:
             with nogil:
                 zt_sockq_free(self.q)
             self.q = NULL
-        for fd in (self.notify_r, self.notify_w):
-            if fd >= 0:
-                os.close(fd)
+        self._close_pipe()

@@ -427,7 +427,7 @@ def _tun(ctx, raw: dict) -> TunOptions:
     kw.setdefault("offload", sys.platform.startswith("linux"))  # "auto" is the default
     # With offload, off: next to the socket worker (ztun._fast.sockq) the NAPI thread measured
     # slower for connections and round trips and no faster for bulk TCP's super-packets. Without
-    # offload, auto: bulk TCP as 1500-byte packets was 2.5x faster with the thread (README, Performance).
+    # offload, auto: bulk TCP as 1500-byte packets was 1.8x (up) to 3x (down) faster with the thread (README, Performance).
     kw.setdefault("napi", "off" if kw["offload"] or not sys.platform.startswith("linux") else "auto")
     try:
         return TunOptions(**kw)

@@ -11,7 +11,7 @@ the TUN between its reads) with large packets, and off again once it is not. The
 paid per write and the work moved grows with the bytes: under a storm of short connections
 (packets of ~100 bytes, and the connects' own TCP work already on the socket worker,
 ztun._fast.sockq) the thread measured slower than inline; for bulk TCP without offload
-(1500-byte packets) 2.5x faster.
+(1500-byte packets) through a gateway 1.8x faster up and 3x down.
 """
 
 import errno
