@@ -232,7 +232,8 @@ cdef class SocketQueue:
         """Start sock's non-blocking connect to address (an IP literal and a port).
 
         callback(err) runs on the loop once the call was made: 0 (connected), EINPROGRESS
-        or EWOULDBLOCK (wait for writability), or the errno it failed with. A bad address
+        or EWOULDBLOCK (wait for writability), or the errno it failed with (ECONNREFUSED
+        too where the refusal came inside the call, as over loopback). A bad address
         raises here.
         """
         cdef zt_op op

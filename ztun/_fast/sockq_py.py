@@ -1,6 +1,7 @@
 """The twin of sockq.pyx: the same SocketQueue, each call made at once on the loop's thread."""
 
 import errno
+import select
 import socket
 import struct
 
@@ -30,6 +31,18 @@ def accept_batch(listener, most: int):
     return out, 0
 
 
+def _outcome(sock, err: int) -> int:
+    """A connect's result if already known (over loopback it usually is), else err (still in progress)."""
+    if hasattr(select, "poll"):  # select() cannot take an fd over FD_SETSIZE
+        p = select.poll()
+        p.register(sock, select.POLLOUT)
+        done = bool(p.poll(0))
+    else:
+        _, w, x = select.select((), (sock,), (sock,), 0)  # Windows reports a failed connect in x
+        done = bool(w or x)
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if done else err
+
+
 class SocketQueue:
     """connect, shutdown and close of non-blocking sockets, made at once (sockq.pyx queues them)."""
 
@@ -40,7 +53,7 @@ class SocketQueue:
         self.queued = self.overflowed = self.ran_inline = 0
 
     def connect(self, sock, address, callback) -> None:
-        """Start sock's non-blocking connect; callback(err) runs on the loop: 0, EINPROGRESS/EWOULDBLOCK or the errno."""
+        """Start sock's non-blocking connect; callback(err) runs on the loop: 0 (connected), EINPROGRESS/EWOULDBLOCK or the errno."""
         if sock.fileno() < 0:
             raise ValueError("the socket is closed")
         host = address[0]
@@ -53,6 +66,8 @@ class SocketQueue:
             err = errno.EAFNOSUPPORT
         else:
             err = sock.connect_ex(tuple(address))
+            if err in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+                err = _outcome(sock, err)
         self.ran_inline += 1
         self.loop.call_soon(callback, err)
 
