@@ -82,6 +82,33 @@ def test_failing_callback_is_logged_and_the_loop_goes_on(loop, caplog):
     assert "ZeroDivisionError" in caplog.text
 
 
+def test_call_at_end_runs_after_the_iterations_callbacks(loop, caplog):
+    order = []
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+
+        def readable():
+            order.append("reader")
+            a.recv(16)
+            loop.call_at_end(lambda: order.append("end"))
+            loop.call_soon(order.append, "soon")  # the next iteration's
+
+        loop.add_reader(a.fileno(), readable)
+        b.send(b"x")
+        loop.run_once(1.0)
+        assert order == ["reader", "end"]  # in the same iteration, before the next poll
+        loop.run_once(0)
+        assert order == ["reader", "end", "soon"]
+        loop.remove_reader(a.fileno())
+    # added outside an iteration, or by an end callback: the next iteration, which does not wait
+    loop.call_at_end(lambda: (order.append("outside"), loop.call_at_end(lambda: 1 / 0)))
+    loop.run_once(None)
+    assert order[-1] == "outside"
+    loop.run_once(None)  # would block forever if the pending end callback did not count as work
+    assert "ZeroDivisionError" in caplog.text  # logged, the loop goes on
+
+
 def test_stop_and_run(loop):
     loop.call_later(0.01, loop.stop)
     loop.run()

@@ -103,6 +103,7 @@ class Loop:
         self._cancelled_timers = 0
         self._seq = itertools.count()
         self._ready: deque = deque()
+        self._at_end: list = []  # callbacks for the end of this iteration (call_at_end)
         self._stopping = False
         self._closed = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -215,6 +216,15 @@ class Loop:
         self._ready.append(h)
         return h
 
+    def call_at_end(self, callback) -> None:
+        """Run callback() once, after the callbacks of this iteration (of the next one, called outside).
+
+        For work that gathers what the iteration's callbacks produced, such as one TUN write
+        of every packet they queued: done before the next poll, it costs no extra iteration.
+        """
+        self._check_open()
+        self._at_end.append(callback)
+
     def call_later(self, delay: float, callback, *args) -> Handle:
         """Run callback(*args) once, delay seconds from now."""
         return self.call_at(self.time() + max(delay, 0.0), callback, *args)
@@ -289,7 +299,7 @@ class Loop:
     def run_once(self, timeout: float | None = None) -> None:
         """Wait for events (at most timeout seconds, or until the next timer) and run what is due."""
         ready = self._ready
-        if ready:
+        if ready or self._at_end:
             wait = 0.0
         elif self._timers:
             wait = max(self._timers[0][0] - time.monotonic(), 0.0)
@@ -335,8 +345,18 @@ class Loop:
                 h.callback(*h.args)
             except Exception:
                 log.exception("callback %r failed", h)
+        if self._at_end:
+            self._run_at_end()
         if self._sockq is not None:
             self._sockq.kick()  # one wake-up of the socket worker for the calls of this iteration
+
+    def _run_at_end(self):
+        at_end, self._at_end = self._at_end, []  # what these add runs at the next iteration's end
+        for callback in at_end:
+            try:
+                callback()
+            except Exception:
+                log.exception("end-of-iteration callback %r failed", callback)
 
     def _check_open(self):
         if self._closed:
@@ -358,6 +378,7 @@ class Loop:
         self._wake_w.close()
         self._timers.clear()
         self._ready.clear()
+        self._at_end.clear()
 
     def __enter__(self):
         return self

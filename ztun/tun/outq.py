@@ -13,7 +13,7 @@ log = logging.getLogger("ztun.stack")
 
 
 class OutQueue:
-    """Builds packets into a reused batch and writes it when full or at the end of the loop iteration.
+    """Builds packets into a reused batch and writes it when full or at the end of the loop iteration (Loop.call_at_end).
 
     With gro (a TUN with UDP segmentation offload), consecutive same-flow UDP datagrams of one
     size go to the kernel as one USO super-packet (gso.gro_udp): one write instead of many,
@@ -32,7 +32,7 @@ class OutQueue:
         self.failures: Counter = Counter()  # errno -> slots whose write failed with it
         self.too_big = 0
         self.coalesced = 0  # datagrams that went out inside another's super-packet
-        self._flush_handle = None
+        self._flush_due = False  # a flush waits for the end of the loop iteration
 
     def _slot(self) -> int:
         if self.n == self.batch.slots:
@@ -44,9 +44,15 @@ class OutQueue:
             self.too_big += 1
             return False
         self.n += 1
-        if self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self.flush)
+        if not self._flush_due:
+            # Before the loop's next poll: a released SYN's answer is then in the TUN for it.
+            self._flush_due = True
+            self.loop.call_at_end(self._flush_at_end)
         return True
+
+    def _flush_at_end(self) -> None:
+        self._flush_due = False
+        self.flush()
 
     def udp(self, src: bytes, sport: int, dst: bytes, dport: int, payload) -> bool:
         """Queue a UDP datagram src:sport -> dst:dport (addresses packed, 4 or 16 bytes)."""
@@ -71,9 +77,6 @@ class OutQueue:
         return self._added(build.icmp_unreachable(batch, i, self.batch, self._slot(), code))
 
     def flush(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
         n, self.n = self.n, 0
         if not n:
             return
