@@ -112,6 +112,18 @@ def test_bulk_both_ways_and_half_close(rig_factory, splice):
 
 
 @pytest.mark.parametrize("splice", MODES)
+def test_read_client_forwards_what_already_waits_without_the_loop(rig_factory, splice):
+    rig = rig_factory(splice)
+    rig.app_client.sendall(b"GET / HTTP/1.0\r\n\r\n")  # over loopback it is in the relay's socket now
+    rig.relay.read_client()  # no loop iteration
+    assert rig.app_server.recv(100) == b"GET / HTTP/1.0\r\n\r\n"
+    rig.relay.read_client()  # nothing more waits: no harm
+    assert rig.relay.up.reading and rig.relay.bytes_up == 18
+    rig.relay.close()
+    rig.relay.read_client()  # closed: nothing
+
+
+@pytest.mark.parametrize("splice", MODES)
 def test_backpressure_stops_reading(rig_factory, splice):
     rig = rig_factory(splice)
     data = os.urandom(24 << 20)

@@ -234,6 +234,7 @@ class Forwarder:
             _log_closed(record, reason)
 
         record.relay = Relay(self.loop, sock, remote, on_close=closed, idle_timeout=self.tcp_idle_timeout)
+        record.relay.read_client()
 
     # -- UDP ----------------------------------------------------------------------
 

@@ -250,6 +250,12 @@ class Relay:
         self.up._set_reading(True)
         self.down._set_reading(True)
 
+    def read_client(self) -> None:
+        """Read the client now: its first bytes usually came with its handshake, and waiting for
+        the loop to report them would cost the connection an iteration."""
+        if not self.closed and self.up.reading:
+            self.up.on_readable()
+
     @property
     def bytes_up(self) -> int:
         return self.up.bytes if self.up is not None else 0
