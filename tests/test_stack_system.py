@@ -75,26 +75,6 @@ def test_work_per_event_is_bounded(stack_and_peer):
     assert len(drain(peer)) == 40
 
 
-def test_what_the_writes_make_the_kernel_send_is_read_in_the_same_event(stack_and_peer, monkeypatch):
-    """A short batch does not end the event: the kernel's answers to the batch just written (a
-    listener's SYN-ACK, a client's ACK) are already queued and are read before the next poll."""
-    stack, peer = stack_and_peer
-    req = bytes(IP(src="198.18.0.1", dst="198.19.0.7") / ICMP(type=8))
-    write, answered = stack.device.write_batch, []
-
-    def write_then_the_kernel_answers(*args, **kw):
-        n = write(*args, **kw)
-        if not answered:
-            answered.append(True)
-            peer.send(req)
-        return n
-
-    monkeypatch.setattr(stack.device, "write_batch", write_then_the_kernel_answers)
-    peer.send(req)
-    assert stack.on_readable() == 2
-    assert len(drain(peer)) == 2
-
-
 def test_write_failures_counted(stack_and_peer):
     stack, peer = stack_and_peer
     for _ in range(3):

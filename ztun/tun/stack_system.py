@@ -1,6 +1,6 @@
 """SystemStack: the NAT-based system stack over a TUN device (DESIGN.md, "how a TCP flow crosses it").
 
-Per readable event: read batches until none is left (GIL released), parse each, rewrite every TCP packet of a
+Per readable event: read a batch (GIL released), parse it, rewrite every TCP packet of a
 known flow in place and answer ICMP echo in place (compiled, no per-packet Python), write
 the batch back in one call. Python runs only for the rare slots: the first packet of a new
 flow (the handler decides), UDP datagrams (the user-space UDP NAT), packets of unknown
@@ -189,9 +189,8 @@ class SystemStack:
             else:
                 self._flows(batch, n)
             self._write(batch, n)
-            # No break on a short batch: what the kernel sent in answer to these writes (the
-            # listener's SYN-ACK, a client's ACK) is in the TUN already and is read now, not
-            # after another poll. A read that finds nothing ends it.
+            if n < batch.slots:
+                break
         self.packets_read += total
         return total
 
