@@ -11,7 +11,8 @@ Configurations alternate round by round (A B C A B C ...) because this machine d
 UDP runs at each --udp-rates rate both ways (down: iperf3 -R, the replies ztun writes to the
 TUN, coalesced into USO packets unless ZTUN_UDP_GRO=0: config ztun-mtu1500-nogro).
 Prints one `name value unit` line per metric (medians over rounds), then ratios to kernel.
-Needs iperf3, ab (apache2-utils) and nginx (nginx-light).
+Needs iperf3, ab (apache2-utils) and nginx (nginx-light); the SOCKS5 configurations microsocks,
+and the redsocks reference redsocks and iptables.
 """
 
 import argparse
@@ -51,6 +52,12 @@ CONFIGS = {
     "ztun-socks-sockq-off": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
                              "env": {"ZTUN_SOCKQ": "0"}},
     "socks-only": {"socks": "client"},
+    # References for the SOCKS5 path, with the same load tool. ztun's direct path (no proxy):
+    # what ztun costs without any SOCKS5 work. redsocks (C, libevent) behind an iptables
+    # REDIRECT in the client namespace: a transparent redirector to the same microsocks with
+    # no TUN at all, the least a transparent path can cost (needs redsocks and iptables).
+    "ztun-direct-pyload": {"mtu": "65535", "socks": "ztun"},
+    "redsocks": {"socks": "redsocks"},
 }
 PROXY = "198.18.10.2:1080"
 # The round-trip time is that of an appliance at rest: after the saturating TCP and HTTP runs,
@@ -179,6 +186,11 @@ import socket, sys, time
 conns = [socket.create_connection((sys.argv[1], 9009), timeout=10) for _ in range(int(sys.argv[2]))]
 print("open", flush=True)
 time.sleep(float(sys.argv[3]))
+"""
+
+REDSOCKS_CONF = """
+base {{ log_debug = off; log_info = off; log = stderr; daemon = off; redirector = iptables; }}
+redsocks {{ local_ip = 127.0.0.1; local_port = 12345; ip = {proxy_ip}; port = {proxy_port}; type = socks5; }}
 """
 
 NGINX_CONF = """
@@ -384,31 +396,61 @@ class Bench:
         return out
 
     def measure_socks(self, pid, via):
-        """The SOCKS5 path with one Python load tool: TCP each way and HTTP connections per second,
-        and the CPU of ztun and of microsocks (the proxy) over all of it and during each run."""
+        """The SOCKS5 path with one Python load tool: TCP each way and HTTP connections per second;
+        the CPU of ztun (or redsocks) and of microsocks (the proxy) over all of it and during each
+        run, and the whole machine's (busy cores, and CPU microseconds per connection)."""
+        if via == "redsocks":
+            return self._with_redsocks()
         out = {}
         proxy = PROXY if via == "client" else "-"
-        start = (_cpu(pid), _cpu(self.microsocks.pid), time.monotonic())
+        start = (_cpu(pid), _cpu(self.microsocks.pid), time.monotonic(), _machine_busy())
         runs = (("up", "tcp_up", "Gbit/s", 1), ("down", "tcp_down", "Gbit/s", 1),
                 ("cps", "http_conn_per_s", "conn/s", 32),  # in flight as `ab -c 32` on the direct path
                 ("cps", "http_conn_per_s_4", "conn/s", 4))  # four clients one connection after another
         for mode, metric, unit, inflight in runs:
-            before = (_cpu(pid), _cpu(self.microsocks.pid), time.monotonic())
+            before = (_cpu(pid), _cpu(self.microsocks.pid), time.monotonic(), _machine_busy())
             r = self.ns(self.load, sys.executable, "-c", SOCKS_LOAD, mode, SERVER4, str(self.seconds), proxy, str(inflight),
                         timeout=self.seconds + 60)
             out[metric] = (float(r.stdout), unit)
-            self._socks_cpu(out, pid, before, f"_{metric}")
+            self._socks_cpu(out, pid, before, f"_{metric}", out[metric][0] if mode == "cps" else 0)
         self._socks_cpu(out, pid, start, "")
         if pid:
             out["rss"] = (_rss(pid) / 1024, "MiB")
         return out
 
-    def _socks_cpu(self, out, pid, since, suffix):
-        cpu0, proxy0, t0 = since
+    def _socks_cpu(self, out, pid, since, suffix, rate=0.0):
+        """CPU since `since`: ztun's, the proxy's, the machine's; with rate (connections/s), per connection too."""
+        cpu0, proxy0, t0, busy0 = since
         elapsed = time.monotonic() - t0
-        if pid:
-            out[f"cpu{suffix}"] = ((_cpu(pid) - cpu0) / elapsed * 100, "%")
-        out[f"proxy_cpu{suffix}"] = ((_cpu(self.microsocks.pid) - proxy0) / elapsed * 100, "%")
+        used = {"cpu": _cpu(pid) - cpu0 if pid else None, "proxy_cpu": _cpu(self.microsocks.pid) - proxy0,
+                "machine_cpu": _machine_busy() - busy0}
+        for name, seconds in used.items():
+            if seconds is None:
+                continue
+            out[f"{name}{suffix}"] = (seconds / elapsed * 100, "%")  # machine: of one core, so up to 200% here
+            if rate:
+                out[f"{name}_us_per_conn{suffix}"] = (seconds / elapsed / rate * 1e6, "us")
+
+    def _with_redsocks(self):
+        """measure_socks through redsocks: the client's connections to the server are REDIRECTed to it."""
+        conf = self.tmp / "redsocks.conf"
+        conf.write_text(REDSOCKS_CONF.format(proxy_ip=PROXY.split(":")[0], proxy_port=PROXY.split(":")[1]))
+        rule = ["-t", "nat", "-p", "tcp", "-d", "198.19.0.0/16", "-j", "REDIRECT", "--to-ports", "12345"]
+        p, log = self.spawn(self.client, "redsocks", "-c", str(conf))
+        try:
+            deadline = time.monotonic() + 10
+            while "127.0.0.1:12345" not in self.ns(self.client, "ss", "-ltnH").stdout:
+                if p.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redsocks did not start:\n{log.read_text(errors='replace')}")
+                time.sleep(0.05)
+            self.ns(self.client, "iptables", "-A", "OUTPUT", *rule)
+            try:
+                return self.measure_socks(p.pid, "redirected")
+            finally:
+                self.ns(self.client, "iptables", "-D", "OUTPUT", *rule, check=False)
+        finally:
+            p.kill()
+            p.wait(10)
 
     def rss_with_connections(self, pid, n=1000):
         p, log = self.spawn(self.load, sys.executable, "-c", HOLD_CONNECTIONS, SERVER4, str(n), "30", ready="open")
@@ -423,6 +465,12 @@ def _cpu(pid) -> float:
         return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy() -> float:
+    """CPU seconds the machine has spent busy (all cores; /proc/stat less idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss(pid) -> int:
@@ -470,6 +518,8 @@ def main():
     socks = any((CONFIGS[c] or {}).get("socks") for c in configs)
     if socks and shutil.which("microsocks") is None:
         raise SystemExit("the SOCKS5 configurations need microsocks (apt-get install microsocks)")
+    if "redsocks" in configs and not (shutil.which("redsocks") and shutil.which("iptables")):
+        raise SystemExit("the redsocks configuration needs redsocks and iptables (apt-get install redsocks iptables)")
     results = {c: {} for c in configs}
     with tempfile.TemporaryDirectory(prefix="ztun-bench-") as tmp:
         os.chmod(tmp, 0o755)
@@ -500,10 +550,11 @@ def main():
             based = results[f"{name}@base"].get(metric)
             if based and statistics.median(based[0]):
                 print(f"vs_base_{name}_{metric} {statistics.median(values) / statistics.median(based[0]):.3f} of-baseline")
-    if "ztun-socks" in results and "socks-only" in results:
-        for metric in ("tcp_up", "tcp_down", "http_conn_per_s", "http_conn_per_s_4"):
-            z, o = (statistics.median(results[c][metric][0]) for c in ("ztun-socks", "socks-only"))
-            print(f"ratio_ztun-socks_{metric} {z / o:.3f} of-socks-only")
+    if "socks-only" in results:
+        for name in [c for c in configs if (CONFIGS[c] or {}).get("socks") and c != "socks-only"]:
+            for metric in ("tcp_up", "tcp_down", "http_conn_per_s", "http_conn_per_s_4"):
+                z, o = (statistics.median(results[c][metric][0]) for c in (name, "socks-only"))
+                print(f"ratio_{name}_{metric} {z / o:.3f} of-socks-only")
     if "kernel" in results:
         for name in configs:
             if name == "kernel" or (CONFIGS[name] or {}).get("socks"):
