@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import select
 import socket
 import struct
 import threading
@@ -114,7 +115,8 @@ def test_bulk_both_ways_and_half_close(rig_factory, splice):
 @pytest.mark.parametrize("splice", MODES)
 def test_read_client_forwards_what_already_waits_without_the_loop(rig_factory, splice):
     rig = rig_factory(splice)
-    rig.app_client.sendall(b"GET / HTTP/1.0\r\n\r\n")  # over loopback it is in the relay's socket now
+    rig.app_client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    assert select.select([rig.relay.client], [], [], 10)[0]  # in the relay's socket (at once over loopback)
     rig.relay.read_client()  # no loop iteration
     assert rig.app_server.recv(100) == b"GET / HTTP/1.0\r\n\r\n"
     rig.relay.read_client()  # nothing more waits: no harm

@@ -12,6 +12,7 @@ import pytest
 from ztun.tun.loop import Loop
 
 NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
+PENDING = {errno.EINPROGRESS, errno.EWOULDBLOCK}  # a connect under way (Windows says WSAEWOULDBLOCK)
 
 
 @pytest.fixture(params=["cython", "python"])
@@ -62,7 +63,7 @@ def test_connect_reports_on_the_loop(sockq, loop):
         q.connect(s, srv.getsockname(), got.append)
         assert got == []  # never from inside connect()
         assert run_until(loop, lambda: got)
-        assert got[0] in (0, errno.EINPROGRESS)
+        assert got[0] in {0} | PENDING
         srv.settimeout(5)
         conn, peer = srv.accept()
         conn.close()
@@ -70,6 +71,8 @@ def test_connect_reports_on_the_loop(sockq, loop):
     q.stop()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="Linux runs loopback's handshake inside connect(); other systems may not (Windows retries a refused SYN)")
 def test_a_connect_finished_inside_the_call_says_so(sockq, loop):
     """Over loopback the handshake (or the refusal) is usually over when connect() returns:
     the result is then 0 or ECONNREFUSED at once, not EINPROGRESS and another wait."""
@@ -88,8 +91,8 @@ def test_a_connect_finished_inside_the_call_says_so(sockq, loop):
             s.close()
     open_results = {e for port, e in got if port != closed_port}
     refused_results = {e for port, e in got if port == closed_port}
-    assert open_results <= {0, errno.EINPROGRESS} and 0 in open_results
-    assert refused_results <= {errno.ECONNREFUSED, errno.EINPROGRESS} and errno.ECONNREFUSED in refused_results
+    assert open_results <= {0} | PENDING and 0 in open_results
+    assert refused_results <= {errno.ECONNREFUSED} | PENDING and errno.ECONNREFUSED in refused_results
     q.stop()
 
 
@@ -103,7 +106,7 @@ def test_refused_unreachable_and_bad_addresses(sockq, loop):
     q.connect(unreachable, ("255.255.255.255", 80), lambda e: got.setdefault("unreachable", e))  # TCP to broadcast: at once
     assert run_until(loop, lambda: len(got) == 2)
     assert got["unreachable"] == errno.ENETUNREACH
-    if got["refused"] == errno.EINPROGRESS:  # the reset came after the call: SO_ERROR says so
+    if got["refused"] in PENDING:  # the reset came after the call: SO_ERROR says so
         errors = []
         loop.add_writer(refused.fileno(), lambda: errors.append(refused.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
         assert run_until(loop, lambda: errors)
@@ -188,7 +191,7 @@ def test_a_full_queue_runs_calls_at_once_and_nothing_is_lost(sockq, loop):
             q.connect(s, srv.getsockname(), lambda e, i=i: got.append((i, e)))
         assert run_until(loop, lambda: len(got) == len(socks))
         assert sorted(i for i, _ in got) == list(range(len(socks)))  # each exactly once
-        assert all(e in (0, errno.EINPROGRESS) for _, e in got)
+        assert all(e in {0} | PENDING for _, e in got)
         assert q.queued + q.ran_inline == len(socks)
         for s in socks:
             q.close(s)

@@ -145,6 +145,18 @@ def test_outqueue_flushes_when_full():
     loop.close()
 
 
+def test_outqueue_writes_in_the_iteration_that_queued_and_survives_a_closed_loop():
+    loop, dev = Loop(), RecordingDevice()
+    out = OutQueue(loop, dev)
+    loop.call_soon(out.udp, b"\xc6\x13\x00\x01", 53, b"\xc6\x12\x00\x05", 5000, b"a")
+    loop.run_once(0)
+    assert len(dev.packets) == 1  # at the end of that iteration, not the next one
+    loop.close()
+    assert out.udp(b"\xc6\x13\x00\x01", 53, b"\xc6\x12\x00\x05", 5000, b"b")  # queued, no error
+    out.flush()  # as the stack's stop() does
+    assert len(dev.packets) == 2
+
+
 class FailingDevice(RecordingDevice):
     """Takes nothing: every slot fails with EIO."""
 

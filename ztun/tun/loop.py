@@ -352,11 +352,14 @@ class Loop:
 
     def _run_at_end(self):
         at_end, self._at_end = self._at_end, []  # what these add runs at the next iteration's end
-        for callback in at_end:
+        for i, callback in enumerate(at_end):
             try:
                 callback()
             except Exception:
                 log.exception("end-of-iteration callback %r failed", callback)
+            except BaseException:  # KeyboardInterrupt, SystemExit: the rest still run later
+                self._at_end[:0] = at_end[i + 1:]
+                raise
 
     def _check_open(self):
         if self._closed:

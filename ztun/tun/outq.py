@@ -46,8 +46,11 @@ class OutQueue:
         self.n += 1
         if not self._flush_due:
             # Before the loop's next poll: a released SYN's answer is then in the TUN for it.
+            try:
+                self.loop.call_at_end(self._flush_at_end)
+            except RuntimeError:  # the loop is closed: the stack's stop() flushes what is left
+                return True
             self._flush_due = True
-            self.loop.call_at_end(self._flush_at_end)
         return True
 
     def _flush_at_end(self) -> None:
