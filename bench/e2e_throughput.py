@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -59,6 +60,7 @@ CONFIGS = {
     "ztun-direct-pyload": {"mtu": "65535", "socks": "ztun"},
     "redsocks": {"socks": "redsocks"},
 }
+OPTIONAL = ("redsocks",)  # not in the default run: it needs tools the benchmark does not otherwise
 PROXY = "198.18.10.2:1080"
 # The round-trip time is that of an appliance at rest: after the saturating TCP and HTTP runs,
 # --napi auto takes up to a second to take the kernel's receive work back inline (ztun.tun.napi).
@@ -90,7 +92,8 @@ serve(*servers[0])
 """
 
 # mode (down | up | cps), the server, seconds, the SOCKS5 proxy host:port or "-" for none, and
-# for cps the connections kept in flight (4 processes, each with that many / 4 threads).
+# for cps the connections kept in flight (4 processes, each with that many / 4 threads). It
+# prints "go" as the measured window starts and the result as it ends (CPU is read between).
 SOCKS_LOAD = r"""
 import multiprocessing, socket, struct, sys, threading, time
 mode, server, seconds, proxy = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
@@ -116,6 +119,7 @@ def connect(port):
 
 def bulk(up):
     buf = bytearray(1 << 20)
+    print("go", flush=True)
     s = connect(9011 if up else 9010)
     n, end = 0, time.monotonic() + seconds
     t0 = time.monotonic()
@@ -147,9 +151,10 @@ def conns(threads):
 
 if mode == "cps":
     with multiprocessing.Pool(4) as pool:
-        print(sum(pool.map(conns, [max(1, inflight // 4)] * 4)) / seconds)
+        print("go", flush=True)  # the workers are up: the measured window starts
+        print(sum(pool.map(conns, [max(1, inflight // 4)] * 4)) / seconds, flush=True)
 else:
-    print(bulk(mode == "up"))
+    print(bulk(mode == "up"), flush=True)
 """
 
 ECHO_SERVER = r"""
@@ -403,33 +408,58 @@ class Bench:
             return self._with_redsocks()
         out = {}
         proxy = PROXY if via == "client" else "-"
-        start = (_cpu(pid), _cpu(self.microsocks.pid), time.monotonic(), _machine_busy())
+        start = self._snapshot(pid)
         runs = (("up", "tcp_up", "Gbit/s", 1), ("down", "tcp_down", "Gbit/s", 1),
                 ("cps", "http_conn_per_s", "conn/s", 32),  # in flight as `ab -c 32` on the direct path
                 ("cps", "http_conn_per_s_4", "conn/s", 4))  # four clients one connection after another
         for mode, metric, unit, inflight in runs:
-            before = (_cpu(pid), _cpu(self.microsocks.pid), time.monotonic(), _machine_busy())
-            r = self.ns(self.load, sys.executable, "-c", SOCKS_LOAD, mode, SERVER4, str(self.seconds), proxy, str(inflight),
-                        timeout=self.seconds + 60)
-            out[metric] = (float(r.stdout), unit)
-            self._socks_cpu(out, pid, before, f"_{metric}", out[metric][0] if mode == "cps" else 0)
-        self._socks_cpu(out, pid, start, "")
+            value, before, after = self._socks_load(pid, mode, proxy, inflight)
+            out[metric] = (value, unit)
+            self._socks_cpu(out, before, after, f"_{metric}", value * self.seconds if mode == "cps" else 0)
+        self._socks_cpu(out, start, self._snapshot(pid), "")
         if pid:
             out["rss"] = (_rss(pid) / 1024, "MiB")
         return out
 
-    def _socks_cpu(self, out, pid, since, suffix, rate=0.0):
-        """CPU since `since`: ztun's, the proxy's, the machine's; with rate (connections/s), per connection too."""
-        cpu0, proxy0, t0, busy0 = since
-        elapsed = time.monotonic() - t0
-        used = {"cpu": _cpu(pid) - cpu0 if pid else None, "proxy_cpu": _cpu(self.microsocks.pid) - proxy0,
-                "machine_cpu": _machine_busy() - busy0}
-        for name, seconds in used.items():
-            if seconds is None:
+    def _snapshot(self, pid):
+        """CPU seconds so far of ztun (or the redirector; None without one), of the proxy and of the machine."""
+        return {"cpu": _cpu(pid) if pid else None, "proxy_cpu": _cpu(self.microsocks.pid),
+                "machine_cpu": _machine_busy(), "time": time.monotonic()}
+
+    def _socks_load(self, pid, mode, proxy, inflight):
+        """One run of the load tool: its result, and the CPU snapshots at the start and end of its window."""
+        cmd = ["ip", "netns", "exec", self.load, sys.executable, "-c", SOCKS_LOAD, mode, SERVER4, str(self.seconds),
+               proxy, str(inflight)]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+        killer = threading.Timer(self.seconds + 60, p.kill)  # a hung load tool ends the run, not the benchmark
+        killer.start()
+        try:
+            before = after = None
+            if p.stdout.readline().strip() == "go":
+                before = self._snapshot(pid)
+                line = p.stdout.readline()
+                after = self._snapshot(pid)
+            _, err = p.communicate()
+            if before is None or p.returncode:
+                raise RuntimeError(f"SOCKS load {mode} failed ({p.returncode}): {err}")
+            return float(line), before, after
+        finally:
+            killer.cancel()
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    def _socks_cpu(self, out, before, after, suffix, connections=0.0):
+        """CPU between two snapshots: ztun's, the proxy's, the machine's; per connection too, given how many."""
+        elapsed = after["time"] - before["time"]
+        for name in ("cpu", "proxy_cpu", "machine_cpu"):
+            if before[name] is None:
                 continue
-            out[f"{name}{suffix}"] = (seconds / elapsed * 100, "%")  # machine: of one core, so up to 200% here
-            if rate:
-                out[f"{name}_us_per_conn{suffix}"] = (seconds / elapsed / rate * 1e6, "us")
+            seconds = after[name] - before[name]
+            out[f"{name}{suffix}"] = (seconds / elapsed * 100, "%")  # of one core: the machine's can exceed 100%
+            if connections:
+                out[f"{name}_us_per_conn{suffix}"] = (seconds / connections * 1e6, "us")
 
     def _with_redsocks(self):
         """measure_socks through redsocks: the client's connections to the server are REDIRECTed to it."""
@@ -468,9 +498,10 @@ def _cpu(pid) -> float:
 
 
 def _machine_busy() -> float:
-    """CPU seconds the machine has spent busy (all cores; /proc/stat less idle and iowait)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds the machine has spent busy, all cores: user, nice, system, irq and softirq of
+    /proc/stat (guest time is inside user; steal, a VM's time taken by the host, is not ours)."""
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in Path("/proc/stat").read_text().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss(pid) -> int:
@@ -484,7 +515,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each iperf3 run")
-    ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, of {', '.join(CONFIGS)}")
+    ap.add_argument("--configs", default=",".join(c for c in CONFIGS if c not in OPTIONAL),
+                    help=f"comma-separated, of {', '.join(CONFIGS)} (default: all but {', '.join(OPTIONAL)})")
     ap.add_argument("--topology", choices=("local", "gateway"), default="local",
                     help="local: the load runs where ztun runs; gateway: on a host routed through it")
     ap.add_argument("--udp-rates", default="300M,1G", help="iperf3 -b rates of the UDP runs (each up and down)")
@@ -520,6 +552,8 @@ def main():
         raise SystemExit("the SOCKS5 configurations need microsocks (apt-get install microsocks)")
     if "redsocks" in configs and not (shutil.which("redsocks") and shutil.which("iptables")):
         raise SystemExit("the redsocks configuration needs redsocks and iptables (apt-get install redsocks iptables)")
+    if "redsocks" in configs and args.topology != "local":
+        raise SystemExit("the redsocks configuration is for --topology local: its REDIRECT sees only the client's own connections")
     results = {c: {} for c in configs}
     with tempfile.TemporaryDirectory(prefix="ztun-bench-") as tmp:
         os.chmod(tmp, 0o755)
