@@ -38,7 +38,7 @@ def loop():
 
 
 def queue(sockq, loop, **kw):
-    """A queue of the implementation under test, as the loop's own: the loop kicks it after each iteration."""
+    """A queue of the implementation under test, as the loop's own (stopped when the loop closes)."""
     q = loop._sockq = sockq.SocketQueue(loop, epoll_fd=loop._poller.fileno(), **kw)
     return q
 
@@ -156,7 +156,7 @@ def test_shutdown_then_close_keep_their_order(sockq, loop):
     q.shutdown(a)
     q.close(a)
     assert a.fileno() == -1  # detached at once: the worker owns the fd now
-    q.kick()  # what the loop does after each iteration
+    q.kick()  # what the end of the loop iteration does
     b.settimeout(5)
     data = b""
     while True:
@@ -227,8 +227,8 @@ def _eof(sock) -> bool:
 
 
 def test_a_connect_made_before_the_loop_runs_starts_at_once(loop):
-    """The loop kicks its worker before it waits, not only after callbacks: a connect queued
-    outside them is made before the poll, not a whole poll later."""
+    """A connect queued outside the loop's callbacks is made at the end of the next iteration,
+    whose poll does not wait for it, not a whole poll later."""
     from ztun.outbound import direct
 
     with socket.create_server(("127.0.0.1", 0)) as srv:
@@ -240,6 +240,18 @@ def test_a_connect_made_before_the_loop_runs_starts_at_once(loop):
         sock, err = got[0]
         assert err is None and time.monotonic() - start < 1
         sock.close()
+
+
+def test_a_queue_outliving_its_loop_still_makes_its_calls(sockq):
+    loop = Loop()
+    q = sockq.SocketQueue(loop, epoll_fd=loop._poller.fileno())  # not the loop's own: close() leaves it running
+    loop.close()
+    a, b = _pair()
+    q.close(a)  # no loop iteration to end: the worker starts at once
+    b.settimeout(5)
+    assert b.recv(10) == b""
+    b.close()
+    q.stop()
 
 
 def test_stop_makes_the_queued_calls_and_later_ones_run_at_once(sockq, loop):

@@ -174,6 +174,7 @@ cdef class SocketQueue:
     cdef uint64_t next_token
     cdef readonly unsigned long long queued, overflowed, ran_inline
     cdef unsigned long long kicked
+    cdef bint kick_due  # a kick waits for the end of the loop iteration
 
     def __cinit__(self, loop, unsigned capacity=4096, int epoll_fd=-1):
         """epoll_fd: the loop's epoll (Linux), which a socket leaves before the worker closes it."""
@@ -214,7 +215,19 @@ cdef class SocketQueue:
         else:  # never at once: a call queued before it on the same fd must come first
             self.overflow.append((<char *>op)[:sizeof(zt_op)])
             self.overflowed += 1
+        self._kick_at_end()
         return True
+
+    cdef _kick_at_end(self):
+        """Kick at the end of this loop iteration: one wake-up of the worker serves all its calls."""
+        if self.kick_due:
+            return
+        try:
+            self.loop.call_at_end(self.kick)
+            self.kick_due = True
+        except RuntimeError:  # a closed loop (a queue it does not own): wake the worker now
+            self.kicked = self.queued
+            zt_sockq_kick(self.q)
 
     cdef _drain(self):
         """Move what the overflow holds into the queue, as far as it has room."""
@@ -272,11 +285,15 @@ cdef class SocketQueue:
             self._push(&op, &err)
 
     def kick(self):
-        """Start the worker on the calls queued since the last kick (the loop kicks after each iteration)."""
+        """Start the worker on the calls queued since the last kick (at the end of the loop
+        iteration that queued them: Loop.call_at_end)."""
+        self.kick_due = False
         if self.q == NULL:
             return
         if self.overflow:
             self._drain()
+            if self.overflow:  # no room yet: look again at the next iteration's end
+                self._kick_at_end()
         if self.queued != self.kicked:
             self.kicked = self.queued
             zt_sockq_kick(self.q)

@@ -307,8 +307,6 @@ class Loop:
                 wait = timeout
         else:
             wait = -1.0 if timeout is None else timeout
-        if self._sockq is not None:
-            self._sockq.kick()  # calls made since the last iteration's end (outside the loop's callbacks)
         events = self._poller.poll(wait, _MAX_EVENTS)
         if events:
             fds = self._fds
@@ -347,8 +345,6 @@ class Loop:
                 log.exception("callback %r failed", h)
         if self._at_end:
             self._run_at_end()
-        if self._sockq is not None:
-            self._sockq.kick()  # one wake-up of the socket worker for the calls of this iteration
 
     def _run_at_end(self):
         at_end, self._at_end = self._at_end, []  # what these add runs at the next iteration's end
