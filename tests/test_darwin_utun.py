@@ -26,18 +26,8 @@ V4, V6 = b"\x00\x00\x00\x02", b"\x00\x00\x00\x1e"  # Darwin AF_INET 2, AF_INET6 
 
 
 @pytest.fixture(params=["cython", "python"])
-def io(request):
-    if request.param == "cython":
-        if NO_EXT:
-            pytest.skip("ZTUN_NO_EXTENSIONS=1: testing the pure-Python twin only")
-        try:
-            mod = importlib.import_module("ztun._fast.utunio")
-        except ImportError as e:
-            pytest.fail(f"compiled module ztun._fast.utunio is missing ({e}); build it with `python setup.py build_ext --inplace`")
-        if not mod.__file__.endswith((".so", ".pyd")):
-            pytest.fail(f"ztun._fast.utunio is not compiled: {mod.__file__}")
-        return mod
-    return importlib.import_module("ztun._fast.utunio_py")
+def io(request, fast_module):
+    return fast_module("utunio", request.param)
 
 
 def socketpair():

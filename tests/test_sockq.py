@@ -1,7 +1,6 @@
 """The socket worker (ztun._fast.sockq) and its twin: results come back on the loop, calls keep their order."""
 
 import errno
-import importlib
 import os
 import socket
 import sys
@@ -11,24 +10,17 @@ import pytest
 
 from ztun.tun.loop import Loop
 
-NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
 PENDING = {errno.EINPROGRESS, errno.EWOULDBLOCK}  # a connect under way (Windows says WSAEWOULDBLOCK)
 
 
 @pytest.fixture(params=["cython", "python"])
-def sockq(request):
+def sockq(request, fast_module):
+    if request.param == "cython" and sys.platform == "win32":
+        pytest.skip("the socket worker is POSIX-only: Windows makes the calls at once")
+    mod = fast_module("sockq", request.param)
     if request.param == "cython":
-        if sys.platform == "win32":
-            pytest.skip("the socket worker is POSIX-only: Windows makes the calls at once")
-        if NO_EXT:
-            pytest.skip("ZTUN_NO_EXTENSIONS=1: testing the pure-Python twin only")
-        try:
-            mod = importlib.import_module("ztun._fast.sockq")
-        except ImportError as e:
-            pytest.fail(f"compiled module ztun._fast.sockq is missing ({e}); build it with `pip install -e .`")
         assert mod.THREADED
-        return mod
-    return importlib.import_module("ztun._fast.sockq_py")
+    return mod
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Batch read/write of ztun._fast.tunio (compiled and twin) over a datagram socketpair, and the TUN ioctl constants."""
 
 import errno
-import importlib
 import os
 import socket
 import sys
@@ -16,23 +15,10 @@ from ztun.errors import TunError
 NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
 
 
-def _load(kind):
-    name = "ztun._fast.tunio" + ("" if kind == "cython" else "_py")
-    try:
-        mod = importlib.import_module(name)
-    except ImportError as e:
-        pytest.fail(f"compiled module ztun._fast.tunio is missing ({e}); build it with `python setup.py build_ext --inplace`")
-    if kind == "cython" and not mod.__file__.endswith((".so", ".pyd")):
-        pytest.fail(f"ztun._fast.tunio is not compiled: {mod.__file__}")
-    return mod
-
-
 @pytest.fixture(scope="module", params=["cython", "python"])
-def tunio(request):
+def tunio(request, fast_module):
     """The compiled tunio, then the pure-Python twin."""
-    if request.param == "cython" and NO_EXT:
-        pytest.skip("ZTUN_NO_EXTENSIONS=1: testing the pure-Python twin only")
-    return _load(request.param)
+    return fast_module("tunio", request.param)
 
 
 @pytest.fixture
@@ -167,7 +153,7 @@ def test_ioctls_on_a_non_tun_fd_raise(tunio, pair):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux TUN ioctls")
-def test_twin_constants_match_kernel_headers():
+def test_twin_constants_match_kernel_headers(fast_module):
     if NO_EXT:
         pytest.skip("ZTUN_NO_EXTENSIONS=1: no compiled module to read the headers through")
-    assert _load("python").CONSTANTS == _load("cython").CONSTANTS
+    assert fast_module("tunio", "python").CONSTANTS == fast_module("tunio", "cython").CONSTANTS
