@@ -5,7 +5,7 @@ import socket
 import time
 
 from ztun.outbound.direct import DirectOutbound
-from ztun.tun.loop import Loop
+from ztun.loop import Loop
 
 
 def wait(loop, results, timeout=5.0):

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from ztun.dns import DnsService, FakeIpPool
 from ztun.dns import tcp as dns_tcp
 from ztun.errors import ConfigError
-from ztun.tun.loop import Loop
+from ztun.loop import Loop
 
 A, AAAA = socket.AF_INET, socket.AF_INET6
 CLIENT = ("198.18.0.2", 40000)

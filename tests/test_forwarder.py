@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 from ztun.appliance.forwarder import Forwarder
 from ztun.appliance.rules import Rules
-from ztun.tun.handler import Flow, Verdict
-from ztun.tun.loop import Loop
+from ztun.stack.handler import Flow, Verdict
+from ztun.loop import Loop
 
 C = ("198.18.0.2", 40000)
 

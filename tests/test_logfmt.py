@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from ztun.appliance.logfmt import DropWarner, JsonFormatter, setup_logging
-from ztun.tun.loop import Loop
+from ztun.loop import Loop
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ztun.tun.loop import Loop
+from ztun.loop import Loop
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_cancelled_timers_release_their_callbacks_and_the_heap():
     import gc
     import weakref
 
-    from ztun.tun.loop import Loop
+    from ztun.loop import Loop
 
     class Payload:
         def run(self):

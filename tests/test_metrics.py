@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ztun.appliance.metrics import MetricsServer, PublishedSnapshot, parse_listen
 from ztun.errors import ConfigError, ZtunError
-from ztun.tun.loop import Loop
+from ztun.loop import Loop
 
 
 class Appliance:

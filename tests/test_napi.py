@@ -6,7 +6,7 @@ import time
 import pytest
 
 from ztun.tun import napi
-from ztun.tun.loop import Loop
+from ztun.loop import Loop
 
 DEVICES = [(1, "lo"), (7, "zt0")]  # what netlink says this namespace has
 

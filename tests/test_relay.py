@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ztun.outbound.relay import HAVE_SPLICE, PIPES, Relay
-from ztun.tun.loop import Loop
+from ztun.loop import Loop
 
 MODES = [pytest.param(True, id="splice", marks=pytest.mark.skipif(not HAVE_SPLICE, reason="no os.splice on this platform")), pytest.param(False, id="copy")]
 

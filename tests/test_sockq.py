@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ztun.tun.loop import Loop
+from ztun.loop import Loop
 
 PENDING = {errno.EINPROGRESS, errno.EWOULDBLOCK}  # a connect under way (Windows says WSAEWOULDBLOCK)
 

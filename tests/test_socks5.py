@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ztun.outbound import socks5
 from ztun.outbound.socks5 import Socks5Outbound, _Fail, negotiate, parse_url, unwrap_udp, wrap_udp, BadDatagram
-from ztun.tun import loop as _loop
+from ztun import loop as _loop
 
 
 class Loop(_loop.Loop):

@@ -8,8 +8,8 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.packet import Raw
 
-from ztun.tun.stack import TunStack
-from ztun.tun.stack_system import SystemStack
+from ztun.stack.protocol import TunStack
+from ztun.stack.system import SystemStack
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stand-in device is LinuxTunDevice")
 
@@ -95,7 +95,7 @@ class _Holding:
         self.decide = None
 
     def prepare(self, flow, decide):
-        from ztun.tun.handler import Verdict
+        from ztun.stack.handler import Verdict
 
         self.decide = decide
         return Verdict.DEFER
@@ -112,8 +112,8 @@ def test_a_released_syn_goes_before_its_flows_next_packets(vnet):
 
     from ztun._fast import tunio
     from ztun.tun.device_linux import LinuxTunDevice
-    from ztun.tun.handler import Verdict
-    from ztun.tun.loop import Loop
+    from ztun.stack.handler import Verdict
+    from ztun.loop import Loop
     from ztun.tun.options import TunOptions
 
     a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)

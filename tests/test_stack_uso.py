@@ -14,11 +14,11 @@ from scapy.utils import checksum as scapy_checksum
 from ztun._fast import NatTable, PacketBatch, gso, parse_batch
 from ztun._fast import defs as d
 from ztun._fast.nat_config import NatConfig
-from ztun.tun.handler import Verdict
-from ztun.tun.loop import Loop
-from ztun.tun.outq import OutQueue
-from ztun.tun.stack_system import SystemStack
-from ztun.tun.udp import UdpNat
+from ztun.stack.handler import Verdict
+from ztun.loop import Loop
+from ztun.stack.outq import OutQueue
+from ztun.stack.system import SystemStack
+from ztun.stack.udp import UdpNat
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stand-in device is LinuxTunDevice")
 

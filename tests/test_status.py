@@ -21,7 +21,7 @@ from ztun.appliance.status import (
     main_status,
     query,
 )
-from ztun.tun.loop import Loop
+from ztun.loop import Loop
 
 FLOW = {"proto": "tcp", "source": "198.18.0.2:40000", "destination": "198.19.0.1:80", "domain": "example.com",
         "outbound": "proxy", "state": "relaying", "bytes_up": 123, "bytes_down": 456, "age_s": 3.21}

@@ -7,10 +7,10 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.packet import Raw
 
 from ztun._fast import PacketBatch, parse_batch
-from ztun.tun.handler import Verdict
-from ztun.tun.loop import Loop
-from ztun.tun.outq import OutQueue
-from ztun.tun.udp import UdpNat
+from ztun.stack.handler import Verdict
+from ztun.loop import Loop
+from ztun.stack.outq import OutQueue
+from ztun.stack.udp import UdpNat
 
 
 class RecordingDevice:

@@ -13,7 +13,7 @@ import sys
 import time
 
 from ztun.outbound.socks5 import Socks5Outbound
-from ztun.tun.loop import Loop
+from ztun.loop import Loop
 
 FWMARK = 0x2022
 DEADLINE = 30.0

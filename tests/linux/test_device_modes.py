@@ -12,7 +12,7 @@ pytestmark = pytest.mark.linux_root
 DRIVER = r"""
 import json, subprocess, sys
 from ztun.appliance.gateway import Gateway
-from ztun.tun.loop import Loop
+from ztun.loop import Loop
 from ztun.tun.options import TunOptions
 
 def run(options, pings, setup=None):

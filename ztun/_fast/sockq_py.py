@@ -3,7 +3,8 @@
 import errno
 import select
 import socket
-import struct
+
+from ..net import abort
 
 THREADED = False
 # a connection that failed before it was taken (accept(2): pending network errors), or a firewall
@@ -86,11 +87,7 @@ class SocketQueue:
     def abort(self, sock) -> None:
         """Close sock with a reset (SO_LINGER 0)."""
         self.ran_inline += 1
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-        sock.close()
+        abort(sock)
 
     def kick(self) -> None:
         """Nothing is queued."""

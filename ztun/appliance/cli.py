@@ -10,7 +10,7 @@ import sys
 
 from .. import __version__
 from ..errors import ConfigError, TunError, ZtunError
-from ..tun.loop import Loop
+from ..loop import Loop
 from ..tun.options import TunOptions
 from . import config as config_mod
 from .config import AppConfig

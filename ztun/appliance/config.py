@@ -21,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from ..errors import ConfigError
+from ..net import host_port
 from ..tun.napi import MODES as NAPI_MODES
 from ..tun.options import IFNAMSIZ, TunOptions
 
@@ -378,10 +379,6 @@ def _is_ip(text: str) -> bool:
         return False
 
 
-def join_host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _address(ctx, path, value, default_port=None, ip_only=False) -> str:
     expected = "an address:port" if ip_only else "a host:port"
     if default_port is not None:
@@ -394,7 +391,7 @@ def _address(ctx, path, value, default_port=None, ip_only=False) -> str:
             raise ValueError(f"{host!r} is not an IP address")
     except ValueError as e:
         ctx.fail(path, f"must be {expected}: {e}")
-    return join_host_port(host, port)
+    return host_port(host, port)
 
 
 # -- the tables ----------------------------------------------------------------------

@@ -21,8 +21,9 @@ import logging
 import socket
 import time
 
-from ..outbound.relay import PIPES, Relay, abort
-from ..tun.handler import Verdict
+from ..net import abort, endpoint_text
+from ..outbound.relay import PIPES, Relay
+from ..stack.handler import Verdict
 
 log = logging.getLogger("ztun.flows")
 
@@ -59,13 +60,13 @@ class FlowRecord:
         return self.session.bytes_down if self.session is not None else 0
 
     def as_dict(self, now: float) -> dict:
-        return {"id": self.id, "proto": self.proto, "source": _fmt(self.source), "destination": _fmt(self.destination),
+        return {"id": self.id, "proto": self.proto, "source": endpoint_text(self.source), "destination": endpoint_text(self.destination),
                 "domain": self.domain, "outbound": self.outbound, "state": self.state,
                 "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "age_s": round(now - self.started, 3)}
 
     def describe(self) -> str:
         domain = f" [{self.domain}]" if self.domain else ""
-        return f"{self.proto} {_fmt(self.source)} -> {_fmt(self.destination)}{domain} via {self.outbound}"
+        return f"{self.proto} {endpoint_text(self.source)} -> {endpoint_text(self.destination)}{domain} via {self.outbound}"
 
 
 class Forwarder:
@@ -123,7 +124,7 @@ class Forwarder:
         domain, known = self._domain(dst)
         if not known:
             self.counters["fake_ip_unknown"] += 1
-            log.info("tcp %s -> %s: a fake-IP address with no domain (expired mapping?): refused", _fmt(src), _fmt(dst))
+            log.info("tcp %s -> %s: a fake-IP address with no domain (expired mapping?): refused", endpoint_text(src), endpoint_text(dst))
             return Verdict.REJECT
         name = self.rules.match("tcp", src, dst, domain)
         record = FlowRecord("tcp", src, dst, domain, name, "connecting")
@@ -455,7 +456,3 @@ def _reply_address(text, v4: bool):
         return str(address.ipv4_mapped)
     return text
 
-
-def _fmt(endpoint) -> str:
-    host, port = endpoint[0], endpoint[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -9,7 +9,7 @@ from ..system.router import open_router
 from ..tun.device import open_tun
 from ..tun.napi import NapiThreads
 from ..tun.options import TunOptions
-from ..tun.stack_system import SystemStack
+from ..stack.system import SystemStack
 
 log = logging.getLogger("ztun.gateway")
 

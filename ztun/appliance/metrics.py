@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 from ..errors import ConfigError, ZtunError
+from ..net import endpoint_text
 
 log = logging.getLogger("ztun.metrics")
 
@@ -180,7 +181,7 @@ class MetricsServer:
                             f"ztun needs 0.20 or later")
         self._server, self._thread = started
         self.address = self._server.server_address[:2]
-        log.info("metrics on http://%s/metrics", _url_host(self.address))
+        log.info("metrics on http://%s/metrics", endpoint_text(self.address))
 
     def close(self) -> None:
         """Stop answering scrapes and publishing snapshots. Idempotent; waits at most ~1 s."""
@@ -196,8 +197,3 @@ class MetricsServer:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _url_host(address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

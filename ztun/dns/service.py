@@ -30,7 +30,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from ..outbound.relay import abort
+from ..net import abort
 from .fakeip import FakeIpPool
 from .tcp import TcpDnsConnection
 

@@ -12,8 +12,9 @@ import fcntl
 import logging
 import os
 import socket
-import struct
 import time
+
+from ..net import abort
 
 log = logging.getLogger("ztun.relay")
 
@@ -25,15 +26,6 @@ _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK
 _splice = getattr(os, "splice", None)
 IDLE_CHECKS = 4  # idle checks per idle_timeout: a relay closes after idle_timeout to 1.25x idle_timeout of silence
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
-
-
-def abort(sock: socket.socket) -> None:
-    """Close sock with a reset (SO_LINGER 0), so its peer learns at once instead of waiting."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
 
 
 class _PipePool:

@@ -17,6 +17,7 @@ import urllib.parse
 from collections import deque
 
 from ..errors import ZtunError
+from ..net import endpoint_text, host_port
 from .direct import connect, udp_socket
 
 log = logging.getLogger("ztun.socks5")
@@ -430,7 +431,7 @@ class Socks5UdpFlow:
             udp.connect(self.relay)  # the kernel then only delivers datagrams from the relay
         except OSError as e:
             udp.close()
-            self._failed("udp_relay_unreachable", f"UDP relay {_hostport(self.relay)}: {e.strerror or e}")
+            self._failed("udp_relay_unreachable", f"UDP relay {endpoint_text(self.relay)}: {e.strerror or e}")
             return
         self.udp = udp
         self._count("udp_ok")
@@ -586,7 +587,7 @@ class Socks5Outbound:
         ip = address or _resolve(host, port)  # address: host's IP as already looked up (a reload)
         self._address = (ip, port)
         self.family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        self.label = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        self.label = host_port(ip, port)
         self.fwmark = fwmark
         self.connect_timeout = connect_timeout
         self.counters: dict[str, int] = {"tcp_ok": 0, "tcp_failed": 0}
@@ -617,7 +618,7 @@ class Socks5Outbound:
             self.counters["tcp_failed"] += 1
             self.loop.call_soon(on_done, None, OSError(errno.EINVAL, f"socks5 proxy {self.label}: bad destination: {e}"))
             return None
-        target = f"{domain}:{destination[1]}" if domain is not None else _hostport(destination)
+        target = f"{domain}:{destination[1]}" if domain is not None else endpoint_text(destination)
 
         def done(sock, result):
             if sock is None:
@@ -636,11 +637,6 @@ class Socks5Outbound:
 
     def close(self) -> None:
         """Nothing is held between flows (each flow owns its sockets). Idempotent."""
-
-
-def _hostport(address: tuple) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def parse_url(url: str) -> tuple[str, int, str | None, str | None]:

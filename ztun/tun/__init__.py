@@ -1,1 +1,1 @@
-"""The TUN side of ztun: options, devices, the readiness loop and the system stack."""
+"""The TUN device layer: TunOptions, the TunDevice protocol and one device per platform (Linux, macOS utun, Windows Wintun, an adopted fd)."""

@@ -17,7 +17,7 @@ import socket
 import time
 from collections import deque
 
-from .._fast import sockq, sockq_py
+from ._fast import sockq, sockq_py
 
 log = logging.getLogger("ztun.loop")
 

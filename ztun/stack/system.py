@@ -23,7 +23,7 @@ import numpy as np
 from .._fast import NatTable, PacketBatch, echo_batch, gso, parse_batch, sockq
 from .._fast import defs as d
 from .._fast.nat_config import NatConfig
-from ..outbound.relay import abort
+from ..net import abort
 from .handler import Flow, Verdict
 from .outq import OutQueue, count_failures
 from .udp import UdpNat
