@@ -20,10 +20,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from ..errors import ConfigError
-from ..net import host_port
-from ..tun.napi import MODES as NAPI_MODES
-from ..tun.options import IFNAMSIZ, TunOptions
+from ...errors import ConfigError
+from ...net import host_port
+from ...tun.napi import MODES as NAPI_MODES
+from ...tun.options import IFNAMSIZ, TunOptions
 
 MAX_SECONDS = 86400.0
 MAX_IDLE_SECONDS = 7 * 86400.0
