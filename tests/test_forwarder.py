@@ -15,6 +15,10 @@ C = ("198.18.0.2", 40000)
 
 
 class FakeOutbound:
+    blocks = False
+    resolves_names = False
+    proxy_address = None
+
     def __init__(self, name, fail=None):
         self.name, self.fail = name, fail
         self.tcp: list = []
@@ -33,10 +37,14 @@ class FakeOutbound:
         self.udp.append(flow)
         return flow
 
+    def close(self):
+        pass
+
 
 class FakeSession:
     def __init__(self, source, destination):
         self.source, self.destination = source, destination
+        self.flow = Flow(17, source, destination)
         self.bytes_up = self.bytes_down = 0
         self.replies: list = []
         self.on_datagram = self.on_close = None
@@ -99,9 +107,9 @@ def test_tcp_goes_to_the_outbound_its_rule_picks_and_waits_for_the_connect():
     with Loop() as loop:
         fwd, proxy, direct = setup(loop)
         decisions = []
-        assert fwd.prepare(Flow(6, C, ("198.19.0.1", 80)), decisions.append) == Verdict.DEFER
-        assert fwd.prepare(Flow(6, C, ("198.19.1.1", 80)), decisions.append) == Verdict.DEFER
-        assert fwd.prepare(Flow(6, C, ("198.19.2.1", 80)), decisions.append) == Verdict.REJECT
+        assert fwd.prepare(Flow(6, C, ("198.19.0.1", 80), on_decide=lambda f, v: decisions.append(v))) == Verdict.DEFER
+        assert fwd.prepare(Flow(6, C, ("198.19.1.1", 80), on_decide=lambda f, v: decisions.append(v))) == Verdict.DEFER
+        assert fwd.prepare(Flow(6, C, ("198.19.2.1", 80), on_decide=lambda f, v: decisions.append(v))) == Verdict.REJECT
         assert [f["state"] for f in fwd.snapshot_flows()] == ["connecting", "connecting"]
         run(loop)
         assert decisions == [Verdict.ALLOW, Verdict.ALLOW]
@@ -116,7 +124,7 @@ def test_a_failed_outbound_connect_refuses_the_client():
     with Loop() as loop:
         fwd, proxy, _ = setup(loop, fail=ConnectionRefusedError(111, "socks5 proxy: refused"))
         decisions = []
-        fwd.prepare(Flow(6, C, ("198.19.0.1", 80)), decisions.append)
+        fwd.prepare(Flow(6, C, ("198.19.0.1", 80), on_decide=lambda f, v: decisions.append(v)))
         run(loop)
         assert decisions == [Verdict.REJECT] and fwd.counters["tcp_failed"] == 1
         assert fwd.snapshot_flows() == []
@@ -125,14 +133,14 @@ def test_a_failed_outbound_connect_refuses_the_client():
 def test_fake_ip_destinations_carry_their_domain_and_unknown_ones_are_refused():
     with Loop() as loop:
         fwd, proxy, direct = setup(loop, dns=FakeDns())
-        fwd.prepare(Flow(6, C, ("198.18.128.5", 443)), lambda v: None)
+        fwd.prepare(Flow(6, C, ("198.18.128.5", 443)))
         assert proxy.tcp == [(("198.18.128.5", 443), "web.example")]
-        assert fwd.prepare(Flow(6, C, ("198.18.128.6", 443)), None) == Verdict.REJECT  # blocked by domain
-        assert fwd.prepare(Flow(6, C, ("198.18.128.9", 443)), None) == Verdict.REJECT  # no mapping
+        assert fwd.prepare(Flow(6, C, ("198.18.128.6", 443))) == Verdict.REJECT  # blocked by domain
+        assert fwd.prepare(Flow(6, C, ("198.18.128.9", 443))) == Verdict.REJECT  # no mapping
         assert fwd.counters["fake_ip_unknown"] == 1
-        fwd.prepare(Flow(6, C, ("198.18.128.7", 443)), lambda v: None)  # direct needs the real address
+        fwd.prepare(Flow(6, C, ("198.18.128.7", 443)))  # direct needs the real address
         assert fwd.dns.resolving == ["direct.example"] and direct.tcp == [(("198.19.1.77", 443), None)]
-        assert fwd.prepare(Flow(6, C, ("198.19.0.1", 53)), None) == Verdict.ALLOW  # DNS over TCP: answered here
+        assert fwd.prepare(Flow(6, C, ("198.19.0.1", 53))) == Verdict.ALLOW  # DNS over TCP: answered here
         fwd.close()
 
 
@@ -140,9 +148,9 @@ def test_udp_routes_each_destination_and_answers_dns():
     with Loop() as loop:
         dns = FakeDns()
         fwd, proxy, direct = setup(loop, dns=dns)
-        assert fwd.prepare(Flow(17, C, ("198.19.2.1", 9)), None) == Verdict.REJECT
-        assert fwd.prepare(Flow(17, C, ("198.19.0.1", 9)), None) == Verdict.ALLOW
+        assert fwd.prepare(Flow(17, C, ("198.19.2.1", 9))) == Verdict.REJECT
         s = FakeSession(C, ("198.19.0.1", 9))
+        assert fwd.prepare(s.flow) == Verdict.ALLOW  # the session's flow, as the stack passes it
         fwd.handle_udp(s)
         s.on_datagram(b"a", ("198.19.0.1", 9))
         s.on_datagram(b"b", ("198.19.0.2", 9))
@@ -186,11 +194,11 @@ def test_a_fake_ip_whose_lookup_fails_at_once_is_refused_after_prepare_returns()
         fwd.dns = DnsService(loop, "fake-ip", pool, upstream=("198.19.1.53", 53), open_udp=lambda *a: refusing)
         fake = str(pool.address_for("direct.example", socket.AF_INET))
         returned, decisions = [], []
-        assert fwd.prepare(Flow(6, C, (fake, 443)), lambda v: decisions.append((bool(returned), v))) == Verdict.DEFER
+        assert fwd.prepare(Flow(6, C, (fake, 443), on_decide=lambda f, v: decisions.append((bool(returned), v)))) == Verdict.DEFER
         returned.append(True)
         run(loop)
         assert decisions == [(True, Verdict.REJECT)] and fwd.counters["tcp_failed"] == 1
-        assert fwd.snapshot_flows() == [] and not fwd.connecting
+        assert fwd.snapshot_flows() == []
         fwd.close()
 
 
@@ -203,16 +211,16 @@ def test_an_outbound_that_raises_on_open_leaves_no_flow_behind():
 
         proxy.open_tcp = no_fds
         decisions = []
-        assert fwd.prepare(Flow(6, C, ("198.19.0.1", 80)), decisions.append) == Verdict.DEFER
+        assert fwd.prepare(Flow(6, C, ("198.19.0.1", 80), on_decide=lambda f, v: decisions.append(v))) == Verdict.DEFER
         run(loop)
         assert decisions == [Verdict.REJECT] and fwd.counters["tcp_failed"] == 1
-        assert fwd.snapshot_flows() == [] and not fwd.connecting
+        assert fwd.snapshot_flows() == []
         fwd.close()
 
 
 def test_a_session_sweeping_fake_ip_ports_and_addresses_holds_a_bounded_number_of_flows():
     """Each outbound UDP flow is a socket (two for SOCKS5): a client must not open one per port, nor without limit."""
-    from ztun.appliance import forwarder
+    from ztun.appliance import udp_relay
 
     with Loop() as loop:
         dns = FakeDns()
@@ -226,13 +234,13 @@ def test_a_session_sweeping_fake_ip_ports_and_addresses_holds_a_bounded_number_o
         assert direct.udp[0].sent[-1] == (b"d", ("198.19.1.77", 499), None)
         proxy.udp[0].on_datagram(b"r", ("web.example", 499))
         assert s.replies[-1] == (b"r", ("198.18.128.5", 499))
-        for i in range(forwarder.UDP_FAKE_FLOWS * 3):
+        for i in range(udp_relay.UDP_FAKE_FLOWS * 3):
             address = str(ipaddress.ip_address("198.18.129.0") + i)
             dns.names[address] = f"host{i}.example"
             s.on_datagram(b"x", (address, 443))
         open_flows = [f for f in proxy.udp + direct.udp if not f.closed]
-        assert len(open_flows) <= forwarder.UDP_FAKE_FLOWS + 2
-        assert len(fwd.udp[s].resolved) <= forwarder.UDP_FAKE_FLOWS
+        assert len(open_flows) <= udp_relay.UDP_FAKE_FLOWS + 2
+        assert len(fwd.udp[s].resolved) <= udp_relay.UDP_FAKE_FLOWS
         s.on_close(s, "idle")
         assert all(f.closed for f in proxy.udp + direct.udp)
         fwd.close()
@@ -301,7 +309,7 @@ def test_a_fake_ipv6_destination_routed_direct_falls_back_to_the_names_ipv4_addr
         dns.names["fd00:f::5"] = "direct.example"
         fwd, proxy, direct = setup(loop, dns=dns)
         decisions = []
-        assert fwd.prepare(Flow(6, ("fd00::2", 40000), ("fd00:f::5", 443)), decisions.append) == Verdict.DEFER
+        assert fwd.prepare(Flow(6, ("fd00::2", 40000), ("fd00:f::5", 443), on_decide=lambda f, v: decisions.append(v))) == Verdict.DEFER
         run(loop)
         assert dns.resolving == [("direct.example", socket.AF_INET6), ("direct.example", socket.AF_INET)]
         assert direct.tcp == [(("198.19.1.77", 443), None)] and decisions == [Verdict.ALLOW]
@@ -335,9 +343,9 @@ def test_a_reload_does_not_look_up_an_unchanged_proxy_name_again(tmp_path, monke
 
 def test_a_failed_lookup_for_a_udp_fake_ip_destination_is_tried_again(monkeypatch):
     """One lost DNS answer must not leave a session that keeps sending (VoIP, VPN keepalives) without a route."""
-    from ztun.appliance import forwarder
+    from ztun.appliance import udp_relay
 
-    monkeypatch.setattr(forwarder, "RESOLVE_RETRY", 0.05)
+    monkeypatch.setattr(udp_relay, "RESOLVE_RETRY", 0.05)
 
     class FlakyDns(FakeDns):
         def resolve(self, domain, family, on_done):
@@ -383,11 +391,11 @@ def test_connected_outbounds_whose_client_never_comes_are_closed_in_order(monkey
         fwd, proxy, _ = setup(loop)
         decisions = []
         start = time.monotonic()
-        fwd.prepare(Flow(6, C, ("198.19.0.1", 80)), decisions.append)
+        fwd.prepare(Flow(6, C, ("198.19.0.1", 80), on_decide=lambda f, v: decisions.append(v)))
         run(loop)
         while time.monotonic() - start < 0.2:
             loop.run_once(0.01)
-        fwd.prepare(Flow(6, C, ("198.19.0.2", 80)), decisions.append)
+        fwd.prepare(Flow(6, C, ("198.19.0.2", 80), on_decide=lambda f, v: decisions.append(v)))
         run(loop)
         assert decisions == [Verdict.ALLOW, Verdict.ALLOW] and len(fwd.snapshot_flows()) == 2
         while time.monotonic() - start < 0.5:  # the first one's claim ran out, the second's not yet

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ztun.outbound.relay import HAVE_SPLICE, PIPES, Relay
+from ztun.outbound.relay import HAVE_SPLICE, PipePool, Relay
 from ztun.loop import Loop
 
 MODES = [pytest.param(True, id="splice", marks=pytest.mark.skipif(not HAVE_SPLICE, reason="no os.splice on this platform")), pytest.param(False, id="copy")]
@@ -191,7 +191,6 @@ def test_traffic_keeps_a_relay_from_idling_out(rig_factory, splice):
 def test_no_fd_leak(rig_factory):
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc/self/fd to count fds")
-    PIPES.clear()
     before = len(os.listdir("/proc/self/fd"))
     for i in range(100):
         rig = Rig(splice=i % 2 == 0 and HAVE_SPLICE)
@@ -199,9 +198,9 @@ def test_no_fd_leak(rig_factory):
         rig.app_client.shutdown(socket.SHUT_WR)
         rig.app_server.shutdown(socket.SHUT_WR)
         rig.run_until(lambda: rig.closed)
-        rig.close()
-    assert len(PIPES.free) <= 2  # sequential relays reuse one pair of pipes
-    PIPES.clear()
+        if rig.relay.pipes is not None:
+            assert len(rig.relay.pipes.free) == 2  # the two pipes went back to the loop's pool
+        rig.close()  # closes the loop, and with it its pool of pipes
     assert len(os.listdir("/proc/self/fd")) == before
 
 

@@ -8,7 +8,6 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.packet import Raw
 
-from ztun.stack.protocol import TunStack
 from ztun.stack.system import SystemStack
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stand-in device is LinuxTunDevice")
@@ -36,10 +35,6 @@ def drain(sock):
             out.append(sock.recv(65536))
         except BlockingIOError:
             return out
-
-
-def test_satisfies_the_protocol():
-    assert issubclass(SystemStack, TunStack)
 
 
 def test_echo_answered_rest_counted(stack_and_peer):
@@ -94,13 +89,13 @@ class _Holding:
     def __init__(self):
         self.decide = None
 
-    def prepare(self, flow, decide):
+    def prepare(self, flow):
         from ztun.stack.handler import Verdict
 
-        self.decide = decide
+        self.decide = flow.decide
         return Verdict.DEFER
 
-    def handle_tcp(self, sock, source, destination):
+    def handle_tcp(self, sock, flow):
         sock.close()
 
 

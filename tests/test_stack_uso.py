@@ -31,7 +31,7 @@ class EchoHandler:
     def __init__(self):
         self.got = []
 
-    def prepare(self, flow, decide):
+    def prepare(self, flow):
         return Verdict.ALLOW
 
     def handle_udp(self, session):

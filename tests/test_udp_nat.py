@@ -34,7 +34,7 @@ class Handler:
         self.verdict = verdict
         self.flows, self.sessions, self.got, self.closed = [], [], [], []
 
-    def prepare(self, flow, decide):
+    def prepare(self, flow):
         self.flows.append(flow)
         return self.verdict
 

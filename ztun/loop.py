@@ -113,7 +113,8 @@ class Loop:
         self._signals: dict = {}  # signum -> (Handle, previous Python handler)
         self._old_wakeup_fd = None
         self._sockq = None
-        self.shared: dict = {}  # what other modules keep per loop (the relays' idle checks), gone with it
+        self.shared: dict = {}  # what other modules keep per loop (idle checks, pipes), gone with it: close() closes
+        # each value that has a close()
 
     @property
     def sockq(self):
@@ -372,6 +373,10 @@ class Loop:
         self._closed = True
         self._poller.close()
         self._fds.clear()
+        for value in list(self.shared.values()):
+            close = getattr(value, "close", None)  # a pool of fds (the relays' pipes) is closed with its loop
+            if close is not None:
+                close()
         self.shared.clear()
         self._wake_r.close()
         self._wake_w.close()

@@ -14,6 +14,7 @@ import time
 
 from .. import __version__, _fast
 from ..errors import ConfigError
+from ..outbound.block import BlockOutbound
 from ..outbound.direct import DirectOutbound
 from .forwarder import BLOCK, Forwarder
 from .rules import Rules
@@ -27,7 +28,7 @@ def tun_options(config, outbounds: dict):
     tun = config.tun
     excludes = list(tun.exclude_routes)
     for ob in outbounds.values():
-        if not hasattr(ob, "proxy_address"):
+        if ob.proxy_address is None:
             continue
         net = ipaddress.ip_network(ob.proxy_address[0])
         if net not in excludes:
@@ -45,7 +46,7 @@ def tun_options(config, outbounds: dict):
 
 
 def build_outbounds(loop, config, resolved: dict | None = None) -> dict:
-    """name -> outbound object; "block" is not an object (the forwarder refuses those flows).
+    """name -> Outbound (ztun.outbound.protocol): the built-in direct and block, and those config defines.
 
     resolved: (proxy host, port) -> its address as the running outbounds found it, so that a
     reload (on the loop, with the TUN's routes in place) looks up only the proxy names that changed.
@@ -53,9 +54,12 @@ def build_outbounds(loop, config, resolved: dict | None = None) -> dict:
     fwmark = config.tun.fwmark
     resolved = resolved or {}
     timeout = config.flows.connect_timeout
-    outbounds = {"direct": DirectOutbound(loop, fwmark=fwmark, connect_timeout=timeout, name="direct")}
+    outbounds = {"direct": DirectOutbound(loop, fwmark=fwmark, connect_timeout=timeout, name="direct"),
+                 BLOCK: BlockOutbound(loop, name=BLOCK)}
     for ob in config.outbounds:
-        if ob.type == "direct":
+        if ob.type == BLOCK:
+            outbounds[ob.name] = BlockOutbound(loop, name=ob.name)
+        elif ob.type == "direct":
             outbounds[ob.name] = DirectOutbound(loop, fwmark=fwmark, connect_timeout=timeout, name=ob.name)
         elif ob.type == "socks5":
             from ..outbound.socks5 import Socks5Outbound
@@ -66,7 +70,7 @@ def build_outbounds(loop, config, resolved: dict | None = None) -> dict:
                                                     address=resolved.get((ob.host, ob.port)))
             except ValueError as e:  # e.g. a proxy name that does not resolve
                 raise ConfigError(f"outbounds.{ob.name}: {e}") from None
-        elif ob.type != BLOCK:
+        else:
             raise ConfigError(f"outbounds.{ob.name}: unknown type {ob.type!r}")
     return outbounds
 
@@ -92,7 +96,7 @@ def build_dns(loop, config, outbounds: dict, rules: Rules):
 def dns_outbound(config, outbounds: dict, rules: Rules) -> str:
     """The name of the outbound DNS queries go through: dns.outbound, else the default route."""
     name = config.dns.outbound or rules.default
-    if name == BLOCK or name not in outbounds:
+    if name not in outbounds or outbounds[name].blocks:
         raise ConfigError(f"dns.outbound: {name!r} cannot carry DNS queries (use a direct or socks5 outbound)")
     return name
 
@@ -126,11 +130,11 @@ def reload(forwarder: Forwarder, loop, old, new) -> list:
     if new.flows != old.flows:
         warnings.append("[flows] changed: restart to apply it")
     known = {(o.host, o.proxy_address[1]): o.proxy_address[0]
-             for o in forwarder.outbounds.values() if hasattr(o, "proxy_address")}
+             for o in forwarder.outbounds.values() if o.proxy_address is not None}
     outbounds = build_outbounds(loop, new, known)
     for name, ob in outbounds.items():  # counters go on across a reload (Prometheus sees no reset)
         previous = forwarder.outbounds.get(name)
-        if previous is not None and type(previous) is type(ob) and hasattr(ob, "counters"):
+        if previous is not None and type(previous) is type(ob):
             for key, value in previous.counters.items():
                 ob.counters[key] = ob.counters.get(key, 0) + value
     rules = Rules(new.route)
@@ -152,14 +156,14 @@ class Snapshot:
         gw, fwd = self.gateway, self.forwarder
         stack = gw.stack
         counters, gauges, drops = split_stats(stack.stats()) if stack is not None else ({}, {}, {})
-        counters.update({f"flows_{k}": v for k, v in fwd.counters.items() if not k.startswith("bytes_")})
+        counters.update({f"flows_{k}": v for k, v in fwd.counters.items()})
         counters["bytes_up"], counters["bytes_down"] = fwd.bytes_total()
         if fwd.dns is not None:
             counters.update({f"dns_{k}": v for k, v in fwd.dns.counters.items()})
         if gw.napi is not None:
             counters["napi_switches"] = gw.napi.switches
             gauges["napi_threaded"] = int(gw.napi.threaded)
-        states = collections.Counter(r.state for r in list(fwd.flows.values()))
+        states = collections.Counter(f.state for f in list(fwd.flows.open))
         device = gw.device
         snap = {
             "version": __version__,

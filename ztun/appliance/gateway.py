@@ -49,8 +49,6 @@ class Gateway:
         self.router = None
         self.stack = None
         self.napi = None  # NapiThreads, for a device opened with IFF_NAPI
-        self.failure = None  # the error that stopped the stack, if any
-        self._loop = None
 
     def open(self) -> "Gateway":
         opts = self.options
@@ -106,21 +104,18 @@ class Gateway:
             log.info("set %s = 1 (restored on exit)", key)
 
     def attach(self, loop, handler=None) -> None:
-        """Start the stack on loop with handler (None: answer ICMP echo only); read the device when readable."""
-        self._loop = loop
-        self.stack.start(handler, loop)
-        loop.add_reader(self.stack.fileno(), self._on_readable)
+        """Start the stack on loop with handler (None: answer ICMP echo only); it reads the device itself.
+
+        If the device fails, the stack stops reading it and the loop is stopped (failure says why).
+        """
+        self.stack.start(handler, loop, on_failure=lambda error: loop.stop())
         if self.napi is not None:
             self.napi.start(loop)
 
-    def _on_readable(self):
-        try:
-            self.stack.on_readable()
-        except TunError as e:
-            log.error("the TUN device failed: %s; stopping", e)
-            self.failure = e
-            self._loop.remove_reader(self.stack.fileno())
-            self._loop.stop()
+    @property
+    def failure(self):
+        """The device error that stopped the stack, if any."""
+        return self.stack.failure if self.stack is not None else None
 
     def describe(self) -> str:
         o, dev = self.options, self.device
@@ -142,12 +137,6 @@ class Gateway:
         """Stop the stack, undo every route, rule, address and link change, close the device. Idempotent."""
         if self.napi is not None:
             self.napi.close()
-        if self._loop is not None and self.stack is not None:
-            try:
-                self._loop.remove_reader(self.stack.fileno())
-            except Exception:
-                pass
-            self._loop = None
         if self.stack is not None:
             self.stack.stop()
         if self.router is not None:

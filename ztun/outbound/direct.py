@@ -153,6 +153,10 @@ class DirectUdpFlow:
 class DirectOutbound:
     """Flows go straight to their destination, from sockets carrying ztun's fwmark."""
 
+    blocks = False
+    resolves_names = False  # a fake-IP flow's name is looked up first
+    proxy_address = None
+
     def __init__(self, loop, *, fwmark: int = 0, connect_timeout: float = 10.0, name: str = "direct"):
         self.loop = loop
         self.name = name
@@ -175,10 +179,6 @@ class DirectOutbound:
         flow = DirectUdpFlow(self, family, on_datagram, on_close)
         self.counters["udp_flows"] += 1
         return flow
-
-    def udp_socket(self, family: int) -> socket.socket:
-        """A non-blocking UDP socket with the fwmark, for one UDP session (the forwarder's pre-open_udp path)."""
-        return udp_socket(family, self.fwmark)
 
     def close(self) -> None:
         """Nothing is held between flows (each flow owns its socket). Idempotent."""

@@ -28,12 +28,22 @@ IDLE_CHECKS = 4  # idle checks per idle_timeout: a relay closes after idle_timeo
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
 
 
-class _PipePool:
-    """Empty splice pipes kept for the next relay: a short connection then costs no pipe2/fcntl/close."""
+class PipePool:
+    """Empty splice pipes kept for the next relay: a short connection then costs no pipe2/fcntl/close.
+
+    One per loop (in the loop's `shared` dict); whoever closes the relays clears it (pipes()).
+    """
 
     def __init__(self, keep: int = 256):
         self.keep = keep
         self.free: list = []
+
+    @classmethod
+    def of(cls, loop) -> "PipePool":
+        pool = loop.shared.get(cls)
+        if pool is None:
+            pool = loop.shared[cls] = cls()
+        return pool
 
     def get(self):
         if self.free:
@@ -52,14 +62,12 @@ class _PipePool:
             os.close(pipe[0])
             os.close(pipe[1])
 
-    def clear(self):
+    def close(self):
+        """Close every kept pipe (the loop does, as it closes). The pool stays usable."""
         while self.free:
             r, w, _ = self.free.pop()
             os.close(r)
             os.close(w)
-
-
-PIPES = _PipePool()
 
 
 class _IdleWatch:
@@ -112,7 +120,7 @@ class _Direction:
     __slots__ = ("relay", "src", "dst", "src_fd", "dst_fd", "pipe_r", "pipe_w", "capacity", "buf", "view", "pending", "start",
                  "eof", "shut", "reading", "writing", "bytes", "full")
 
-    def __init__(self, relay, src, dst, splice: bool):
+    def __init__(self, relay, src, dst, splice: bool, pipes: PipePool | None):
         self.relay, self.src, self.dst = relay, src, dst
         self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
         self.pending = 0  # bytes read from src, not yet written to dst
@@ -126,7 +134,7 @@ class _Direction:
         self.pipe_r = self.pipe_w = -1
         self.buf = self.view = None
         if splice:
-            self.pipe_r, self.pipe_w, self.capacity = PIPES.get()
+            self.pipe_r, self.pipe_w, self.capacity = pipes.get()
         else:
             self.capacity = COPY_BUFFER
             self.buf = bytearray(COPY_BUFFER)
@@ -206,7 +214,7 @@ class _Direction:
         """Give the pipe back (the relay closes both sockets next, and the loop forgets their fds)."""
         self.reading = self.writing = False
         if self.pipe_r >= 0:
-            PIPES.put((self.pipe_r, self.pipe_w, self.capacity), self.pending == 0)
+            self.relay.pipes.put((self.pipe_r, self.pipe_w, self.capacity), self.pending == 0)
         self.pipe_r = self.pipe_w = -1
 
 
@@ -231,9 +239,10 @@ class Relay:
             if sock.getblocking():  # Python knows: a socket it made non-blocking needs no ioctl
                 sock.setblocking(False)
         self.up = self.down = None
+        self.pipes = PipePool.of(loop) if splice else None
         try:
-            self.up = _Direction(self, client, remote, splice)
-            self.down = _Direction(self, remote, client, splice)
+            self.up = _Direction(self, client, remote, splice, self.pipes)
+            self.down = _Direction(self, remote, client, splice, self.pipes)
         except OSError:
             self.close("closed")
             raise

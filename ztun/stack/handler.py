@@ -1,7 +1,12 @@
-"""PacketHandler: the application's side of the system stack, asked about new flows and given them."""
+"""PacketHandler: the application's side of the system stack, and the Flow both sides share.
+
+A Flow is one object from a flow's first packet to its last: the stack makes it, the handler
+decides about it and writes what it chose onto it, and the same object comes back with the
+accepted connection (handle_tcp) or the UDP session. Nothing is found again by address.
+"""
 
 import enum
-from dataclasses import dataclass
+import time
 from typing import Protocol, runtime_checkable
 
 
@@ -11,27 +16,63 @@ class Verdict(enum.IntEnum):
     ALLOW = 1  # accept it and hand it to handle_tcp / handle_udp
     DROP = 2  # silently drop its packets (until the flow idles out)
     REJECT = 3  # TCP reset, or ICMP unreachable (administratively prohibited) for UDP
-    DEFER = 4  # TCP only: the handler calls decide(verdict) later; the client's SYN waits until then
+    DEFER = 4  # TCP only: the handler calls flow.decide(verdict) later; the client's SYN waits until then
 
 
-@dataclass(frozen=True, slots=True)
 class Flow:
-    """A new flow as the client sent it: protocol (6 TCP, 17 UDP, 1/58 ICMP), (address, port) each side."""
+    """One flow: protocol (6 TCP, 17 UDP, 1/58 ICMP), the client's (address, port) and the destination it asked for.
 
-    proto: int
-    source: tuple
-    destination: tuple
-    domain: str | None = None  # known when the destination is a fake-IP address
+    The stack sets the first fields; the handler fills in the rest as it goes:
+    domain (the name behind a fake-IP destination), outbound (the name of the outbound its
+    rules chose), state (the handler's word for where the flow is), remote (a connected
+    outbound socket waiting for the client's connection), pending (an outbound connect in
+    progress: cancel()able) and carrier (what moves its bytes, with bytes_up/bytes_down:
+    the relay, or the UDP session).
+    """
+
+    __slots__ = ("id", "proto", "source", "destination", "domain", "started", "outbound", "state",
+                 "remote", "pending", "carrier", "_on_decide", "held")
+
+    def __init__(self, proto: int, source: tuple, destination: tuple, domain: str | None = None, *,
+                 id: int = 0, on_decide=None):
+        self.id = id  # the stack's number for it (unique per stack), for status and logs
+        self.proto, self.source, self.destination, self.domain = proto, source, destination, domain
+        self.started = time.monotonic()
+        self.outbound = self.state = None
+        self.remote = self.pending = self.carrier = None
+        self._on_decide = on_decide  # the stack's: on_decide(flow, verdict)
+        self.held = None  # the stack's: the client's SYN while the handler decides
+
+    def decide(self, verdict: Verdict) -> None:
+        """The handler's later verdict on a flow it DEFERred (once; later calls and unheld flows are ignored)."""
+        on_decide, self._on_decide = self._on_decide, None
+        if on_decide is not None:
+            on_decide(self, verdict)
+
+    @property
+    def bytes_up(self) -> int:
+        return self.carrier.bytes_up if self.carrier is not None else 0
+
+    @property
+    def bytes_down(self) -> int:
+        return self.carrier.bytes_down if self.carrier is not None else 0
+
+    def __repr__(self):
+        return f"Flow({self.id}, proto {self.proto}, {self.source} -> {self.destination})"
 
 
 @runtime_checkable
 class UdpSession(Protocol):
-    """One client endpoint's UDP traffic (endpoint-independent: any destination)."""
+    """One client endpoint's UDP traffic (endpoint-independent: any destination), as the handler sees it."""
 
+    flow: Flow  # the session's flow (its first datagram's destination)
     source: tuple  # the client's (address, port)
     destination: tuple  # the first datagram's destination
+    bytes_up: int
+    bytes_down: int
     on_datagram: object  # set by the handler: callable(payload: bytes, destination: tuple); returning
     # Verdict.REJECT answers that datagram with an ICMP unreachable (anything else: nothing more)
+    on_close: object  # set by the handler: callable(session, reason: str), once, when the session ends
 
     def send(self, payload: bytes, from_address: tuple) -> bool:
         """Send payload to the client as if from from_address (through the TUN); False if it was dropped."""
@@ -50,19 +91,19 @@ class PacketHandler(Protocol):
 
     icmp_echo: str
 
-    def prepare(self, flow: Flow, decide) -> Verdict:
+    def prepare(self, flow: Flow) -> Verdict:
         """Called once for the first packet of each new TCP or UDP flow; must not block.
 
-        For TCP it may return DEFER and call decide(ALLOW / DROP / REJECT) once, later (e.g. when
-        its outbound connect has succeeded or failed): until then the client's SYN is held, so a
-        refused outbound connect reaches the client as a refused connect.
+        For TCP it may return DEFER and call flow.decide(ALLOW / DROP / REJECT) once, later (e.g.
+        when its outbound connect has succeeded or failed): until then the client's SYN is held,
+        so a refused outbound connect reaches the client as a refused connect.
         """
 
-    def handle_tcp(self, sock, source: tuple, destination: tuple) -> None:
-        """An accepted TCP connection (a non-blocking kernel socket, TCP_NODELAY set) with the flow's original endpoints."""
+    def handle_tcp(self, sock, flow: Flow) -> None:
+        """The accepted connection of an allowed TCP flow: a non-blocking kernel socket with TCP_NODELAY set."""
 
     def handle_udp(self, session: UdpSession) -> None:
-        """A new UDP session; set session.on_datagram to receive its datagrams."""
+        """A new UDP session of an allowed flow (session.flow); set session.on_datagram to receive its datagrams."""
 
     def handle_icmp(self, flow: Flow) -> Verdict:
         """With icmp_echo == "ask": ALLOW answers this echo request, DROP drops it."""

@@ -11,6 +11,7 @@ original endpoints.
 
 import errno
 import ipaddress
+import itertools
 import logging
 import os
 import socket
@@ -23,6 +24,7 @@ import numpy as np
 from .._fast import NatTable, PacketBatch, echo_batch, gso, parse_batch, sockq
 from .._fast import defs as d
 from .._fast.nat_config import NatConfig
+from ..errors import TunError
 from ..net import abort
 from .handler import Flow, Verdict
 from .outq import OutQueue, count_failures
@@ -73,12 +75,18 @@ class SystemStack:
         self.udp_max_sessions = udp_max_sessions
         self.handler = None
         self.loop = None
+        self.failure = None  # the device error that stopped the stack
+        self._on_failure = None
+        self._reading = False  # registered with the loop
         self.nat = None
         self.udp = None
         self.out = None
         self.listeners: list = []
         self._segments = None  # PacketBatch the UDP super-datagrams are split into, made on first use
-        self._deferred: dict = {}  # fid -> (flow key, rewritten SYN bytes, virtio header, parse row)
+        # NAT flow id -> Flow, from a TCP flow's first packet until its connection is accepted
+        # (or refused, or it idles out of the NAT)
+        self._tcp: dict = {}
+        self._ids = itertools.count(1)  # Flow.id
         self._sweep_timer = None
         self.verdict_counts = np.zeros(d.N_VERDICTS, dtype=np.uint64)  # echo-only mode
         self.drop_counts = np.zeros(d.N_REASONS, dtype=np.uint64)
@@ -91,10 +99,12 @@ class SystemStack:
 
     # -- life cycle -------------------------------------------------------------
 
-    def start(self, handler=None, loop=None) -> None:
-        """Start processing; with a handler and a loop (and options) TCP and UDP flows go to the handler."""
+    def start(self, handler=None, loop=None, on_failure=None) -> None:
+        """Start processing; on a loop it reads the device when readable, and with a handler (and
+        options) TCP and UDP flows go to the handler. on_failure(error) runs if the device fails."""
         self.handler = handler
         self.loop = loop
+        self._on_failure = on_failure
         self.device.set_nonblocking(True)
         if handler is not None and loop is not None and self.options is not None:
             try:
@@ -103,6 +113,9 @@ class SystemStack:
                 self.stop()
                 raise
         self._running = True
+        if loop is not None:
+            loop.add_reader(self.device.fileno(), self._readable)
+            self._reading = True
 
     def _start_flows(self):
         o = self.options
@@ -118,7 +131,8 @@ class SystemStack:
         if self.out.gro:
             log.info("UDP replies to one client are coalesced into USO super-packets (GRO on write)")
         self._one = PacketBatch(1, max_packet=self.batch.max_packet, vnet_hdr=self.batch.vnet_hdr)  # a released SYN
-        self.udp = UdpNat(self.loop, self.out, self.handler, timeout=self.udp_timeout, max_sessions=self.udp_max_sessions)
+        self.udp = UdpNat(self.loop, self.out, self.handler, timeout=self.udp_timeout, max_sessions=self.udp_max_sessions,
+                          ids=self._ids)
         self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _listen(self, version: int, address) -> int:
@@ -151,6 +165,7 @@ class SystemStack:
     def stop(self) -> None:
         """Stop processing and close the listeners and UDP sessions; the device stays open. Idempotent."""
         self._running = False
+        self._stop_reading()
         if self._sweep_timer is not None:
             self._sweep_timer.cancel()
             self._sweep_timer = None
@@ -166,9 +181,24 @@ class SystemStack:
                 self.out.flush()
             except OSError:
                 pass
-        self._deferred.clear()
+        self._tcp.clear()
+
+    def _stop_reading(self):
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self.device.fileno())
 
     # -- the packet path ----------------------------------------------------------
+
+    def _readable(self):
+        try:
+            self.on_readable()
+        except TunError as e:
+            log.error("the TUN device failed: %s; stopping", e)
+            self.failure = e
+            self._stop_reading()
+            if self._on_failure is not None:
+                self._on_failure(e)
 
     def on_readable(self) -> int:
         """Process up to max_batches batches of what the device has queued; return packets read."""
@@ -269,7 +299,8 @@ class SystemStack:
             for i in np.flatnonzero(icmp):
                 m = batch.meta[i]
                 try:
-                    allow = self.handler.handle_icmp(Flow(int(m["proto"]), (_addr(m, "src"), 0), (_addr(m, "dst"), 0))) == Verdict.ALLOW
+                    flow = Flow(int(m["proto"]), (_addr(m, "src"), 0), (_addr(m, "dst"), 0), id=next(self._ids))
+                    allow = self.handler.handle_icmp(flow) == Verdict.ALLOW
                 except Exception:
                     log.exception("handle_icmp failed")
                     allow = False
@@ -281,10 +312,10 @@ class SystemStack:
         batch.verdicts[:n][batch.verdicts[:n] == d.V_ICMP] = d.V_DROP
 
     def _new_flow(self, batch, i, fid):
-        key = self.nat.endpoints(fid)
-        flow = Flow(d.PROTO_TCP, key[0], key[1])
+        source, destination, _ = self.nat.endpoints(fid)
+        flow = Flow(d.PROTO_TCP, source, destination, id=next(self._ids), on_decide=self._decided)
         try:
-            verdict = self.handler.prepare(flow, lambda v: self._decide(fid, key, v))
+            verdict = self.handler.prepare(flow)
         except Exception:
             log.exception("prepare failed for %s", flow)
             verdict = Verdict.REJECT
@@ -294,11 +325,15 @@ class SystemStack:
             h = batch.headroom
             length = int(batch.lengths[i])
             start = h - d.VNET_HDR_LEN if batch.vnet_hdr else h
-            self._deferred[fid] = (key, batch.data[i, start : h + length].tobytes(), length, batch.meta[i].tobytes())
+            flow.held = (fid, batch.data[i, start : h + length].tobytes(), length, batch.meta[i].tobytes())
+            self._tcp[fid] = flow
             batch.verdicts[i] = d.V_DROP
             self.counters["tcp_deferred"] += 1
             return
+        flow._on_decide = None  # decided
         batch.verdicts[i] = d.V_WRITE if verdict == Verdict.ALLOW else d.V_DROP
+        if verdict == Verdict.ALLOW:
+            self._tcp[fid] = flow
         self._apply(fid, verdict, batch, i)
 
     def _apply(self, fid, verdict, batch, i):
@@ -313,12 +348,14 @@ class SystemStack:
             self.nat.block(fid)
             self.counters["tcp_blocked"] += 1
 
-    def _decide(self, fid, key, verdict):
-        """The handler's later decision about a deferred flow."""
-        held = self._deferred.get(fid)
-        if held is None or held[0] != key or not self._running:
-            return  # the flow is gone (expired, stack stopped): nothing to release
-        del self._deferred[fid]
+    def _decided(self, flow, verdict):
+        """The handler's later decision about a deferred flow (Flow.decide)."""
+        held, flow.held = flow.held, None
+        if held is None or not self._running:
+            return
+        fid = held[0]
+        if self._tcp.get(fid) is not flow:
+            return  # the flow is gone (it idled out of the NAT): nothing to release
         _, raw, length, row = held
         if verdict == Verdict.ALLOW:
             # Queued behind what the stack originated before it, and written with the SYNs
@@ -326,6 +363,7 @@ class SystemStack:
             self._apply(fid, verdict, None, 0)
             self.out.packet(raw, length)
             return
+        del self._tcp[fid]
         one = self._one  # the parse row answers a refused SYN with a reset
         one.set_packet(0, raw, len(raw) - length)
         one.meta.view(np.uint8)[:] = np.frombuffer(row, dtype=np.uint8)
@@ -339,28 +377,29 @@ class SystemStack:
         nat, handler = self.nat, self.handler
         for sock, peer, port in accepted:
             fid = nat.lookup_nat(peer, port)
-            if fid < 0:
+            flow = self._tcp.pop(fid, None) if fid >= 0 else None
+            if flow is None or flow.held is not None:  # no such flow, or one still waiting for its verdict
                 self.counters["tcp_accept_no_flow"] += 1
                 abort(sock)
                 continue
-            source, destination, _ = nat.endpoints(fid)
             if not _NODELAY_INHERITED:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
-                handler.handle_tcp(sock, source, destination)
+                handler.handle_tcp(sock, flow)
             except Exception:
                 log.exception("handle_tcp failed")
                 abort(sock)
 
     def _sweep(self):
         self.nat.sweep(time.monotonic(), max(1, self.nat.capacity // SWEEP_FRACTION))
-        for fid, held in list(self._deferred.items()):  # the handler never decided and the flow idled out
+        for fid, flow in list(self._tcp.items()):  # flows that idled out of the NAT before they were accepted
             try:
-                key = self.nat.endpoints(fid)
+                source, destination, _ = self.nat.endpoints(fid)
             except KeyError:
-                key = None
-            if key != held[0]:
-                del self._deferred[fid]
+                source = destination = None
+            if source != flow.source or destination != flow.destination:
+                del self._tcp[fid]
+                flow.held = flow._on_decide = None
         self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _note_failures(self, failed) -> None:

@@ -1,6 +1,7 @@
 """UdpNat: the system stack's user-space UDP NAT, one session per client endpoint (endpoint-independent)."""
 
 import ipaddress
+import itertools
 import logging
 import time
 from collections import Counter
@@ -11,14 +12,15 @@ from .handler import Flow, Verdict
 log = logging.getLogger("ztun.udp")
 
 
-class UdpSession:
-    """One client (address, port): datagrams to any destination, replies from any source."""
+class NatUdpSession:
+    """One client (address, port): datagrams to any destination, replies from any source (a handler.UdpSession)."""
 
-    __slots__ = ("nat", "key", "source", "destination", "on_datagram", "on_close", "last_active", "closed",
+    __slots__ = ("nat", "key", "flow", "source", "destination", "on_datagram", "on_close", "last_active", "closed",
                  "packets_up", "bytes_up", "packets_down", "bytes_down", "_client", "_version")
 
-    def __init__(self, nat, key, source, destination, now):
-        self.nat, self.key, self.source, self.destination = nat, key, source, destination
+    def __init__(self, nat, key, flow, now):
+        self.nat, self.key, self.flow = nat, key, flow
+        self.source, self.destination = flow.source, flow.destination
         self._version, self._client = key[0], key[1]
         self.on_datagram = None
         self.on_close = None
@@ -49,8 +51,9 @@ class UdpSession:
 class UdpNat:
     """Turns UDP packets read from the TUN into sessions for the handler, and its replies into packets."""
 
-    def __init__(self, loop, out, handler, *, timeout: float = 60.0, max_sessions: int = 16384):
+    def __init__(self, loop, out, handler, *, timeout: float = 60.0, max_sessions: int = 16384, ids=None):
         self.loop = loop
+        self.ids = ids if ids is not None else itertools.count(1)  # Flow.id, shared with the stack's TCP flows
         self.out = out
         self.handler = handler
         self.timeout = timeout
@@ -86,8 +89,9 @@ class UdpNat:
                 self.counters["dropped_blocked"] += 1
                 return
             source = (str(ipaddress.ip_address(client)), sport)
+            flow = Flow(d.PROTO_UDP, source, dst, id=next(self.ids))
             try:
-                verdict = self.handler.prepare(Flow(d.PROTO_UDP, source, dst), None)
+                verdict = self.handler.prepare(flow)
             except Exception:
                 log.exception("prepare failed for UDP %s -> %s", source, dst)
                 verdict = Verdict.DROP
@@ -104,7 +108,8 @@ class UdpNat:
                 if self.counters["dropped_session_limit"] == 1:
                     log.warning("UDP session limit %d reached: new sessions are refused", self.max_sessions)
                 return
-            s = self.sessions[key] = UdpSession(self, key, source, dst, now)
+            s = self.sessions[key] = NatUdpSession(self, key, flow, now)
+            flow.carrier = s
             self.counters["sessions"] += 1
             try:
                 self.handler.handle_udp(s)
@@ -126,7 +131,7 @@ class UdpNat:
                 self.counters["rejected"] += 1
                 self.out.unreachable(batch, i, 13)
 
-    def _end(self, s: UdpSession, reason: str) -> None:
+    def _end(self, s: NatUdpSession, reason: str) -> None:
         if s.closed:
             return
         s.closed = True
