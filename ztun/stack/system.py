@@ -1,4 +1,4 @@
-"""SystemStack: the NAT-based system stack over a TUN device (DESIGN.md, "how a TCP flow crosses it").
+"""SystemStack: the NAT-based system stack over a TUN device (docs/architecture.md, "A flow is one object").
 
 Per readable event: read a batch (GIL released), parse it, rewrite every TCP packet of a
 known flow in place and answer ICMP echo in place (compiled, no per-packet Python), write
