@@ -350,10 +350,30 @@ def test_host_port():
     assert config.split_host_port("198.19.0.1:53") == ("198.19.0.1", 53)
     assert config.split_host_port("[fd00::1]:53") == ("fd00::1", 53)
     assert config.split_host_port("fd00::1", 53) == ("fd00::1", 53)
+    assert config.split_host_port("[fd00::1]", 53) == ("fd00::1", 53)
     assert config.split_host_port("localhost:9477") == ("localhost", 9477)
-    for bad in ("198.19.0.1:", "198.19.0.1:0", "[nope]:1", "a b:1", ":53"):
-        with pytest.raises(ValueError):
-            config.split_host_port(bad, 53)
+    assert config.split_host_port("0.0.0.0:0", min_port=0) == ("0.0.0.0", 0)
+
+
+@pytest.mark.parametrize("text,default,reason", [
+    ("198.19.0.1:", 53, "the port is missing after ':'"),
+    ("198.19.0.1", None, "the port is missing"),
+    ("fd00::1", None, "an IPv6 address with a port goes in brackets: [fd00::1]:port"),
+    ("198.19.0.1:0", 53, "port must be 1..65535, got '0'"),
+    ("198.19.0.1:65536", 53, "port must be 1..65535, got '65536'"),
+    ("198.19.0.1:\u0661", 53, "port must be 1..65535"),
+    ("[nope]:1", 53, "'nope' in [ ] is not an IPv6 address"),
+    ("[198.19.0.1]:1", 53, "'198.19.0.1' in [ ] is not an IPv6 address"),
+    ("[fd00::1", 53, "in [ ] is not an IPv6 address"),
+    ("[fd00::1]53", 53, "'53' after [fd00::1] is not :port"),
+    ("fd00::zz", 53, "'fd00::zz' is neither host:port nor an IPv6 address"),
+    ("a b:1", 53, "'a b' is not an address or host name"),
+    (":53", 53, "'' is not an address or host name"),
+])
+def test_host_port_errors_say_what_is_wrong(text, default, reason):
+    with pytest.raises(ValueError) as e:
+        config.split_host_port(text, default)
+    assert reason in str(e.value)
 
 
 # -- hostile input: a ConfigError, never another exception ---------------------------------

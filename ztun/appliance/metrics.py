@@ -20,7 +20,6 @@ plus prometheus_client's process_* metrics (CPU, memory, open fds) of the applia
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 import time
@@ -28,6 +27,7 @@ from collections.abc import Callable
 
 from ..errors import ConfigError, ZtunError
 from ..net import endpoint_text
+from .config.address import split_host_port
 
 log = logging.getLogger("ztun.metrics")
 
@@ -36,25 +36,11 @@ DEFAULT_PORT = 9477
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """"host:port" or "[v6]:port" -> (host, port); ConfigError naming metrics.listen otherwise."""
-    host, sep, port = str(text).rpartition(":")
-    if not sep or not host:
-        raise ConfigError(f"metrics.listen: expected host:port (e.g. 127.0.0.1:{DEFAULT_PORT}), got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError(f"metrics.listen: {host!r} in [ ] is not an IPv6 address") from None
-    elif ":" in host:
-        raise ConfigError(f"metrics.listen: write an IPv6 address in brackets, e.g. [::1]:{DEFAULT_PORT}; got {text!r}")
+    """"host:port" or "[v6]:port" -> (host, port), port 0 picking a free one; ConfigError naming metrics.listen otherwise."""
     try:
-        number = int(port)
-    except ValueError:
-        number = -1
-    if not 0 <= number <= 65535:
-        raise ConfigError(f"metrics.listen: port must be 0..65535, got {port!r}")
-    return host, number
+        return split_host_port(str(text), min_port=0)
+    except ValueError as e:
+        raise ConfigError(f"metrics.listen: expected host:port (e.g. 127.0.0.1:{DEFAULT_PORT}), got {text!r}: {e}") from None
 
 
 class PublishedSnapshot:
