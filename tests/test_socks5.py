@@ -423,10 +423,20 @@ def test_from_url_forms():
         assert Socks5Outbound.from_url(loop, "SOCKS5://localhost:1080").proxy_address[1] == 1080
 
 
+@pytest.mark.parametrize("url,expected", [
+    ("socks5://127.0.0.1", ("127.0.0.1", 1080, None, None)),  # port 1080 when left out, as with curl
+    ("socks5://127.0.0.1:", ("127.0.0.1", 1080, None, None)),  # an empty port too (RFC 3986)
+    ("socks5://[fd00::5]", ("fd00::5", 1080, None, None)),
+    (" socks5://Proxy.Example:1081/ ", ("proxy.example", 1081, None, None)),
+    ("socks5://us%40er:p%3Ass@[fd00::5]:1081", ("fd00::5", 1081, "us@er", "p:ss")),
+])
+def test_url_forms(url, expected):
+    assert parse_url(url) == expected
+
+
 @pytest.mark.parametrize("url,words", [
     ("http://127.0.0.1:1080", "scheme must be socks5"),
     ("127.0.0.1:1080", "scheme must be socks5"),
-    ("socks5://127.0.0.1", "no port"),
     ("socks5://127.0.0.1:abc", "port must be a number"),
     ("socks5://127.0.0.1:70000", "port must be a number"),
     ("socks5://127.0.0.1:0", "port must be 1..65535"),
@@ -438,11 +448,21 @@ def test_from_url_forms():
     ("socks5://:1080", "no host"),
     ("socks5://[nothost]:1080", "IPv6 address"),
     ("socks5://127.0.0.1:1080/path", "nothing may follow"),
+    ("socks5://127.0.0.1:1080?x=1", "nothing may follow"),
+    ("socks5://127.0.0.1:1080#x", "nothing may follow"),
+    ("socks5://[fd00::5:1080", "IPv6"),
 ])
 def test_bad_urls(url, words):
     with pytest.raises(ValueError, match="bad proxy URL") as info:
         parse_url(url)
     assert words in str(info.value)
+
+
+def test_bad_url_errors_do_not_show_the_password():
+    for url in ("socks5://u:s3cret@127.0.0.1:70000", "socks5://u:s3cret@h:1/x", "socks4://u:s3cret@h:1"):
+        with pytest.raises(ValueError, match="bad proxy URL") as info:
+            parse_url(url)
+        assert "s3cret" not in str(info.value)
 
 
 def test_constructor_checks():

@@ -100,7 +100,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-timeout", type=_seconds, metavar="SECONDS", help="outbound TCP connect timeout (default 10)")
     p.add_argument("--tcp-idle-timeout", type=_seconds, metavar="SECONDS", help="idle timeout of a relayed TCP connection (default 7200)")
     p.add_argument("--outbound", metavar="URL",
-                   help="socks5://[user:password@]host:port: defines outbound 'proxy' and makes it the default route; "
+                   help="socks5://[user:password@]host[:port] (port 1080 if left out): defines outbound 'proxy' "
+                        "and makes it the default route; "
                         "or 'direct' / 'block' as the default route")
     p.add_argument("--dns-mode", metavar="MODE", help="off, fake-ip or forward (default off)")
     p.add_argument("--log-format", metavar="FORMAT", help="text or json (default text)")

@@ -640,38 +640,41 @@ class Socks5Outbound:
 
 
 def parse_url(url: str) -> tuple[str, int, str | None, str | None]:
-    """(host, port, username, password) of `socks5://[user:password@]host:port`; ValueError naming what is wrong."""
+    """(host, port, username, password) of `socks5://[user:password@]host[:port]`; ValueError naming what is wrong.
+
+    The port is DEFAULT_PORT when left out (as curl has it); an IPv6 host goes in [ ]; user and
+    password are percent-decoded, both or neither, 1..255 bytes each (RFC 1929); nothing follows
+    host:port. The errors leave the URL out: it may hold a password.
+    """
     try:
-        parts = urllib.parse.urlsplit(url)
+        parts = urllib.parse.urlsplit(url.strip())
     except ValueError as e:
-        raise ValueError(f"bad proxy URL {url!r}: {e}") from None
+        raise ValueError(f"bad proxy URL: {e}") from None
     if parts.scheme.lower() != "socks5":
-        raise ValueError(f"bad proxy URL {url!r}: scheme must be socks5://, not {parts.scheme or 'missing'}")
+        raise ValueError(f"bad proxy URL: scheme must be socks5://, not {parts.scheme or 'missing'}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"bad proxy URL {url!r}: nothing may follow host:port")
+        raise ValueError("bad proxy URL: nothing may follow host:port")
     host = parts.hostname
     if not host:
-        raise ValueError(f"bad proxy URL {url!r}: no host")
+        raise ValueError("bad proxy URL: no host")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"bad proxy URL {url!r}: port must be a number 1..65535") from None
-    if port is None:
-        raise ValueError(f"bad proxy URL {url!r}: no port (socks5://host:port)")
+        raise ValueError("bad proxy URL: port must be a number 1..65535") from None
     if port == 0:
-        raise ValueError(f"bad proxy URL {url!r}: port must be 1..65535")
+        raise ValueError("bad proxy URL: port must be 1..65535")
     if "[" in parts.netloc.rpartition("@")[2]:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(f"bad proxy URL {url!r}: {host!r} in [ ] is not an IPv6 address") from None
+            raise ValueError(f"bad proxy URL: {host!r} in [ ] is not an IPv6 address") from None
     username = password = None
     if parts.username is not None or parts.password is not None:
         if parts.password is None:
-            raise ValueError(f"bad proxy URL {url!r}: a username needs a password (user:password@)")
+            raise ValueError("bad proxy URL: a username needs a password (user:password@)")
         username = urllib.parse.unquote(parts.username or "")
         password = urllib.parse.unquote(parts.password)
         for value, what in ((username, "username"), (password, "password")):
             if not 1 <= len(value.encode("utf-8")) <= 255:
                 raise ValueError(f"bad proxy URL: the {what} must be 1..255 bytes (RFC 1929)")
-    return host, port, username, password
+    return host, DEFAULT_PORT if port is None else port, username, password

@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import re
-import urllib.parse
 
+from ...outbound.socks5 import DEFAULT_PORT as SOCKS5_PORT
+from ...outbound.socks5 import parse_url
 from .address import is_host
-from .schema import BUILTIN_OUTBOUNDS, MATCHERS, OUTBOUND_TYPES, PROTOCOLS, OutboundConfig, RouteConfig, RuleConfig
+from .schema import (BUILTIN_OUTBOUNDS, MATCHERS, OUTBOUND_TYPES, PROTOCOLS, SOCKS5_KEYS, OutboundConfig, RouteConfig,
+                     RuleConfig)
 from .values import _choice, _int, _kind, _network, _port_range, _str, _strings, _table
 
 
-def _socks_url(ctx, path, url) -> dict:
-    """socks5://[user:password@]host[:port] -> host, port (default 1080), username, password (percent-decoded)."""
+def _socks_url(ctx, path, url) -> tuple:
+    """(host, port, username, password) of a socks5:// URL, read by the outbound's own parser."""
     if not isinstance(url, str):
         ctx.fail(path, f"must be a URL like \"socks5://user:password@host:port\", got {_kind(url)}")
     try:
-        u = urllib.parse.urlsplit(url.strip())
-        port = u.port
+        return parse_url(url)
     except ValueError as e:
-        ctx.fail(path, f"{url!r} is not a valid URL: {e}")
-    if u.scheme.lower() != "socks5":
-        ctx.fail(path, f"{url!r}: the scheme must be socks5:// (like \"socks5://user:password@host:1080\")")
-    if not u.hostname:
-        ctx.fail(path, f"{url!r} has no proxy host (like \"socks5://host:1080\")")
-    if u.path not in ("", "/") or u.query or u.fragment:
-        ctx.fail(path, f"{url!r}: a SOCKS5 URL has no path, query or fragment")
-    # urlsplit lowercases and unbrackets the host; take it as written (minus brackets) for the error text.
-    return {"server": u.hostname, "port": 1080 if port is None else port,
-            "username": None if u.username is None else urllib.parse.unquote(u.username),
-            "password": None if u.password is None else urllib.parse.unquote(u.password)}
+        ctx.fail(path, str(e))
 
 
 def _outbound(ctx, path, raw) -> OutboundConfig:
@@ -44,7 +35,7 @@ def _outbound(ctx, path, raw) -> OutboundConfig:
     kind = _choice(ctx, path + ("type",), kind, OUTBOUND_TYPES)
     if name in BUILTIN_OUTBOUNDS and kind != name:
         ctx.fail(path + ("name",), f"{name!r} is built in (type {name}); give this {kind} outbound another name")
-    extra = [k for k in ("url", "server", "port", "username", "password") if k in t]
+    extra = [k for k in ("url",) + SOCKS5_KEYS if k in t]
     if kind != "socks5":
         if extra:
             ctx.fail(path + (extra[0],), f"a {kind} outbound takes only name and type")
@@ -52,19 +43,18 @@ def _outbound(ctx, path, raw) -> OutboundConfig:
     if "url" in t:
         if len(extra) > 1:
             ctx.fail(path + (extra[1],), "give either url or server/port/username/password, not both")
-        v = _socks_url(ctx, path + ("url",), t["url"])
-        where = {k: path + ("url",) for k in v}
+        where = dict.fromkeys(SOCKS5_KEYS, path + ("url",))
+        host, port, user, password = _socks_url(ctx, where["server"], t["url"])
     elif "server" in t:
-        v = {"server": t["server"], "port": t.get("port", 1080),
-             "username": t.get("username"), "password": t.get("password")}
-        where = {k: path + (k,) for k in v}
+        where = {k: path + (k,) for k in SOCKS5_KEYS}
+        host, port, user, password = t["server"], t.get("port", SOCKS5_PORT), t.get("username"), t.get("password")
     else:
-        ctx.fail(path, f"socks5 outbound {name!r} needs url = \"socks5://[user:password@]host:port\" or server and port")
-    host = _str(ctx, where["server"], v["server"], "a host name or IP address")
+        ctx.fail(path, f"socks5 outbound {name!r} needs url = \"socks5://[user:password@]host[:port]\" or server and port")
+    # A URL's values pass these checks too, all but the host name already checked by parse_url.
+    host = _str(ctx, where["server"], host, "a host name or IP address")
     if not is_host(host):
         ctx.fail(where["server"], f"{host!r} is not a host name or IP address")
-    port = _int(ctx, where["port"], v["port"], 1, 65535)
-    user, password = v["username"], v["password"]
+    port = _int(ctx, where["port"], port, 1, 65535)
     for k, value in (("username", user), ("password", password)):
         if value is not None and (not isinstance(value, str) or not 1 <= len(value.encode()) <= 255):
             ctx.fail(where[k], f"must be a string of 1..255 bytes (RFC 1929), got "

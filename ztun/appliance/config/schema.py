@@ -127,3 +127,4 @@ KEYS = {
     "control": ("socket",),
 }
 MATCHERS = KEYS["route.rules"][1:]
+SOCKS5_KEYS = KEYS["outbounds"][3:]  # a socks5 outbound's keys instead of url
