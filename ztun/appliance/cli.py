@@ -109,23 +109,27 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-socket", metavar="PATH", help="unix socket of `ztun-appliance status` (default /run/ztun/control.sock)")
 
 
+def _config_command(sub, name: str, config: str, **texts) -> argparse.ArgumentParser:
+    """A command reading a configuration file (config: "--config" or the positional "config") with every run flag over it."""
+    p = sub.add_parser(name, **texts)
+    p.add_argument(config, metavar="FILE", help="TOML configuration file (see the README's Configuration)")
+    _run_flags(p)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="ztun: a transparent TUN gateway.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the gateway in the foreground until SIGINT/SIGTERM",
-                         description="Create and configure the TUN device, route traffic into it and answer it. "
-                                     "SIGINT or SIGTERM removes everything it added and exits 0. "
-                                     "Flags override the values of --config FILE.")
-    run.add_argument("--config", metavar="FILE", help="TOML configuration file (see the README's Configuration)")
-    _run_flags(run)
-
-    check = sub.add_parser("check-config", help="validate a configuration file and print the effective configuration",
-                           description="Validate FILE (with any run flags applied over it) without touching the system, "
-                                       "print the effective configuration (passwords redacted) and exit 0; "
-                                       "an invalid configuration exits 2 naming the key, its line and what is expected.")
-    check.add_argument("config", metavar="FILE", help="TOML configuration file")
-    _run_flags(check)
+    run = _config_command(sub, "run", "--config", help="run the gateway in the foreground until SIGINT/SIGTERM",
+                          description="Create and configure the TUN device, route traffic into it and answer it. "
+                                      "SIGINT or SIGTERM removes everything it added and exits 0. "
+                                      "Flags override the values of --config FILE.")
+    check = _config_command(sub, "check-config", "config",
+                            help="validate a configuration file and print the effective configuration",
+                            description="Validate FILE (with any run flags applied over it) without touching the system, "
+                                        "print the effective configuration (passwords redacted) and exit 0; "
+                                        "an invalid configuration exits 2 naming the key, its line and what is expected.")
 
     cleanup = sub.add_parser("cleanup", help="remove what a crashed run left behind (rules, routes)",
                              description="Remove the rules in ztun's priority range and the routes in its table, "
