@@ -265,6 +265,7 @@ def test_darwin_router_records_and_undoes(kernel_pair):
     with pytest.raises(RouteError) as ei:
         router.get_interface_index("no-such-if0")
     assert ei.value.errno == errno.ENXIO
+    assert router.tun_attached(lo) and not router.tun_attached("no-such-if0")
 
     router.set_link("utun3", up=True, mtu=9000)
     assert router.add_address("utun3", "198.18.0.1/30") is True

@@ -1,9 +1,8 @@
 """The routes and policy rules computed for each mode, checked rule by rule (no system calls)."""
 
-from ztun.system.route_plan import Route, Rule, plan
-from ztun.tun.options import TunOptions
+from ztun.system.route_plan import Route, RouteSpec, Rule, plan
 
-BASE = dict(name="zt0", inet4="198.18.0.1/30", inet6="fd00:18::1/126", table=100, rule_priority=500, fwmark=0x77)
+BASE = dict(iface="zt0", inet4="198.18.0.1/30", inet6="fd00:18::1/126", table=100, rule_priority=500, fwmark=0x77)
 
 
 def lines(p):
@@ -11,12 +10,12 @@ def lines(p):
 
 
 def test_nothing_routed_means_no_rules():
-    assert plan(TunOptions(**BASE)) == plan(TunOptions(**dict(BASE, inet6=None)))
-    assert plan(TunOptions(**BASE)).rules == () and plan(TunOptions(**BASE)).routes == ()
+    assert plan(RouteSpec(**BASE)) == plan(RouteSpec(**dict(BASE, inet6=None)))
+    assert plan(RouteSpec(**BASE)).rules == () and plan(RouteSpec(**BASE)).routes == ()
 
 
 def test_route_mode():
-    routes, rules = lines(plan(TunOptions(**BASE, routes=["198.19.0.0/16"], exclude_routes=["198.19.5.0/24"])))
+    routes, rules = lines(plan(RouteSpec(**BASE, routes=["198.19.0.0/16"], exclude_routes=["198.19.5.0/24"])))
     assert routes == ["198.19.0.0/16 dev zt0 table 100", "throw 198.19.5.0/24 table 100"]
     assert rules == [
         "ip rule 509: from all nop",
@@ -27,13 +26,13 @@ def test_route_mode():
 
 
 def test_route_mode_both_families():
-    p = plan(TunOptions(**BASE, routes=["198.19.0.0/16", "fd00:19::/64"]))
+    p = plan(RouteSpec(**BASE, routes=["198.19.0.0/16", "fd00:19::/64"]))
     assert {r.family for r in p.rules} == {4, 6}
     assert [str(r) for r in p.routes] == ["198.19.0.0/16 dev zt0 table 100", "fd00:19::/64 dev zt0 table 100"]
 
 
 def test_auto_route():
-    routes, rules = lines(plan(TunOptions(**BASE, auto_route=True, exclude_routes=["198.19.5.0/24"])))
+    routes, rules = lines(plan(RouteSpec(**BASE, auto_route=True, exclude_routes=["198.19.5.0/24"])))
     assert routes == ["0.0.0.0/0 dev zt0 table 100", "throw 198.19.5.0/24 table 100", "::/0 dev zt0 table 100"]
     assert rules == [
         "ip rule 509: from all nop",
@@ -58,19 +57,19 @@ def test_auto_route():
 
 
 def test_strict_route_blocks_the_family_without_address():
-    p = plan(TunOptions(**dict(BASE, inet6=None), auto_route=True, strict_route=True))
+    p = plan(RouteSpec(**dict(BASE, inet6=None), auto_route=True, strict_route=True))
     six = [str(r) for r in p.rules if r.family == 6]
     assert six == ["ip -6 rule 509: from all nop", "ip -6 rule 500: from all fwmark 0x77 goto 509", "ip -6 rule 501: from all unreachable"]
     assert not [r for r in p.routes if r.family == 6]
 
 
 def test_without_strict_route_the_other_family_is_left_alone():
-    p = plan(TunOptions(**dict(BASE, inet6=None), auto_route=True))
+    p = plan(RouteSpec(**dict(BASE, inet6=None), auto_route=True))
     assert {r.family for r in p.rules} == {4}
 
 
 def test_every_goto_lands_on_a_nop_added_before_it():
-    p = plan(TunOptions(**BASE, auto_route=True))
+    p = plan(RouteSpec(**BASE, auto_route=True))
     for fam in (4, 6):
         rules = [r for r in p.rules if r.family == fam]
         nops = {r.priority for r in rules if r.action == "nop"}
@@ -86,9 +85,9 @@ def test_specs_are_values():
 
 def test_strict_rp_filter_sources_resolve_through_main():
     from ztun.system import route_plan
-    from ztun.tun.options import TunOptions
 
-    opts = TunOptions(name="zt0", inet4="198.18.0.1/30", inet6="fd00:18::1/126", routes=("198.19.0.0/16",))
+    opts = RouteSpec(iface="zt0", inet4="198.18.0.1/30", inet6="fd00:18::1/126", routes=("198.19.0.0/16",),
+                     table=2022, rule_priority=9000, fwmark=0x2022)
     rules = [str(r) for r in route_plan.plan(opts, rp_sources=["198.18.10.1"]).rules]
     assert "ip rule 9001: from 198.18.10.1/32 iif lo goto 9009" in rules
     assert not any("iif lo" in r for r in rules if r.startswith("ip -6"))  # IPv6 has no rp_filter

@@ -17,6 +17,7 @@ import pytest
 from ztun.errors import RouteError, ZtunError
 from ztun.system import iphlpapi as ip
 from ztun.system import iphlpapi_types as t
+from ztun.system import winerror as we
 from ztun.system.router import Router
 
 pytestmark = pytest.mark.skipif(ctypes.sizeof(ctypes.c_void_p) != 8, reason="the expected layouts are those of 64-bit Windows")
@@ -98,7 +99,7 @@ class FakeIphlpapi:
 
     def alias_to_luid(self, name):
         if name != "ztun0":
-            raise ip.route_error(f"no interface {name!r}", ip.ERROR_INVALID_PARAMETER)
+            raise ip.route_error(f"no interface {name!r}", we.ERROR_INVALID_PARAMETER)
         return self.LUID
 
     def luid_to_index(self, luid):
@@ -122,29 +123,29 @@ class FakeIphlpapi:
         self.calls.append(("create_route", bytes(row)))
         key = self._rkey(row)
         if key in self.routes:
-            return ip.ERROR_OBJECT_ALREADY_EXISTS
+            return we.ERROR_OBJECT_ALREADY_EXISTS
         self.routes[key] = bytes(row)
         return 0
 
     def delete_route(self, row):
         self.calls.append(("delete_route", bytes(row)))
-        return 0 if self.routes.pop(self._rkey(row), None) else ip.ERROR_NOT_FOUND
+        return 0 if self.routes.pop(self._rkey(row), None) else we.ERROR_NOT_FOUND
 
     def create_address(self, row):
         key = bytes(row.Address)
         if key in self.addresses:
-            return ip.ERROR_OBJECT_ALREADY_EXISTS
+            return we.ERROR_OBJECT_ALREADY_EXISTS
         self.addresses[key] = bytes(row)
         return 0
 
     def delete_address(self, row):
-        return 0 if self.addresses.pop(bytes(row.Address), None) else ip.ERROR_NOT_FOUND
+        return 0 if self.addresses.pop(bytes(row.Address), None) else we.ERROR_NOT_FOUND
 
     def interface_row(self, luid, family):
         row = t.MIB_IPINTERFACE_ROW()
         row.Family, row.InterfaceLuid = family, luid
         if family not in self.iface:
-            return ip.ERROR_NOT_FOUND, row
+            return we.ERROR_NOT_FOUND, row
         row.NlMtu, row.UseAutomaticMetric, row.Metric = self.iface[family]
         row.SitePrefixLength = 64  # whatever Get returns; Set must be given 0 for IPv4
         return 0, row
@@ -191,9 +192,11 @@ def test_windows_router_records_and_undoes():
     assert router.get_interface_index("ztun0") == 42
     with pytest.raises(RouteError) as ei:
         router.get_interface_index("nope")
-    assert ei.value.errno == errno.EINVAL and ei.value.winerror == ip.ERROR_INVALID_PARAMETER
+    assert ei.value.errno == errno.EINVAL and ei.value.winerror == we.ERROR_INVALID_PARAMETER
+    assert router.tun_attached("ztun0") and not router.tun_attached("nope")
 
-    router.set_link("ztun0", up=True, mtu=9000, metric=0)
+    router.set_link("ztun0", up=True, mtu=9000)
+    router.set_metric("ztun0", 0)
     assert api.iface[t.AF_INET] == (9000, 0, 0)
     assert ("set_interface", t.AF_INET, 0) in api.calls  # SitePrefixLength 0 for IPv4
     assert router.add_address("ztun0", "198.18.0.1/30") is True

@@ -22,6 +22,7 @@ import pytest
 
 from ztun._fast import PacketBatch
 from ztun.errors import TunError, ZtunError
+from ztun.system import winerror as we
 from ztun.tun import wintun as wt
 from ztun.tun.device import TunDevice
 from ztun.tun.options import TunOptions
@@ -153,10 +154,10 @@ def test_adapters(lib):
         b.close()
         with pytest.raises(TunError) as ei:
             lib.open_adapter("wt-none")
-        assert ei.value.winerror == wt.ERROR_FILE_NOT_FOUND and ei.value.errno == errno.ENOENT
+        assert ei.value.winerror == we.ERROR_FILE_NOT_FOUND and ei.value.errno == errno.ENOENT
         with pytest.raises(TunError) as ei:
             lib.create_adapter("")
-        assert ei.value.winerror == wt.ERROR_INVALID_PARAMETER and ei.value.errno == errno.EINVAL
+        assert ei.value.winerror == we.ERROR_INVALID_PARAMETER and ei.value.errno == errno.EINVAL
         for bad in (0x1000, CAP + 1, wt.MAX_RING_CAPACITY * 2):
             with pytest.raises(TunError, match="power of two"):
                 a.start_session(bad)
@@ -175,7 +176,7 @@ def test_receive_batch(session, stub):
         assert session.receive_batch(batch) == want == batch.count
         got += [bytes(batch.packet(i)) for i in range(batch.count)]
     assert got == pkts
-    assert session.last_status == wt.ERROR_NO_MORE_ITEMS
+    assert session.last_status == we.ERROR_NO_MORE_ITEMS
     assert stub.used(session, send_ring=False) == 0  # every packet was released
 
 
@@ -230,7 +231,7 @@ def test_end_of_session(session, stub):
     batch = PacketBatch(slots=4, max_packet=2048)
     with pytest.raises(TunError) as ei:
         session.receive_batch(batch)
-    assert ei.value.winerror == wt.ERROR_HANDLE_EOF and ei.value.errno == errno.EPIPE
+    assert ei.value.winerror == we.ERROR_HANDLE_EOF and ei.value.errno == errno.EPIPE
     with pytest.raises(TunError):
         session.receive()
     batch.fill(packets(8, 2))
@@ -239,7 +240,7 @@ def test_end_of_session(session, stub):
     assert list(errnos) == [errno.EPIPE] * 2
     with pytest.raises(TunError) as ei:
         session.send(bytes(batch.packet(0)))
-    assert ei.value.winerror == wt.ERROR_HANDLE_EOF
+    assert ei.value.winerror == we.ERROR_HANDLE_EOF
 
 
 def test_calls_after_end_are_errors(lib):

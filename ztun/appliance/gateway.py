@@ -57,23 +57,25 @@ class Gateway:
             self.device = open_tun(opts)
             self.router = open_router()
             name = self.device.name
+            spec = route_plan.RouteSpec(iface=name, inet4=opts.inet4, inet6=opts.inet6, routes=opts.routes,
+                                        exclude_routes=opts.exclude_routes, auto_route=opts.auto_route,
+                                        strict_route=opts.strict_route, table=opts.table,
+                                        rule_priority=opts.rule_priority, fwmark=opts.fwmark)
             rp_sources = ()
-            if hasattr(self.router, "strict_rp_filter_sources") and (opts.routes or opts.auto_route):
+            if opts.routes or opts.auto_route:
                 rp_sources = self.router.strict_rp_filter_sources(skip=name)
                 if rp_sources:
                     log.info("strict rp_filter on the interfaces of %s: their replies are looked up in the main table",
                              ", ".join(map(str, rp_sources)))
-            plan = route_plan.plan(opts, name, rp_sources)
+            plan = route_plan.plan(spec, rp_sources, policy_routing=self.router.policy_routing)
             self.router.remove_leftovers(opts.table, opts.rule_priorities)
             if not getattr(self.device, "adopted", False):
                 self.router.set_link(name, mtu=opts.mtu)
                 for addr in opts.addresses:
                     self.router.add_address(name, addr)
                 self.router.set_link(name, up=True)
-            for route in plan.routes:
-                self.router.add(route)
-            for rule in plan.rules:
-                self.router.add(rule)
+            for item in plan.routes + plan.rules:
+                self.router.add(item)
             if getattr(self.device, "napi", False) and getattr(self.device, "created", False):  # not one adopted or attached
                 self.napi = NapiThreads(name, self.device.if_index, opts.napi,
                                         reads=lambda: (self.stack.packets_read, self.stack.batches_read))
@@ -129,7 +131,7 @@ class Gateway:
             parts.append("auto-route" + (" strict" if o.strict_route else ""))
         if self.napi is not None:
             parts.append(f"threaded NAPI {o.napi}")
-        if o.routes or o.auto_route:
+        if (o.routes or o.auto_route) and self.router.policy_routing:
             parts.append(f"table {o.table} rules {o.rule_priority}..{o.rule_priority + 9} fwmark {o.fwmark:#x}")
         return ", ".join(parts)
 

@@ -5,7 +5,6 @@ raise RouteError. Loading needs Windows; tests use a fake with the same methods.
 """
 
 import ctypes
-import errno as _errno
 import sys
 from ctypes import POINTER, byref, c_uint32
 
@@ -17,32 +16,13 @@ from .iphlpapi_types import (
     NET_IFINDEX,
     NET_LUID,
 )
+from .winerror import win_error
 
-NO_ERROR = 0
-ERROR_FILE_NOT_FOUND = 2
-ERROR_ACCESS_DENIED = 5
-ERROR_NOT_ENOUGH_MEMORY = 8
-ERROR_INVALID_PARAMETER = 87
-ERROR_NOT_FOUND = 1168
-ERROR_NOT_SUPPORTED = 50
-ERROR_OBJECT_ALREADY_EXISTS = 5010
-
-# The errno closest to a Win32 code, so RouteError/TunError keep one vocabulary.
-_ERRNO = {
-    ERROR_FILE_NOT_FOUND: _errno.ENOENT,
-    ERROR_ACCESS_DENIED: _errno.EACCES,
-    ERROR_NOT_ENOUGH_MEMORY: _errno.ENOMEM,
-    ERROR_INVALID_PARAMETER: _errno.EINVAL,
-    ERROR_NOT_FOUND: _errno.ESRCH,
-    ERROR_NOT_SUPPORTED: _errno.EOPNOTSUPP,
-    ERROR_OBJECT_ALREADY_EXISTS: _errno.EEXIST,
-}
 
 def route_error(what: str, code: int) -> RouteError:
     """A RouteError for a Win32 error code: the nearest errno, and the code itself in .winerror."""
-    err = RouteError(f"{what}: Win32 error {code}", _ERRNO.get(code, _errno.EIO))
-    err.winerror = code
-    return err
+    return win_error(RouteError, what, code)
+
 
 class Iphlpapi:
     """iphlpapi.dll: interface lookup, unicast addresses, IP interface settings and routes."""
@@ -50,7 +30,7 @@ class Iphlpapi:
     def __init__(self, lib=None):
         if lib is None:
             if sys.platform != "win32":
-                raise RouteError(f"iphlpapi is a Windows library; this is {sys.platform}")
+                raise RouteError(f"the iphlpapi router needs Windows (iphlpapi.dll is a Windows library); this is {sys.platform}")
             lib = ctypes.WinDLL("iphlpapi.dll")
         self._lib = lib
         sig = {

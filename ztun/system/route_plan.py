@@ -1,6 +1,10 @@
-"""The routes and Linux policy rules that send traffic into the TUN, computed from TunOptions (no system calls).
+"""The routes and Linux policy rules that send traffic into the TUN, computed from a RouteSpec (no system calls).
 
-With P = rule_priority, T = table, M = fwmark and NOP = P+9, per address family that has
+A router without policy routing (macOS, Windows) gets routes to the given prefixes in the
+main table, out of the TUN, and no rules; auto-route and exclusions need the rules below
+(for now: a RouteError says so).
+
+With policy routing (Linux), with P = rule_priority, T = table, M = fwmark and NOP = P+9, per address family that has
 something to route (sing-tun's rule set, with an fwmark exception instead of binding
 ztun's own sockets to an interface):
 
@@ -37,13 +41,49 @@ strict-route, a family with no address on the TUN gets `P+0 fwmark M goto NOP`,
 `P+1 unreachable` and the nop, so it fails instead of leaking around the TUN.
 """
 
+import errno
 import ipaddress
 from dataclasses import dataclass
 
-from ..tun.options import TunOptions
+from ..errors import RouteError
 
 MAIN_TABLE = 254
 FAMILIES = (4, 6)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouteSpec:
+    """What to route into the TUN interface iface, in plain values (strings are parsed).
+
+    inet4/inet6: the TUN's own address with its prefix (None: that family stays off the
+    TUN). routes: the prefixes sent into it; exclude_routes are cut out of them (or out of
+    everything, with auto_route). strict_route: a family without an address on the TUN is
+    made unreachable. table, rule_priority and fwmark: ztun's routing table, the first of
+    its ten rule priorities, and the mark of its own sockets (Linux policy routing).
+    """
+
+    iface: str
+    inet4: ipaddress.IPv4Interface | None = None
+    inet6: ipaddress.IPv6Interface | None = None
+    routes: tuple = ()
+    exclude_routes: tuple = ()
+    auto_route: bool = False
+    strict_route: bool = False
+    table: int
+    rule_priority: int
+    fwmark: int
+
+    def __post_init__(self):
+        for field in ("inet4", "inet6"):
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, ipaddress.ip_interface(value))
+        for field in ("routes", "exclude_routes"):
+            object.__setattr__(self, field, tuple(ipaddress.ip_network(n) for n in getattr(self, field)))
+
+    def prefix(self, family: int):
+        """The TUN's own address and prefix of family 4 or 6, or None."""
+        return self.inet4 if family == 4 else self.inet6
 
 
 @dataclass(frozen=True)
@@ -56,6 +96,12 @@ class Route:
     kind: str = "unicast"
     gateway: object = None
 
+    @classmethod
+    def of(cls, cidr, gateway=None, iface: str | None = None, *, table: int | None = None, kind: str = "unicast") -> "Route":
+        """The Route that Router.add_route's arguments describe: strings parsed, table None is the main table."""
+        return cls(ipaddress.ip_network(cidr), iface, MAIN_TABLE if table is None else table, kind,
+                   None if gateway is None else ipaddress.ip_address(gateway))
+
     @property
     def family(self) -> int:
         return self.cidr.version
@@ -64,7 +110,8 @@ class Route:
         head = "" if self.kind == "unicast" else f"{self.kind} "
         via = f" via {self.gateway}" if self.gateway is not None else ""
         dev = f" dev {self.iface}" if self.iface else ""
-        return f"{head}{self.cidr}{via}{dev} table {self.table}"
+        table = "" if self.table == MAIN_TABLE else f" table {self.table}"  # as `ip route` shows main
+        return f"{head}{self.cidr}{via}{dev}{table}"
 
 
 @dataclass(frozen=True)
@@ -109,32 +156,35 @@ def _net(text: str):
     return ipaddress.ip_network(text)
 
 
-def plan(options: TunOptions, iface: str | None = None, rp_sources=()) -> RoutePlan:
-    """Routes (table T) and rules for options, for the TUN interface iface (default options.name).
+def plan(spec: RouteSpec, rp_sources=(), *, policy_routing: bool = True) -> RoutePlan:
+    """The routes and rules that route spec into the TUN, for a router with or without policy routing.
 
     rp_sources: IPv4 addresses of interfaces with strict rp_filter (see the module docstring).
+    Without policy routing, auto_route and exclude_routes raise RouteError.
     """
-    iface = iface or options.name
-    T, P, M = options.table, options.rule_priority, options.fwmark
+    if not policy_routing:
+        return _main_table_plan(spec)
+    iface = spec.iface
+    T, P, M = spec.table, spec.rule_priority, spec.fwmark
     nop = P + 9
     routes, rules = [], []
     for fam in FAMILIES:
-        prefix = getattr(options, f"inet{fam}")
-        given = [r for r in options.routes if r.version == fam]
-        routed = prefix is not None and (given or options.auto_route)
+        prefix = spec.prefix(fam)
+        given = [r for r in spec.routes if r.version == fam]
+        routed = prefix is not None and (given or spec.auto_route)
         if routed:
             routes += [Route(net, iface, T) for net in given]
-            if options.auto_route:
+            if spec.auto_route:
                 routes.append(Route(_net("0.0.0.0/0" if fam == 4 else "::/0"), iface, T))
-            routes += [Route(net, None, T, "throw") for net in options.exclude_routes if net.version == fam]
+            routes += [Route(net, None, T, "throw") for net in spec.exclude_routes if net.version == fam]
             rules += [
                 Rule(fam, P, "goto", goto=nop, fwmark=M, fwmask=0xFFFFFFFF),
                 Rule(fam, P + 1, "goto", goto=nop, iif=iface),
-                Rule(fam, P + 2, "lookup", table=T, suppress_prefixlength=0 if options.auto_route else None),
+                Rule(fam, P + 2, "lookup", table=T, suppress_prefixlength=0 if spec.auto_route else None),
             ]
             rules += [Rule(fam, P + 1, "goto", goto=nop, iif="lo", src=ipaddress.ip_network(a))
                       for a in rp_sources if ipaddress.ip_address(a).version == fam]
-            if options.auto_route:
+            if spec.auto_route:
                 rules += [
                     Rule(fam, P + 3, "lookup", table=MAIN_TABLE, suppress_prefixlength=0),
                     Rule(fam, P + 4, "lookup", table=T, iif="lo", src=prefix.network),
@@ -151,7 +201,7 @@ def plan(options: TunOptions, iface: str | None = None, rp_sources=()) -> RouteP
                     ]
                 rules.append(Rule(fam, P + 7, "lookup", table=T))
             rules.append(Rule(fam, nop, "nop"))
-        elif prefix is None and options.strict_route:
+        elif prefix is None and spec.strict_route:
             rules += [
                 Rule(fam, P, "goto", goto=nop, fwmark=M, fwmask=0xFFFFFFFF),
                 Rule(fam, P + 1, "unreachable"),
@@ -160,3 +210,25 @@ def plan(options: TunOptions, iface: str | None = None, rp_sources=()) -> RouteP
     # The nop targets go in first, so no goto is ever left pointing nowhere.
     rules.sort(key=lambda r: r.action != "nop")
     return RoutePlan(tuple(routes), tuple(rules))
+
+
+def _main_table_plan(spec: RouteSpec) -> RoutePlan:
+    """Routes into the main table out of the TUN: the given prefixes, and the TUN's own prefix.
+
+    The own prefix is for macOS: a utun is point-to-point, its address brings no prefix
+    route, and the kernel's replies to the stack's "next" address B must go into the TUN
+    (where the address did bring one, as on Windows, adding it again changes nothing).
+    """
+    for field in ("auto_route", "exclude_routes"):
+        if getattr(spec, field):
+            raise RouteError(f"{field} needs Linux policy routing for now; this platform's router has none "
+                             "(route chosen prefixes with routes)", errno.EOPNOTSUPP)
+    routes = []
+    for fam in FAMILIES:
+        prefix = spec.prefix(fam)
+        given = [r for r in spec.routes if r.version == fam]
+        if prefix is None or not given:
+            continue
+        own = [prefix.network] if not any(prefix.network.subnet_of(net) for net in given) else []
+        routes += [Route(net, spec.iface, MAIN_TABLE) for net in given + own]
+    return RoutePlan(tuple(routes), ())

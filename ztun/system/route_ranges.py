@@ -38,7 +38,7 @@ def subtract(prefixes, excludes) -> list:
 
 
 def route_ranges(options, platform: str, exclude=()) -> list:
-    """The prefixes to route into the TUN for options on platform ("darwin" or "win32").
+    """The prefixes to route into the TUN for options (a route_plan.RouteSpec) on platform ("darwin" or "win32").
 
     exclude adds prefixes or addresses (the proxy's) to options.exclude_routes.
     """

@@ -1,4 +1,4 @@
-"""Router: the protocol of what configures interfaces, routes and (on Linux) policy rules, and open_router()."""
+"""Router: the one protocol of what configures interfaces, routes and (on Linux) policy rules, and open_router()."""
 
 import sys
 from typing import Protocol, runtime_checkable
@@ -8,13 +8,29 @@ from ..errors import ZtunError
 
 @runtime_checkable
 class Router(Protocol):
-    """Links, addresses and routes, IPv4 and IPv6. Every change is recorded; close() undoes exactly those.
+    """Links, addresses, routes and (where the platform has them) policy rules, IPv4 and IPv6.
 
-    Adding what already exists is not an error and is not recorded, so it is not removed.
+    Every change is recorded; close() undoes exactly those, newest first. Adding what
+    already exists is not an error and is not recorded, so it is not removed. Every
+    platform implements every method: what a platform cannot do raises RouteError saying
+    what and why.
+    """
+
+    policy_routing: bool
+    """Whether the router has policy rules and routing tables other than main (Linux).
+
+    Without it, add_rule and delete_rule raise RouteError, routes go into the main table
+    only and are unicast only, and route_plan.plan() makes a plan without rules.
     """
 
     def get_interface_index(self, name: str) -> int:
         """The interface index of name; RouteError if there is none."""
+
+    def tun_attached(self, name: str) -> bool:
+        """Whether name is a TUN some process holds open (a running ztun's), without attaching to it."""
+
+    def strict_rp_filter_sources(self, skip: str) -> tuple:
+        """IPv4 addresses of the interfaces but skip and lo whose reverse-path filter is strict; () without rp_filter."""
 
     def set_link(self, iface: str, *, up: bool | None = None, mtu: int | None = None) -> None:
         """Bring iface up (or down) and set its MTU; close() restores what was there."""
@@ -25,28 +41,34 @@ class Router(Protocol):
     def add_route(self, cidr, gateway=None, iface: str | None = None, *, table: int | None = None, kind: str = "unicast") -> bool:
         """Add a route to cidr via gateway and/or out of iface; False if it already existed.
 
-        kind "throw" makes a lookup in table fall through to the next rule, "unreachable" fails it.
+        table None is the main table. kind "throw" makes a lookup in table fall through to
+        the next rule, "unreachable" fails it (both need policy_routing).
         """
 
     def delete_route(self, cidr, gateway=None, iface: str | None = None, *, table: int | None = None, kind: str = "unicast") -> bool:
         """Delete a route; False if there was none. A route ztun recorded is forgotten."""
 
-    def close(self) -> None:
-        """Undo every recorded change, newest first. Idempotent."""
-
-
-@runtime_checkable
-class PolicyRouter(Router, Protocol):
-    """A Router with policy routing rules (Linux)."""
-
     def add_rule(self, rule) -> bool:
-        """Add a route_plan.Rule; False if an identical rule existed."""
+        """Add a route_plan.Rule; False if an identical rule existed. RouteError without policy_routing."""
 
     def delete_rule(self, rule) -> bool:
-        """Delete a route_plan.Rule; False if there was none."""
+        """Delete a route_plan.Rule; False if there was none. RouteError without policy_routing."""
+
+    def add(self, item) -> bool:
+        """Add a route_plan.Route or Rule (as add_route or add_rule would); False if it was already there."""
+
+    def delete(self, item) -> bool:
+        """Delete a route_plan.Route or Rule; False if there was none."""
 
     def remove_leftovers(self, table: int, priorities: range) -> int:
-        """Delete every rule in priorities and every route in table (a crashed run's); return how many."""
+        """Remove what a crashed run left behind (rules in priorities, routes in table, or the platform's equivalent); return how many.
+
+        Each platform's docstring says what a crash leaves there; where nothing outlives
+        the TUN, this removes nothing and returns 0.
+        """
+
+    def close(self) -> None:
+        """Undo every recorded change, newest first. Idempotent."""
 
 
 def open_router() -> Router:

@@ -1,7 +1,8 @@
 """The macOS Router: interface flags, MTU and addresses with ioctls, routes with PF_ROUTE messages.
 
-Every change is recorded and close() undoes it, newest first. Routes and addresses on a
-utun ztun created also vanish with the utun, so a crashed run leaves nothing behind.
+Every change is recorded and close() undoes it, newest first. macOS has no policy rules
+(MainTableRouter). Routes and addresses on a utun ztun created also vanish with the utun,
+so a crashed run leaves nothing behind (see remove_leftovers).
 """
 
 import errno
@@ -14,16 +15,21 @@ from ..errors import RouteError
 from . import route_socket as rs
 from .darwin_ioctl import IFF_UP, Ifconfig
 from .darwin_sockaddr import LinkAddr
+from .route_plan import Route
+from .router_main import MainTableRouter
+from .undo import UndoLog
 
 log = logging.getLogger("ztun.system.router")
 
 
-class DarwinRouter:
+class DarwinRouter(MainTableRouter):
     """Routes and interface settings on macOS (PF_ROUTE + interface ioctls).
 
     route_socket and ifconfig are injectable: tests drive the logic over a socketpair
     and a recording ioctl off macOS.
     """
+
+    system = "macOS"
 
     def __init__(self, *, route_socket: rs.RouteSocket | None = None, ifconfig: Ifconfig | None = None):
         if route_socket is None or ifconfig is None:
@@ -31,7 +37,7 @@ class DarwinRouter:
                 raise RouteError(f"the PF_ROUTE router needs macOS; this is {sys.platform} (use ztun.system.router.open_router)")
         self._rt = route_socket or rs.RouteSocket()
         self._if = ifconfig or Ifconfig()
-        self._undo: list = []  # (kind, args), undone newest first
+        self._undo = UndoLog(log)
         self._closed = False
 
     def get_interface_index(self, name: str) -> int:
@@ -46,13 +52,13 @@ class DarwinRouter:
             old = self._if.get_mtu(iface)
             if old != mtu:
                 self._if.set_mtu(iface, mtu)
-                self._undo.append(("mtu", (iface, old)))
+                self._undo.push(f"restore MTU {old} on {iface}", lambda: self._if.set_mtu(iface, old))
         if up is not None:
             flags = self._if.get_flags(iface)
             new = flags | IFF_UP if up else flags & ~IFF_UP
             if new != flags:
                 self._if.set_flags(iface, new)
-                self._undo.append(("flags", (iface, flags)))
+                self._undo.push(f"restore the flags of {iface}", lambda: self._if.set_flags(iface, flags))
 
     def add_address(self, iface: str, cidr) -> bool:
         """Add an address with its prefix length to iface (SIOCAIFADDR / SIOCAIFADDR_IN6).
@@ -62,75 +68,65 @@ class DarwinRouter:
         """
         addr = ipaddress.ip_interface(cidr)
         self._if.add_address(iface, addr)
-        self._undo.append(("address", (iface, addr)))
+        self._undo.push(f"delete address {addr} from {iface}", lambda: self._if.delete_address(iface, addr))
         return True
 
-    def _message(self, type_, cidr, gateway, iface, table, kind):
-        if table is not None:
-            raise RouteError(f"route {cidr}: routing tables are a Linux feature (table={table})", errno.EINVAL)
-        if kind != "unicast":
-            raise RouteError(f"route {cidr}: {kind!r} routes are Linux-only; macOS takes unicast routes", errno.EOPNOTSUPP)
+    def _message(self, type_, route: Route):
         link = None
-        if gateway is None:
-            if iface is None:
-                raise RouteError(f"route {cidr} needs a gateway or an interface", errno.EINVAL)
-            link = LinkAddr(self.get_interface_index(iface), iface)
+        if route.gateway is None:
+            if route.iface is None:
+                raise RouteError(f"route {route.cidr} needs a gateway or an interface", errno.EINVAL)
+            link = LinkAddr(self.get_interface_index(route.iface), route.iface)
         try:
-            return rs.route_message(type_, cidr, gateway, link)
+            return rs.route_message(type_, route.cidr, route.gateway, link)
         except ValueError as e:
-            raise RouteError(f"route {cidr}: {e}", errno.EINVAL) from None
+            raise RouteError(f"route {route.cidr}: {e}", errno.EINVAL) from None
+
+    def _request(self, type_, route: Route, absent: int) -> bool:
+        """Send RTM_ADD or RTM_DELETE for route; False if the kernel answers absent (EEXIST, ESRCH)."""
+        msg = self._message(type_, route)
+        try:
+            self._rt.request(msg, f"{'RTM_ADD' if type_ == rs.RTM_ADD else 'RTM_DELETE'} {route.cidr}")
+        except RouteError as e:
+            if e.errno == absent:
+                return False
+            raise
+        return True
 
     def add_route(self, cidr, gateway=None, iface: str | None = None, *, table: int | None = None, kind: str = "unicast") -> bool:
         """Add a route to cidr via gateway, or out of iface (a sockaddr_dl gateway); False if it already existed."""
-        msg = self._message(rs.RTM_ADD, cidr, gateway, iface, table, kind)
-        try:
-            self._rt.request(msg, f"RTM_ADD {cidr}")
-        except RouteError as e:
-            if e.errno == errno.EEXIST:
-                return False
-            raise
-        self._undo.append(("route", (ipaddress.ip_network(cidr), gateway, iface)))
-        log.info("added route %s%s%s", cidr, f" via {gateway}" if gateway else "", f" dev {iface}" if iface else "")
+        route = self._main_route(cidr, gateway, iface, table, kind)
+        if not self._request(rs.RTM_ADD, route, errno.EEXIST):
+            return False
+        self._undo.push(f"delete route {route}", lambda: self._request(rs.RTM_DELETE, route, errno.ESRCH), key=route)
+        log.info("added route %s", route)
         return True
 
     def delete_route(self, cidr, gateway=None, iface: str | None = None, *, table: int | None = None, kind: str = "unicast") -> bool:
         """Delete a route; False if there was none. A route ztun recorded is forgotten."""
-        msg = self._message(rs.RTM_DELETE, cidr, gateway, iface, table, kind)
-        key = ("route", (ipaddress.ip_network(cidr), gateway, iface))
-        if key in self._undo:
-            self._undo.remove(key)
-        try:
-            self._rt.request(msg, f"RTM_DELETE {cidr}")
-        except RouteError as e:
-            if e.errno == errno.ESRCH:
-                return False
-            raise
-        return True
+        route = self._main_route(cidr, gateway, iface, table, kind)
+        self._undo.forget(route)
+        return self._request(rs.RTM_DELETE, route, errno.ESRCH)
 
     def get_route(self, dst) -> rs.RouteMessage:
         """The kernel's route for dst (RTM_GET): gateway, netmask, flags, and the interface in addrs[RTAX_IFP]."""
         return self._rt.request(rs.get_message(dst), f"RTM_GET {dst}")
+
+    def remove_leftovers(self, table: int, priorities: range) -> int:
+        """Nothing to remove: a crashed run leaves no route, address or rule on macOS; returns 0.
+
+        A utun exists only while its control socket is open; when the process dies the
+        kernel closes it and detaches the interface, which removes its addresses and every
+        route out of it. ztun's routes on macOS all go out of its utun, and macOS has no
+        policy rules or tables (table and priorities name nothing here).
+        """
+        return 0
 
     def close(self) -> None:
         """Undo every recorded change, newest first; report failures in the log. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        while self._undo:
-            kind, args = self._undo.pop()
-            try:
-                if kind == "route":
-                    cidr, gateway, iface = args
-                    self._rt.request(self._message(rs.RTM_DELETE, cidr, gateway, iface, None, "unicast"), f"RTM_DELETE {cidr}")
-                elif kind == "address":
-                    self._if.delete_address(*args)
-                elif kind == "mtu":
-                    self._if.set_mtu(*args)
-                elif kind == "flags":
-                    self._if.set_flags(*args)
-            except RouteError as e:
-                # ESRCH/ENXIO/EADDRNOTAVAIL: already gone with the utun it belonged to.
-                if e.errno not in (errno.ESRCH, errno.ENXIO, errno.EADDRNOTAVAIL):
-                    log.warning("undoing %s %s: %s", kind, args, e)
+        self._undo.undo_all()
         self._rt.close()
         self._if.close()

@@ -5,6 +5,7 @@ an undo log; close() replays it backwards, so ztun removes exactly what it added
 """
 
 import errno
+import functools
 import ipaddress
 import logging
 import socket
@@ -14,6 +15,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import RouteError
 from .route_plan import Route, Rule
+from .undo import UndoLog
 
 log = logging.getLogger("ztun.router")
 
@@ -29,14 +31,16 @@ def _code(e: NetlinkError) -> int:
 
 
 class LinuxRouter:
-    """Router and PolicyRouter for Linux, in the network namespace the process runs in."""
+    """The Router of Linux, with policy routing, in the network namespace the process runs in."""
+
+    policy_routing = True
 
     def __init__(self, ipr: IPRoute | None = None):
         try:
             self._ipr = ipr or IPRoute()
         except OSError as e:
             raise RouteError("cannot open a netlink socket", e.errno) from None
-        self._undo: list = []  # (description, callable)
+        self._undo = UndoLog(log)
         self._closed = False
 
     # --- interfaces ----------------------------------------------------------------
@@ -56,7 +60,7 @@ class LinuxRouter:
         info = link.get("IFLA_LINKINFO")
         return info is not None and info.get("IFLA_INFO_KIND") == "tun" and bool(link.get("IFLA_CARRIER"))
 
-    def strict_rp_filter_sources(self, skip: str) -> list:
+    def strict_rp_filter_sources(self, skip: str) -> tuple:
         """IPv4 addresses of the interfaces (but skip and lo) whose effective rp_filter is strict (1).
 
         The effective value is max(conf/all, conf/IFACE); 2 (loose) is fine for ztun.
@@ -69,7 +73,7 @@ class LinuxRouter:
                 continue
             if max(_rp_filter("all"), _rp_filter(dev)) == 1:
                 out.append(ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")))
-        return out
+        return tuple(out)
 
     def set_link(self, iface: str, *, up: bool | None = None, mtu: int | None = None) -> None:
         idx = self.get_interface_index(iface)
@@ -112,8 +116,7 @@ class LinuxRouter:
     def _route(self, cidr, gateway, iface, table, kind) -> Route:
         if kind not in _ROUTE_TYPES:
             raise RouteError(f"route kind must be one of {sorted(_ROUTE_TYPES)}, got {kind!r}")
-        return Route(ipaddress.ip_network(cidr), iface, 254 if table is None else table, kind,
-                     None if gateway is None else ipaddress.ip_address(gateway))
+        return Route.of(cidr, gateway, iface, table=table, kind=kind)
 
     def add_route(self, cidr, gateway=None, iface=None, *, table=None, kind="unicast") -> bool:
         return self.add(self._route(cidr, gateway, iface, table, kind))
@@ -155,7 +158,7 @@ class LinuxRouter:
         if not self._add(f"add {item}", call, **kw):
             log.info("%s already exists; left as it is", item)
             return False
-        self._record(f"delete {item}", call, "del", **kw)
+        self._record(f"delete {item}", call, "del", _key=item, **kw)
         log.info("added %s", item)
         return True
 
@@ -167,7 +170,7 @@ class LinuxRouter:
             if _code(e) in _GONE:
                 return False
             raise RouteError(f"delete {item}", _code(e)) from None
-        self._undo = [u for u in self._undo if u[0] != f"delete {item}"]
+        self._undo.forget(item)
         return True
 
     def _target(self, item):
@@ -178,7 +181,12 @@ class LinuxRouter:
     # --- crash leftovers ---------------------------------------------------------------
 
     def remove_leftovers(self, table: int, priorities: range) -> int:
-        """Delete every IPv4/IPv6 rule with a priority in priorities and every route in table."""
+        """Delete every IPv4/IPv6 rule with a priority in priorities and every route in table; return how many.
+
+        Rules belong to no device, so a crashed run leaves all of its rules; its routes out
+        of a TUN it created went with the TUN, but its throw routes (no device) and routes
+        on a persistent TUN it attached to stay in the table.
+        """
         removed = 0
         for family in (socket.AF_INET, socket.AF_INET6):
             for msg in self._call("list rules", self._ipr.rule, "dump", family=family):
@@ -240,26 +248,15 @@ class LinuxRouter:
                 raise RouteError(f"{what} (needs root or CAP_NET_ADMIN)", _code(e)) from None
             raise RouteError(what, _code(e)) from None
 
-    def _record(self, what, call, *args, **kw):
-        self._undo.append((what, lambda: call(*args, **kw)))
+    def _record(self, what, call, *args, _key=None, **kw):
+        self._undo.push(what, functools.partial(self._call, what, call, *args, **kw), key=_key)
 
     def close(self) -> None:
         """Undo every recorded change, newest first; what is already gone is fine. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        while self._undo:
-            what, undo = self._undo.pop()
-            try:
-                undo()
-                log.info("%s", what)
-            except NetlinkError as e:
-                if _code(e) in _GONE:
-                    log.debug("%s: already gone", what)
-                else:
-                    log.warning("%s failed: %s", what, e)
-            except Exception as e:  # keep undoing the rest whatever happens
-                log.warning("%s failed: %s", what, e)
+        self._undo.undo_all()
         self._ipr.close()
 
     def __enter__(self):

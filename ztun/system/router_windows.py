@@ -1,17 +1,22 @@
 """The Windows Router: MTU, unicast addresses and routes through iphlpapi, keyed by the interface LUID.
 
-Every change is recorded and close() undoes it, newest first. Routes and addresses on a
-Wintun adapter ztun created also go when the adapter is removed.
+Every change is recorded and close() undoes it, newest first. Windows has no policy rules
+(MainTableRouter). Routes and addresses on a Wintun adapter ztun created also go when the
+adapter is removed, which a crash does too (see remove_leftovers).
 """
 
 import errno
+import functools
 import ipaddress
 import logging
-import sys
 
 from ..errors import RouteError
 from . import iphlpapi as ip
 from . import iphlpapi_types as t
+from . import winerror as we
+from .route_plan import Route
+from .router_main import MainTableRouter
+from .undo import UndoLog
 
 log = logging.getLogger("ztun.system.router")
 
@@ -44,16 +49,14 @@ def address_row(api, luid: int, cidr) -> t.MIB_UNICASTIPADDRESS_ROW:
     return row
 
 
-class WindowsRouter:
-    """Addresses, MTU and routes on Windows. api (an Iphlpapi) is injectable for tests off Windows."""
+class WindowsRouter(MainTableRouter):
+    """Addresses, MTU, interface metric and routes on Windows. api (an Iphlpapi) is injectable for tests off Windows."""
+
+    system = "Windows"
 
     def __init__(self, api=None):
-        if api is None:
-            if sys.platform != "win32":
-                raise RouteError(f"the iphlpapi router needs Windows; this is {sys.platform} (use ztun.system.router.open_router)")
-            api = ip.Iphlpapi()
-        self._api = api
-        self._undo: list = []
+        self._api = api if api is not None else ip.Iphlpapi()
+        self._undo = UndoLog(log)
         self._closed = False
 
     def _luid(self, iface: str) -> int:
@@ -62,20 +65,26 @@ class WindowsRouter:
     def get_interface_index(self, name: str) -> int:
         return self._api.luid_to_index(self._luid(name))
 
-    def set_link(self, iface: str, *, up: bool | None = None, mtu: int | None = None, metric: int | None = None) -> None:
-        """Set the IPv4 and IPv6 MTU (NlMtu) and, if given, a fixed interface metric; close() restores them.
+    def set_link(self, iface: str, *, up: bool | None = None, mtu: int | None = None) -> None:
+        """Set the IPv4 and IPv6 MTU (NlMtu); close() restores it.
 
         A Wintun adapter is up while its session runs, so up=True asks nothing; it cannot be
         taken down here.
         """
         if up is False:
             raise RouteError(f"{iface}: taking an interface down is not supported on Windows", errno.EOPNOTSUPP)
-        if mtu is None and metric is None:
-            return
+        if mtu is not None:
+            self._set_interface_fields(iface, mtu=mtu)
+
+    def set_metric(self, iface: str, metric: int) -> None:
+        """Give iface a fixed interface metric instead of the automatic one (IPv4 and IPv6); close() restores it."""
+        self._set_interface_fields(iface, metric=metric)
+
+    def _set_interface_fields(self, iface: str, *, mtu: int | None = None, metric: int | None = None) -> None:
         luid = self._luid(iface)
         for family in (t.AF_INET, t.AF_INET6):
             code, row = self._api.interface_row(luid, family)
-            if code == ip.ERROR_NOT_FOUND:
+            if code == we.ERROR_NOT_FOUND:
                 continue  # the family is not enabled on this interface
             if code:
                 raise ip.route_error(f"GetIpInterfaceEntry {iface}", code)
@@ -88,79 +97,84 @@ class WindowsRouter:
             if (row.NlMtu, row.UseAutomaticMetric, row.Metric) == old:
                 continue
             self._set_interface(row, iface)
-            self._undo.append(("interface", (luid, family, old, iface)))
+            self._undo.push(f"restore MTU {old[0]} and metric of {iface} (family {family})",
+                            functools.partial(self._restore_interface, luid, family, old, iface))
+
+    def _restore_interface(self, luid, family, old, iface):
+        code, row = self._api.interface_row(luid, family)
+        if code:
+            raise ip.route_error(f"GetIpInterfaceEntry {iface}", code)
+        row.NlMtu, row.UseAutomaticMetric, row.Metric = old
+        self._set_interface(row, iface)
 
     def _set_interface(self, row, iface):
         if row.Family == t.AF_INET:
             row.SitePrefixLength = 0  # SetIpInterfaceEntry rejects anything else for IPv4
-        code = self._api.set_interface(row)
-        if code:
-            raise ip.route_error(f"SetIpInterfaceEntry {iface}", code)
+        _check(self._api.set_interface(row), f"SetIpInterfaceEntry {iface}")
 
     def add_address(self, iface: str, cidr) -> bool:
         """Add an address with its prefix length to iface; False if it was already there."""
         row = address_row(self._api, self._luid(iface), cidr)
         code = self._api.create_address(row)
-        if code == ip.ERROR_OBJECT_ALREADY_EXISTS:
+        if code == we.ERROR_OBJECT_ALREADY_EXISTS:
             return False
-        if code:
-            raise ip.route_error(f"CreateUnicastIpAddressEntry {cidr} on {iface}", code)
-        self._undo.append(("address", row))
+        _check(code, f"CreateUnicastIpAddressEntry {cidr} on {iface}")
+        self._undo.push(f"delete address {cidr} from {iface}",
+                        lambda: _check(self._api.delete_address(row), f"DeleteUnicastIpAddressEntry {cidr} on {iface}"))
         log.info("added address %s to %s", cidr, iface)
         return True
 
-    def _route(self, cidr, gateway, iface, table, kind, metric):
-        if table is not None:
-            raise RouteError(f"route {cidr}: routing tables are a Linux feature (table={table})", errno.EINVAL)
-        if kind != "unicast":
-            raise RouteError(f"route {cidr}: {kind!r} routes are Linux-only; Windows takes unicast routes", errno.EOPNOTSUPP)
-        if iface is None:
-            raise RouteError(f"route {cidr}: Windows routes need the interface (iface)", errno.EINVAL)
-        return route_row(self._api, self._luid(iface), cidr, gateway, metric)
+    def _route_row(self, route: Route):
+        if route.iface is None:
+            raise RouteError(f"route {route.cidr}: Windows routes need the interface (iface)", errno.EINVAL)
+        return route_row(self._api, self._luid(route.iface), route.cidr, route.gateway)
 
-    def add_route(self, cidr, gateway=None, iface: str | None = None, *, table: int | None = None, kind: str = "unicast", metric: int = 0) -> bool:
+    def add_route(self, cidr, gateway=None, iface: str | None = None, *, table: int | None = None, kind: str = "unicast") -> bool:
         """Add a route to cidr out of iface (via gateway, or on-link); False if it already existed."""
-        row = self._route(cidr, gateway, iface, table, kind, metric)
+        route = self._main_route(cidr, gateway, iface, table, kind)
+        row = self._route_row(route)
         code = self._api.create_route(row)
-        if code == ip.ERROR_OBJECT_ALREADY_EXISTS:
+        if code == we.ERROR_OBJECT_ALREADY_EXISTS:
             return False
-        if code:
-            raise ip.route_error(f"CreateIpForwardEntry2 {cidr} dev {iface}", code)
-        self._undo.append(("route", (ipaddress.ip_network(cidr), gateway, iface, row)))
-        log.info("added route %s dev %s%s", cidr, iface, f" via {gateway}" if gateway else "")
+        _check(code, f"CreateIpForwardEntry2 {route}")
+        self._undo.push(f"delete route {route}", lambda: _check(self._api.delete_route(row), f"DeleteIpForwardEntry2 {route}"),
+                        key=route)
+        log.info("added route %s", route)
         return True
 
     def delete_route(self, cidr, gateway=None, iface: str | None = None, *, table: int | None = None, kind: str = "unicast") -> bool:
         """Delete a route; False if there was none. A route ztun recorded is forgotten."""
-        row = self._route(cidr, gateway, iface, table, kind, 0)
-        net = ipaddress.ip_network(cidr)
-        self._undo = [u for u in self._undo if not (u[0] == "route" and u[1][:3] == (net, gateway, iface))]
+        route = self._main_route(cidr, gateway, iface, table, kind)
+        row = self._route_row(route)
+        self._undo.forget(route)
         code = self._api.delete_route(row)
-        if code in (ip.ERROR_NOT_FOUND, ip.ERROR_FILE_NOT_FOUND):
+        if code in (we.ERROR_NOT_FOUND, we.ERROR_FILE_NOT_FOUND):
             return False
-        if code:
-            raise ip.route_error(f"DeleteIpForwardEntry2 {cidr} dev {iface}", code)
+        _check(code, f"DeleteIpForwardEntry2 {route}")
         return True
+
+    def remove_leftovers(self, table: int, priorities: range) -> int:
+        """Nothing to remove: a crashed run leaves no route or address on an adapter ztun created; returns 0.
+
+        Wintun 0.14+ creates an adapter as a software device whose lifetime is the creating
+        handle's (SwDeviceCreate): when the process dies, Windows removes the device, and
+        with the interface go its addresses and the routes out of it, which is where all of
+        ztun's routes on Windows go (the next WintunCreateAdapter or WintunCloseAdapter also
+        clears orphaned device nodes). Windows has no policy rules or tables (table and
+        priorities name nothing here). Not covered: an adapter ztun opened rather than
+        created (it existed before) keeps what a crashed run added to it.
+        """
+        return 0
 
     def close(self) -> None:
         """Undo every recorded change, newest first; report failures in the log. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        while self._undo:
-            kind, args = self._undo.pop()
-            try:
-                if kind == "route":
-                    code = self._api.delete_route(args[3])
-                elif kind == "address":
-                    code = self._api.delete_address(args)
-                else:
-                    luid, family, (mtu, auto, metric), iface = args
-                    code, row = self._api.interface_row(luid, family)
-                    if not code:
-                        row.NlMtu, row.UseAutomaticMetric, row.Metric = mtu, auto, metric
-                        self._set_interface(row, iface)
-                if code and code not in (ip.ERROR_NOT_FOUND, ip.ERROR_FILE_NOT_FOUND):
-                    log.warning("undoing %s: Win32 error %d", kind, code)
-            except RouteError as e:
-                log.warning("undoing %s: %s", kind, e)
+        self._undo.undo_all()
+
+
+def _check(code: int, what: str) -> None:
+    """RouteError for a Win32 code that is not NO_ERROR."""
+    if code:
+        raise ip.route_error(what, code)

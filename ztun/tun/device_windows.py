@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from ..errors import TunError
+from ..system import winerror as we
 from . import wintun as wt
 from .options import TunOptions
 
@@ -148,7 +149,7 @@ class WintunDevice:
             adapter = library.open_adapter(options.name)
             log.info("opened existing Wintun adapter %s", options.name)
         except TunError as e:
-            if getattr(e, "winerror", None) != wt.ERROR_FILE_NOT_FOUND:
+            if getattr(e, "winerror", None) != we.ERROR_FILE_NOT_FOUND:
                 raise
             adapter = library.create_adapter(options.name, "ztun", _adapter_guid(options.name))
             log.info("created Wintun adapter %s", options.name)
@@ -196,7 +197,7 @@ class WintunDevice:
         session = self._live()
         while True:
             n = session.receive_batch(batch, self._drops)
-            empty = session.last_status == wt.ERROR_NO_MORE_ITEMS
+            empty = session.last_status == we.ERROR_NO_MORE_ITEMS
             if empty and self._waker is not None:
                 self._waker.rearm()
             if n or self._nonblocking or not empty:

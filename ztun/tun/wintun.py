@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .._fast.defs import HEADROOM
 from ..errors import TunError
+from ..system import winerror as we
+from ..system.winerror import ERROR_HANDLE_EOF, ERROR_NO_MORE_ITEMS, ERROR_SUCCESS
 
 DLL_NAME = "wintun.dll"
 ENV_DLL = "ZTUN_WINTUN_DLL"  # a configured path to wintun.dll (or its folder)
@@ -22,37 +24,12 @@ MIN_RING_CAPACITY = 0x20000  # 128 KiB
 MAX_RING_CAPACITY = 0x4000000  # 64 MiB
 MAX_IP_PACKET_SIZE = 0xFFFF
 
-ERROR_SUCCESS = 0
-ERROR_FILE_NOT_FOUND = 2
-ERROR_ACCESS_DENIED = 5
-ERROR_NOT_ENOUGH_MEMORY = 8
-ERROR_INVALID_DATA = 13
-ERROR_HANDLE_EOF = 38
-ERROR_INVALID_PARAMETER = 87
-ERROR_BUFFER_OVERFLOW = 111
-ERROR_ALREADY_EXISTS = 183
-ERROR_NO_MORE_ITEMS = 259
-
-# The errno nearest each Win32 code: per-slot write errors and TunError speak errno.
-ERRNO = {
-    ERROR_FILE_NOT_FOUND: _errno.ENOENT,
-    ERROR_ACCESS_DENIED: _errno.EACCES,
-    ERROR_NOT_ENOUGH_MEMORY: _errno.ENOMEM,
-    ERROR_INVALID_DATA: _errno.EIO,
-    ERROR_HANDLE_EOF: _errno.EPIPE,
-    ERROR_INVALID_PARAMETER: _errno.EINVAL,
-    ERROR_BUFFER_OVERFLOW: _errno.ENOBUFS,
-    ERROR_ALREADY_EXISTS: _errno.EEXIST,
-    ERROR_NO_MORE_ITEMS: _errno.EAGAIN,
-}
-
 WHERE_TO_GET = "get wintun.zip from https://www.wintun.net/ and copy bin\\<arch>\\wintun.dll"
 
 
 def win_error(what: str, code: int) -> TunError:
-    err = TunError(f"{what}: Win32 error {code}", ERRNO.get(code, _errno.EIO))
-    err.winerror = code
-    return err
+    """A TunError for a Win32 error code: the nearest errno, and the code itself in .winerror."""
+    return we.win_error(TunError, what, code)
 
 
 def find_library(configured: str | os.PathLike | None = None) -> Path:
@@ -264,7 +241,7 @@ class Session:
                 continue
             p = alloc(h, length)
             if not p:
-                errnos[i] = ERRNO.get(self._w.last_error(), _errno.EIO)
+                errnos[i] = we.to_errno(self._w.last_error())
                 continue
             memmove(p, base + i * stride, length)
             send(h, p)
