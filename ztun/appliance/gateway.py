@@ -6,6 +6,7 @@ import socket
 from ..errors import RouteError, TunError
 from ..system import route_plan
 from ..system.router import open_router
+from ..tun import offload
 from ..tun.device import open_tun
 from ..tun.napi import NapiThreads
 from ..tun.options import TunOptions
@@ -69,14 +70,14 @@ class Gateway:
                              ", ".join(map(str, rp_sources)))
             plan = route_plan.plan(spec, rp_sources, policy_routing=self.router.policy_routing)
             self.router.remove_leftovers(opts.table, opts.rule_priorities)
-            if not getattr(self.device, "adopted", False):
+            if not self.device.adopted:
                 self.router.set_link(name, mtu=opts.mtu)
                 for addr in opts.addresses:
                     self.router.add_address(name, addr)
                 self.router.set_link(name, up=True)
             for item in plan.routes + plan.rules:
                 self.router.add(item)
-            if getattr(self.device, "napi", False) and getattr(self.device, "created", False):  # not one adopted or attached
+            if self.device.napi and self.device.created:  # not one adopted or attached
                 self.napi = NapiThreads(name, self.device.if_index, opts.napi,
                                         reads=lambda: (self.stack.packets_read, self.stack.batches_read))
             self.stack = SystemStack(self.device, opts, udp_timeout=self.udp_timeout,
@@ -123,6 +124,8 @@ class Gateway:
         o, dev = self.options, self.device
         parts = [f"{dev.name} (index {dev.if_index}) mtu {o.mtu}"]
         parts += [str(a) for a in o.addresses]
+        if dev.offload:
+            parts.append(f"offload {offload.names(dev.offload)}")
         if o.routes:
             parts.append("routes " + ",".join(map(str, o.routes)))
         if o.exclude_routes:

@@ -11,9 +11,29 @@ from .options import TunOptions
 class TunDevice(Protocol):
     """An open TUN interface moving raw IP packets (no packet-info header) to and from the kernel."""
 
-    name: str  # the interface name the kernel gave the device
-    if_index: int  # its interface index
-    mtu: int  # the largest packet it carries
+    name: str
+    """The interface name the system gave the device (macOS picks utunN itself)."""
+
+    if_index: int
+    """Its interface index (0 if the system has none for it yet)."""
+
+    mtu: int
+    """The largest packet it carries."""
+
+    vnet_hdr: bool
+    """Each packet carries a virtio_net_hdr (Linux IFF_VNET_HDR): batches read or written need vnet_hdr too."""
+
+    offload: int
+    """The TUN_F_* flags enabled with TUNSETOFFLOAD (ztun.tun.offload): the super-packets it moves; 0 for none."""
+
+    napi: bool
+    """Writes go through the kernel's NAPI (Linux IFF_NAPI), which ztun.tun.napi may thread."""
+
+    created: bool
+    """This open created the interface: it goes, with its addresses and routes, when the device closes."""
+
+    adopted: bool
+    """The device is an open fd its owner handed over (file_descriptor): its MTU, addresses and link are the owner's."""
 
     def fileno(self) -> int:
         """The fd to wait on for readability."""

@@ -33,13 +33,6 @@ def _default_io():
     return io
 
 
-def _if_index(name: str) -> int:
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        return 0
-
-
 def _need_darwin():
     if sys.platform != "darwin":
         raise TunError(f"a utun device needs macOS; this is {sys.platform} (use ztun.tun.device.open_tun)")
@@ -56,12 +49,7 @@ class DarwinTunDevice(FdDevice):
     _kind = "utun device"
 
     def __init__(self, fd: int, name: str, mtu: int, *, created: bool = False, adopted: bool = False, io=None):
-        self._init_fd(fd)
-        self.name = name
-        self.if_index = _if_index(name)
-        self.mtu = mtu
-        self.created = created
-        self.adopted = adopted
+        super().__init__(fd, name, mtu, created=created, adopted=adopted)
         self._io = io if io is not None else _default_io()
         self._drops = np.zeros(self._io.N_DROPS, dtype=np.int64)
 

@@ -3,56 +3,20 @@
 import errno
 import logging
 import os
-import socket
-
 
 from .._fast import tunio
 from .._fast.defs import VNET_HDR_LEN
 from ..errors import TunError
-from .fd_device import FdDevice
+from . import offload as tun_offload
+from .fd_device import FdDevice, if_index
 from .napi import IFF_NAPI
+from .offload import USO  # noqa: F401  (tests/test_stack_uso.py imports it from here)
 from .options import TunOptions
 
 log = logging.getLogger("ztun.tun.device")
 
 TUN_PATH = "/dev/net/tun"
 _C = tunio.CONSTANTS
-
-# <linux/if_tun.h>: TUNSETOFFLOAD = _IOW('T', 208, unsigned int) and its flags
-TUNSETOFFLOAD = 0x400454D0
-TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
-TUN_F_USO4, TUN_F_USO6 = 0x20, 0x40  # Linux 6.2+
-# TCP super-packets both ways, and UDP ones (USO) where the kernel has them: the stack
-# splits a UDP super-datagram it reads (gso_split) and may write coalesced replies as one.
-TSO = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
-USO = TUN_F_USO4 | TUN_F_USO6
-OFFLOAD = TSO | USO
-_OFFLOAD_NAMES = {TUN_F_CSUM: "csum", TUN_F_TSO4: "tso4", TUN_F_TSO6: "tso6", TUN_F_TSO_ECN: "tso_ecn",
-                  TUN_F_USO4: "uso4", TUN_F_USO6: "uso6"}
-
-
-def _set_offload(fd: int, name: str) -> int:
-    """Enable checksum, TSO and USO offload, falling back to what the kernel accepts; return the flags set."""
-    import fcntl
-
-    # The kernel refuses (EINVAL) a flag it does not know: an older one has no USO.
-    for flags in (OFFLOAD, TSO, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, TUN_F_CSUM, 0):
-        try:
-            fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
-        except OSError as e:
-            log.debug("TUNSETOFFLOAD 0x%x on %s: %s", flags, name, e)
-            continue
-        on = ",".join(n for f, n in _OFFLOAD_NAMES.items() if flags & f) or "none"
-        log.info("offload on %s: %s", name, on)
-        return flags
-    return 0
-
-
-def _if_index(name: str) -> int:
-    try:
-        return socket.if_nametoindex(name)
-    except OSError:
-        return 0
 
 
 def _open_control() -> int:
@@ -89,15 +53,10 @@ class LinuxTunDevice(FdDevice):
     """
 
     def __init__(self, fd: int, name: str, mtu: int, *, flags: int = 0, created: bool = False, adopted: bool = False):
-        self._init_fd(fd)
-        self.name = name
-        self.if_index = _if_index(name)
-        self.mtu = mtu
+        super().__init__(fd, name, mtu, created=created, adopted=adopted)
         self.flags = flags
-        self.created = created
-        self.adopted = adopted
         self.vnet_hdr = bool(flags & _C.get("IFF_VNET_HDR", 0))
-        self.offload = 0  # TUN_F_* flags enabled with TUNSETOFFLOAD
+        self.offload = 0  # TUN_F_* flags enabled with TUNSETOFFLOAD (ztun.tun.offload)
         self.multi_queue = bool(flags & _C.get("IFF_MULTI_QUEUE", 0))
         self.napi = bool(flags & IFF_NAPI)  # writes go through NAPI (ztun.tun.napi)
         self._hdr = VNET_HDR_LEN if self.vnet_hdr else 0
@@ -110,7 +69,7 @@ class LinuxTunDevice(FdDevice):
         flags = _C["IFF_TUN"] | _C["IFF_NO_PI"]
         if options.multi_queue:
             flags |= _C["IFF_MULTI_QUEUE"]
-        existed = _if_index(options.name) != 0
+        existed = if_index(options.name) != 0
         # IFF_VNET_HDR and TUNSETOFFLOAD stay on a device after its last fd closes: only a
         # device ztun creates (and so destroys) gets them.
         use_offload = options.offload and not existed
@@ -142,7 +101,7 @@ class LinuxTunDevice(FdDevice):
             except TunError:
                 os.close(fd)
                 raise
-            offload = _set_offload(fd, name)
+            offload = tun_offload.negotiate(fd, name)
         dev = cls(fd, name, options.mtu, flags=flags, created=not existed)
         dev.offload = offload
         log.info("%s TUN device %s (index %d, flags 0x%04x)", "created" if dev.created else "attached to existing", name, dev.if_index, flags)

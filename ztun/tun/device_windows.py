@@ -110,7 +110,16 @@ def _adapter_guid(name: str) -> bytes:
 
 
 class WintunDevice:
-    """A Wintun adapter with one session. fileno() is a socket the loop waits on (see ReadWaker)."""
+    """A Wintun adapter with one session. fileno() is a socket the loop waits on (see ReadWaker).
+
+    Wintun moves plain IP packets: no virtio header, no offload, no NAPI; and there is no
+    fd to adopt from another process.
+    """
+
+    vnet_hdr = False
+    offload = 0
+    napi = False
+    adopted = False
 
     def __init__(self, library: wt.Wintun, adapter: wt.Adapter, session: wt.Session, mtu: int, *, events=None, if_index: int = 0):
         self._lib = library

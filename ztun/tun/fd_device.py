@@ -3,6 +3,7 @@
 import errno
 import logging
 import os
+import socket
 
 import numpy as np
 
@@ -11,19 +12,36 @@ from ..errors import TunError
 log = logging.getLogger("ztun.tun.device")
 
 
-class FdDevice:
-    """The fd's life cycle and the per-slot errno bookkeeping of write_batch.
+def if_index(name: str) -> int:
+    """The interface index of name, 0 if there is none (yet)."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return 0
 
-    Subclasses set name, if_index and mtu, call _init_fd(fd), and implement the packet I/O.
+
+class FdDevice:
+    """The fd's life cycle, the TunDevice attributes, and the per-slot errno bookkeeping of write_batch.
+
+    Subclasses call __init__ and implement the packet I/O; the capabilities default to
+    none (no vnet header, offload or NAPI) for a subclass to set where it has them.
     """
 
     _kind = "TUN device"  # how log lines name it
+    vnet_hdr = False
+    offload = 0
+    napi = False
 
-    def _init_fd(self, fd: int) -> None:
+    def __init__(self, fd: int, name: str, mtu: int, *, created: bool = False, adopted: bool = False):
         self._fd = fd
         self._nonblocking = not os.get_blocking(fd)
         self._errnos = np.zeros(0, dtype=np.int32)
         self._last_n = 0
+        self.name = name
+        self.if_index = if_index(name)
+        self.mtu = mtu
+        self.created = created
+        self.adopted = adopted
 
     def fileno(self) -> int:
         if self._fd < 0:
