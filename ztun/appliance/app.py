@@ -14,6 +14,7 @@ import time
 
 from .. import __version__, _fast
 from ..errors import ConfigError
+from ..net import split_host_port
 from ..outbound.block import BlockOutbound
 from ..outbound.direct import DirectOutbound
 from .forwarder import BLOCK, Forwarder
@@ -102,10 +103,7 @@ def dns_outbound(config, outbounds: dict, rules: Rules) -> str:
 
 
 def _endpoint(text) -> tuple:
-    if isinstance(text, tuple):
-        return text
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
+    return text if isinstance(text, tuple) else split_host_port(text)
 
 
 def build_handler(loop, config) -> Forwarder:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from ..errors import ConfigError, ZtunError
 from ..net import endpoint_text
-from .config.address import split_host_port
+from ..net import split_host_port
 
 log = logging.getLogger("ztun.metrics")
 

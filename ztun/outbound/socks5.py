@@ -17,7 +17,7 @@ import urllib.parse
 from collections import deque
 
 from ..errors import ZtunError
-from ..net import endpoint_text, host_port
+from ..net import endpoint_text, host_port, is_host
 from .direct import connect, udp_socket
 
 log = logging.getLogger("ztun.socks5")
@@ -571,6 +571,7 @@ class Socks5Outbound:
     connect is refused), and flows succeed again as soon as it is back.
     """
 
+    blocks = False
     resolves_names = True  # given a domain, it CONNECTs by name: the proxy resolves it
 
     def __init__(self, loop, host: str, port: int, *, username: str | None = None, password: str | None = None,
@@ -657,6 +658,8 @@ def parse_url(url: str) -> tuple[str, int, str | None, str | None]:
     host = parts.hostname
     if not host:
         raise ValueError("bad proxy URL: no host")
+    if not is_host(host):
+        raise ValueError(f"bad proxy URL: {host!r} is not a host name or IP address")
     try:
         port = parts.port
     except ValueError:

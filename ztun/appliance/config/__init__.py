@@ -8,12 +8,10 @@ section documents every key; `format_config()` prints the effective configuratio
 schema.py   the dataclasses, limits and the keys of each table
 parse.py    reading the file; build() validates a document, table by table (routing.py: outbounds and rules)
 values.py   one reader a kind of value; locate.py: the key path, line or flag an error names
-address.py  host:port text
 flags.py    command-line overrides and load()
 render.py   format_config()
 """
 
-from .address import split_host_port
 from .flags import load, set_key, set_outbound
 from .locate import key_name
 from .parse import build, read
@@ -27,5 +25,5 @@ __all__ = [
     "OutboundConfig", "RouteConfig", "RuleConfig",
     "BUILTIN_OUTBOUNDS", "KEYS", "MATCHERS", "MAX_IDLE_SECONDS", "MAX_SECONDS", "MIN_FAKE_POOL", "OUTBOUND_TYPES",
     "PROTOCOLS", "REDACTED", "SUN_PATH_MAX", "TUN_KEYS",
-    "build", "format_config", "key_name", "load", "read", "set_key", "set_outbound", "split_host_port",
+    "build", "format_config", "key_name", "load", "read", "set_key", "set_outbound",
 ]

@@ -6,7 +6,7 @@ import re
 
 from ...outbound.socks5 import DEFAULT_PORT as SOCKS5_PORT
 from ...outbound.socks5 import parse_url
-from .address import is_host
+from ...net import is_host
 from .schema import (BUILTIN_OUTBOUNDS, MATCHERS, OUTBOUND_TYPES, PROTOCOLS, SOCKS5_KEYS, OutboundConfig, RouteConfig,
                      RuleConfig)
 from .values import _choice, _int, _kind, _network, _port_range, _str, _strings, _table

@@ -7,7 +7,7 @@ import ipaddress
 import re
 
 from ...net import host_port
-from .address import is_ip, split_host_port
+from ...net import is_ip, split_host_port
 from .schema import KEYS
 
 
