@@ -14,6 +14,7 @@ from ztun.stack.udp import UdpNat
 
 
 class RecordingDevice:
+    name = "zt-test"
     vnet_hdr = False
 
     def __init__(self):

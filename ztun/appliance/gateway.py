@@ -3,7 +3,7 @@
 import logging
 import socket
 
-from ..errors import RouteError, TunError
+from ..errors import RouteError
 from ..system import route_plan
 from ..system.router import open_router
 from ..tun import offload

@@ -23,7 +23,7 @@ class OutQueue:
     def __init__(self, loop, device, *, slots: int = 64, max_packet: int = 65535, gro: bool = False):
         self.loop = loop
         self.device = device
-        self.batch = PacketBatch(slots, max_packet=max_packet, vnet_hdr=getattr(device, "vnet_hdr", False))
+        self.batch = PacketBatch(slots, max_packet=max_packet, vnet_hdr=device.vnet_hdr)
         self.gro = bool(gro) and self.batch.vnet_hdr
         self._segs = np.zeros(slots, dtype=np.int32)
         self.n = 0
@@ -103,7 +103,7 @@ class OutQueue:
 
     def _note_failed(self, failed, lost: int, n: int) -> None:
         self.failed += lost
-        count_failures(self.failures, failed, f"originated packets to {getattr(self.device, 'name', 'the TUN')}")
+        count_failures(self.failures, failed, f"originated packets to {self.device.name}")
         log.debug("could not write %d of %d originated packets: %s", lost, n, failed)
 
 

@@ -26,6 +26,7 @@ from .._fast import defs as d
 from .._fast.nat_config import NatConfig
 from ..errors import TunError
 from ..net import abort
+from ..tun.offload import uso_usable
 from .handler import Flow, Verdict
 from .outq import OutQueue, count_failures
 from .udp import UdpNat
@@ -45,14 +46,12 @@ _NODELAY_INHERITED = sys.platform.startswith("linux")  # an accepted socket has 
 # UDP_MAX_SEGMENTS (128) segments in one, so more is malformed.
 UDP_MAX_SEGMENTS = 128
 SEGMENT_BATCH_BYTES = 2 << 20  # the split batch grows to fit what arrives, up to about this
-_TUN_F_USO = 0x20 | 0x40  # TUN_F_USO4 | TUN_F_USO6 (device_linux.py)
 
 
 def _udp_gro_default(device) -> bool:
     """GRO on write for UDP replies: on where the TUN has USO (measured a win: less CPU per
     datagram, README performance section); ZTUN_UDP_GRO=0 turns it off, for comparison."""
-    usable = getattr(device, "offload", 0) & _TUN_F_USO == _TUN_F_USO and getattr(device, "vnet_hdr", False)
-    return usable and os.environ.get("ZTUN_UDP_GRO", "auto") not in ("0", "off")
+    return uso_usable(device) and os.environ.get("ZTUN_UDP_GRO", "auto") not in ("0", "off")
 
 
 class SystemStack:
@@ -65,9 +64,9 @@ class SystemStack:
                  nat_capacity: int = 65536, udp_timeout: float = 60.0, udp_max_sessions: int = 16384):
         self.device = device
         self.options = options
-        vnet = getattr(device, "vnet_hdr", False)
+        vnet = device.vnet_hdr
         # With offload the kernel hands over TCP super-packets up to 64 KiB whatever the MTU.
-        size = d.MAX_PACKET + 40 if getattr(device, "offload", 0) else max(device.mtu, 68)
+        size = d.MAX_PACKET + 40 if device.offload else max(device.mtu, 68)
         self.batch = PacketBatch(slots, max_packet=size, vnet_hdr=vnet)
         self.max_batches = max_batches
         self.nat_capacity = nat_capacity
