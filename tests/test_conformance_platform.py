@@ -73,7 +73,7 @@ def test_routers_without_policy_routing_say_so_instead_of_failing_deep_inside():
             router.add_route("198.19.0.0/16", kind="throw")
         assert router.strict_rp_filter_sources(skip="zt0") == ()
         assert router.remove_leftovers(2022, range(9000, 9010)) == 0
-        router._closed = True  # nothing to undo; the stand-ins have no close()
+        router._undo.closed = True  # nothing to undo; the stand-ins have no close()
 
 
 def device_objects():

@@ -38,7 +38,6 @@ class DarwinRouter(MainTableRouter):
         self._rt = route_socket or rs.RouteSocket()
         self._if = ifconfig or Ifconfig()
         self._undo = UndoLog(log)
-        self._closed = False
 
     def get_interface_index(self, name: str) -> int:
         try:
@@ -124,9 +123,6 @@ class DarwinRouter(MainTableRouter):
 
     def close(self) -> None:
         """Undo every recorded change, newest first; report failures in the log. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._undo.undo_all()
-        self._rt.close()
-        self._if.close()
+        if self._undo.close():
+            self._rt.close()
+            self._if.close()

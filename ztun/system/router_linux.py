@@ -41,7 +41,6 @@ class LinuxRouter:
         except OSError as e:
             raise RouteError("cannot open a netlink socket", e.errno) from None
         self._undo = UndoLog(log)
-        self._closed = False
 
     # --- interfaces ----------------------------------------------------------------
 
@@ -253,11 +252,8 @@ class LinuxRouter:
 
     def close(self) -> None:
         """Undo every recorded change, newest first; what is already gone is fine. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._undo.undo_all()
-        self._ipr.close()
+        if self._undo.close():
+            self._ipr.close()
 
     def __enter__(self):
         return self

@@ -57,7 +57,6 @@ class WindowsRouter(MainTableRouter):
     def __init__(self, api=None):
         self._api = api if api is not None else ip.Iphlpapi()
         self._undo = UndoLog(log)
-        self._closed = False
 
     def _luid(self, iface: str) -> int:
         return self._api.alias_to_luid(iface)
@@ -168,10 +167,7 @@ class WindowsRouter(MainTableRouter):
 
     def close(self) -> None:
         """Undo every recorded change, newest first; report failures in the log. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._undo.undo_all()
+        self._undo.close()
 
 
 def _check(code: int, what: str) -> None:

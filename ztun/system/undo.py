@@ -19,6 +19,7 @@ class UndoLog:
     def __init__(self, log: logging.Logger):
         self._log = log
         self._entries: list = []  # (key, what, undo), oldest first
+        self.closed = False
 
     def push(self, what: str, undo, key=None) -> None:
         """Record a change: undo() reverts it, what says in the log what undo() does, key finds it for forget()."""
@@ -30,6 +31,14 @@ class UndoLog:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def close(self) -> bool:
+        """undo_all() the first time; False (nothing done) after that: a router's close() is idempotent through it."""
+        if self.closed:
+            return False
+        self.closed = True
+        self.undo_all()
+        return True
 
     def undo_all(self) -> None:
         """Call every recorded undo, newest first, and forget them."""
