@@ -7,6 +7,8 @@ build_py.py is the twin.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
 
+from ..errors import PacketError
+
 from core cimport *
 
 cdef enum:
@@ -43,11 +45,12 @@ cdef inline int _ip_header(uint8_t *p, int alen, int proto, const uint8_t *src, 
 
 
 cdef uint8_t *_slot(out, Py_ssize_t slot, Py_ssize_t length) except? NULL:
-    """Slot's packet start if length fits, else NULL; zeroes the virtio header of a vnet batch."""
+    """Slot's packet start if length (-1: too long for any slot) fits, else NULL; zeroes the
+    virtio header of a vnet batch. IndexError for a slot outside out, whatever the length."""
     cdef uint8_t[:, ::1] data = out.data
     if slot < 0 or slot >= data.shape[0]:
         raise IndexError(f"slot {slot} outside the batch")
-    if length > data.shape[1] - HEADROOM or length > out.max_packet:
+    if length < 0 or length > data.shape[1] - HEADROOM or length > out.max_packet:
         return NULL
     if out.vnet_hdr:
         memset(&data[slot, HEADROOM - VNET_HDR_LEN], 0, VNET_HDR_LEN)
@@ -56,13 +59,13 @@ cdef uint8_t *_slot(out, Py_ssize_t slot, Py_ssize_t length) except? NULL:
 
 
 cdef Meta *_meta(batch, Py_ssize_t i) except NULL:
-    cdef uint8_t[::1] raw = batch.meta.view("u1")
-    if i < 0 or i >= batch.meta.shape[0] or batch.meta.dtype.itemsize != sizeof(Meta):
+    cdef Meta *m = meta_of(batch)
+    if i < 0 or i >= batch.meta.shape[0]:
         raise IndexError(f"slot {i} outside the batch")
-    return &(<Meta *>&raw[0])[i]
+    return m + i
 
 
-def udp_packet(out, Py_ssize_t slot, const uint8_t[::1] src, int sport, const uint8_t[::1] dst, int dport, const uint8_t[::1] payload):
+def udp_packet(out, Py_ssize_t slot, const uint8_t[::1] src, uint16_t sport, const uint8_t[::1] dst, uint16_t dport, const uint8_t[::1] payload):
     """An IPv4 or IPv6 (by address length) UDP datagram from src:sport to dst:dport."""
     cdef Py_ssize_t alen = src.shape[0], n = payload.shape[0], ulen = 8 + n
     cdef int hlen = 20 if alen == 4 else 40
@@ -70,17 +73,15 @@ def udp_packet(out, Py_ssize_t slot, const uint8_t[::1] src, int sport, const ui
     cdef uint8_t *u
     cdef uint16_t cs
     if alen != dst.shape[0] or (alen != 4 and alen != 16):
-        raise ValueError("addresses must both be 4 or both be 16 bytes")
-    if ulen > 0xFFFF:
-        return 0
-    p = _slot(out, slot, hlen + ulen)
+        raise PacketError("addresses must both be 4 or both be 16 bytes")
+    p = _slot(out, slot, hlen + ulen if ulen <= 0xFFFF else -1)
     if p == NULL:
         return 0
     with nogil:
         _ip_header(p, alen, PROTO_UDP, &src[0], &dst[0], ulen)
         u = p + hlen
-        zt_put16(u, <uint16_t>sport)
-        zt_put16(u + 2, <uint16_t>dport)
+        zt_put16(u, sport)
+        zt_put16(u + 2, dport)
         zt_put16(u + 4, <uint16_t>ulen)
         zt_put16(u + 6, 0)
         if n:
@@ -123,7 +124,7 @@ def tcp_reset(batch, Py_ssize_t i, out, Py_ssize_t slot):
     return hlen + 20
 
 
-def icmp_unreachable(batch, Py_ssize_t i, out, Py_ssize_t slot, int code):
+def icmp_unreachable(batch, Py_ssize_t i, out, Py_ssize_t slot, uint8_t code):
     """ICMP destination unreachable for slot i's packet: code is the ICMPv4 code (3 port, 13 prohibited);
     IPv6 uses the matching ICMPv6 code (4 port, 1 prohibited)."""
     cdef Meta *m = _meta(batch, i)
@@ -155,7 +156,7 @@ def icmp_unreachable(batch, Py_ssize_t i, out, Py_ssize_t slot, int code):
     if alen == 4:
         _ip_header(p, 4, PROTO_ICMP, m.dst, m.src, blen)
         b[0] = 3
-        b[1] = <uint8_t>code
+        b[1] = code
         zt_put16(b + 2, <uint16_t>~zt_sum(b, blen, 0))
     else:
         _ip_header(p, 16, PROTO_ICMPV6, m.dst, m.src, blen)

@@ -6,8 +6,10 @@ Each function writes one packet into out's slot and returns its length (0 if it 
 
 import struct
 
+from ..errors import PacketError
 from . import defs as d
 from .checksum_py import checksum, pseudo_sum
+from .typed_args import check_meta, check_slot, data, index, uint
 
 HOP_LIMIT = 64
 ICMP4_QUOTE = 576 - 20 - 8  # RFC 1812 4.3.2.3: as much as fits in 576 bytes
@@ -23,6 +25,7 @@ def _ip_header(version, proto, src, dst, payload_len):
 
 
 def _put(out, slot, packet):
+    check_slot(slot, out.data.shape[0])
     if len(packet) > out.max_packet:
         return 0
     out.set_packet(slot, packet)
@@ -33,14 +36,24 @@ def _put(out, slot, packet):
 
 def udp_packet(out, slot, src, sport, dst, dport, payload) -> int:
     """An IPv4 or IPv6 (by address length) UDP datagram from src:sport to dst:dport."""
-    src, dst, payload = bytes(src), bytes(dst), bytes(payload)
+    slot, src, sport, dst = index(slot), data(src, "src"), uint(sport, 16), data(dst, "dst")
+    dport, payload = uint(dport, 16), data(payload, "payload")
+    if len(src) != len(dst) or len(src) not in (4, 16):
+        raise PacketError("addresses must both be 4 or both be 16 bytes")
     version = 4 if len(src) == 4 else 6
     ulen = 8 + len(payload)
     if ulen > 0xFFFF:
+        check_slot(slot, out.data.shape[0])
         return 0
     cs = checksum(struct.pack("!HHHH", sport, dport, ulen, 0) + payload, pseudo_sum(src, dst, d.PROTO_UDP, ulen))
     udp = struct.pack("!HHHH", sport, dport, ulen, cs or 0xFFFF) + payload
     return _put(out, slot, _ip_header(version, d.PROTO_UDP, src, dst, ulen) + udp)
+
+
+def _meta(batch, i):
+    """Slot i's parse record (TypeError for a meta array of another layout, IndexError outside it)."""
+    check_meta(batch, d.META_DTYPE.itemsize)
+    return batch.meta[check_slot(i, batch.meta.shape[0])]
 
 
 def _addrs(m):
@@ -50,7 +63,8 @@ def _addrs(m):
 
 def tcp_reset(batch, i, out, slot) -> int:
     """The RST a closed port sends back for slot i's TCP packet (RFC 9293 3.10.7.1)."""
-    m = batch.meta[i]
+    slot = index(slot)
+    m = _meta(batch, i)
     if m["status"] != d.OK or m["proto"] != d.PROTO_TCP or m["frag"] != d.FRAG_NONE:
         return 0
     version, src, dst = _addrs(m)
@@ -70,7 +84,8 @@ def tcp_reset(batch, i, out, slot) -> int:
 def icmp_unreachable(batch, i, out, slot, code) -> int:
     """ICMP destination unreachable for slot i's packet: code is the ICMPv4 code (3 port, 13 prohibited);
     IPv6 uses the matching ICMPv6 code (4 port, 1 prohibited)."""
-    m = batch.meta[i]
+    slot, code = index(slot), uint(code, 8)
+    m = _meta(batch, i)
     if m["status"] != d.OK:
         return 0
     version, src, dst = _addrs(m)

@@ -5,6 +5,9 @@ Values are 16-bit integers as they read big-endian from a packet.
 
 import struct
 
+from ..errors import PacketError
+from .typed_args import data, uint
+
 
 def _fold(s: int) -> int:
     while s >> 16:
@@ -12,12 +15,15 @@ def _fold(s: int) -> int:
     return s
 
 
-def ones_sum(buf, initial: int = 0) -> int:
-    """Ones'-complement sum of buf's 16-bit big-endian words plus initial, folded to 16 bits."""
-    b = bytes(buf)
+def _ones_sum(b: bytes, initial: int) -> int:
     if len(b) % 2:
         b += b"\0"
     return _fold(sum(struct.unpack(f"!{len(b) // 2}H", b)) + initial)
+
+
+def ones_sum(buf, initial: int = 0) -> int:
+    """Ones'-complement sum of buf's 16-bit big-endian words plus initial, folded to 16 bits."""
+    return _ones_sum(data(buf), uint(initial, 32))
 
 
 def checksum(buf, initial: int = 0) -> int:
@@ -25,28 +31,36 @@ def checksum(buf, initial: int = 0) -> int:
     return ~ones_sum(buf, initial) & 0xFFFF
 
 
+def _addresses(a, b) -> tuple[bytes, bytes]:
+    a, b = data(a, "src"), data(b, "dst")
+    if len(a) != len(b) or len(a) not in (4, 16):
+        raise PacketError("addresses must both be 4 or both be 16 bytes")
+    return a, b
+
+
 def pseudo_sum(src, dst, proto: int, length: int) -> int:
     """Ones'-complement sum of the TCP/UDP/ICMPv6 pseudo-header (IPv4 for 4-byte, IPv6 for 16-byte addresses)."""
-    src, dst = bytes(src), bytes(dst)
-    if len(src) != len(dst) or len(src) not in (4, 16):
-        raise ValueError("addresses must both be 4 or both be 16 bytes")
+    src, dst = _addresses(src, dst)
+    proto, length = uint(proto, 8), uint(length, 32)
     if len(src) == 4:
+        if length > 0xFFFF:
+            raise OverflowError(f"length {length} does not fit the IPv4 pseudo-header's 16 bits")
         tail = struct.pack("!BBH", 0, proto, length)
     else:
         tail = struct.pack("!IxxxB", length, proto)
-    return ones_sum(src + dst + tail)
+    return _ones_sum(src + dst + tail, 0)
 
 
 def update16(csum: int, old: int, new: int) -> int:
     """RFC 1624 eqn. 3: the checksum after one 16-bit word changes from old to new."""
+    csum, old, new = uint(csum, 16), uint(old, 16), uint(new, 16)
     return ~_fold((~csum & 0xFFFF) + (~old & 0xFFFF) + new) & 0xFFFF
 
 
 def update_addr(csum: int, old, new) -> int:
     """The checksum after an address (4 or 16 bytes) changes from old to new."""
-    old, new = bytes(old), bytes(new)
-    if len(old) != len(new) or len(old) not in (4, 16):
-        raise ValueError("addresses must both be 4 or both be 16 bytes")
+    csum = uint(csum, 16)
+    old, new = _addresses(old, new)
     for (o,), (n,) in zip(struct.iter_unpack("!H", old), struct.iter_unpack("!H", new)):
         csum = update16(csum, o, n)
     return csum

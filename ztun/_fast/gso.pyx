@@ -8,6 +8,8 @@ fresh checksums. gso_py.py is the twin.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memcmp, memcpy, memset
 
+from ..errors import PacketError
+
 from core cimport *
 
 NO_ROOM = -1
@@ -17,17 +19,16 @@ def gso_split(batch, Py_ssize_t i, out, Py_ssize_t first=0):
     """Write slot i's segments into out's slots first.. and return how many, or a negative drop reason."""
     cdef uint8_t[:, ::1] data = batch.data, odata = out.data
     cdef int[::1] olengths = out.lengths
-    cdef uint8_t[::1] raw = batch.meta.view("u1")
-    cdef Meta *m
+    cdef Meta *m = meta_of(batch)
     cdef const uint8_t *p
     cdef uint8_t *s
     cdef uint32_t size, l4, total, hdr, payload, count, k, chunk, seglen, seq0, ihl
     cdef uint16_t id0
     cdef int version, proto, gso, alen, flags
     cdef bint ovnet = out.vnet_hdr
-    if i < 0 or i >= batch.count or first < 0 or batch.meta.dtype.itemsize != sizeof(Meta):
+    if i < 0 or i >= batch.count or i >= data.shape[0] or first < 0:
         raise IndexError(f"slot {i} outside the batch's {batch.count}")
-    m = &(<Meta *>&raw[0])[i]
+    m += i
     if m.status != OK or not batch.vnet_hdr:
         return -BAD_VNET_HDR
     gso = m.gso_type & ~GSO_ECN
@@ -111,7 +112,7 @@ cdef inline bint _same_flow(const uint8_t *a, const uint8_t *b, uint32_t l4) noe
     return memcmp(a, b, 4) == 0 and memcmp(a + 6, b + 6, 34) == 0 and memcmp(a + 40, b + 40, 4) == 0
 
 
-def gro_udp(batch, Py_ssize_t n, int[::1] segs, int max_segments=64):
+def gro_udp(batch, Py_ssize_t n, int[::1] segs not None, int max_segments=64):
     """Coalesce runs of same-flow UDP datagrams in slots 0..n-1 into USO super-packets, in place.
 
     A run is consecutive datagrams of one flow whose payloads all have the first one's size
@@ -131,9 +132,9 @@ def gro_udp(batch, Py_ssize_t n, int[::1] segs, int max_segments=64):
     cdef uint32_t l4, size, pl, total, count, ulen
     cdef int alen
     if not batch.vnet_hdr:
-        raise ValueError("gro_udp needs a batch with virtio headers")
+        raise PacketError("gro_udp needs a batch with virtio headers")
     if n < 0 or n > data.shape[0] or segs.shape[0] < n or max_segments < 1:
-        raise ValueError(f"n {n} outside the batch or segs too short")
+        raise PacketError(f"n {n} outside the batch or segs too short")
     if room > batch.max_packet:
         room = batch.max_packet
     with nogil:

@@ -8,15 +8,19 @@ and every segment gets full, fresh checksums.
 
 import struct
 
+from ..errors import PacketError
 from . import defs as d
 from .checksum_py import checksum, pseudo_sum
+from .typed_args import array, check_meta, index
 
 NO_ROOM = -1  # out has too few free slots; nothing was written
 
 
 def gso_split(batch, i, out, first=0) -> int:
     """Write slot i's segments into out's slots first.. and return how many, or a negative drop reason."""
-    if not 0 <= i < batch.count or first < 0:
+    i, first = index(i), index(first)
+    check_meta(batch, d.META_DTYPE.itemsize)
+    if not 0 <= i < min(batch.count, batch.slots) or first < 0:
         raise IndexError(f"slot {i} outside the batch's {batch.count}")
     m = batch.meta[i]
     if m["status"] != d.OK or not batch.vnet_hdr:
@@ -86,10 +90,11 @@ def _same_flow(a: bytes, b: bytes, l4: int) -> bool:
 
 def gro_udp(batch, n, segs, max_segments=64) -> int:
     """Coalesce runs of same-flow UDP datagrams in slots 0..n-1 into USO super-packets, in place (see gso.pyx)."""
+    n, n_segs, max_segments = index(n), len(array(segs, "i", 4, "segs")), index(max_segments)
     if not batch.vnet_hdr:
-        raise ValueError("gro_udp needs a batch with virtio headers")
-    if not 0 <= n <= batch.slots or len(segs) < n or max_segments < 1:
-        raise ValueError(f"n {n} outside the batch or segs too short")
+        raise PacketError("gro_udp needs a batch with virtio headers")
+    if not 0 <= n <= batch.slots or n_segs < n or max_segments < 1:
+        raise PacketError(f"n {n} outside the batch or segs too short")
     h, room = batch.headroom, batch.max_packet
     hv = slice(h - d.VNET_HDR_LEN, h)
 

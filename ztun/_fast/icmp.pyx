@@ -7,19 +7,14 @@ summed again.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from ..errors import PacketError
+
 from core cimport *
 
 cdef enum:
     TTL = 64  # of every reply, as a fresh packet from its destination would have
 
 REPLY_TTL = TTL
-
-
-cdef Meta *_meta(batch) except NULL:
-    cdef uint8_t[::1] raw = batch.meta.view("u1")
-    if batch.meta.dtype.itemsize != sizeof(Meta):
-        raise TypeError("batch.meta does not have the Meta layout")
-    return <Meta *>&raw[0]
 
 
 cdef inline void _swap(uint8_t *a, uint8_t *b, int n) noexcept nogil:
@@ -109,19 +104,19 @@ def echo_batch(batch, bint classify=True, verdict_counts=None, drop_counts=None)
     cdef int[::1] lengths = batch.lengths
     cdef uint8_t[::1] verdicts = batch.verdicts, reasons = batch.reasons
     cdef uint64_t[::1] vc, dc
-    cdef Meta *meta = _meta(batch)
+    cdef Meta *meta = meta_of(batch)
     cdef Py_ssize_t count = batch.count, i, answered = 0
     cdef bint count_v = verdict_counts is not None, count_d = drop_counts is not None
     if count < 0 or count > data.shape[0]:
-        raise ValueError(f"batch.count {count} outside 0..{data.shape[0]}")
+        raise PacketError(f"batch.count {count} outside 0..{data.shape[0]}")
     if count_v:
         vc = verdict_counts
         if vc.shape[0] < N_VERDICTS:
-            raise ValueError(f"verdict_counts needs {N_VERDICTS} entries")
+            raise PacketError(f"verdict_counts needs {N_VERDICTS} entries")
     if count_d:
         dc = drop_counts
         if dc.shape[0] < N_REASONS:
-            raise ValueError(f"drop_counts needs {N_REASONS} entries")
+            raise PacketError(f"drop_counts needs {N_REASONS} entries")
     with nogil:
         for i in range(count):
             if classify:

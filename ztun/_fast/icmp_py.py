@@ -3,8 +3,10 @@
 Gives the same bytes, verdicts and counts as icmp.pyx for every input.
 """
 
+from ..errors import PacketError
 from . import defs as d
 from .checksum_py import update16
+from .typed_args import array, check_count, check_meta
 
 REPLY_TTL = 64
 
@@ -79,13 +81,12 @@ def echo_batch(batch, classify: bool = True, verdict_counts=None, drop_counts=No
     the parse status as reason, V_ICMP, V_UDP or V_OTHER); each V_ICMP echo request to and
     from unicast addresses becomes its reply and V_WRITE; the count arrays are incremented.
     """
-    count = batch.count
-    if not 0 <= count <= batch.slots:
-        raise ValueError(f"batch.count {count} outside 0..{batch.slots}")
-    if verdict_counts is not None and len(verdict_counts) < d.N_VERDICTS:
-        raise ValueError(f"verdict_counts needs {d.N_VERDICTS} entries")
-    if drop_counts is not None and len(drop_counts) < d.N_REASONS:
-        raise ValueError(f"drop_counts needs {d.N_REASONS} entries")
+    check_meta(batch, d.META_DTYPE.itemsize)
+    count = check_count(batch)
+    if verdict_counts is not None and len(array(verdict_counts, "u", 8, "verdict_counts")) < d.N_VERDICTS:
+        raise PacketError(f"verdict_counts needs {d.N_VERDICTS} entries")
+    if drop_counts is not None and len(array(drop_counts, "u", 8, "drop_counts")) < d.N_REASONS:
+        raise PacketError(f"drop_counts needs {d.N_REASONS} entries")
     answered = 0
     for i in range(count):
         m = batch.meta[i]

@@ -17,7 +17,7 @@ import socket
 
 import numpy as np
 
-from ..errors import NatPortsExhausted, NatTableFull
+from ..errors import NatPortsExhausted, NatTableFull, PacketError
 from . import defs as d
 from .nat_config import counters, flow_info, key_addr
 
@@ -85,8 +85,13 @@ cdef inline void _fin_state(Flow *f) noexcept nogil:
         f.state = ST_CLOSING if f.fins == (FIN_CLIENT | FIN_SERVER) else ST_FIN_WAIT
 
 
+# The docstring's first lines are the constructor's signature in CPython's text-signature form
+# ("--" below it), which inspect.signature reads: a cdef class's __cinit__ has none of its own.
 cdef class NatTable:
-    """Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
+    """NatTable(config)
+--
+
+Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
 
     cdef Flow *flows
     cdef int32_t *slots
@@ -299,7 +304,7 @@ cdef class NatTable:
 
     # -- Python API -------------------------------------------------------------
 
-    def insert(self, int proto, src, int sport, dst, int dport, double now=0.0):
+    def insert(self, uint8_t proto, src, uint16_t sport, dst, uint16_t dport, double now=0.0):
         """Add a flow (decision pending) and return its id; NatTableFull / NatPortsExhausted when refused."""
         cdef int version
         cdef bytes s, t
@@ -313,7 +318,7 @@ cdef class NatTable:
             raise (NatTableFull if -fid == TABLE_FULL else NatPortsExhausted)(d.REASON_NAMES[-fid])
         return fid
 
-    def lookup(self, int proto, src, int sport, dst, int dport):
+    def lookup(self, uint8_t proto, src, uint16_t sport, dst, uint16_t dport):
         """The id of the flow with this 5-tuple, or -1."""
         cdef int version
         cdef bytes s, t
@@ -384,17 +389,14 @@ cdef class NatTable:
     def process_batch(self, batch, double now):
         """Rewrite TCP slots in place and set batch.verdicts/reasons/flow_ids; return the slots Python must look at."""
         cdef uint8_t[:, ::1] data = batch.data
-        cdef uint8_t[::1] raw = batch.meta.view("u1")
         cdef uint8_t[::1] verdicts = batch.verdicts, reasons = batch.reasons
         cdef int32_t[::1] flow_ids = batch.flow_ids
         cdef Py_ssize_t count = batch.count, i, rare = 0
-        cdef Meta *meta = <Meta *>&raw[0]
+        cdef Meta *meta = meta_of(batch)
         cdef int verdict, reason
         cdef int32_t fid
-        if batch.meta.dtype.itemsize != sizeof(Meta):
-            raise TypeError("batch.meta does not have the Meta layout")
         if count < 0 or count > data.shape[0]:
-            raise ValueError(f"batch.count {count} outside 0..{data.shape[0]}")
+            raise PacketError(f"batch.count {count} outside 0..{data.shape[0]}")
         with nogil:
             for i in range(count):
                 verdict = self._one(&data[i, HEADROOM], &meta[i], now, &reason, &fid)

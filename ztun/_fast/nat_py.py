@@ -15,6 +15,7 @@ from ..errors import NatPortsExhausted, NatTableFull
 from . import defs as d
 from .checksum_py import update16, update_addr
 from .nat_config import NatConfig, counters, flow_info, key_addr
+from .typed_args import check_count, check_meta, index, real, uint
 
 
 class _Flow:
@@ -94,6 +95,7 @@ class NatTable:
         self._free.append(fid)
 
     def _flow(self, fid):
+        fid = index(fid)
         f = self._flows[fid] if 0 <= fid < self.capacity else None
         if f is None:
             raise KeyError(f"no flow {fid}")
@@ -103,6 +105,7 @@ class NatTable:
 
     def insert(self, proto, src, sport, dst, dport, now=0.0) -> int:
         """Add a flow (decision pending) and return its id; NatTableFull / NatPortsExhausted when refused."""
+        now = real(now)
         key = _key(proto, src, sport, dst, dport)
         if key in self._index:
             raise ValueError("flow exists")
@@ -118,6 +121,7 @@ class NatTable:
 
     def lookup_nat(self, addr, port) -> int:
         """The id of the flow that owns next address addr, NAT port port (an accepted socket's peer), or -1."""
+        port = index(port)
         _, a = key_addr(addr)
         for idx, b in enumerate(self._next):
             if (b + bytes(12))[:16] == a:
@@ -144,7 +148,7 @@ class NatTable:
         self._flow(fid).decision = d.D_BLOCK
 
     def touch(self, fid, now):
-        self._flow(fid).last_seen = now
+        self._flow(fid).last_seen = real(now)
 
     def free_ports(self) -> int:
         return sum(len(q) + self._n_ports - fresh for q, fresh in zip(self._ports, self._fresh))
@@ -154,7 +158,7 @@ class NatTable:
 
     def sweep(self, now, limit=4096) -> int:
         """Look at up to limit slots from where the last sweep stopped; delete idle flows. Returns how many."""
-        expired = 0
+        now, limit, expired = real(now), index(limit), 0
         for _ in range(min(limit, self.capacity)):
             f = self._flows[self._cursor]
             if f is not None and now - f.last_seen > self._timeouts[f.state]:
@@ -167,8 +171,10 @@ class NatTable:
 
     def process_batch(self, batch, now) -> int:
         """Rewrite TCP slots in place and set batch.verdicts/reasons/flow_ids; return the slots Python must look at."""
-        rare = 0
-        for i in range(batch.count):
+        now = real(now)
+        check_meta(batch, d.META_DTYPE.itemsize)
+        rare, count = 0, check_count(batch)  # before any counter moves, as nat.pyx
+        for i in range(count):
             verdict, reason, fid = self._one(batch, i, batch.meta[i], now)
             batch.verdicts[i] = verdict
             batch.reasons[i] = reason
@@ -253,6 +259,8 @@ class NatTable:
 
 
 def _key(proto, src, sport, dst, dport):
+    """The table's key of a 5-tuple; ports and protocol are checked as nat.pyx's typed arguments are."""
+    proto, sport, dport = uint(proto, 8), uint(sport, 16), uint(dport, 16)
     v, s = key_addr(src)
     v2, t = key_addr(dst)
     if v != v2:

@@ -6,6 +6,8 @@ its row is all zeros but for the status. packet_py.py is the twin.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy, memset
 
+from ..errors import PacketError
+
 from core cimport *
 
 
@@ -165,23 +167,15 @@ cdef inline int _bad(Meta *m, int status) noexcept nogil:
     return status
 
 
-cdef Meta *meta_ptr(batch) except NULL:
-    """The batch's meta array as Meta records, after checking its layout."""
-    cdef uint8_t[::1] raw = batch.meta.view("u1")
-    if batch.meta.dtype.itemsize != sizeof(Meta):
-        raise TypeError("batch.meta does not have the Meta layout")
-    return <Meta *>&raw[0]
-
-
 def parse_batch(batch):
     """Parse slots 0..batch.count-1 into batch.meta, one row per slot."""
     cdef uint8_t[:, ::1] data = batch.data
     cdef int[::1] lengths = batch.lengths
-    cdef Meta *meta = meta_ptr(batch)
+    cdef Meta *meta = meta_of(batch)
     cdef Py_ssize_t count = batch.count, room = data.shape[1] - HEADROOM, i, n
     cdef bint vnet = batch.vnet_hdr
     if count < 0 or count > data.shape[0]:
-        raise ValueError(f"batch.count {count} outside 0..{data.shape[0]}")
+        raise PacketError(f"batch.count {count} outside 0..{data.shape[0]}")
     with nogil:
         for i in range(count):
             n = lengths[i]

@@ -8,6 +8,7 @@ import struct
 
 from . import defs as d
 from .checksum_py import ones_sum, pseudo_sum
+from .typed_args import check_count, check_meta, data
 
 _IPV6_EXT = (0, 43, 60, 44)  # hop-by-hop, routing, destination options, fragment
 _ZERO = bytes(16)
@@ -141,8 +142,10 @@ def _row(fields: dict) -> tuple:
 
 def parse_batch(batch) -> None:
     """Parse slots 0..batch.count-1 into batch.meta, one row per slot."""
+    check_meta(batch, d.META_DTYPE.itemsize)
+    count = check_count(batch)
     h = batch.headroom
-    for i in range(batch.count):
+    for i in range(count):
         n = int(batch.lengths[i])
         n = min(max(n, 0), batch.data.shape[1] - h)
         try:
@@ -156,7 +159,7 @@ def parse_batch(batch) -> None:
 
 def verify_checksums(packet) -> int:
     """Check the IPv4 header checksum and the TCP/UDP/ICMP/ICMPv6 checksum of one packet (a CS_* code)."""
-    p = bytes(packet)
+    p = data(packet, "packet")
     try:
         r = _parse(p)
     except _Bad:

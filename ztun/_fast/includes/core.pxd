@@ -125,3 +125,11 @@ cdef inline uint32_t zt_pseudo(const uint8_t *src, const uint8_t *dst, int alen,
     zt_put32(tail, length)
     tail[7] = <uint8_t>proto
     return zt_sum(tail, 8, zt_sum(src, 16, zt_sum(dst, 16, 0)))
+
+
+cdef inline Meta *meta_of(batch) except NULL:
+    """batch.meta as Meta records; TypeError unless it has their layout (the twins: typed_args.check_meta)."""
+    cdef uint8_t[::1] raw = batch.meta.view("u1")
+    if batch.meta.dtype.itemsize != sizeof(Meta):
+        raise TypeError("batch.meta does not have the Meta layout")
+    return <Meta *>&raw[0]
