@@ -7,9 +7,12 @@ full wait in order behind it). A socket handed to close() or abort() is detached
 and closed by the worker.
 """
 import logging
+import operator
 import os
 import socket
 from collections import deque
+
+from .connect_address import split_address
 
 from libc.errno cimport EINVAL, errno
 from libc.stdint cimport uint16_t, uint64_t
@@ -135,10 +138,7 @@ cdef int _sockaddr(zt_op *op, address) except -1:
     """op's address from (host, port[, flowinfo, scope_id]): an IP literal (IPv6 if it has a colon), as connect() takes it."""
     cdef sockaddr_in *a4 = <sockaddr_in *>&op.addr
     cdef sockaddr_in6 *a6 = <sockaddr_in6 *>&op.addr
-    host = address[0].encode("ascii") if isinstance(address[0], str) else bytes(address[0])
-    port = int(address[1])
-    if not 0 <= port <= 65535:
-        raise OverflowError(f"port must be 0-65535, not {port}")
+    host, port, flowinfo, scope_id = split_address(address)
     memset(&op.addr, 0, sizeof(op.addr))
     if b":" not in host:
         a4.sin_family = socket.AF_INET
@@ -149,18 +149,20 @@ cdef int _sockaddr(zt_op *op, address) except -1:
     else:
         a6.sin6_family = socket.AF_INET6
         a6.sin6_port = htons(port)
-        if len(address) > 2:
-            a6.sin6_flowinfo = htonl(int(address[2]))
-        if len(address) > 3:
-            a6.sin6_scope_id = int(address[3])
+        a6.sin6_flowinfo = htonl(flowinfo)
+        a6.sin6_scope_id = scope_id
         if inet_pton(socket.AF_INET6, host, &a6.sin6_addr) != 1:
             raise ValueError(f"{address[0]!r} is not an IPv6 address")
         op.addrlen = sizeof(sockaddr_in6)
     return 0
 
 
+# The docstring's first lines are the constructor's signature for inspect.signature (as NatTable's).
 cdef class SocketQueue:
-    """The loop's worker thread for connect, shutdown and close of non-blocking sockets.
+    """SocketQueue(loop, capacity=4096, epoll_fd=-1)
+--
+
+The loop's worker thread for connect, shutdown and close of non-blocking sockets.
 
     Every call on a socket handed here must go through here until its connect result came
     back: the worker may still be about to use the fd.
@@ -175,11 +177,12 @@ cdef class SocketQueue:
     cdef readonly unsigned long long queued, overflowed, ran_inline
     cdef unsigned long long kicked
     cdef bint kick_due  # a kick waits for the end of the loop iteration
+    cdef bint piped  # notify_r/notify_w are open (0 is stdin before __cinit__ sets them)
 
-    def __cinit__(self, loop, unsigned capacity=4096, int epoll_fd=-1):
+    def __cinit__(self, loop, capacity=4096, int epoll_fd=-1):
         """epoll_fd: the loop's epoll (Linux), which a socket leaves before the worker closes it."""
         self.q = NULL
-        self.notify_r = self.notify_w = -1
+        capacity = operator.index(capacity)
         if not 0 < capacity <= 1 << 20:
             raise ValueError("capacity must be 1 to 2**20")
         self.loop = loop
@@ -190,7 +193,8 @@ cdef class SocketQueue:
         os.set_blocking(r, False)
         os.set_blocking(w, False)
         self.notify_r, self.notify_w = r, w
-        self.q = zt_sockq_new(capacity, w, epoll_fd)
+        self.piped = True
+        self.q = zt_sockq_new(<unsigned>capacity, w, epoll_fd)
         if self.q == NULL:
             err = errno
             self._close_pipe()
@@ -198,10 +202,10 @@ cdef class SocketQueue:
         loop.add_reader(r, self._results)
 
     cdef _close_pipe(self):
-        for fd in (self.notify_r, self.notify_w):
-            if fd >= 0:
-                os.close(fd)
-        self.notify_r = self.notify_w = -1
+        if self.piped:
+            self.piped = False
+            os.close(self.notify_r)
+            os.close(self.notify_w)
 
     cdef bint _push(self, zt_op *op, int *err):
         """Queue op (behind the overflow, if any); once stopped, run it here and set *err. True if queued."""

@@ -1,10 +1,13 @@
 """The twin of sockq.pyx: the same SocketQueue, each call made at once on the loop's thread."""
 
 import errno
+import operator
 import select
 import socket
 
 from ..net import abort
+from .connect_address import split_address
+from .typed_args import sint
 
 THREADED = False
 # a connection that failed before it was taken (accept(2): pending network errors), or a firewall
@@ -44,10 +47,24 @@ def _outcome(sock, err: int) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if done else err
 
 
+def _address(address):
+    """(family, connect()'s address) from (host, port[, flowinfo, scope_id]), read and refused as
+    sockq.pyx reads it: an IP literal, IPv6 if it has a colon."""
+    host, port, flowinfo, scope_id = split_address(address)
+    family = socket.AF_INET6 if b":" in host else socket.AF_INET
+    text = host.decode("latin-1")
+    try:
+        socket.inet_pton(family, text)
+    except OSError:
+        raise ValueError(f"{address[0]!r} is not an {'IPv4' if family == socket.AF_INET else 'IPv6'} address") from None
+    return family, ((text, port) if family == socket.AF_INET else (text, port, flowinfo, scope_id))
+
+
 class SocketQueue:
     """connect, shutdown and close of non-blocking sockets, made at once (sockq.pyx queues them)."""
 
     def __init__(self, loop, capacity: int = 4096, epoll_fd: int = -1):
+        capacity, epoll_fd = operator.index(capacity), sint(epoll_fd, 32)
         if not 0 < capacity <= 1 << 20:
             raise ValueError("capacity must be 1 to 2**20")
         self.loop = loop
@@ -55,18 +72,13 @@ class SocketQueue:
 
     def connect(self, sock, address, callback) -> None:
         """Start sock's non-blocking connect; callback(err) runs on the loop: 0 (connected), EINPROGRESS/EWOULDBLOCK or the errno."""
+        family, address = _address(address)
         if sock.fileno() < 0:
             raise ValueError("the socket is closed")
-        host = address[0]
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            socket.inet_pton(family, host)
-        except (OSError, TypeError):
-            raise ValueError(f"{host!r} is not an {'IPv4' if family == socket.AF_INET else 'IPv6'} address") from None
         if family != sock.family:  # what connect() says of it, as in the compiled queue
             err = errno.EAFNOSUPPORT
         else:
-            err = sock.connect_ex(tuple(address))
+            err = sock.connect_ex(address)
             if err in (errno.EINPROGRESS, errno.EWOULDBLOCK):
                 err = _outcome(sock, err)
         self.ran_inline += 1
