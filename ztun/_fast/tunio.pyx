@@ -5,12 +5,13 @@ data[i, HEADROOM:], and `hdr` bytes of the headroom in front of it (a virtio_net
 utun family header) are read and written with it.
 """
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EINTR, EINVAL, errno
+from libc.errno cimport EINTR, errno
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy, memset
 
-from ..errors import TunError
+from ..errors import PacketError, TunError
 
+from batch_write cimport write_args_error, write_slots
 from core cimport HEADROOM
 from system cimport *
 
@@ -77,7 +78,7 @@ def read_batch(int fd, batch, bint blocking=False, int hdr=0):
     cdef Py_ssize_t room = data.shape[1] - HEADROOM, i = 0
     cdef int err = 0
     if hdr < 0 or hdr > HEADROOM:
-        raise ValueError(f"hdr must be 0..{HEADROOM}, got {hdr}")
+        raise PacketError(f"hdr must be 0..{HEADROOM}, got {hdr}")
     while True:
         with nogil:
             i = _read_some(fd, data, lengths, i, room, hdr, blocking, &err)
@@ -90,7 +91,7 @@ def read_batch(int fd, batch, bint blocking=False, int hdr=0):
     return i
 
 
-def write_batch(int fd, batch, Py_ssize_t n, int[::1] errnos, int only_verdict=-1, int hdr=0):
+def write_batch(int fd, batch, Py_ssize_t n, int[::1] errnos not None, int only_verdict=-1, int hdr=0):
     """Write slots 0..n-1 with one write() each; return how many were written.
 
     With only_verdict >= 0 only slots whose batch.verdicts equal it are written. errnos[i]
@@ -98,33 +99,16 @@ def write_batch(int fd, batch, Py_ssize_t n, int[::1] errnos, int only_verdict=-
     bad packet never stops the rest.
     """
     cdef uint8_t[:, ::1] data = batch.data
-    cdef int[::1] lengths = batch.lengths
+    cdef const int[::1] lengths = batch.lengths
     cdef const uint8_t[::1] verdicts = batch.verdicts
-    cdef Py_ssize_t room = data.shape[1] - HEADROOM, i, length, written = 0
-    cdef ssize_t r
+    cdef Py_ssize_t written
     if hdr < 0 or hdr > HEADROOM:
-        raise ValueError(f"hdr must be 0..{HEADROOM}, got {hdr}")
-    if n < 0 or n > data.shape[0]:
-        raise ValueError(f"n {n} outside 0..{data.shape[0]}")
-    if errnos.shape[0] < n:
-        raise ValueError(f"errnos holds {errnos.shape[0]} entries, needs {n}")
+        raise PacketError(f"hdr must be 0..{HEADROOM}, got {hdr}")
+    bad = write_args_error(n, data.shape[0], errnos.shape[0])
+    if bad is not None:
+        raise PacketError(bad)
     with nogil:
-        for i in range(n):
-            errnos[i] = 0
-            if only_verdict >= 0 and verdicts[i] != only_verdict:
-                continue
-            length = lengths[i]
-            if length <= 0 or length > room:
-                errnos[i] = EINVAL
-                continue
-            while True:
-                r = write(fd, &data[i, HEADROOM - hdr], length + hdr)
-                if r >= 0 or errno != EINTR:
-                    break
-            if r < 0:
-                errnos[i] = errno
-            else:
-                written += 1
+        written = write_slots(fd, data, lengths, verdicts, n, errnos, only_verdict, hdr, False)
     return written
 
 

@@ -3,14 +3,15 @@
 Same contract as tunio.pyx, one os.readv/os.write per packet.
 """
 
-import errno as _errno
 import os
 import select
 import struct
 import sys
 
-from ..errors import TunError
+from ..errors import PacketError, TunError
+from .batch_write_py import write_slots
 from .defs import HEADROOM
+from .typed_args import index, sint
 
 LINUX_TUN = sys.platform.startswith("linux")
 
@@ -35,8 +36,8 @@ _IFREQ = "16sH22x"  # struct ifreq: name, then the flags of the union, padded to
 
 
 def _check_hdr(hdr):
-    if not 0 <= hdr <= HEADROOM:
-        raise ValueError(f"hdr must be 0..{HEADROOM}, got {hdr}")
+    if not 0 <= index(hdr) <= HEADROOM:
+        raise PacketError(f"hdr must be 0..{HEADROOM}, got {hdr}")
 
 
 def read_batch(fd: int, batch, blocking: bool = False, hdr: int = 0) -> int:
@@ -80,27 +81,7 @@ def write_batch(fd: int, batch, n: int, errnos, only_verdict: int = -1, hdr: int
     gets 0 for a slot written or skipped and the errno of a failed write otherwise.
     """
     _check_hdr(hdr)
-    if not 0 <= n <= batch.slots:
-        raise ValueError(f"n {n} outside 0..{batch.slots}")
-    if len(errnos) < n:
-        raise ValueError(f"errnos holds {len(errnos)} entries, needs {n}")
-    room = batch.data.shape[1] - HEADROOM
-    written = 0
-    for i in range(n):
-        errnos[i] = 0
-        if only_verdict >= 0 and batch.verdicts[i] != only_verdict:
-            continue
-        length = int(batch.lengths[i])
-        if not 0 < length <= room:
-            errnos[i] = _errno.EINVAL
-            continue
-        try:
-            os.write(fd, memoryview(batch.data[i, HEADROOM - hdr : HEADROOM + length]))
-        except OSError as e:
-            errnos[i] = e.errno
-        else:
-            written += 1
-    return written
+    return write_slots(fd, batch, n, errnos, only_verdict, hdr)
 
 
 def _ifname(name) -> bytes:
@@ -125,7 +106,7 @@ def _name(raw: bytes) -> str:
 def set_iff(fd: int, name, flags: int) -> str:
     """TUNSETIFF: create or attach the TUN device `name` with `flags` on fd; return its name."""
     fcntl = _need_linux()
-    req = struct.pack(_IFREQ, _ifname(name), flags & 0xFFFF)
+    req = struct.pack(_IFREQ, _ifname(name), sint(flags, 32) & 0xFFFF)
     try:
         res = fcntl.ioctl(fd, CONSTANTS["TUNSETIFF"], req)
     except OSError as e:
@@ -148,6 +129,6 @@ def set_vnet_hdr_size(fd: int, size: int) -> None:
     """TUNSETVNETHDRSZ: the virtio_net_hdr length the device puts in front of each packet."""
     fcntl = _need_linux()
     try:
-        fcntl.ioctl(fd, CONSTANTS["TUNSETVNETHDRSZ"], struct.pack("i", size))
+        fcntl.ioctl(fd, CONSTANTS["TUNSETVNETHDRSZ"], struct.pack("i", sint(size, 32)))
     except OSError as e:
         raise TunError(f"TUNSETVNETHDRSZ {size} on fd {fd}", e.errno) from None

@@ -6,11 +6,12 @@ packet sits at data[i, HEADROOM:] with no copy; writes store the header there an
 from it. POSIX sockets only (Linux and macOS builds); utunio_py.py is the twin.
 """
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EINTR, EINVAL, errno
+from libc.errno cimport EINTR, errno
 from libc.stdint cimport uint8_t
 
-from ..errors import TunError
+from ..errors import PacketError, TunError
 
+from batch_write cimport write_args_error, write_slots
 from core cimport HEADROOM
 from utun cimport *
 
@@ -73,7 +74,7 @@ def read_batch(int fd, batch, long long[::1] drops not None, bint blocking=False
     cdef Py_ssize_t room = data.shape[1] - HEADROOM, i = 0
     cdef int err = 0
     if drops.shape[0] < N_DROPS:
-        raise ValueError(f"drops holds {drops.shape[0]} counters, needs {N_DROPS}")
+        raise PacketError(f"drops holds {drops.shape[0]} counters, needs {N_DROPS}")
     while True:
         with nogil:
             i = _read_some(fd, data, lengths, i, room, blocking, &drops[0], &err)
@@ -95,44 +96,12 @@ def write_batch(int fd, batch, Py_ssize_t n, int[::1] errnos not None, int only_
     packet never stops the rest. The header overwrites 4 bytes of the slot's headroom.
     """
     cdef uint8_t[:, ::1] data = batch.data
-    cdef int[::1] lengths = batch.lengths
+    cdef const int[::1] lengths = batch.lengths
     cdef const uint8_t[::1] verdicts = batch.verdicts
-    cdef Py_ssize_t room = data.shape[1] - HEADROOM, i, length, written = 0
-    cdef ssize_t r
-    cdef uint8_t *p
-    cdef uint8_t version, family
-    if n < 0 or n > data.shape[0]:
-        raise ValueError(f"n {n} outside 0..{data.shape[0]}")
-    if errnos.shape[0] < n:
-        raise ValueError(f"errnos holds {errnos.shape[0]} entries, needs {n}")
+    cdef Py_ssize_t written
+    bad = write_args_error(n, data.shape[0], errnos.shape[0])
+    if bad is not None:
+        raise PacketError(bad)
     with nogil:
-        for i in range(n):
-            errnos[i] = 0
-            if only_verdict >= 0 and verdicts[i] != only_verdict:
-                continue
-            length = lengths[i]
-            if length <= 0 or length > room:
-                errnos[i] = EINVAL
-                continue
-            version = data[i, HEADROOM] >> 4
-            if version == 4:
-                family = ZT_UTUN_AF_INET
-            elif version == 6:
-                family = ZT_UTUN_AF_INET6
-            else:
-                errnos[i] = EAFNOSUPPORT
-                continue
-            p = &data[i, HEADROOM - ZT_UTUN_HDR]
-            p[0] = 0
-            p[1] = 0
-            p[2] = 0
-            p[3] = family
-            while True:
-                r = send(fd, p, length + ZT_UTUN_HDR, 0)
-                if r >= 0 or errno != EINTR:
-                    break
-            if r < 0:
-                errnos[i] = errno
-            else:
-                written += 1
+        written = write_slots(fd, data, lengths, verdicts, n, errnos, only_verdict, ZT_UTUN_HDR, True)
     return written

@@ -3,12 +3,14 @@
 Same contract as utunio.pyx, one os.readv/os.write per packet.
 """
 
-import errno as _errno
+import errno
 import os
 import select
 
-from ..errors import TunError
+from ..errors import PacketError, TunError
+from .batch_write_py import write_slots
 from .defs import HEADROOM
+from .typed_args import array
 
 HDR = 4
 AF_INET = 2  # Darwin's AF_INET, whatever the host's
@@ -28,8 +30,8 @@ def read_batch(fd: int, batch, drops, blocking: bool = False) -> int:
     drops[DROP_FAMILY]. A blocking fd waits for the first packet only. An error before
     the first packet raises TunError; one after it ends the batch (the next call reports it).
     """
-    if len(drops) < N_DROPS:
-        raise ValueError(f"drops holds {len(drops)} counters, needs {N_DROPS}")
+    if len(array(drops, "i", 8, "drops", writable=True)) < N_DROPS:
+        raise PacketError(f"drops holds {len(drops)} counters, needs {N_DROPS}")
     room = batch.data.shape[1] - HEADROOM
     poller = None
     i = 0
@@ -72,33 +74,13 @@ def write_batch(fd: int, batch, n: int, errnos, only_verdict: int = -1) -> int:
     errnos[i] gets 0 for a slot sent or skipped, EINVAL for a bad length, EAFNOSUPPORT
     for a packet that is neither IPv4 nor IPv6, and the errno of a failed send otherwise.
     """
-    if not 0 <= n <= batch.slots:
-        raise ValueError(f"n {n} outside 0..{batch.slots}")
-    if len(errnos) < n:
-        raise ValueError(f"errnos holds {len(errnos)} entries, needs {n}")
-    room = batch.data.shape[1] - HEADROOM
-    written = 0
-    for i in range(n):
-        errnos[i] = 0
-        if only_verdict >= 0 and batch.verdicts[i] != only_verdict:
-            continue
-        length = int(batch.lengths[i])
-        if not 0 < length <= room:
-            errnos[i] = _errno.EINVAL
-            continue
-        header = _HEADERS.get(int(batch.data[i, HEADROOM]) >> 4)
-        if header is None:
-            errnos[i] = _errno.EAFNOSUPPORT
-            continue
-        batch.data[i, HEADROOM - HDR : HEADROOM] = list(header)
-        while True:
-            try:
-                os.write(fd, memoryview(batch.data[i, HEADROOM - HDR : HEADROOM + length]))
-            except InterruptedError:
-                continue
-            except OSError as e:
-                errnos[i] = e.errno
-            else:
-                written += 1
-            break
-    return written
+    return write_slots(fd, batch, n, errnos, only_verdict, HDR, _frame)
+
+
+def _frame(batch, i: int) -> int:
+    """Store slot i's family header in front of it: 0, or EAFNOSUPPORT for neither IPv4 nor IPv6."""
+    header = _HEADERS.get(int(batch.data[i, HEADROOM]) >> 4)
+    if header is None:
+        return errno.EAFNOSUPPORT
+    batch.data[i, HEADROOM - HDR : HEADROOM] = list(header)
+    return 0
