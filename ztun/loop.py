@@ -17,7 +17,7 @@ import socket
 import time
 from collections import deque
 
-from ._fast import sockq, sockq_py
+from ._fast import socket_queue
 
 log = logging.getLogger("ztun.loop")
 
@@ -124,9 +124,9 @@ class Loop:
         """
         if self._sockq is None:
             if self._closed:
-                return sockq_py.SocketQueue(self)
+                return socket_queue(self, inline=True)
             epoll_fd = -1 if isinstance(self._poller, _SelectorPoller) else self._poller.fileno()
-            self._sockq = sockq.SocketQueue(self, epoll_fd=epoll_fd)
+            self._sockq = socket_queue(self, epoll_fd=epoll_fd)
         return self._sockq
 
     # --- readers and writers -------------------------------------------------

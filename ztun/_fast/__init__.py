@@ -1,54 +1,68 @@
 """The packet core: compiled Cython modules, or their pure-Python twins.
 
-This is the one place that chooses. ZTUN_NO_EXTENSIONS=1 (or a compiled module that
-cannot load) selects the twins; IMPLEMENTATION says which is in use.
+This is the one place that chooses, module by module: the compiled module where this platform
+builds one and it loads, else its twin. ZTUN_NO_EXTENSIONS=1 selects every twin; ZTUN_SOCKQ=0
+selects the twin of sockq (connect, shutdown and close made at once on the loop's thread, for
+comparison). IMPLEMENTATIONS says what each module is, IMPLEMENTATION sums it up.
 """
 
+import importlib
 import os
 import sys
 
+from . import sockq_py
 from .batch import PacketBatch
 from .defs import HEADROOM, MAX_PACKET, META_DTYPE
 
-IMPLEMENTATION = "python"
-if os.environ.get("ZTUN_NO_EXTENSIONS", "") in ("", "0"):
-    try:
-        from . import build, checksum, gso, icmp, nat, packet
+CORE = ("checksum", "packet", "nat", "gso", "build", "icmp")
+# The device I/O and socket worker modules setup.py compiles on each platform (tests/test_fast_parity.py
+# keeps the two in step): tunio is Linux TUN, utunio the macOS utun framing (also built on Linux
+# for its socketpair tests), sockq a worker thread for connect/shutdown/close. Windows reads
+# Wintun's rings through ctypes and makes the socket calls at once.
+PLATFORM = {"linux": ("tunio", "utunio", "sockq"), "darwin": ("utunio", "sockq")}
+# Where a platform compiles none of these, the twin still serves; on Windows the TUN twins do not.
+_NO_TWIN = {"win32": ("tunio", "utunio")}
 
-        IMPLEMENTATION = "cython"
-    except ImportError:
-        pass
-if IMPLEMENTATION == "python":
-    from . import build_py as build
-    from . import checksum_py as checksum
-    from . import gso_py as gso
-    from . import icmp_py as icmp
-    from . import nat_py as nat
-    from . import packet_py as packet
+_platform = "linux" if sys.platform.startswith("linux") else sys.platform
+_compiled_here = CORE + PLATFORM.get(_platform, ())
+_no_ext = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
+_sockq_off = os.environ.get("ZTUN_SOCKQ", "1") in ("0", "off")
 
-# Device I/O exists where the platform has it (Linux TUN, macOS utun; Windows uses ctypes).
-# (No placeholder names before these imports: `from . import x` returns an existing attribute x.)
-if sys.platform == "win32":
-    tunio = utunio = None
-elif IMPLEMENTATION == "cython":
-    try:
-        from . import tunio, utunio
-    except ImportError:  # pragma: no cover - a build without them
-        from . import tunio_py as tunio
-        from . import utunio_py as utunio
-else:
-    from . import tunio_py as tunio
-    from . import utunio_py as utunio
 
-# Connect, shutdown and close on a worker thread (POSIX, compiled); ZTUN_SOCKQ=0 makes them
-# at once on the loop's thread, as the twin does, for comparison.
-if IMPLEMENTATION == "cython" and sys.platform != "win32" and os.environ.get("ZTUN_SOCKQ", "1") not in ("0", "off"):
-    try:
-        from . import sockq
-    except ImportError:  # pragma: no cover - a build without it
-        from . import sockq_py as sockq
-else:
-    from . import sockq_py as sockq
+def _choose(name: str):
+    """(module, kind) for name: kind "cython" or "python", or None where this platform compiles no such module."""
+    if name not in _compiled_here:
+        twin = None if name in _NO_TWIN.get(_platform, ()) else importlib.import_module(f"{__name__}.{name}_py")
+        return twin, None
+    if not (_no_ext or (name == "sockq" and _sockq_off)):
+        try:
+            return importlib.import_module(f"{__name__}.{name}"), "cython"
+        except ImportError:
+            pass
+    return importlib.import_module(f"{__name__}.{name}_py"), "python"
+
+
+_chosen = {name: _choose(name) for name in CORE + ("tunio", "utunio", "sockq")}
+IMPLEMENTATIONS: dict[str, str | None] = {name: kind for name, (_, kind) in _chosen.items()}
+_kinds = {kind for kind in IMPLEMENTATIONS.values() if kind is not None}
+IMPLEMENTATION = _kinds.pop() if len(_kinds) == 1 else "mixed"
+
+checksum, packet, nat, gso, build, icmp, tunio, utunio, sockq = (module for module, _ in _chosen.values())
+_sockq = sockq  # the choice, kept apart from the attribute that importing ztun._fast.sockq rebinds
+
+
+def describe() -> str:
+    """"<IMPLEMENTATION> packet core", naming what each module is when it is mixed (`ztun-appliance version`)."""
+    if IMPLEMENTATION != "mixed":
+        return f"{IMPLEMENTATION} packet core"
+    return "mixed packet core: " + ", ".join(f"{name} {kind}" for name, kind in IMPLEMENTATIONS.items() if kind)
+
+
+def socket_queue(loop, epoll_fd: int = -1, inline: bool = False):
+    """The socket worker for loop: a SocketQueue of the chosen sockq (epoll_fd: the loop's epoll, -1
+    without one). inline=True gives the twin's, which makes every call at once: for a closed loop."""
+    return (sockq_py if inline else _sockq).SocketQueue(loop, epoll_fd=epoll_fd)
+
 
 NatTable = nat.NatTable
 parse_batch = packet.parse_batch
@@ -56,14 +70,18 @@ verify_checksums = packet.verify_checksums
 echo_batch = icmp.echo_batch
 
 __all__ = [
+    "CORE",
     "HEADROOM",
     "IMPLEMENTATION",
+    "IMPLEMENTATIONS",
     "MAX_PACKET",
     "META_DTYPE",
     "NatTable",
+    "PLATFORM",
     "PacketBatch",
     "build",
     "checksum",
+    "describe",
     "echo_batch",
     "gso",
     "icmp",
@@ -71,6 +89,7 @@ __all__ = [
     "packet",
     "parse_batch",
     "sockq",
+    "socket_queue",
     "tunio",
     "utunio",
     "verify_checksums",

@@ -345,7 +345,7 @@ def main(argv=None) -> int:
     if args.command == "version":
         from .. import _fast
 
-        print(f"ztun {__version__} ({_fast.IMPLEMENTATION} packet core)")
+        print(f"ztun {__version__} ({_fast.describe()})")  # names each module when the core is mixed
         return 0
     try:
         config = load_config(parser.commands[args.command], args)
