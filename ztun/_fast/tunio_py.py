@@ -105,8 +105,9 @@ def _name(raw: bytes) -> str:
 
 def set_iff(fd: int, name, flags: int) -> str:
     """TUNSETIFF: create or attach the TUN device `name` with `flags` on fd; return its name."""
+    flags = sint(flags, 32)  # as the compiled int argument, before anything else
     fcntl = _need_linux()
-    req = struct.pack(_IFREQ, _ifname(name), sint(flags, 32) & 0xFFFF)
+    req = struct.pack(_IFREQ, _ifname(name), flags & 0xFFFF)
     try:
         res = fcntl.ioctl(fd, CONSTANTS["TUNSETIFF"], req)
     except OSError as e:
@@ -127,8 +128,9 @@ def get_iff(fd: int) -> tuple[str, int]:
 
 def set_vnet_hdr_size(fd: int, size: int) -> None:
     """TUNSETVNETHDRSZ: the virtio_net_hdr length the device puts in front of each packet."""
+    size = sint(size, 32)
     fcntl = _need_linux()
     try:
-        fcntl.ioctl(fd, CONSTANTS["TUNSETVNETHDRSZ"], struct.pack("i", sint(size, 32)))
+        fcntl.ioctl(fd, CONSTANTS["TUNSETVNETHDRSZ"], struct.pack("i", size))
     except OSError as e:
         raise TunError(f"TUNSETVNETHDRSZ {size} on fd {fd}", e.errno) from None
