@@ -319,7 +319,7 @@ def _cleanup(options: TunOptions) -> int:
     router = open_router()
     try:
         # Checked without attaching: attaching would rewrite a persistent device's flags.
-        if getattr(router, "tun_attached", None) and router.tun_attached(options.name):
+        if router.tun_attached(options.name):
             raise TunError(f"{options.name} is in use by a running ztun-appliance; stop it instead of cleaning up", errno.EBUSY)
         removed = router.remove_leftovers(options.table, options.rule_priorities)
     finally:
