@@ -53,6 +53,10 @@ class FakeSession:
         self.replies.append((payload, from_address))
         return True
 
+    def close(self):
+        if self.on_close is not None:
+            self.on_close(self, "closed")
+
 
 class FakeDns:
     def __init__(self):
@@ -405,4 +409,50 @@ def test_connected_outbounds_whose_client_never_comes_are_closed_in_order(monkey
             loop.run_once(0.01)
         assert fwd.snapshot_flows() == [] and fwd.counters["tcp_unclaimed"] == 2
         assert fwd._claim_timer is None  # nothing waits: no timer either
+        fwd.close()
+
+
+def test_an_outbound_named_dns_is_an_outbound_like_any_other():
+    """Only port 53 with a DNS service goes to the service; a user's outbound may be called "dns"."""
+    with Loop() as loop:
+        dns_out = FakeOutbound("dns")
+        dns_out.loop = loop
+        rules = Rules(SimpleNamespace(default="dns", rules=()))
+        fwd = Forwarder(loop, {"dns": dns_out}, rules)
+        decisions = []
+        flow = Flow(6, C, ("198.19.0.1", 80), on_decide=lambda f, v: decisions.append(v))
+        assert fwd.prepare(flow) == Verdict.DEFER
+        run(loop)
+        assert decisions == [Verdict.ALLOW] and flow.outbound == "dns"
+        client, peer = socket.socketpair()
+        fwd.handle_tcp(client, flow)
+        assert flow.state == "relaying" and flow.carrier is not None
+        fwd.close()
+        peer.close()
+
+
+def test_closing_logs_and_totals_the_open_udp_sessions(caplog):
+    with Loop() as loop:
+        fwd, proxy, _ = setup(loop)
+        s = FakeSession(C, ("198.19.0.1", 9))
+        assert fwd.prepare(s.flow) == Verdict.ALLOW
+        s.flow.carrier = s
+        fwd.handle_udp(s)
+        s.on_datagram(b"q", ("198.19.0.1", 9))
+        s.bytes_up, s.bytes_down = 10, 20
+        with caplog.at_level("INFO", "ztun.flows"):
+            fwd.close()
+        assert fwd.bytes_total() == (10, 20) and fwd.snapshot_flows() == []
+        assert "udp 198.18.0.2:40000 -> 198.19.0.1:9 via proxy up 10 down 20 bytes" in caplog.text
+
+
+def test_blocks_are_counted_on_the_block_outbound_and_stale_fake_ips_once():
+    with Loop() as loop:
+        fwd, _, _ = setup(loop, dns=FakeDns())
+        assert fwd.prepare(Flow(6, C, ("198.19.2.1", 80))) == Verdict.REJECT
+        assert fwd.prepare(Flow(17, C, ("198.19.2.1", 9))) == Verdict.REJECT
+        assert fwd.outbound_counters()["block"] == {"tcp_refused": 1, "udp_refused": 1, "udp_dropped": 0}
+        # ICMP to a fake address with no name: the rules decide without a domain, nothing is counted
+        assert fwd.handle_icmp(Flow(1, C, ("198.18.128.9", 0))) == Verdict.ALLOW
+        assert fwd.counters["fake_ip_unknown"] == 0
         fwd.close()

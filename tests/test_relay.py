@@ -242,3 +242,18 @@ def test_one_failing_relay_does_not_stop_the_idle_checks_of_the_others(monkeypat
         for a, b in pairs:
             a.close()
             b.close()
+
+
+@pytest.mark.skipif(not HAVE_SPLICE, reason="splice pipes are Linux's")
+def test_a_pipe_given_back_after_the_pool_closed_is_closed():
+    """A relay that outlives its loop's close returns its pipe to a closed pool: no fd may stay open."""
+    pool = PipePool()
+    kept, late = pool.get(), pool.get()
+    pool.put(kept, True)
+    pool.close()
+    assert pool.free == []
+    pool.put(late, True)
+    assert pool.free == []
+    for fd in (*kept[:2], *late[:2]):
+        with pytest.raises(OSError):
+            os.fstat(fd)

@@ -139,3 +139,56 @@ def test_a_released_syn_goes_before_its_flows_next_packets(vnet):
         loop.close()
         dev.close()
         peer.close()
+
+
+class _AllowThenRefuse:
+    """Allows the first TCP flow, refuses every later one."""
+
+    icmp_echo = "reply"
+
+    def __init__(self):
+        self.flows = []
+
+    def prepare(self, flow):
+        from ztun.stack.handler import Verdict
+
+        self.flows.append(flow)
+        return Verdict.ALLOW if len(self.flows) == 1 else Verdict.REJECT
+
+    def handle_tcp(self, sock, flow):
+        sock.close()
+
+
+def test_a_flow_whose_nat_slot_went_to_another_is_forgotten():
+    """The client resets an allowed flow before its connection was accepted and sends a new SYN
+    from the same port: the NAT gives the new flow the freed slot at once. The stack must not keep
+    the first flow for that slot (an accept for the slot would be handed the wrong flow)."""
+    from scapy.layers.inet import TCP
+
+    from ztun.loop import Loop
+    from ztun.tun.device_linux import LinuxTunDevice
+    from ztun.tun.options import TunOptions
+
+    a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer.setblocking(False)
+    dev = LinuxTunDevice(a.detach(), "zt-fake", 1500)
+    loop, handler = Loop(), _AllowThenRefuse()
+    stack = SystemStack(dev, TunOptions(name="zt-fake", inet4="198.18.0.1/28", inet6=None))
+    try:
+        stack.start(handler, loop)
+        client = dict(src="198.19.5.5", dst="198.19.0.7")
+        peer.send(bytes(IP(**client) / TCP(sport=40000, dport=80, flags="S", seq=100)))
+        stack.on_readable()
+        assert len(stack._tcp) == 1  # allowed, waiting for the kernel's accept
+        peer.send(bytes(IP(**client) / TCP(sport=40000, dport=80, flags="R", seq=101)))
+        peer.send(bytes(IP(**client) / TCP(sport=40000, dport=80, flags="S", seq=500)))
+        stack.on_readable()
+        assert len(handler.flows) == 2, "the second SYN must be a new flow"
+        s = stack.stats()
+        assert s["tcp_allowed"] == 1 and s["tcp_rejected"] == 1, s
+        assert stack._tcp == {}, "the first flow is still held for a slot that went to another"
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()
+        peer.close()

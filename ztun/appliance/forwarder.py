@@ -72,18 +72,14 @@ class Forwarder:
     # -- choosing -----------------------------------------------------------------
 
     def choose(self, proto: str, source: tuple, destination: tuple) -> tuple:
-        """(outbound, domain) the rules pick for a flow of proto ("tcp", "udp", "icmp") to destination.
-
-        outbound is None for a fake-IP address with no domain (an expired mapping: refused).
-        """
-        if self.dns is None or not self.dns.is_fake(destination[0]):
-            domain = None
-        else:
+        """(outbound, domain, known) for a flow of proto ("tcp", "udp", "icmp") to destination: the
+        outbound its rules pick, the name behind a fake-IP destination, and known False for a
+        fake-IP address with no name (an expired mapping; the rules saw no domain)."""
+        domain, known = None, True
+        if self.dns is not None and self.dns.is_fake(destination[0]):
             domain = self.dns.domain_for(destination[0])
-            if domain is None:
-                self.counters["fake_ip_unknown"] += 1
-                return None, None
-        return self.outbounds[self.rules.match(proto, source, destination, domain)], domain
+            known = domain is not None
+        return self.outbounds[self.rules.match(proto, source, destination, domain)], domain, known
 
     def dns_intercepts(self, destination) -> bool:
         """Port 53 to any address is answered by the DNS service (when there is one)."""
@@ -97,14 +93,16 @@ class Forwarder:
         if self.dns_intercepts(flow.destination):
             flow.outbound = "dns"
             return Verdict.ALLOW  # answered by the DNS service in handle_tcp
-        outbound, flow.domain = self.choose("tcp", flow.source, flow.destination)
-        if outbound is None:
+        outbound, flow.domain, known = self.choose("tcp", flow.source, flow.destination)
+        if not known:
+            self.counters["fake_ip_unknown"] += 1
             log.info("tcp %s -> %s: a fake-IP address with no domain (expired mapping?): refused",
                      endpoint_text(flow.source), endpoint_text(flow.destination))
             return Verdict.REJECT
         flow.outbound = outbound.name
         if outbound.blocks:
             self.counters["tcp_blocked"] += 1
+            outbound.counters["tcp_refused"] += 1
             log.info("%s: blocked", describe(flow))
             return Verdict.REJECT
         flow.state = "connecting"
@@ -189,7 +187,7 @@ class Forwarder:
         self.flows.forget(flow)
 
     def handle_tcp(self, sock, flow):
-        if flow.outbound == "dns":
+        if self.dns_intercepts(flow.destination):
             self.counters["dns_tcp"] += 1
             self.dns.handle_tcp(sock, flow.source, flow.destination)
             return
@@ -210,12 +208,14 @@ class Forwarder:
         if self.dns_intercepts(flow.destination):
             flow.outbound = "dns"
             return Verdict.ALLOW
-        outbound, flow.domain = self.choose("udp", flow.source, flow.destination)
-        if outbound is None:
+        outbound, flow.domain, known = self.choose("udp", flow.source, flow.destination)
+        if not known:
+            self.counters["fake_ip_unknown"] += 1
             return Verdict.REJECT
         flow.outbound = outbound.name
         if outbound.blocks:
             self.counters["udp_blocked"] += 1
+            outbound.counters["udp_refused"] += 1
             return Verdict.REJECT
         return Verdict.ALLOW
 
@@ -234,8 +234,8 @@ class Forwarder:
 
     def handle_icmp(self, flow):
         """Asked per echo request only when a rule may block ICMP (icmp_echo == "ask")."""
-        outbound, _ = self.choose("icmp", flow.source, flow.destination)
-        return Verdict.DROP if outbound is not None and outbound.blocks else Verdict.ALLOW
+        outbound, _, _ = self.choose("icmp", flow.source, flow.destination)
+        return Verdict.DROP if outbound.blocks else Verdict.ALLOW
 
     # -- status and shutdown ------------------------------------------------------------
 
@@ -256,16 +256,16 @@ class Forwarder:
                 flow.pending.cancel()
                 flow.pending = None
             if flow.proto == socket.IPPROTO_TCP and flow.carrier is not None:
-                flow.carrier.close("closed", reset=True)
+                flow.carrier.close("closed", reset=True)  # its closing line and bytes go to the table
         for flow in list(self._claims):
             self._discard(flow)
         self._claims.clear()
-        self.flows.open.clear()
         if self._claim_timer is not None:
             self._claim_timer.cancel()
             self._claim_timer = None
         for session in list(self.udp):
             session.close()
+        self.flows.open.clear()  # what is left never carried a byte (connects cancelled above)
         if self.dns is not None:
             self.dns.close()
         for outbound in self.outbounds.values():

@@ -36,9 +36,9 @@ class UdpRelay:
         route = self.routes.get(destination, False)
         if route is not False:
             return route
-        outbound, domain = self.fwd.choose("udp", self.session.source, destination)
+        outbound, domain, known = self.fwd.choose("udp", self.session.source, destination)
         # A fake address's flow serves all its ports (replies keep their source port).
-        if outbound is None or outbound.blocks:
+        if not known or outbound.blocks:
             route = None
         else:
             route = (outbound.name, domain, (outbound.name, destination[0] if domain else None))

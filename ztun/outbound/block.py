@@ -20,8 +20,9 @@ class BlockedUdpFlow:
 
 
 class BlockOutbound:
-    """Refuses every flow. The forwarder asks `blocks` and refuses at once (TCP reset, ICMP unreachable);
-    open_tcp and open_udp refuse too, for a caller that asks them anyway."""
+    """Refuses every flow. The forwarder asks `blocks`, refuses at once (TCP reset, ICMP unreachable)
+    and counts the flow here (tcp_refused, udp_refused); open_tcp and open_udp refuse too, for a
+    caller that asks them anyway."""
 
     blocks = True
     resolves_names = True  # it never needs an address
@@ -30,7 +31,7 @@ class BlockOutbound:
     def __init__(self, loop, *, name: str = "block"):
         self.loop = loop
         self.name = name
-        self.counters: dict[str, int] = {"tcp_refused": 0, "udp_dropped": 0}
+        self.counters: dict[str, int] = {"tcp_refused": 0, "udp_refused": 0, "udp_dropped": 0}
 
     def open_tcp(self, destination: tuple, on_done, domain: str | None = None):
         """Refuse: on_done(None, ConnectionRefusedError) runs on the loop's next turn."""

@@ -31,12 +31,14 @@ _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMED
 class PipePool:
     """Empty splice pipes kept for the next relay: a short connection then costs no pipe2/fcntl/close.
 
-    One per loop (in the loop's `shared` dict); whoever closes the relays clears it (pipes()).
+    One per loop (in the loop's `shared` dict), closed with the loop or by whoever closes its
+    relays; a pipe given back after that is closed at once.
     """
 
     def __init__(self, keep: int = 256):
         self.keep = keep
         self.free: list = []
+        self.closed = False
 
     @classmethod
     def of(cls, loop) -> "PipePool":
@@ -56,14 +58,15 @@ class PipePool:
         return r, w, size
 
     def put(self, pipe, empty: bool):
-        if empty and len(self.free) < self.keep:
+        if empty and len(self.free) < self.keep and not self.closed:
             self.free.append(pipe)
         else:
             os.close(pipe[0])
             os.close(pipe[1])
 
     def close(self):
-        """Close every kept pipe (the loop does, as it closes). The pool stays usable."""
+        """Close every kept pipe (the loop does, as it closes); pipes given back later are closed too."""
+        self.closed = True
         while self.free:
             r, w, _ = self.free.pop()
             os.close(r)

@@ -82,8 +82,8 @@ class SystemStack:
         self.out = None
         self.listeners: list = []
         self._segments = None  # PacketBatch the UDP super-datagrams are split into, made on first use
-        # NAT flow id -> Flow, from a TCP flow's first packet until its connection is accepted
-        # (or refused, or it idles out of the NAT)
+        # NAT flow id -> (Flow, its NAT endpoints), from a TCP flow's first packet until its
+        # connection is accepted (or refused, or the NAT slot holds another flow)
         self._tcp: dict = {}
         self._ids = itertools.count(1)  # Flow.id
         self._sweep_timer = None
@@ -180,7 +180,8 @@ class SystemStack:
                 self.out.flush()
             except OSError:
                 pass
-        self._tcp.clear()
+        for fid in list(self._tcp):
+            self._forget(fid)
 
     def _stop_reading(self):
         if self._reading:
@@ -311,8 +312,9 @@ class SystemStack:
         batch.verdicts[:n][batch.verdicts[:n] == d.V_ICMP] = d.V_DROP
 
     def _new_flow(self, batch, i, fid):
-        source, destination, _ = self.nat.endpoints(fid)
-        flow = Flow(d.PROTO_TCP, source, destination, id=next(self._ids), on_decide=self._decided)
+        self._forget(fid)  # the slot's flow before this one, if the NAT reused it at once
+        key = self.nat.endpoints(fid)
+        flow = Flow(d.PROTO_TCP, key[0], key[1], id=next(self._ids), on_decide=self._decided)
         try:
             verdict = self.handler.prepare(flow)
         except Exception:
@@ -325,15 +327,21 @@ class SystemStack:
             length = int(batch.lengths[i])
             start = h - d.VNET_HDR_LEN if batch.vnet_hdr else h
             flow.held = (fid, batch.data[i, start : h + length].tobytes(), length, batch.meta[i].tobytes())
-            self._tcp[fid] = flow
+            self._tcp[fid] = (flow, key)
             batch.verdicts[i] = d.V_DROP
             self.counters["tcp_deferred"] += 1
             return
         flow._on_decide = None  # decided
         batch.verdicts[i] = d.V_WRITE if verdict == Verdict.ALLOW else d.V_DROP
         if verdict == Verdict.ALLOW:
-            self._tcp[fid] = flow
+            self._tcp[fid] = (flow, key)
         self._apply(fid, verdict, batch, i)
+
+    def _forget(self, fid):
+        """Drop the flow held for NAT slot fid: a later decide() on it does nothing."""
+        entry = self._tcp.pop(fid, None)
+        if entry is not None:
+            entry[0].held = entry[0]._on_decide = None
 
     def _apply(self, fid, verdict, batch, i):
         if verdict == Verdict.ALLOW:
@@ -353,7 +361,8 @@ class SystemStack:
         if held is None or not self._running:
             return
         fid = held[0]
-        if self._tcp.get(fid) is not flow:
+        entry = self._tcp.get(fid)
+        if entry is None or entry[0] is not flow:
             return  # the flow is gone (it idled out of the NAT): nothing to release
         _, raw, length, row = held
         if verdict == Verdict.ALLOW:
@@ -376,11 +385,17 @@ class SystemStack:
         nat, handler = self.nat, self.handler
         for sock, peer, port in accepted:
             fid = nat.lookup_nat(peer, port)
-            flow = self._tcp.pop(fid, None) if fid >= 0 else None
-            if flow is None or flow.held is not None:  # no such flow, or one still waiting for its verdict
+            if fid < 0:
                 self.counters["tcp_accept_no_flow"] += 1
                 abort(sock)
                 continue
+            entry = self._tcp.get(fid)
+            if entry is not None and entry[0].held is None:
+                del self._tcp[fid]
+                flow = entry[0]
+            else:  # a second connection on an accepted flow's endpoints: the handler has nothing for it (DNS aside)
+                source, destination, _ = nat.endpoints(fid)
+                flow = Flow(d.PROTO_TCP, source, destination, id=next(self._ids))
             if not _NODELAY_INHERITED:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
@@ -391,14 +406,13 @@ class SystemStack:
 
     def _sweep(self):
         self.nat.sweep(time.monotonic(), max(1, self.nat.capacity // SWEEP_FRACTION))
-        for fid, flow in list(self._tcp.items()):  # flows that idled out of the NAT before they were accepted
+        for fid, (_, key) in list(self._tcp.items()):  # flows that idled out of the NAT before they were accepted
             try:
-                source, destination, _ = self.nat.endpoints(fid)
+                now_there = self.nat.endpoints(fid)
             except KeyError:
-                source = destination = None
-            if source != flow.source or destination != flow.destination:
-                del self._tcp[fid]
-                flow.held = flow._on_decide = None
+                now_there = None
+            if now_there != key:
+                self._forget(fid)
         self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _note_failures(self, failed) -> None:
