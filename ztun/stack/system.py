@@ -430,8 +430,9 @@ class SystemStack:
                "write_failed": sum(self.write_failures.values()), "tcp_flows": len(nat), "udp_sessions": len(udp.sessions)}
         out["echo_answered"] = self.counters["echo_answered"]
         udp_dropped = sum(c for k, c in udp.counters.items() if k.startswith("dropped_"))
-        # read and neither written back, nor given to a UDP session, nor held for the handler
-        out["dropped"] = (int(v[d.V_DROP]) - self.counters["tcp_deferred"] + int(v[d.V_OTHER])
+        # read and neither written back, nor given to a UDP session, nor held for the handler (a
+        # held SYN was counted a new flow, not a drop); a counter: it never goes down
+        out["dropped"] = (int(v[d.V_DROP]) + int(v[d.V_OTHER])
                           + self.counters["icmp_dropped"] + udp_dropped + out["write_failed"])
         out.update({k: v for k, v in nat.counters().items() if v})
         out.update({k: c for k, c in self.counters.items() if k != "echo_answered"})

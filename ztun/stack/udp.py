@@ -110,7 +110,7 @@ class UdpNat:
                 return
             s = self.sessions[key] = NatUdpSession(self, key, flow, now)
             flow.carrier = s
-            self.counters["sessions"] += 1
+            self.counters["sessions_opened"] += 1  # stats() says udp_sessions_opened; udp_sessions is the gauge
             try:
                 self.handler.handle_udp(s)
             except Exception:
