@@ -113,8 +113,12 @@ def test_call_at_end_runs_after_the_iterations_callbacks(loop, caplog):
 
 
 def test_stop_and_run(loop):
+    """run() returns at the stop, not at the next callback (a broken stop hangs: the suite's per-test timeout fails it)."""
+    later = []
     loop.call_later(0.01, loop.stop)
+    loop.call_later(30, later.append, "ran")
     loop.run()
+    assert later == []
 
 
 def test_signal_arrives_through_the_self_pipe(loop):
@@ -131,8 +135,11 @@ def test_signal_arrives_through_the_self_pipe(loop):
 def test_wakeup_from_another_thread(loop):
     t = threading.Timer(0.05, loop.wakeup)
     t.start()
-    loop.run_once(5)  # returns on the wakeup, well before the timeout
+    start = time.monotonic()
+    loop.run_once(5)
+    waited = time.monotonic() - start
     t.join()
+    assert waited < 4, f"run_once returned after {waited:.1f} s: at its timeout, not at the wakeup"
 
 
 def test_close_restores_signals_and_is_idempotent():
