@@ -192,3 +192,34 @@ def test_a_flow_whose_nat_slot_went_to_another_is_forgotten():
         loop.close()
         dev.close()
         peer.close()
+
+
+def test_the_kernels_own_link_local_icmpv6_is_counted_not_a_drop_worth_a_warning():
+    """The kernel sends a router solicitation (and MLD reports) on the TUN as it comes up: chatter, not a client's drop."""
+    from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6MLReport2, ICMPv6ND_RS, IPv6
+
+    from ztun.appliance.status import split_stats
+    from ztun.loop import Loop
+    from ztun.tun.device_linux import LinuxTunDevice
+    from ztun.tun.options import TunOptions
+
+    a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer.setblocking(False)
+    dev = LinuxTunDevice(a.detach(), "zt-fake", 1500)
+    loop, handler = Loop(), _AllowThenRefuse()
+    stack = SystemStack(dev, TunOptions(name="zt-fake", inet4=None, inet6="fd00:18::1/124"))
+    try:
+        stack.start(handler, loop)
+        peer.send(bytes(IPv6(src="fe80::1", dst="ff02::2", hlim=255) / ICMPv6ND_RS()))
+        peer.send(bytes(IPv6(src="fe80::1", dst="ff02::16", hlim=1) / ICMPv6MLReport2()))
+        peer.send(bytes(IPv6(src="fd00:19::5", dst="fd00:18::7") / ICMPv6DestUnreach()))  # a client's: a drop
+        stack.on_readable()
+        stats = stack.stats()
+        assert stats["icmp6_link_local"] == 2 and stats["icmp_dropped"] == 1 and stats["dropped"] == 3, stats
+        _, _, drops = split_stats(stats)
+        assert drops.get("icmp_dropped") == 1 and "icmp6_link_local" not in drops
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()
+        peer.close()

@@ -46,6 +46,10 @@ _NODELAY_INHERITED = sys.platform.startswith("linux")  # an accepted socket has 
 # UDP_MAX_SEGMENTS (128) segments in one, so more is malformed.
 UDP_MAX_SEGMENTS = 128
 SEGMENT_BATCH_BYTES = 2 << 20  # the split batch grows to fit what arrives, up to about this
+# ICMPv6 types a host sends on any link it is up on: MLD query/report/done (130-132), router
+# solicitation and advertisement, neighbour solicitation and advertisement, redirect (133-137),
+# MLDv2 report (143)
+_LINK_LOCAL_ICMP6 = np.array([130, 131, 132, 133, 134, 135, 136, 137, 143], dtype=np.uint8)
 
 
 def _udp_gro_default(device) -> bool:
@@ -287,7 +291,7 @@ class SystemStack:
         return segs
 
     def _icmp(self, batch, n):
-        policy = getattr(self.handler, "icmp_echo", "reply")
+        policy = self.handler.icmp_echo
         icmp = batch.verdicts[:n] == d.V_ICMP
         if not icmp.any():
             return
@@ -308,8 +312,15 @@ class SystemStack:
                     batch.verdicts[i] = d.V_DROP
         answered = echo_batch(batch, False)
         self.counters["echo_answered"] += answered
-        self.counters["icmp_dropped"] += int(np.count_nonzero(batch.verdicts[:n] == d.V_ICMP))
-        batch.verdicts[:n][batch.verdicts[:n] == d.V_ICMP] = d.V_DROP
+        rest = batch.verdicts[:n] == d.V_ICMP
+        if rest.any():
+            # The kernel's own link-local ICMPv6 on the TUN (router solicitations, neighbour
+            # discovery, MLD) is no client's traffic: counted apart, not as a drop worth a warning.
+            meta = batch.meta[:n]
+            chatter = rest & (meta["proto"] == d.PROTO_ICMPV6) & np.isin(meta["icmp_type"], _LINK_LOCAL_ICMP6)
+            self.counters["icmp6_link_local"] += int(np.count_nonzero(chatter))
+            self.counters["icmp_dropped"] += int(np.count_nonzero(rest & ~chatter))
+            batch.verdicts[:n][rest] = d.V_DROP
 
     def _new_flow(self, batch, i, fid):
         self._forget(fid)  # the slot's flow before this one, if the NAT reused it at once
@@ -433,7 +444,8 @@ class SystemStack:
         # read and neither written back, nor given to a UDP session, nor held for the handler (a
         # held SYN was counted a new flow, not a drop); a counter: it never goes down
         out["dropped"] = (int(v[d.V_DROP]) + int(v[d.V_OTHER])
-                          + self.counters["icmp_dropped"] + udp_dropped + out["write_failed"])
+                          + self.counters["icmp_dropped"] + self.counters["icmp6_link_local"] + udp_dropped
+                          + out["write_failed"])
         out.update({k: v for k, v in nat.counters().items() if v})
         out.update({k: c for k, c in self.counters.items() if k != "echo_answered"})
         out.update({f"udp_{k}": c for k, c in udp.counters.items()})
