@@ -94,3 +94,44 @@ def test_no_permission(monkeypatch):
     with pytest.raises(TunError, match="needs root or CAP_NET_ADMIN") as e:
         open_tun(TunOptions(name="zt-none0"))
     assert e.value.errno == errno.EACCES
+
+
+def test_a_run_without_privilege_is_refused_in_one_line_before_anything(tmp_path, monkeypatch):
+    """Not root and no CAP_NET_ADMIN: the TUN cannot be made, and that is the one thing said."""
+    from ztun.errors import TunError
+    from ztun.tun.options import TunOptions
+
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nCapEff:\t0000000000000000\n")
+    monkeypatch.setattr(device_mod.os, "geteuid", lambda: 65534)
+    assert not device_mod.has_net_admin(str(status))
+    status.write_text("Name:\tpython\nCapEff:\t0000000000001000\n")  # bit 12: CAP_NET_ADMIN
+    assert device_mod.has_net_admin(str(status))
+    monkeypatch.setattr(device_mod, "has_net_admin", lambda: False)
+    monkeypatch.setattr(device_mod.sys, "platform", "linux")
+    with pytest.raises(TunError) as e:
+        device_mod.check_privilege(TunOptions())
+    assert str(e.value) == "cannot open /dev/net/tun (needs root or CAP_NET_ADMIN): Permission denied (errno 13)"
+    device_mod.check_privilege(TunOptions(file_descriptor=3))  # an adopted fd needs no privilege to be used
+    monkeypatch.setattr(device_mod, "has_net_admin", lambda: True)
+    device_mod.check_privilege(TunOptions())
+
+
+def test_the_cli_checks_privilege_before_the_control_socket(tmp_path, monkeypatch, capsys):
+    """The control socket (and everything after it) is not touched by a run that may not make the TUN."""
+    from ztun.appliance import cli, gateway, status
+
+    opened = []
+
+    def reached(*args, **kw):  # whatever the check lets through stops here: nothing is made on this host
+        opened.append(args)
+        raise ZtunError("reached")
+
+    monkeypatch.setattr(device_mod, "has_net_admin", lambda: False)
+    monkeypatch.setattr(device_mod.sys, "platform", "linux")
+    monkeypatch.setattr(status.ControlServer, "__init__", reached)
+    monkeypatch.setattr(gateway.Gateway, "open", reached)
+    code = cli.main(["run", "--control-socket", str(tmp_path / "c.sock"), "--log-level", "ERROR"])
+    assert code == 1 and opened == []
+    assert capsys.readouterr().err.strip() == \
+        "ztun-appliance: error: cannot open /dev/net/tun (needs root or CAP_NET_ADMIN): Permission denied (errno 13)"

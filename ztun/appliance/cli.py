@@ -204,6 +204,9 @@ def _run(config: AppConfig, reread=None) -> int:
     from .logfmt import DropWarner
     from .status import ControlServer, split_stats
 
+    from ..tun.device import check_privilege
+
+    check_privilege(config.tun)  # before anything is touched: a run without privilege says so, in one line
     interrupts = _Interrupts()
     loop = gateway = forwarder = control = metrics = drops = None
     state = {"config": config}

@@ -1,9 +1,11 @@
-"""TunDevice: the protocol every platform's TUN device satisfies, and open_tun() that picks one."""
+"""TunDevice: the protocol every platform's TUN device satisfies, open_tun() that picks one, and the privilege check."""
 
+import errno
+import os
 import sys
 from typing import Protocol, runtime_checkable
 
-from ..errors import ZtunError
+from ..errors import TunError, ZtunError
 from .options import TunOptions
 
 
@@ -61,6 +63,37 @@ class TunDevice(Protocol):
 
     def close(self) -> None:
         """Close the device; a device ztun created disappears. Idempotent."""
+
+
+CAP_NET_ADMIN = 12  # <linux/capability.h>
+
+
+def has_net_admin(status_path: str = "/proc/self/status") -> bool:
+    """Whether this Linux process may configure networking: root, or CAP_NET_ADMIN in its effective set."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open(status_path) as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def check_privilege(options: TunOptions) -> None:
+    """TunError, in one line, when this process cannot create the TUN device options describe.
+
+    Called before anything else is touched (a control socket, a device, a route), so a run
+    without the privilege says just that. An adopted fd needs none to be used.
+    """
+    if options.file_descriptor is not None:
+        return
+    if sys.platform.startswith("linux") and not has_net_admin():
+        raise TunError("cannot open /dev/net/tun (needs root or CAP_NET_ADMIN)", errno.EACCES)
+    if sys.platform == "darwin" and os.geteuid() != 0:
+        raise TunError("cannot create a utun device (needs root)", errno.EPERM)
 
 
 def open_tun(options: TunOptions) -> TunDevice:
