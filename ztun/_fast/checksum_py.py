@@ -53,14 +53,21 @@ def pseudo_sum(src, dst, proto: int, length: int) -> int:
 
 def update16(csum: int, old: int, new: int) -> int:
     """RFC 1624 eqn. 3: the checksum after one 16-bit word changes from old to new."""
-    csum, old, new = uint(csum, 16), uint(old, 16), uint(new, 16)
-    return ~_fold((~csum & 0xFFFF) + (~old & 0xFFFF) + new) & 0xFFFF
+    return _update16(uint(csum, 16), uint(old, 16), uint(new, 16))
 
 
 def update_addr(csum: int, old, new) -> int:
     """The checksum after an address (4 or 16 bytes) changes from old to new."""
-    csum = uint(csum, 16)
-    old, new = _addresses(old, new)
+    return _update_addr(uint(csum, 16), *_addresses(old, new))
+
+
+# Unchecked, for the twins' own per-packet use (nat_py, icmp_py): values they read from a
+# packet are in range already; the checks above are for what callers hand in.
+def _update16(csum: int, old: int, new: int) -> int:
+    return ~_fold((~csum & 0xFFFF) + (~old & 0xFFFF) + new) & 0xFFFF
+
+
+def _update_addr(csum: int, old: bytes, new: bytes) -> int:
     for (o,), (n,) in zip(struct.iter_unpack("!H", old), struct.iter_unpack("!H", new)):
-        csum = update16(csum, o, n)
+        csum = _update16(csum, o, n)
     return csum

@@ -5,7 +5,7 @@ Gives the same bytes, verdicts and counts as icmp.pyx for every input.
 
 from ..errors import PacketError
 from . import defs as d
-from .checksum_py import update16
+from .checksum_py import _update16
 from .typed_args import array, check_count, check_meta
 
 REPLY_TTL = 64
@@ -39,10 +39,10 @@ def _answer(p, m) -> bool:
         p[12:16], p[16:20] = list(dst), list(src)  # a swap leaves every checksum's sum unchanged
         old, new = _be16(p, 8), (REPLY_TTL << 8) | int(p[9])
         p[8] = REPLY_TTL
-        _put16(p, 10, update16(_be16(p, 10), old, new))
+        _put16(p, 10, _update16(_be16(p, 10), old, new))
         old = _be16(p, l4)
         p[l4] = 0
-        csum = update16(_be16(p, l4 + 2), old, _be16(p, l4))
+        csum = _update16(_be16(p, l4 + 2), old, _be16(p, l4))
         # RFC 1624 gives 0x0000 where a full sum gives 0xFFFF only for an all-zero message.
         if csum == 0 and not any(p[l4 : l4 + 2]) and not any(p[l4 + 4 : int(m["ip_len"])]):
             csum = 0xFFFF
@@ -57,7 +57,7 @@ def _answer(p, m) -> bool:
     p[7] = REPLY_TTL
     old = _be16(p, l4)
     p[l4] = 129
-    _put16(p, l4 + 2, update16(_be16(p, l4 + 2), old, _be16(p, l4)))
+    _put16(p, l4 + 2, _update16(_be16(p, l4 + 2), old, _be16(p, l4)))
     return True
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import NatPortsExhausted, NatTableFull
 from . import defs as d
-from .checksum_py import update16, update_addr
+from .checksum_py import _update16, _update_addr
 from .nat_config import NatConfig, counters, flow_info, key_addr
 from .typed_args import check_count, check_meta, index, real, uint
 
@@ -286,7 +286,7 @@ def _rewrite(batch, i, m, alen, new_src, new_sport, new_dst, new_dport):
     old_dst = buf[a_off + alen : a_off + 2 * alen].tobytes()
     if alen == 4:
         (ipcs,) = struct.unpack_from("!H", buf, base + 10)
-        ipcs = update_addr(update_addr(ipcs, old_src, new_src), old_dst, new_dst)
+        ipcs = _update_addr(_update_addr(ipcs, old_src, new_src), old_dst, new_dst)
         struct.pack_into("!H", buf, base + 10, ipcs)
     buf[a_off : a_off + alen] = np.frombuffer(new_src, dtype=np.uint8)
     buf[a_off + alen : a_off + 2 * alen] = np.frombuffer(new_dst, dtype=np.uint8)
@@ -294,10 +294,10 @@ def _rewrite(batch, i, m, alen, new_src, new_sport, new_dst, new_dport):
     sport, dport = struct.unpack_from("!HH", buf, l4)
     (cs,) = struct.unpack_from("!H", buf, l4 + 16)
     if m["vnet_flags"] & d.VNET_F_NEEDS_CSUM:
-        cs = ~update_addr(update_addr(~cs & 0xFFFF, old_src, new_src), old_dst, new_dst) & 0xFFFF
+        cs = ~_update_addr(_update_addr(~cs & 0xFFFF, old_src, new_src), old_dst, new_dst) & 0xFFFF
     else:
-        cs = update_addr(update_addr(cs, old_src, new_src), old_dst, new_dst)
-        cs = update16(update16(cs, sport, new_sport), dport, new_dport)
+        cs = _update_addr(_update_addr(cs, old_src, new_src), old_dst, new_dst)
+        cs = _update16(_update16(cs, sport, new_sport), dport, new_dport)
     struct.pack_into("!HH", buf, l4, new_sport, new_dport)
     struct.pack_into("!H", buf, l4 + 16, cs)
 
