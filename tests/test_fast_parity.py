@@ -20,7 +20,7 @@ from ztun.loop import Loop
 
 FAST = Path(fast.__file__).parent
 NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
-MODULES = ("build", "checksum", "gso", "icmp", "nat", "packet", "sockq", "tunio", "utunio")
+MODULES = ("build", "checksum", "gso", "icmp", "nat", "packet", "relay", "sockq", "tunio", "utunio")
 
 
 def test_every_stub_is_covered():
@@ -83,6 +83,11 @@ def _instances(name, kind, mod, cleanup):
         q = mod.SocketQueue(loop)
         cleanup += [loop.close, q.stop]
         return {"SocketQueue": q}
+    if name == "relay":
+        loop = Loop()
+        engine = mod.RelayEngine(loop, lambda *a: None)
+        cleanup += [loop.close, engine.stop]
+        return {"RelayEngine": engine}
     return {}
 
 
@@ -220,6 +225,30 @@ def _construct(*args, **kw):
     return make
 
 
+def _engine(*args, **kw):
+    def make(k, cleanup):
+        loop = Loop()
+        cleanup.append(loop.close)
+
+        def construct():
+            cleanup.append(k.relay.RelayEngine(loop, lambda *a: None, *args, **kw).stop)  # only if it did not raise
+        return construct, (), [loop]
+    return make
+
+
+def _relay_add(closed=False):
+    def make(k, cleanup):
+        loop = Loop()
+        engine = k.relay.RelayEngine(loop, lambda *a: None)
+        cleanup += [loop.close, engine.stop]
+        a, b = socket.socketpair()
+        cleanup += [a.close, b.close]
+        if closed:
+            a.close()
+        return engine.add, (object(), a, b), [loop]
+    return make
+
+
 # (module, what is wrong, the exception both must raise, make(k, cleanup) -> (function, args, objects
 # whose state must not change)). k holds one implementation's modules, cleanup what to close after.
 CASES = [
@@ -342,6 +371,12 @@ CASES = [
     ("utunio", "errnos of int64", ValueError,
      lambda k, c: (lambda b, e: (k.utunio.write_batch, (_fd(c), b, 1, e), [b, e]))(_batch(k), _errnos(4, np.int64))),
     ("utunio", "errnos None", TypeError, lambda k, c: (lambda b: (k.utunio.write_batch, (_fd(c), b, 1, None), [b]))(_batch(k))),
+    ("relay", "capacity 0", ValueError, _engine(0)),
+    ("relay", "capacity beyond 2**24", ValueError, _engine((1 << 24) + 1)),
+    ("relay", "capacity a str", TypeError, _engine("64")),
+    ("relay", "sweep_every 0", ValueError, _engine(sweep_every=0)),
+    ("relay", "sweep_every a str", TypeError, _engine(sweep_every="1")),
+    ("relay", "add of a closed socket", ValueError, _relay_add(closed=True)),
     ("sockq", "capacity 0", ValueError, _construct(0)),
     ("sockq", "capacity below 0", ValueError, _construct(-1)),
     ("sockq", "capacity beyond 2**20", ValueError, _construct(1 << 21)),

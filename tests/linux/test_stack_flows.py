@@ -83,6 +83,18 @@ for _ in range(int(sys.argv[2])):
 """
 
 
+@pytest.fixture(params=["engine", "copy", "loop"])
+def relay_mode(request, monkeypatch):
+    """The relay each appliance of the test runs: the compiled engine with splice (the default), the
+    engine's copy mode (ZTUN_RELAY=copy, the path of platforms without splice), or the twin on the
+    loop (ZTUN_RELAY=loop)."""
+    if request.param == "engine":
+        monkeypatch.delenv("ZTUN_RELAY", raising=False)
+    else:
+        monkeypatch.setenv("ZTUN_RELAY", request.param)
+    return request.param
+
+
 def url_host(addr):
     return f"[{addr}]" if ":" in addr else addr
 
@@ -102,7 +114,7 @@ def http_each_way(lan, tmp_path, size, host):
     assert r.stdout.strip() == sha(up.read_bytes())
 
 
-def test_http_50mb_each_way_and_200_concurrent(lan, tmp_path):
+def test_http_50mb_each_way_and_200_concurrent(lan, tmp_path, relay_mode):
     need("curl", "curl")
     lan.server.server("http", 8080)
     before = lan.client.snapshot()
@@ -117,7 +129,7 @@ def test_http_50mb_each_way_and_200_concurrent(lan, tmp_path):
 
 
 @pytest.mark.parametrize("server", ["198.19.0.1", "fd00:19::1"], ids=["ipv4", "ipv6"])
-def test_half_close_refused_and_ipv6(lan, server):
+def test_half_close_refused_and_ipv6(lan, server, relay_mode):
     lan.server.server("halfclose", 8081)
     lan.server.server("http", 8080)
     app = lan.appliance()
@@ -155,7 +167,7 @@ def test_udp_echo_10000_datagrams_and_session_expiry(lan, server, maxsize):
     assert stats["udp_datagrams"] == 10000 and stats["udp_ended_idle"] >= 1, stats
 
 
-def test_no_fd_leak_over_1000_connections(lan):
+def test_no_fd_leak_over_1000_connections(lan, relay_mode):
     lan.server.server("http", 8080)
     app = lan.appliance()
 

@@ -20,7 +20,7 @@ import time
 
 from ..net import abort, endpoint_text
 from ..outbound.block import BlockOutbound
-from ..outbound.relay import PipePool, Relay
+from ..outbound.relay import Relay
 from ..stack.handler import Verdict
 from .flows import FlowTable, describe
 from .udp_relay import UdpRelay
@@ -199,7 +199,6 @@ class Forwarder:
         flow.state = "relaying"  # sock comes with TCP_NODELAY (PacketHandler.handle_tcp)
         flow.carrier = Relay(self.loop, sock, remote, on_close=lambda relay, reason: self.flows.ended(flow, reason),
                              idle_timeout=self.tcp_idle_timeout)
-        flow.carrier.read_client()
 
     # -- UDP and ICMP -------------------------------------------------------------------
 
@@ -270,7 +269,6 @@ class Forwarder:
             self.dns.close()
         for outbound in self.outbounds.values():
             outbound.close()
-        PipePool.of(self.loop).close()
 
 
 class _Cancellable:

@@ -1,316 +1,91 @@
-"""Relay: moves bytes both ways between two connected non-blocking sockets on ztun's loop.
+"""Relay: moves bytes both ways between two connected sockets until the connection ends.
 
-On Linux each direction splices through a pipe (the bytes never enter Python); elsewhere
-it uses recv_into/send on a reused buffer. Both honour backpressure (a side whose peer
-cannot take more is not read), half-close (EOF one way shuts down the peer's write side
-and keeps the other way open), resets (a reset on one side resets the other) and an idle
-timeout. Nothing here blocks: every socket operation is non-blocking.
+The moving is the relay engine's (`ztun._fast.relay`): compiled, on a native thread with its
+own epoll, so the loop hears of a relay only at its start and its end; the twin runs the
+same relays on the loop. A Relay is the handle the flow keeps as its carrier: byte counts
+while it runs, the reason once it ended, close() to end it now.
 """
 
-import errno
-import fcntl
 import logging
 import os
-import socket
 import time
 
-from ..net import abort
+from .. import _fast
 
 log = logging.getLogger("ztun.relay")
 
 HAVE_SPLICE = hasattr(os, "splice")
-PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ; the kernel rounds and caps it (pipe-max-size)
-COPY_BUFFER = 256 * 1024
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
-_splice = getattr(os, "splice", None)
-IDLE_CHECKS = 4  # idle checks per idle_timeout: a relay closes after idle_timeout to 1.25x idle_timeout of silence
-_RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH}
+# ZTUN_RELAY=copy moves bytes with recv/send through a buffer instead of splice (the path of
+# platforms without splice, selectable here so the same tests run it).
+COPY = os.environ.get("ZTUN_RELAY", "") == "copy"
 
 
-class PipePool:
-    """Empty splice pipes kept for the next relay: a short connection then costs no pipe2/fcntl/close.
-
-    One per loop (in the loop's `shared` dict), closed with the loop or by whoever closes its
-    relays; a pipe given back after that is closed at once.
-    """
-
-    def __init__(self, keep: int = 256):
-        self.keep = keep
-        self.free: list = []
-        self.closed = False
-
-    @classmethod
-    def of(cls, loop) -> "PipePool":
-        pool = loop.shared.get(cls)
-        if pool is None:
-            pool = loop.shared[cls] = cls()
-        return pool
-
-    def get(self):
-        if self.free:
-            return self.free.pop()
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            size = fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            size = 65536
-        return r, w, size
-
-    def put(self, pipe, empty: bool):
-        if empty and len(self.free) < self.keep and not self.closed:
-            self.free.append(pipe)
-        else:
-            os.close(pipe[0])
-            os.close(pipe[1])
-
-    def close(self):
-        """Close every kept pipe (the loop does, as it closes); pipes given back later are closed too."""
-        self.closed = True
-        while self.free:
-            r, w, _ = self.free.pop()
-            os.close(r)
-            os.close(w)
+def engine_of(loop, module=None):
+    """The loop's relay engine (one per loop, closed with it), of module (default: the chosen one)."""
+    module = module or _fast.relay
+    engine = loop.shared.get(module.RelayEngine)
+    if engine is None:
+        engine = loop.shared[module.RelayEngine] = module.RelayEngine(loop, _ended)
+    return engine
 
 
-class _IdleWatch:
-    """The idle checks of every relay of one loop with one idle timeout: one timer for them all,
-    every idle_timeout / IDLE_CHECKS, instead of one per relay made and cancelled per connection.
-    Kept in the loop's own `shared` dict, so it goes with the loop."""
-
-    def __init__(self, loop, timeout: float):
-        self.loop, self.timeout = loop, timeout
-        self.relays: dict = {}  # Relay -> None, an ordered set
-        self.timer = None
-
-    @classmethod
-    def of(cls, loop, timeout: float) -> "_IdleWatch":
-        watches = loop.shared.setdefault(cls, {})  # idle timeout -> _IdleWatch
-        watch = watches.get(timeout)
-        if watch is None:
-            watch = watches[timeout] = cls(loop, timeout)
-        return watch
-
-    def add(self, relay) -> None:
-        self.relays[relay] = None
-        if self.timer is None:
-            self.timer = self.loop.call_later(self.timeout / IDLE_CHECKS, self._check)
-
-    def discard(self, relay) -> None:
-        self.relays.pop(relay, None)
-
-    def _check(self):
-        self.timer = None
-        now = time.monotonic()
-        for relay in list(self.relays):
-            try:
-                relay._check_idle(now)
-            except Exception:  # one relay's failed close must not stop the checks of the others
-                log.exception("idle check of relay %s failed", relay._name())
-                self.relays.pop(relay, None)
-        if self.relays:  # none left: no timer until the next relay
-            self.timer = self.loop.call_later(self.timeout / IDLE_CHECKS, self._check)
-
-
-class _Direction:
-    """One way of a relay: read from src, write to dst.
-
-    Each readiness event costs one read (splice into the pipe, or recv) and one write: a
-    short read or a partial write means the socket is drained or full, and the level-
-    triggered loop says when there is more, so no call is spent on learning EAGAIN.
-    """
-
-    __slots__ = ("relay", "src", "dst", "src_fd", "dst_fd", "pipe_r", "pipe_w", "capacity", "buf", "view", "pending", "start",
-                 "eof", "shut", "reading", "writing", "bytes", "full")
-
-    def __init__(self, relay, src, dst, splice: bool, pipes: PipePool | None):
-        self.relay, self.src, self.dst = relay, src, dst
-        self.src_fd, self.dst_fd = src.fileno(), dst.fileno()
-        self.pending = 0  # bytes read from src, not yet written to dst
-        self.start = 0
-        self.eof = self.shut = False
-        self.reading = self.writing = False
-        # A pipe holds at most 16 pages' worth of *chunks* (one per small segment), so it can be
-        # full while pending < capacity: EAGAIN with data pending means stop reading until a flush.
-        self.full = False
-        self.bytes = 0
-        self.pipe_r = self.pipe_w = -1
-        self.buf = self.view = None
-        if splice:
-            self.pipe_r, self.pipe_w, self.capacity = pipes.get()
-        else:
-            self.capacity = COPY_BUFFER
-            self.buf = bytearray(COPY_BUFFER)
-            self.view = memoryview(self.buf)
-
-    # Reading src -------------------------------------------------------------
-
-    def on_readable(self):
-        pending = self.pending
-        try:
-            if self.pipe_w >= 0:
-                n = _splice(self.src_fd, self.pipe_w, self.capacity - pending, None, None, _SPLICE_FLAGS)
-            else:
-                if self.start + pending >= self.capacity:  # compact: free room is at the front
-                    self.buf[:pending] = self.view[self.start : self.start + pending]
-                    self.start = 0
-                n = self.src.recv_into(self.view[self.start + pending :])
-        except BlockingIOError:
-            n = -1
-            if pending and self.pipe_w >= 0:
-                self.full = True
-        except OSError as e:
-            return self.relay._fail(self, e)
-        if n > 0:
-            self.pending = pending + n
-            self.bytes += n
-        elif n == 0:
-            self.eof = True
-        self.flush()
-
-    # Writing dst ---------------------------------------------------------------
-
-    def flush(self):
-        pending = self.pending
-        if pending:
-            try:
-                if self.pipe_r >= 0:
-                    n = _splice(self.pipe_r, self.dst_fd, pending, None, None, _SPLICE_FLAGS)
-                else:
-                    n = self.dst.send(self.view[self.start : self.start + pending])
-                    self.start += n
-            except BlockingIOError:
-                n = 0
-            except OSError as e:
-                return self.relay._fail(self, e)
-            if n:
-                self.full = False
-                pending -= n
-                self.pending = pending
-                if not pending:
-                    self.start = 0
-        if pending:
-            if not self.writing:
-                self.relay.loop.add_writer(self.dst_fd, self.flush)
-                self.writing = True
-        elif self.writing:
-            self.relay.loop.remove_writer(self.dst_fd)
-            self.writing = False
-        if self.eof and not pending and not self.shut:
-            self.shut = True
-            self.relay.loop.sockq.shutdown(self.dst)  # on the worker: the peer's FIN work is done there
-            self.relay._direction_done()
-            if self.relay.closed:
-                return  # both ways done: close() dropped the registrations with the fds
-        want = not (self.eof or self.full or pending >= self.capacity or self.relay.closed)
-        if want != self.reading:
-            self._set_reading(want)
-
-    def _set_reading(self, want: bool):
-        if want:
-            self.relay.loop.add_reader(self.src_fd, self.on_readable)
-        else:
-            self.relay.loop.remove_reader(self.src_fd)
-        self.reading = want
-
-    def release(self):
-        """Give the pipe back (the relay closes both sockets next, and the loop forgets their fds)."""
-        self.reading = self.writing = False
-        if self.pipe_r >= 0:
-            self.relay.pipes.put((self.pipe_r, self.pipe_w, self.capacity), self.pending == 0)
-        self.pipe_r = self.pipe_w = -1
+def _ended(relay, reason, up, down):
+    relay._ended(reason, up, down)
 
 
 class Relay:
     """Relays between client and remote until both directions end, one side resets, or it idles out.
 
-    on_close(relay, reason) runs once at the end; reason is "done", "reset", "idle" or "closed".
-    bytes_up counts client -> remote, bytes_down remote -> client.
+    The relay owns both sockets from here. on_close(relay, reason) runs once at the end, on
+    the loop; reason is "done", "reset", "idle" or "closed". bytes_up counts client ->
+    remote, bytes_down remote -> client.
     """
 
-    def __init__(self, loop, client: socket.socket, remote: socket.socket, *, on_close=None, idle_timeout: float = 300.0, splice: bool | None = None):
-        splice = HAVE_SPLICE if splice is None else splice and HAVE_SPLICE
-        self.loop = loop
-        self.client, self.remote = client, remote
+    __slots__ = ("engine", "id", "on_close", "idle_timeout", "closed", "reason", "started", "_final", "__weakref__")
+
+    def __init__(self, loop, client, remote, *, on_close=None, idle_timeout: float = 300.0, splice: bool | None = None, engine=None):
+        splice = (HAVE_SPLICE and not COPY) if splice is None else splice and HAVE_SPLICE
+        self.engine = engine if engine is not None else engine_of(loop)
         self.on_close = on_close
         self.idle_timeout = idle_timeout
         self.closed = False
         self.reason = None
-        self.started = self.last_active = time.monotonic()
-        self._moved = 0  # bytes both ways at the last idle check
-        for sock in (client, remote):
-            if sock.getblocking():  # Python knows: a socket it made non-blocking needs no ioctl
-                sock.setblocking(False)
-        self.up = self.down = None
-        self.pipes = PipePool.of(loop) if splice else None
-        try:
-            self.up = _Direction(self, client, remote, splice, self.pipes)
-            self.down = _Direction(self, remote, client, splice, self.pipes)
-        except OSError:
-            self.close("closed")
-            raise
-        self._idle = _IdleWatch.of(loop, idle_timeout)
-        self._idle.add(self)
-        self.up._set_reading(True)
-        self.down._set_reading(True)
-
-    def read_client(self) -> None:
-        """Read the client now: its first bytes usually came with its handshake, and waiting for
-        the loop to report them would cost the connection an iteration."""
-        if not self.closed and self.up.reading:
-            self.up.on_readable()
+        self.started = time.monotonic()
+        self._final = (0, 0)
+        self.id = 0
+        self.id = self.engine.add(self, client, remote, idle_timeout, splice)
 
     @property
     def bytes_up(self) -> int:
-        return self.up.bytes if self.up is not None else 0
+        return self._counts()[0]
 
     @property
     def bytes_down(self) -> int:
-        return self.down.bytes if self.down is not None else 0
+        return self._counts()[1]
 
-    def _check_idle(self, now: float):
-        """Activity is bytes moved since the last check (no clock read per relayed chunk)."""
-        moved = self.up.bytes + self.down.bytes
-        if moved != self._moved:
-            self._moved = moved
-            self.last_active = now
-        elif now - self.last_active >= self.idle_timeout:
-            self.close("idle", reset=True)
-
-    def _direction_done(self):
-        if self.up.shut and self.down.shut:
-            self.close("done")
-
-    def _fail(self, direction, error: OSError):
-        if error.errno not in _RESET_ERRNOS:
-            log.warning("relay %s: %s", self._name(), error)
-        self.close("reset", reset=True)
-
-    def _name(self):
-        try:
-            return f"{self.client.getpeername()} <-> {self.remote.getpeername()}"
-        except OSError:
-            return "(closed)"
+    def _counts(self) -> tuple:
+        if self.closed:
+            return self._final
+        counts = self.engine.counts(self.id)
+        return self._final if counts is None else counts
 
     def close(self, reason: str = "closed", reset: bool = False) -> None:
-        """End the relay and close both sockets (with a reset, so both peers learn at once). Idempotent."""
+        """End the relay now and close both sockets (with a reset, so both peers learn at once).
+        on_close has run when this returns. Idempotent."""
+        if self.closed:
+            return
+        counts = self.engine.end(self.id, reset)
+        if counts is None:  # it had ended on its own: its end is reported now
+            self.engine.collect()
+            return
+        self._ended(reason, *counts)
+
+    def _ended(self, reason: str, up: int, down: int) -> None:
         if self.closed:
             return
         self.closed = True
         self.reason = reason
-        if getattr(self, "_idle", None) is not None:
-            self._idle.discard(self)
-        for direction in (self.up, self.down):
-            if direction is not None:
-                direction.release()
-        sockq = self.loop.sockq
-        for sock in (self.client, self.remote):
-            if sock.fileno() >= 0:
-                self.loop.discard(sock.fileno())  # closed next: no epoll_ctl calls needed
-            if reset:
-                sockq.abort(sock)  # on the worker, after the shutdowns queued before
-            else:
-                sockq.close(sock)
+        self._final = (up, down)
         if self.on_close is not None:
             try:
                 self.on_close(self, reason)

@@ -1,0 +1,509 @@
+/* The relay engine: established TCP relays moved by a native thread with its own epoll.
+ *
+ * Each relay joins two connected non-blocking sockets (client and remote) and moves bytes
+ * both ways: through a pipe with splice (the bytes never leave the kernel), or through a
+ * buffer with recv/send. Both sockets are registered edge-triggered for input, output and
+ * hang-up; any event of a relay pumps both of its directions until neither moves, so every
+ * wait ends at an EAGAIN whose edge the kernel reports later:
+ *   - the source had nothing (EAGAIN): its next input is an edge;
+ *   - the destination is full (EAGAIN) with bytes held: its next room is an edge, and the
+ *     pump then reads the source again (it stopped reading only for want of room).
+ * A relay that keeps moving is set aside after ZT_RELAY_ROUNDS rounds and pumped again
+ * after the other events of the batch, so one fast flow does not starve the rest.
+ *
+ * EOF one way shuts the peer's write side down once the held bytes are out (half-close);
+ * both ways done closes both sockets; an error on either side (a reset, a broken pipe)
+ * closes both with a reset (SO_LINGER 0) so both peers learn at once; a relay that moved
+ * nothing for its idle timeout is closed with a reset too.
+ *
+ * The engine's mutex is held while the thread handles a batch of events, and by the
+ * caller's thread for add, close and collect; it is released while the thread waits in
+ * epoll_wait. Ended relays are queued as (id, reason, bytes up, bytes down) and one byte
+ * is written to notify_fd while some wait uncollected. A relay's id is its slot and the
+ * slot's generation: an event or a call for a relay that ended is recognised and ignored.
+ */
+#ifndef ZT_RELAY_H
+#define ZT_RELAY_H
+
+#define _GNU_SOURCE 1
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { ZT_END_DONE = 1, ZT_END_RESET = 2, ZT_END_IDLE = 3, ZT_END_CLOSED = 4 };
+#define ZT_RELAY_EVENTS 256
+#define ZT_RELAY_ROUNDS 16
+#define ZT_RELAY_PIPE_SIZE (1 << 20)
+#define ZT_RELAY_COPY_SIZE (128 * 1024)
+#define ZT_RELAY_KEEP_PIPES 256
+#define ZT_RELAY_WAKE UINT64_MAX
+
+typedef struct {
+    int src, dst;
+    int pipe_r, pipe_w;  /* splice: the pipe; copy: -1 */
+    char *buf;           /* copy: the buffer; splice: NULL */
+    uint32_t cap;        /* what the pipe or buffer holds */
+    uint32_t pending;    /* bytes read from src not yet written to dst */
+    uint32_t start;      /* copy: where the pending bytes start in buf */
+    uint8_t eof, shut;
+    uint64_t bytes;      /* read from src (atomic: read by other threads without the lock) */
+} zt_dir;
+
+typedef struct {
+    uint32_t gen;        /* bumped when the slot is freed */
+    uint8_t used, queued;
+    zt_dir d[2];         /* 0: client -> remote (up), 1: remote -> client (down) */
+    double idle;         /* seconds; 0: never */
+    double last;         /* last time it moved bytes (the engine's clock) */
+    uint64_t moved;      /* bytes both ways at the last idle check */
+} zt_relay;
+
+typedef struct {
+    uint64_t id;
+    int reason;
+    uint64_t up, down;
+} zt_end;
+
+typedef struct {
+    int r, w;
+    uint32_t cap;
+} zt_pipe;
+
+typedef struct {
+    pthread_mutex_t lock;
+    pthread_t thread;
+    int thread_started;
+    int epoll_fd, wake_fd, notify_fd;
+    int stop;
+    uint32_t capacity, live;
+    uint32_t top;           /* slots at and above it were never used */
+    zt_relay *slots;
+    uint32_t *free_slots;   /* a stack of free slot numbers */
+    uint32_t nfree;
+    zt_end *ends;           /* ended relays not yet collected */
+    uint32_t nends, ends_cap;
+    int notified;
+    uint32_t *again;        /* relays set aside to pump again after this batch */
+    uint32_t nagain;
+    zt_pipe pipes[ZT_RELAY_KEEP_PIPES];
+    uint32_t npipes;
+    double now, next_sweep, sweep_every;
+    uint64_t events, pumps, wakeups;  /* statistics */
+} zt_engine;
+
+static double zt_relay_clock(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static inline uint64_t zt_relay_id(zt_engine *e, uint32_t slot) {
+    return ((uint64_t)e->slots[slot].gen << 32) | slot;
+}
+
+/* The live relay with this id, or NULL. */
+static zt_relay *zt_relay_find(zt_engine *e, uint64_t id) {
+    uint32_t slot = (uint32_t)id;
+    if (slot >= e->capacity)
+        return NULL;
+    zt_relay *r = &e->slots[slot];
+    if (!r->used || r->gen != (uint32_t)(id >> 32))
+        return NULL;
+    return r;
+}
+
+static int zt_pipe_get(zt_engine *e, zt_pipe *p) {
+    int fds[2];
+    if (e->npipes) {
+        *p = e->pipes[--e->npipes];
+        return 0;
+    }
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)
+        return -1;
+    int size = fcntl(fds[1], F_SETPIPE_SZ, ZT_RELAY_PIPE_SIZE);
+    p->r = fds[0];
+    p->w = fds[1];
+    p->cap = size > 0 ? (uint32_t)size : 65536;
+    return 0;
+}
+
+/* Keep an empty pipe for the next relay; close one that holds bytes or is one too many. */
+static void zt_pipe_put(zt_engine *e, int r, int w, uint32_t cap, int empty) {
+    if (empty && e->npipes < ZT_RELAY_KEEP_PIPES && !e->stop) {
+        e->pipes[e->npipes].r = r;
+        e->pipes[e->npipes].w = w;
+        e->pipes[e->npipes].cap = cap;
+        e->npipes++;
+    } else {
+        close(r);
+        close(w);
+    }
+}
+
+static void zt_abort_fd(int fd) {
+    struct linger lg;
+    lg.l_onoff = 1;
+    lg.l_linger = 0;
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
+}
+
+static void zt_notify(zt_engine *e) {
+    if (!e->notified && e->notify_fd >= 0) {
+        char b = 1;
+        if (write(e->notify_fd, &b, 1) == 1 || errno == EAGAIN)
+            e->notified = 1;
+    }
+}
+
+/* End relay r: close its sockets (with a reset unless it ended cleanly), give its pipes back,
+ * free the slot. If report, queue (id, reason, bytes) for collect; else the caller reports. */
+static int zt_relay_end(zt_engine *e, zt_relay *r, int reason, int report) {
+    uint32_t slot = (uint32_t)(r - e->slots);
+    uint64_t id = zt_relay_id(e, slot);
+    int k;
+    if (report) {
+        if (e->nends == e->ends_cap) {
+            uint32_t cap = e->ends_cap ? 2 * e->ends_cap : 64;
+            zt_end *grown = realloc(e->ends, cap * sizeof *grown);
+            if (grown == NULL)
+                return -1;  /* the relay stays; the next event or sweep ends it */
+            e->ends = grown;
+            e->ends_cap = cap;
+        }
+        e->ends[e->nends].id = id;
+        e->ends[e->nends].reason = reason;
+        e->ends[e->nends].up = r->d[0].bytes;
+        e->ends[e->nends].down = r->d[1].bytes;
+        e->nends++;
+        zt_notify(e);
+    }
+    for (k = 0; k < 2; k++) {
+        zt_dir *d = &r->d[k];
+        if (d->pipe_r >= 0)
+            zt_pipe_put(e, d->pipe_r, d->pipe_w, d->cap, d->pending == 0);
+        free(d->buf);
+        d->buf = NULL;
+        d->pipe_r = d->pipe_w = -1;
+    }
+    /* d[0].src is the client, d[1].src the remote */
+    if (reason == ZT_END_DONE) {
+        close(r->d[0].src);
+        close(r->d[1].src);
+    } else {
+        zt_abort_fd(r->d[0].src);
+        zt_abort_fd(r->d[1].src);
+    }
+    r->used = 0;
+    r->gen++;
+    e->free_slots[e->nfree++] = slot;
+    e->live--;
+    return 0;
+}
+
+static inline int zt_again(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == EINTR; }
+
+/* One step of one direction: write what is held, then read more if there is room.
+ * 1 if bytes moved (or EOF was seen), 0 if nothing could, -errno on a socket error. */
+static int zt_dir_step(zt_dir *d) {
+    int moved = 0;
+    ssize_t n;
+    if (d->pending) {
+        if (d->pipe_r >= 0)
+            n = splice(d->pipe_r, NULL, d->dst, NULL, d->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        else
+            n = send(d->dst, d->buf + d->start, d->pending, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            d->pending -= (uint32_t)n;
+            d->start = d->pending ? d->start + (uint32_t)n : 0;
+            moved = 1;
+        } else if (n < 0 && !zt_again(errno)) {
+            return -errno;
+        }
+    }
+    if (!d->eof && d->pending < d->cap) {
+        if (d->pipe_w >= 0) {
+            n = splice(d->src, NULL, d->pipe_w, NULL, d->cap - d->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        } else {
+            if (d->start + d->pending >= d->cap) {  /* the room is at the front */
+                memmove(d->buf, d->buf + d->start, d->pending);
+                d->start = 0;
+            }
+            n = recv(d->src, d->buf + d->start + d->pending, d->cap - d->start - d->pending, MSG_DONTWAIT);
+        }
+        if (n > 0) {
+            d->pending += (uint32_t)n;
+            __atomic_store_n(&d->bytes, d->bytes + (uint64_t)n, __ATOMIC_RELAXED);
+            moved = 1;
+        } else if (n == 0) {
+            d->eof = 1;
+            moved = 1;
+        } else if (!zt_again(errno)) {
+            return -errno;
+        }
+    }
+    if (d->eof && !d->pending && !d->shut) {
+        d->shut = 1;
+        shutdown(d->dst, SHUT_WR);  /* the peer gets a FIN after the bytes already sent */
+        moved = 1;
+    }
+    return moved;
+}
+
+/* Pump both directions of r until neither moves (1), or for ZT_RELAY_ROUNDS rounds (0: pump
+ * it again later), or until it ends (-1: the slot is free). */
+static int zt_relay_pump(zt_engine *e, zt_relay *r) {
+    int round, k, rc, moved;
+    e->pumps++;
+    for (round = 0; round < ZT_RELAY_ROUNDS; round++) {
+        moved = 0;
+        for (k = 0; k < 2; k++) {
+            rc = zt_dir_step(&r->d[k]);
+            if (rc < 0) {
+                zt_relay_end(e, r, ZT_END_RESET, 1);
+                return -1;
+            }
+            moved |= rc;
+        }
+        if (r->d[0].shut && r->d[1].shut) {
+            zt_relay_end(e, r, ZT_END_DONE, 1);
+            return -1;
+        }
+        if (!moved)
+            return 1;
+        r->last = e->now;
+    }
+    return 0;
+}
+
+static void zt_relay_sweep(zt_engine *e) {
+    uint32_t slot;
+    for (slot = 0; slot < e->top; slot++) {
+        zt_relay *r = &e->slots[slot];
+        if (!r->used || r->idle <= 0)
+            continue;
+        uint64_t moved = r->d[0].bytes + r->d[1].bytes;
+        if (moved != r->moved) {  /* bytes moved since the last sweep */
+            r->moved = moved;
+            r->last = e->now;
+        } else if (e->now - r->last >= r->idle) {
+            zt_relay_end(e, r, ZT_END_IDLE, 1);
+        }
+    }
+    e->next_sweep = e->now + e->sweep_every;
+}
+
+static void *zt_relay_thread(void *arg) {
+    zt_engine *e = arg;
+    struct epoll_event ev[ZT_RELAY_EVENTS];
+    int n, i, timeout;
+    uint32_t k, again[ZT_RELAY_EVENTS];
+    uint64_t wake;
+    pthread_mutex_lock(&e->lock);
+    while (!e->stop) {
+        timeout = e->nagain ? 0 : (int)((e->next_sweep - e->now) * 1000) + 1;
+        if (timeout < 0)
+            timeout = 0;
+        pthread_mutex_unlock(&e->lock);
+        n = epoll_wait(e->epoll_fd, ev, ZT_RELAY_EVENTS, timeout);
+        pthread_mutex_lock(&e->lock);
+        e->now = zt_relay_clock();
+        e->wakeups++;
+        if (n < 0)
+            n = 0;
+        /* The relays set aside by the last batch: pump them first, with these events. */
+        uint32_t nagain = e->nagain;
+        memcpy(again, e->again, nagain * sizeof *again);
+        e->nagain = 0;
+        for (i = 0; i < n; i++) {
+            uint64_t id = ev[i].data.u64;
+            if (id == ZT_RELAY_WAKE) {
+                if (read(e->wake_fd, &wake, sizeof wake) < 0) {
+                }
+                continue;
+            }
+            e->events++;
+            zt_relay *r = zt_relay_find(e, id);
+            if (r == NULL || r->queued)
+                continue;  /* ended, or set aside already: the pump below serves it */
+            if (zt_relay_pump(e, r) == 0 && e->nagain < ZT_RELAY_EVENTS) {
+                r->queued = 1;
+                e->again[e->nagain++] = (uint32_t)(r - e->slots);
+            }
+        }
+        for (k = 0; k < nagain; k++) {
+            zt_relay *r = &e->slots[again[k]];
+            r->queued = 0;
+            if (!r->used)
+                continue;
+            if (zt_relay_pump(e, r) == 0 && e->nagain < ZT_RELAY_EVENTS) {
+                r->queued = 1;
+                e->again[e->nagain++] = again[k];
+            }
+        }
+        if (e->now >= e->next_sweep)
+            zt_relay_sweep(e);
+    }
+    pthread_mutex_unlock(&e->lock);
+    return NULL;
+}
+
+static void zt_engine_free(zt_engine *e);
+
+static zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every) {
+    zt_engine *e = calloc(1, sizeof *e);
+    struct epoll_event ev;
+    uint32_t k;
+    if (e == NULL)
+        return NULL;
+    e->epoll_fd = e->wake_fd = -1;
+    e->notify_fd = notify_fd;
+    e->capacity = capacity;
+    e->sweep_every = sweep_every;
+    pthread_mutex_init(&e->lock, NULL);
+    /* calloc: pages of slots never used cost no memory */
+    e->slots = calloc(capacity, sizeof *e->slots);
+    e->free_slots = calloc(capacity, sizeof *e->free_slots);
+    e->again = calloc(ZT_RELAY_EVENTS, sizeof *e->again);
+    if (e->slots == NULL || e->free_slots == NULL || e->again == NULL)
+        goto fail;
+    for (k = 0; k < capacity; k++)
+        e->free_slots[k] = capacity - 1 - k;  /* slot 0 first */
+    e->nfree = capacity;
+    e->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (e->epoll_fd < 0 || e->wake_fd < 0)
+        goto fail;
+    ev.events = EPOLLIN;
+    ev.data.u64 = ZT_RELAY_WAKE;
+    if (epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, e->wake_fd, &ev) < 0)
+        goto fail;
+    e->now = zt_relay_clock();
+    e->next_sweep = e->now + sweep_every;
+    if (pthread_create(&e->thread, NULL, zt_relay_thread, e) != 0)
+        goto fail;
+    e->thread_started = 1;
+    return e;
+fail:
+    k = errno;
+    zt_engine_free(e);
+    errno = k;
+    return NULL;
+}
+
+static void zt_engine_wake(zt_engine *e) {
+    uint64_t one = 1;
+    if (write(e->wake_fd, &one, sizeof one) < 0) {
+    }
+}
+
+/* Stop the thread (if running), end every live relay with a reset (reported), close it all. */
+static void zt_engine_stop(zt_engine *e) {
+    uint32_t slot;
+    if (e->thread_started) {
+        pthread_mutex_lock(&e->lock);
+        e->stop = 1;
+        pthread_mutex_unlock(&e->lock);
+        zt_engine_wake(e);
+        pthread_join(e->thread, NULL);
+        e->thread_started = 0;
+    }
+    e->stop = 1;
+    for (slot = 0; slot < e->top; slot++)
+        if (e->slots[slot].used)
+            zt_relay_end(e, &e->slots[slot], ZT_END_CLOSED, 1);
+    while (e->npipes) {
+        e->npipes--;
+        close(e->pipes[e->npipes].r);
+        close(e->pipes[e->npipes].w);
+    }
+}
+
+static void zt_engine_free(zt_engine *e) {
+    if (e == NULL)
+        return;
+    if (e->slots != NULL)
+        zt_engine_stop(e);
+    if (e->epoll_fd >= 0)
+        close(e->epoll_fd);
+    if (e->wake_fd >= 0)
+        close(e->wake_fd);
+    free(e->slots);
+    free(e->free_slots);
+    free(e->again);
+    free(e->ends);
+    pthread_mutex_destroy(&e->lock);
+    free(e);
+}
+
+/* Relay client and remote (connected, non-blocking; the engine owns them from here, also on
+ * failure). Called with the lock held. The id (> 0), or 0 with errno set. The first pump runs
+ * here: a client's first bytes usually came with its handshake. */
+static uint64_t zt_engine_add(zt_engine *e, int client, int remote, double idle, int use_splice) {
+    struct epoll_event ev;
+    zt_pipe p;
+    int k, err;
+    if (e->stop || e->nfree == 0) {
+        zt_abort_fd(client);
+        zt_abort_fd(remote);
+        errno = e->stop ? ESHUTDOWN : ENFILE;
+        return 0;
+    }
+    uint32_t slot = e->free_slots[--e->nfree];
+    zt_relay *r = &e->slots[slot];
+    if (slot >= e->top)
+        e->top = slot + 1;
+    uint32_t gen = r->gen ? r->gen : 1;  /* id 0 is never a relay's */
+    memset(r, 0, sizeof *r);
+    r->gen = gen;
+    r->used = 1;
+    e->live++;
+    r->idle = idle;
+    r->last = e->now = zt_relay_clock();
+    r->d[0].src = r->d[1].dst = client;
+    r->d[1].src = r->d[0].dst = remote;
+    for (k = 0; k < 2; k++) {
+        zt_dir *d = &r->d[k];
+        d->pipe_r = d->pipe_w = -1;
+        if (use_splice) {
+            if (zt_pipe_get(e, &p) < 0)
+                goto fail;
+            d->pipe_r = p.r;
+            d->pipe_w = p.w;
+            d->cap = p.cap;
+        } else {
+            d->buf = malloc(ZT_RELAY_COPY_SIZE);
+            if (d->buf == NULL)
+                goto fail;
+            d->cap = ZT_RELAY_COPY_SIZE;
+        }
+    }
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.u64 = zt_relay_id(e, slot);
+    if (epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, client, &ev) < 0 ||
+        epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, remote, &ev) < 0)
+        goto fail;
+    uint64_t id = zt_relay_id(e, slot);
+    /* may end it at once (reported like any end), or leave it moving: the thread goes on */
+    if (zt_relay_pump(e, r) == 0 && e->nagain < ZT_RELAY_EVENTS) {
+        r->queued = 1;
+        e->again[e->nagain++] = slot;
+        zt_engine_wake(e);
+    }
+    return id;
+fail:
+    err = errno;
+    zt_relay_end(e, r, ZT_END_RESET, 0);
+    errno = err;
+    return 0;
+}
+
+#endif
