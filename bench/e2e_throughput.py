@@ -47,11 +47,14 @@ CONFIGS = {
     "ztun-mtu1500-nooffload-napi-off": {"mtu": "1500", "args": ["--offload", "off", "--napi", "off"]},
     "ztun-mtu1500-nogro": {"mtu": "1500", "env": {"ZTUN_UDP_GRO": "0"}},  # offload, but UDP replies written one by one
     "ztun-python": {"mtu": "65535", "env": {"ZTUN_NO_EXTENSIONS": "1"}},
+    "ztun-relay-loop": {"mtu": "65535", "env": {"ZTUN_RELAY": "loop"}},  # the relay engine's twin: relays on the loop
     # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the
     # proxy (the client knows nothing of it), and the client speaking SOCKS5 to microsocks itself.
     "ztun-socks": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun"},
     "ztun-socks-sockq-off": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
                              "env": {"ZTUN_SOCKQ": "0"}},
+    "ztun-socks-relay-loop": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
+                              "env": {"ZTUN_RELAY": "loop"}},
     "socks-only": {"socks": "client"},
     # References for the SOCKS5 path, with the same load tool. ztun's direct path (no proxy):
     # what ztun costs without any SOCKS5 work. redsocks (C, libevent) behind an iptables
@@ -149,7 +152,23 @@ def conns(threads):
         t.join()
     return sum(counts)
 
-if mode == "cps":
+def rtt(n=3000):
+    s = connect(9009)
+    out = []
+    print("go", flush=True)
+    for i in range(n + 200):
+        t = time.perf_counter_ns()
+        s.send(b"x")
+        s.recv(1)
+        if i >= 200:
+            out.append(time.perf_counter_ns() - t)
+    s.close()
+    out.sort()
+    return f"{out[len(out) // 2] / 1000} {out[len(out) * 99 // 100] / 1000}"
+
+if mode == "rtt":
+    print(rtt(), flush=True)
+elif mode == "cps":
     with multiprocessing.Pool(4) as pool:
         print("go", flush=True)  # the workers are up: the measured window starts
         print(sum(pool.map(conns, [max(1, inflight // 4)] * 4)) / seconds, flush=True)
@@ -369,7 +388,9 @@ class Bench:
             failed = int(re.search(r"Failed requests:\s+(\d+)", r.stdout).group(1))
             out["http_failed"] = (failed, "requests")
             if pid:
-                out["cpu_during_cps"] = ((_cpu(pid) - cpu1) / (time.monotonic() - t1) * 100, "%")
+                spent = _cpu(pid) - cpu1
+                out["cpu_during_cps"] = (spent / (time.monotonic() - t1) * 100, "%")
+                out["cpu_us_per_conn"] = (spent / 20000 * 1e6, "us")  # ztun's CPU per connection
         if "rtt" in want:
             if pid and want & {"tcp", "cps"}:
                 time.sleep(SETTLE)
@@ -414,8 +435,14 @@ class Bench:
                 ("cps", "http_conn_per_s_4", "conn/s", 4))  # four clients one connection after another
         for mode, metric, unit, inflight in runs:
             value, before, after = self._socks_load(pid, mode, proxy, inflight)
+            value = float(value)
             out[metric] = (value, unit)
             self._socks_cpu(out, before, after, f"_{metric}", value * self.seconds if mode == "cps" else 0)
+        if "rtt" in self.metrics:  # the 1-byte round trip through the proxy (one connection, 3,000 round trips)
+            value, _, _ = self._socks_load(pid, "rtt", proxy, 1)
+            p50, p99 = map(float, value.split())
+            out["rtt_p50"] = (p50, "us")
+            out["rtt_p99"] = (p99, "us")
         self._socks_cpu(out, start, self._snapshot(pid), "")
         if pid:
             out["rss"] = (_rss(pid) / 1024, "MiB")
@@ -443,7 +470,7 @@ class Bench:
             _, err = p.communicate()
             if before is None or p.returncode:
                 raise RuntimeError(f"SOCKS load {mode} failed ({p.returncode}): {err}")
-            return float(line), before, after
+            return line.strip(), before, after
         finally:
             killer.cancel()
             if p.poll() is None:
@@ -589,6 +616,9 @@ def main():
             for metric in ("tcp_up", "tcp_down", "http_conn_per_s", "http_conn_per_s_4"):
                 z, o = (statistics.median(results[c][metric][0]) for c in (name, "socks-only"))
                 print(f"ratio_{name}_{metric} {z / o:.3f} of-socks-only")
+            if "rtt_p50" in results[name] and "rtt_p50" in results["socks-only"]:
+                added = statistics.median(results[name]["rtt_p50"][0]) - statistics.median(results["socks-only"]["rtt_p50"][0])
+                print(f"added_{name}_rtt_p50 {added:.1f} us-over-socks-only")
     if "kernel" in results:
         for name in configs:
             if name == "kernel" or (CONFIGS[name] or {}).get("socks"):
