@@ -1,6 +1,7 @@
 """Forwarder: which outbound each flow gets, what a block or a failed connect tells the client, UDP per destination."""
 
 import dataclasses
+import logging
 import ipaddress
 import socket
 import time
@@ -456,3 +457,29 @@ def test_blocks_are_counted_on_the_block_outbound_and_stale_fake_ips_once():
         assert fwd.handle_icmp(Flow(1, C, ("198.18.128.9", 0))) == Verdict.ALLOW
         assert fwd.counters["fake_ip_unknown"] == 0
         fwd.close()
+
+
+def test_a_relay_the_engine_cannot_take_ends_the_flow_counted(caplog):
+    """The relay engine is full: the client is reset, the flow leaves the table with its line, counted."""
+    from ztun import _fast
+    from ztun.outbound import relay
+
+    with Loop() as loop:
+        fwd, proxy, _ = setup(loop)
+        engine = loop.shared[_fast.relay.RelayEngine] = _fast.relay.RelayEngine(loop, relay._ended, capacity=1)
+        a, b = socket.socketpair()
+        c, d = socket.socketpair()
+        relay.Relay(loop, b, c, engine=engine)  # the one relay it has room for
+        flow = Flow(6, C, ("198.19.0.1", 80), on_decide=lambda f, v: None)
+        assert fwd.prepare(flow) == Verdict.DEFER
+        run(loop)
+        client, peer = socket.socketpair()
+        with caplog.at_level(logging.INFO, logger="ztun"):
+            fwd.handle_tcp(client, flow)
+        assert fwd.counters["tcp_relay_failed"] == 1 and fwd.snapshot_flows() == []
+        assert "relay not started" in caplog.text
+        peer.settimeout(5)
+        assert peer.recv(1) == b""  # its client side is gone
+        fwd.close()
+        for sock in (peer, a, d):
+            sock.close()

@@ -48,7 +48,7 @@ class Forwarder:
         self._claims: dict = {}
         self._claim_timer = None
         self.udp: dict = {}  # session -> UdpRelay
-        self.counters = {"tcp_connected": 0, "tcp_failed": 0, "tcp_unclaimed": 0, "tcp_blocked": 0,
+        self.counters = {"tcp_connected": 0, "tcp_failed": 0, "tcp_unclaimed": 0, "tcp_blocked": 0, "tcp_relay_failed": 0,
                          "udp_sessions": 0, "udp_blocked": 0, "udp_send_failed": 0, "udp_unresolved": 0, "udp_reply_by_name": 0, "dns_tcp": 0,
                          "udp_fake_flows_evicted": 0,
                          "fake_ip_unknown": 0}
@@ -197,8 +197,13 @@ class Forwarder:
             return
         self._claims.pop(flow, None)
         flow.state = "relaying"  # sock comes with TCP_NODELAY (PacketHandler.handle_tcp)
-        flow.carrier = Relay(self.loop, sock, remote, on_close=lambda relay, reason: self.flows.ended(flow, reason),
-                             idle_timeout=self.tcp_idle_timeout)
+        try:
+            flow.carrier = Relay(self.loop, sock, remote, on_close=lambda relay, reason: self.flows.ended(flow, reason),
+                                 idle_timeout=self.tcp_idle_timeout)
+        except OSError as e:  # the engine is full or out of pipes: both sockets were closed with a reset
+            self.counters["tcp_relay_failed"] += 1
+            log.warning("%s: relay not started: %s", describe(flow), e.strerror or e)
+            self.flows.ended(flow, "reset")
 
     # -- UDP and ICMP -------------------------------------------------------------------
 
