@@ -223,19 +223,77 @@ def test_oversized_request_is_answered_with_an_error(loop, server):
     assert server.counters["bad_requests"] == 1
 
 
-def test_too_many_clients_are_closed_at_once(loop, tmp_path):
-    with ControlServer(loop, str(tmp_path / "c.sock"), snapshot, max_clients=2) as srv, Running(loop):
-        held = []
-        for _ in range(4):
-            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            c.connect(srv.path)
-            held.append(c)
-        deadline = time.monotonic() + 5
-        while srv.counters["refused_busy"] < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert srv.counters["refused_busy"] == 2
+def _held(path, n):
+    """n connections to path that never send anything."""
+    held = []
+    for _ in range(n):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(path)
+        held.append(c)
+    return held
+
+
+def _wait(predicate, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_held_connections_cannot_stall_status(loop, tmp_path):
+    """A full server drops its oldest silent client for a new one: status answers at once, not after the held ones time out."""
+    with ControlServer(loop, str(tmp_path / "c.sock"), snapshot, timeout=30, read_timeout=30, max_clients=2) as srv, \
+            Running(loop):
+        held = _held(srv.path, 4)
+        assert _wait(lambda: srv.counters["dropped_silent"] == 2)
+        assert len(srv._clients) == 2 and srv.counters["refused_busy"] == 0
+        started = time.monotonic()
+        assert query(srv.path, "counters", timeout=5)["version"] == "9.9.9"
+        assert time.monotonic() - started < 2  # the held ones have 30 s left
+        assert srv.counters["dropped_silent"] == 3
+        for c in held[:3]:  # the oldest three made room; the newest still waits
+            c.settimeout(5)
+            assert c.recv(10) == b""
         for c in held:
             c.close()
+
+
+def test_a_full_server_of_clients_being_answered_refuses_a_new_one(loop, tmp_path):
+    many = [dict(FLOW, source=f"198.18.0.2:{p}") for p in range(1024, 30000)]  # MB of JSON: no client takes it at once
+
+    def big(include_flows=True):
+        return dict(snapshot(include_flows), flows=many)
+
+    with ControlServer(loop, str(tmp_path / "c.sock"), big, timeout=30, max_clients=2) as srv, Running(loop):
+        asking = _held(srv.path, 2)
+        for c in asking:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.sendall(b"status\n")
+        assert _wait(lambda: srv.counters["requests"] == 2)
+        late = _held(srv.path, 1)
+        assert _wait(lambda: srv.counters["refused_busy"] == 1)
+        assert srv.counters["dropped_silent"] == 0
+        for c in asking + late:
+            c.close()
+
+
+def test_a_silent_client_has_the_read_timeout_an_asking_one_the_reply_timeout(loop, tmp_path):
+    with ControlServer(loop, str(tmp_path / "c.sock"), snapshot, timeout=30, read_timeout=0.3) as srv, Running(loop):
+        silent = _held(srv.path, 1)[0]
+        silent.settimeout(5)
+        started = time.monotonic()
+        assert silent.recv(10) == b""  # closed by the server
+        assert time.monotonic() - started < 3 and srv.counters["timeouts"] == 1
+        silent.close()
+        slow = _held(srv.path, 1)[0]  # asks at once, then takes its reply well after the read timeout
+        slow.sendall(b"counters\n")
+        time.sleep(1.0)
+        slow.settimeout(5)
+        data = b""
+        while chunk := slow.recv(4096):
+            data += chunk
+        slow.close()
+        assert json.loads(data)["version"] == "9.9.9" and srv.counters["timeouts"] == 1
 
 
 def test_request_without_newline_is_answered_at_eof(loop, server):

@@ -8,8 +8,10 @@ document back, then the appliance closes the connection:
     flows\\n     -> {"version": ..., "flows": [...]}
 
 The server lives on the readiness loop: non-blocking accept, read and write, a bounded
-request, a deadline per connection and a cap on simultaneous clients, so a client that
-connects and never sends (or never reads) cannot hold an fd or stall the loop.
+request, a short deadline for the request and a longer one for the reply, and a cap on
+simultaneous clients. A full server drops its oldest client still silent to take a new one
+(refusing it only while every client is being answered), so clients that connect and never
+send (or never read) cannot hold fds, stall `status` or the loop.
 
 snapshot(include_flows: bool = True) is the appliance's callable; it returns a fresh dict
 shaped as SNAPSHOT_KEYS documents, and is called on the loop thread only. With
@@ -35,8 +37,9 @@ log = logging.getLogger("ztun.control")
 
 DEFAULT_SOCKET = "/run/ztun/control.sock"  # /run/ztun is the systemd unit's RuntimeDirectory
 MAX_REQUEST = 64  # bytes, newline included: requests are single words
-TIMEOUT = 5.0  # seconds a connection may live, request and reply together
-MAX_CLIENTS = 16  # more simultaneous connections are closed at once
+READ_TIMEOUT = 1.0  # seconds from connect to the request line: `status` sends it at once
+TIMEOUT = 5.0  # seconds to take the reply, once asked
+MAX_CLIENTS = 16  # simultaneous connections; a silent one makes room for a new one
 ACCEPT_BATCH = 16  # connections accepted per readable event, so one burst cannot starve the loop
 SEND_CHUNK = 256 * 1024
 
@@ -63,13 +66,15 @@ class ControlServer:
     """Serves snapshot() on a unix socket at path, from loop, until close()."""
 
     def __init__(self, loop, path: str, snapshot: Snapshot, *, timeout: float = TIMEOUT,
-                 max_clients: int = MAX_CLIENTS):
+                 read_timeout: float | None = None, max_clients: int = MAX_CLIENTS):
         self.loop = loop
         self.path = path
         self.snapshot = snapshot
-        self.timeout = timeout
+        self.timeout = timeout  # to take the reply
+        self.read_timeout = min(READ_TIMEOUT, timeout) if read_timeout is None else read_timeout  # to ask
         self.max_clients = max_clients
-        self.counters = {"requests": 0, "bad_requests": 0, "timeouts": 0, "refused_busy": 0, "errors": 0}
+        self.counters = {"requests": 0, "bad_requests": 0, "timeouts": 0, "dropped_silent": 0, "refused_busy": 0,
+                         "errors": 0}
         self._clients: dict = {}  # fd -> _Client
         self._sock = self._listen(path)
         self._inode = os.stat(path).st_ino  # close() removes the file only if it is still ours
@@ -118,14 +123,23 @@ class ControlServer:
                 self.counters["errors"] += 1
                 log.warning("control socket: accept failed: %s", e.strerror)
                 return
-            if len(self._clients) >= self.max_clients:
+            if len(self._clients) >= self.max_clients and not self._make_room():
                 self.counters["refused_busy"] += 1
                 conn.close()
                 continue
             conn.setblocking(False)
-            client = _Client(conn, self.loop.call_later(self.timeout, self._expire, conn.fileno()))
+            client = _Client(conn, self.loop.call_later(self.read_timeout, self._expire, conn.fileno()))
             self._clients[conn.fileno()] = client
             self.loop.add_reader(conn.fileno(), self._readable, client)
+
+    def _make_room(self) -> bool:
+        """Drop the oldest client that has not asked yet (one holding its connection silent); False if all have."""
+        for client in self._clients.values():  # in the order accepted
+            if client.reading:
+                self.counters["dropped_silent"] += 1
+                self._drop(client)
+                return True
+        return False
 
     def _readable(self, client: _Client) -> None:
         try:
@@ -140,6 +154,9 @@ class ControlServer:
         if not newline and data and len(client.buf) <= MAX_REQUEST:
             return  # more to come
         self.loop.remove_reader(client.sock.fileno())
+        client.reading = False
+        client.timer.cancel()  # asked in time: now the reply's deadline
+        client.timer = self.loop.call_later(self.timeout, self._expire, client.sock.fileno())
         if not newline and len(client.buf) > MAX_REQUEST:
             self.counters["bad_requests"] += 1
             self._reply(client, {"error": f"request longer than {MAX_REQUEST} bytes"})
@@ -235,11 +252,12 @@ class ControlServer:
 
 
 class _Client:
-    __slots__ = ("buf", "out", "sock", "timer")
+    __slots__ = ("buf", "out", "reading", "sock", "timer")
 
     def __init__(self, sock: socket.socket, timer):
         self.sock = sock
         self.timer = timer
+        self.reading = True  # no whole request yet
         self.buf = b""
         self.out = memoryview(b"")
 
