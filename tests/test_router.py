@@ -1,6 +1,7 @@
 """The Router protocol, and LinuxRouter's undo log over a stand-in netlink socket: exactly what it added goes away."""
 
 import errno
+import socket
 import sys
 
 import pytest
@@ -114,3 +115,88 @@ def test_route_kinds_checked():
 
     with pytest.raises(RouteError, match="route kind"):
         LinuxRouter(FakeIPRoute()).add_route("198.19.0.0/16", kind="blackhole-ish")
+
+
+@linux
+def test_routes_and_rules_carry_ztuns_protocol_number():
+    from ztun.system.router_linux import ZTUN_PROTO, LinuxRouter
+
+    ipr = FakeIPRoute()
+    r = LinuxRouter(ipr)
+    p = plan(RouteSpec(iface="zt0", inet4="198.18.0.1/30", routes=["198.19.0.0/16"], exclude_routes=["198.19.5.0/24"],
+                       table=3033, rule_priority=8000, fwmark=0x2022))
+    for item in p.routes + p.rules:
+        r.add(item)
+    r.close()
+    for what, cmd, kw in ipr.calls:
+        assert dict(kw)["proto" if what == "route" else "protocol"] == ZTUN_PROTO, (what, cmd, kw)
+    assert len(ipr.calls) == 2 * (len(p.routes) + len(p.rules))
+
+
+class DumpingIPRoute(FakeIPRoute):
+    """FakeIPRoute whose dumps return `rules` and `routes` (dicts standing in for pyroute2 messages); `refuse` is del's errno."""
+
+    def __init__(self, rules=(), routes=(), attached=(), refuse=None):
+        super().__init__()
+        self.rules, self.routes, self.attached, self.refuse = list(rules), list(routes), set(attached), refuse
+
+    def link_lookup(self, ifname):
+        return [7 if ifname == "zt0" else 8] if ifname in ("zt0", "zt1") else []
+
+    def link(self, cmd, **kw):
+        name = {7: "zt0", 8: "zt1"}[kw["index"]]
+        return [{"flags": 1, "IFLA_LINKINFO": {"IFLA_INFO_KIND": "tun"}, "IFLA_CARRIER": int(name in self.attached)}]
+
+    def _op(self, what, cmd, kw):
+        if cmd == "dump":
+            return [m for m in (self.rules if what == "rule" else self.routes) if m["family"] == kw["family"]]
+        if cmd == "del" and self.refuse:
+            raise self.NetlinkError(self.refuse, "Operation not permitted")
+        return super()._op(what, cmd, kw)
+
+
+def rule_msg(prio, proto, action=3, **nla):
+    return {"family": socket.AF_INET, "FRA_PRIORITY": prio, "FRA_PROTOCOL": proto, "action": action, **nla}
+
+
+def route_msg(dst, table, proto, oif=None):
+    return {"family": socket.AF_INET, "RTA_DST": dst, "dst_len": 24, "RTA_TABLE": table, "table": 252, "type": 9,
+            "proto": proto, "RTA_OIF": oif}
+
+
+@linux
+def test_leftovers_are_found_by_tag_and_a_running_ztuns_are_kept():
+    from ztun.system.router_linux import ZTUN_PROTO, LinuxRouter
+
+    tag = ZTUN_PROTO
+    rules = [
+        rule_msg(0, 2, action=1, FRA_TABLE=255),  # the kernel's own
+        rule_msg(8001, tag, action=2, FRA_IIFNAME="zt0", FRA_GOTO=8009),  # a crashed run (zt0 not held open)
+        rule_msg(8002, tag, action=1, FRA_TABLE=3033),
+        rule_msg(8009, tag),
+        rule_msg(7001, tag, action=2, FRA_IIFNAME="zt1", FRA_GOTO=7009),  # a running one (zt1 held open)
+        rule_msg(7002, tag, action=1, FRA_TABLE=4044),
+        rule_msg(7009, tag),
+        rule_msg(9004, 0),  # an older run's, untagged, in the priorities asked for
+        rule_msg(8500, 0, action=1, FRA_TABLE=3033),  # not ztun's
+    ]
+    routes = [route_msg("198.19.5.0", 3033, tag), route_msg("198.19.6.0", 4044, tag),
+              route_msg("198.19.7.0", 4044, tag, oif=8), route_msg("198.19.8.0", 2022, 4),
+              route_msg("198.19.9.0", 5055, 4)]
+    ipr = DumpingIPRoute(rules, routes, attached={"zt1"})
+    assert LinuxRouter(ipr).remove_leftovers(2022, range(9000, 9010)) == 6
+    gone = {(what, dict(kw).get("priority") or dict(kw)["dst"]) for what, cmd, kw in ipr.calls if cmd == "del"}
+    assert gone == {("rule", 8001), ("rule", 8002), ("rule", 8009), ("rule", 9004),
+                    ("route", "198.19.5.0"), ("route", "198.19.8.0")}
+
+
+@linux
+def test_leftovers_without_privilege_are_one_plain_line():
+    from ztun.system.router_linux import ZTUN_PROTO, LinuxRouter
+
+    ipr = DumpingIPRoute([rule_msg(9001, 0, action=2, FRA_IIFNAME="zt0", FRA_GOTO=9009, FRA_SRC="198.18.0.0", src_len=30),
+                          rule_msg(8005, ZTUN_PROTO)], refuse=errno.EPERM)
+    with pytest.raises(RouteError) as e:
+        LinuxRouter(ipr).remove_leftovers(2022, range(9000, 9010))
+    assert "needs root or CAP_NET_ADMIN" in str(e.value) and e.value.errno == errno.EPERM
+    assert "{" not in str(e.value) and "\n" not in str(e.value)

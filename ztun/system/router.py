@@ -61,10 +61,13 @@ class Router(Protocol):
         """Delete a route_plan.Route or Rule; False if there was none."""
 
     def remove_leftovers(self, table: int, priorities: range) -> int:
-        """Remove what a crashed run left behind (rules in priorities, routes in table, or the platform's equivalent); return how many.
+        """Remove what a crashed run left behind; return how many.
 
-        Each platform's docstring says what a crash leaves there; where nothing outlives
-        the TUN, this removes nothing and returns 0.
+        On Linux: every rule and route carrying ztun's protocol number whatever its table
+        and priority (not those of a ztun still running), and untagged ones of older runs
+        in priorities and table. Each platform's docstring says what a crash leaves there;
+        where nothing outlives the TUN, this removes nothing and returns 0. Without the
+        privilege to remove them: RouteError in one line.
         """
 
     def close(self) -> None:

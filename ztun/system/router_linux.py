@@ -1,29 +1,36 @@
 """The Linux Router: links, addresses, routes and policy rules over netlink with pyroute2 (IPRoute, no shelling out).
 
 Each change that was made (not one that found its target already in place) is pushed on
-an undo log; close() replays it backwards, so ztun removes exactly what it added.
+an undo log; close() replays it backwards, so ztun removes exactly what it added. Every
+route and rule ztun adds carries ZTUN_PROTO, so a crashed run's are found whatever table
+and priorities it used.
 """
 
 import errno
 import functools
 import ipaddress
 import logging
+import os
 import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..errors import RouteError
-from .route_plan import Route, Rule
+from .route_plan import MAIN_TABLE, Route, Rule
 from .undo import UndoLog
 
 log = logging.getLogger("ztun.router")
 
 IFA_F_NODAD = 0x02
+# The routing protocol number of ztun's routes (rtm_protocol) and rules (FRA_PROTOCOL): one
+# that iproute2's rt_protos and FRR's rt_protos.d leave free. `ip` shows it as "proto 122".
+ZTUN_PROTO = 122
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _ROUTE_TYPES = {"unicast": 1, "unreachable": 7, "throw": 9}
 _RULE_ACTIONS = {"lookup": "FR_ACT_TO_TBL", "goto": "FR_ACT_GOTO", "nop": "FR_ACT_NOP", "unreachable": "FR_ACT_UNREACHABLE"}
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL)
+_FAMILY_NAMES = {socket.AF_INET: "ip", socket.AF_INET6: "ip -6"}
 
 
 def _code(e: NetlinkError) -> int:
@@ -105,7 +112,8 @@ class LinuxRouter:
     # --- routes --------------------------------------------------------------------
 
     def _route_kw(self, route: Route) -> dict:
-        kw = dict(family=_AF[route.family], dst=str(route.cidr), table=route.table, type=_ROUTE_TYPES[route.kind])
+        kw = dict(family=_AF[route.family], dst=str(route.cidr), table=route.table, type=_ROUTE_TYPES[route.kind],
+                  proto=ZTUN_PROTO)
         if route.iface:
             kw["oif"] = self.get_interface_index(route.iface)
         if route.gateway is not None:
@@ -126,7 +134,7 @@ class LinuxRouter:
     # --- rules ---------------------------------------------------------------------
 
     def _rule_kw(self, rule: Rule) -> dict:
-        kw = dict(family=_AF[rule.family], priority=rule.priority, action=_RULE_ACTIONS[rule.action])
+        kw = dict(family=_AF[rule.family], priority=rule.priority, action=_RULE_ACTIONS[rule.action], protocol=ZTUN_PROTO)
         if rule.action == "lookup":
             kw["table"] = rule.table
         if rule.goto is not None:
@@ -162,7 +170,10 @@ class LinuxRouter:
         return True
 
     def delete(self, item: Route | Rule) -> bool:
+        """Delete the route or rule item describes, whoever added it (tagged or not); False if there was none."""
         call, kw = self._target(item)
+        kw.pop("proto", None)
+        kw.pop("protocol", None)
         try:
             call("del", **kw)
         except NetlinkError as e:
@@ -180,50 +191,103 @@ class LinuxRouter:
     # --- crash leftovers ---------------------------------------------------------------
 
     def remove_leftovers(self, table: int, priorities: range) -> int:
-        """Delete every IPv4/IPv6 rule with a priority in priorities and every route in table; return how many.
+        """Delete every rule and route tagged ZTUN_PROTO, and (untagged, from older runs) every
+        rule with a priority in priorities and every route in table; return how many.
 
         Rules belong to no device, so a crashed run leaves all of its rules; its routes out
         of a TUN it created went with the TUN, but its throw routes (no device) and routes
-        on a persistent TUN it attached to stay in the table.
+        on a persistent TUN it attached to stay in their table. What another ztun still
+        running here uses (a tagged `iif TUN` rule whose TUN some other process holds open)
+        is left alone; a TUN this process holds is the caller's own, so its rules are
+        leftovers (a restart after a crash, with the same name).
         """
+        rules = {fam: self._call("list rules", self._ipr.rule, "dump", family=fam) for fam in _AF.values()}
+        routes = {fam: self._call("list routes", self._ipr.route, "dump", family=fam) for fam in _AF.values()}
+        live_priorities, live_tables = self._running(rules, routes)
         removed = 0
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in self._call("list rules", self._ipr.rule, "dump", family=family):
+        for family in _AF.values():
+            for msg in rules[family]:
                 prio = msg.get("FRA_PRIORITY")
-                if prio is None or prio not in priorities:
-                    continue
-                kw = {"family": family, "priority": prio, "action": msg["action"]}
-                for nla, key in (("FRA_TABLE", "table"), ("FRA_GOTO", "goto"), ("FRA_IIFNAME", "iifname"),
-                                 ("FRA_FWMARK", "fwmark"), ("FRA_FWMASK", "fwmask"), ("FRA_SRC", "src"),
-                                 ("FRA_SUPPRESS_PREFIXLEN", "suppress_prefixlen")):
-                    if msg.get(nla) is not None:
-                        kw[key] = msg.get(nla)
-                if "src" in kw:
-                    kw["src_len"] = msg["src_len"]
-                if self._delete_quietly(f"leftover rule {prio}", self._ipr.rule, **kw):
+                ours = msg.get("FRA_PROTOCOL") == ZTUN_PROTO or (prio is not None and prio in priorities)
+                if ours and prio not in live_priorities and self._remove_rule(family, msg):
                     removed += 1
-            for msg in self._call("list routes", self._ipr.route, "dump", family=family, table=table):
-                if msg.get("RTA_TABLE", msg["table"]) != table:
-                    continue
-                kw = {"family": family, "table": table, "type": msg["type"], "dst_len": msg["dst_len"]}
-                for nla, key in (("RTA_DST", "dst"), ("RTA_OIF", "oif"), ("RTA_GATEWAY", "gateway"), ("RTA_PRIORITY", "priority")):
-                    if msg.get(nla) is not None:
-                        kw[key] = msg.get(nla)
-                if self._delete_quietly(f"leftover route in table {table}", self._ipr.route, **kw):
+            for msg in routes[family]:
+                in_table = _table(msg)
+                ours = msg["proto"] == ZTUN_PROTO or in_table == table
+                if ours and in_table not in live_tables and self._remove_route(family, msg):
                     removed += 1
         if removed:
-            log.warning("removed %d leftover rules and routes of an earlier run (table %d, priorities %d..%d)",
-                        removed, table, priorities.start, priorities.stop - 1)
+            log.warning("removed %d leftover rules and routes of an earlier run (tagged proto %d, or in table %d or "
+                        "priorities %d..%d)", removed, ZTUN_PROTO, table, priorities.start, priorities.stop - 1)
         return removed
 
-    def _delete_quietly(self, what, call, **kw) -> bool:
+    def _running(self, rules: dict, routes: dict) -> tuple[set, set]:
+        """The rule priorities and tables of the ztun runs whose TUN is still held open in this namespace.
+
+        A run's rules span P..P+9 and include `P+1 iif TUN goto P+9` (route_plan), which
+        names its TUN; its tables are those its rules look up and those its routes out of
+        that TUN are in.
+        """
+        attached = dict.fromkeys(_tuns_held_here(), False)  # TUN name -> held open by another process
+
+        def live(name) -> bool:
+            if name not in attached:
+                attached[name] = self.tun_attached(name)
+            return attached[name]
+
+        priorities, names = set(), set()
+        for msgs in rules.values():
+            for msg in msgs:
+                iif, prio, goto = msg.get("FRA_IIFNAME"), msg.get("FRA_PRIORITY"), msg.get("FRA_GOTO")
+                if (msg.get("FRA_PROTOCOL") == ZTUN_PROTO and iif not in (None, "lo") and prio and goto
+                        and live(iif)):
+                    priorities.update(range(prio - 1, goto + 1))
+                    names.add(iif)
+        tables = set()
+        for msgs in rules.values():
+            for msg in msgs:
+                if msg.get("FRA_PROTOCOL") == ZTUN_PROTO and msg.get("FRA_PRIORITY") in priorities:
+                    if msg.get("FRA_TABLE") not in (None, 0, MAIN_TABLE):
+                        tables.add(msg.get("FRA_TABLE"))
+        indexes = {self.get_interface_index(name) for name in names}
+        for msgs in routes.values():
+            tables.update(_table(msg) for msg in msgs if msg["proto"] == ZTUN_PROTO and msg.get("RTA_OIF") in indexes)
+        return priorities, tables
+
+    def _remove_rule(self, family, msg) -> bool:
+        prio = msg.get("FRA_PRIORITY")
+        kw = {"family": family, "priority": prio, "action": msg["action"]}
+        for nla, key in (("FRA_TABLE", "table"), ("FRA_GOTO", "goto"), ("FRA_IIFNAME", "iifname"),
+                         ("FRA_FWMARK", "fwmark"), ("FRA_FWMASK", "fwmask"), ("FRA_SRC", "src"),
+                         ("FRA_SUPPRESS_PREFIXLEN", "suppress_prefixlen"), ("FRA_PROTOCOL", "protocol")):
+            if msg.get(nla) is not None:
+                kw[key] = msg.get(nla)
+        if "src" in kw:
+            kw["src_len"] = msg["src_len"]
+        return self._delete_leftover(f"{_FAMILY_NAMES[family]} rule {prio}", self._ipr.rule, **kw)
+
+    def _remove_route(self, family, msg) -> bool:
+        in_table = _table(msg)
+        kw = {"family": family, "table": in_table, "type": msg["type"], "dst_len": msg["dst_len"], "proto": msg["proto"]}
+        for nla, key in (("RTA_DST", "dst"), ("RTA_OIF", "oif"), ("RTA_GATEWAY", "gateway"), ("RTA_PRIORITY", "priority")):
+            if msg.get(nla) is not None:
+                kw[key] = msg.get(nla)
+        dst = kw.get("dst", "0.0.0.0" if family == socket.AF_INET else "::")
+        return self._delete_leftover(f"{_FAMILY_NAMES[family]} route {dst}/{msg['dst_len']} table {in_table}",
+                                     self._ipr.route, **kw)
+
+    def _delete_leftover(self, what: str, call, **kw) -> bool:
+        """Delete one leftover; False if it went meanwhile. what names it in plain words for the log and errors."""
         try:
             call("del", **kw)
-            return True
         except NetlinkError as e:
             if _code(e) in _GONE:
                 return False
-            raise RouteError(f"delete {what} {kw}", _code(e)) from None
+            if _code(e) == errno.EPERM:
+                raise RouteError("remove ztun's leftover rules and routes (needs root or CAP_NET_ADMIN)", errno.EPERM) from None
+            raise RouteError(f"remove leftover {what}", _code(e)) from None
+        log.info("removed leftover %s", what)
+        return True
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -260,6 +324,29 @@ class LinuxRouter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _tuns_held_here() -> set:
+    """The names of the TUN devices this process holds open (each /dev/net/tun fd's fdinfo says `iff: NAME`)."""
+    names = set()
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return names
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "/dev/net/tun":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                names.update(line.split(None, 1)[1].strip() for line in f if line.startswith("iff:"))
+        except (OSError, IndexError):
+            continue  # closed meanwhile, or not attached yet
+    return names
+
+
+def _table(msg) -> int:
+    """The table of a route message: RTA_TABLE, which holds tables above 255 (the header then says 252)."""
+    return msg.get("RTA_TABLE") or msg["table"]
 
 
 def _rp_filter(key: str) -> int:
