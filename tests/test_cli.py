@@ -123,3 +123,20 @@ def test_a_reload_whose_file_now_clashes_with_a_flag_keeps_the_running_configura
     cli._reload(None, None, state, got["reread"])
     assert state["config"] is got["config"]
     assert "not reloaded" in caplog.text and "--dns-mode" in caplog.text
+
+
+def test_a_reload_of_a_hostile_file_is_refused_in_one_line(tmp_path, monkeypatch, caplog):
+    """SIGHUP with a file nested 500 deep: one ERROR line, no traceback, the running configuration stays."""
+    path = tmp_path / "c.toml"
+    path.write_text("[tun]\nmtu = 1500\n")
+    got = {}
+    monkeypatch.setattr(cli, "_run", lambda config, reread=None: got.update(config=config, reread=reread) or 0)
+    assert cli.main(["run", "--config", str(path)]) == 0
+    state = {"config": got["config"]}
+    for text in ("a = " + "[" * 500 + "]" * 500 + "\n", "# " + "x" * (1 << 20) + "\n"):
+        path.write_text(text)
+        caplog.clear()
+        cli._reload(None, None, state, got["reread"])
+        assert state["config"] is got["config"]
+        assert [(r.levelname, r.exc_info) for r in caplog.records] == [("ERROR", None)], caplog.text
+        assert "not reloaded" in caplog.text and str(path) in caplog.text and caplog.text.count("\n") == 1

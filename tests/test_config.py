@@ -3,6 +3,7 @@
 import dataclasses
 import ipaddress
 import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -424,3 +425,32 @@ def test_the_readme_documents_every_key_and_flag():
             assert f"`{key}`" in section or f"`{full}`" in section or f"`[{full}]`" in section or f"`[[{full}]]`" in section, full
     for _, flag in cli.RUN_FLAGS.values():
         assert f"`{flag} " in readme or f"`{flag}`" in readme, flag
+
+
+# -- hostile files: bounded, a clean error and exit 2 (#18) -----------------------------------
+
+HOSTILE = {
+    "nested": "a = " + "[" * 500 + "]" * 500 + "\n",
+    "nested-tables": "a = " + "{ b = " * 500 + "1" + " }" * 500 + "\n",
+    "nested-shallow": "[tun]\nroutes = " + "[" * 20 + "]" * 20 + "\n",
+    "huge": "# " + "x" * (1 << 20) + "\n",
+    "long-integer": "[tun]\nmtu = " + "1" * 5000 + "\n",
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_a_hostile_file_is_a_clean_error(tmp_path, monkeypatch, command, name):
+    path = write(tmp_path, HOSTILE[name])
+    argv = [command, path] if command == "check-config" else [command, "--config", path]
+    r = subprocess.run([sys.executable, "-m", "ztun.appliance", *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert r.stderr.startswith(f"ztun-appliance: error: {path}: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr and "set_int_max_str_digits" not in r.stderr
+
+
+def test_the_size_and_depth_limits_leave_room(tmp_path):
+    """The limits are far above any configuration: every example, and one of 5,000 rules, load."""
+    rules = "".join(f'[[route.rules]]\noutbound = "block"\ncidr = ["198.19.{i // 256}.{i % 256}/32", "fd00::{i:x}/128"]\n'
+                    for i in range(5000))
+    assert len(config.load(write(tmp_path, rules)).route.rules) == 5000

@@ -3,6 +3,7 @@
 import json
 import signal
 import sys
+import time
 
 import pytest
 from conftest import need, received
@@ -121,3 +122,28 @@ def test_not_root_one_line(netns):
 
 def netns_python():
     return [sys.executable]
+
+
+def _config(netns, text: str):
+    path = netns.tmp / "ztun.toml"
+    path.write_text('[tun]\nname = "zt-test0"\ninet4 = "198.18.0.1/30"\ninet6 = "fd00:18::1/126"\n'
+                    'routes = ["198.19.0.0/16"]\n\n'
+                    f'[control]\nsocket = "{netns.tmp / "control.sock"}"\n\n' + text)
+    return path
+
+
+def test_a_sighup_with_a_hostile_file_is_refused_in_one_line(netns):
+    """A reload of a file nested 500 deep: one ERROR line, no traceback; the appliance runs on and stops clean."""
+    before = netns.snapshot()
+    path = _config(netns, "")
+    app = netns.appliance("--config", str(path)).wait_ready()
+    path.write_text("a = " + "[" * 500 + "]" * 500 + "\n")
+    app.send(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "not reloaded" not in app.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert app.stop() == 0, app.log
+    sighup = [line for line in app.log.splitlines() if "SIGHUP" in line]
+    assert len(sighup) == 1 and "not reloaded" in sighup[0] and "nested deeper than" in sighup[0], app.log
+    assert "Traceback" not in app.log and "RecursionError" not in app.log
+    assert netns.snapshot() == before

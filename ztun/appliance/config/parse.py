@@ -15,8 +15,8 @@ from ...tun.napi import MODES as NAPI_MODES
 from ...tun.options import IFNAMSIZ, TunOptions
 from .locate import _Context
 from .routing import _outbounds, _route
-from .schema import (MAX_IDLE_SECONDS, MAX_SECONDS, MIN_FAKE_POOL, SUN_PATH_MAX, AppConfig, ControlConfig, DnsConfig,
-                     FlowsConfig, GatewayConfig, LogConfig, MetricsConfig)
+from .schema import (MAX_DEPTH, MAX_FILE_BYTES, MAX_IDLE_SECONDS, MAX_SECONDS, MIN_FAKE_POOL, SUN_PATH_MAX, AppConfig,
+                     ControlConfig, DnsConfig, FlowsConfig, GatewayConfig, LogConfig, MetricsConfig)
 from .values import _address, _bool, _choice, _int, _kind, _network, _seconds, _str, _table
 
 
@@ -199,16 +199,24 @@ def build(data: dict, *, source: str | None = None, text: str = "", flags: dict 
 
 
 def read(path: str) -> tuple[dict, str]:
-    """The file's TOML document and text; a file or syntax error is a ConfigError naming the file and line."""
+    """The file's TOML document and text; a file or syntax error is a ConfigError naming the file and line.
+
+    Bounded: a file over MAX_FILE_BYTES, or tables and arrays nested deeper than MAX_DEPTH, is refused
+    (a hostile or wrong file is an error like any other, never a RecursionError from the parser).
+    """
     try:
         with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it: {e.strerror or e}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB: not a ztun configuration (it takes a few KiB)")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     try:
-        return tomllib.loads(text), text
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         msg = str(e)
         m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
@@ -216,3 +224,25 @@ def read(path: str) -> tuple[dict, str]:
                           if m else f"{path}: invalid TOML: {msg}")
         err.line = int(m.group(1)) if m else None
         raise err from None
+    except RecursionError:  # the parser recurses per level: this deep is far past MAX_DEPTH
+        raise ConfigError(f"{path}: {_TOO_DEEP}") from None
+    except ValueError as e:  # a value the parser takes but Python refuses, e.g. an integer of 5,000 digits
+        raise ConfigError(f"{path}: invalid TOML: {str(e).split(';')[0]}") from None
+    if _depth(doc) > MAX_DEPTH:
+        raise ConfigError(f"{path}: {_TOO_DEEP}")
+    return doc, text
+
+
+_TOO_DEEP = f"tables or arrays nested deeper than {MAX_DEPTH} levels: not a ztun configuration"
+
+
+def _depth(doc) -> int:
+    """How deep tables and arrays nest in doc (the document itself is level 1); without recursion."""
+    deepest, todo = 0, [(doc, 1)]
+    while todo:
+        value, level = todo.pop()
+        deepest = max(deepest, level)
+        if level <= MAX_DEPTH:  # deeper is refused anyway: stop looking
+            items = value.values() if isinstance(value, dict) else value
+            todo.extend((v, level + 1) for v in items if isinstance(v, (dict, list)))
+    return deepest
