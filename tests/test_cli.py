@@ -1,5 +1,6 @@
 """`ztun-appliance` without root: version, bad flags (exit 2 naming the flag), one-line runtime errors (exit 1)."""
 
+import argparse
 import subprocess
 import sys
 
@@ -140,3 +141,31 @@ def test_a_reload_of_a_hostile_file_is_refused_in_one_line(tmp_path, monkeypatch
         assert state["config"] is got["config"]
         assert [(r.levelname, r.exc_info) for r in caplog.records] == [("ERROR", None)], caplog.text
         assert "not reloaded" in caplog.text and str(path) in caplog.text and caplog.text.count("\n") == 1
+
+
+def test_a_missing_lan_interface_is_named_as_the_user_gave_it(tmp_path):
+    """From the file: the key (gateway.lan_interfaces) and its line; from the flag: --lan-interface."""
+    path = tmp_path / "c.toml"
+    path.write_text('[tun]\nauto_route = true\n\n[gateway]\nlan_interfaces = ["zt-nosuch0"]\n')
+    parser = cli.build_parser()
+    c = cli.load_config(parser.commands["run"], parser.parse_args(["run", "--config", str(path)]))
+    with pytest.raises(cli.ConfigError) as e:
+        cli._check_lan_interfaces(c)
+    assert str(e.value) == f"{path}: line 5: gateway.lan_interfaces: 'zt-nosuch0': no such interface"
+    c = cli.load_config(parser.commands["run"], parser.parse_args(["run", "--config", str(path), "--lan-interface", "zt-nosuch1"]))
+    with pytest.raises(cli.ConfigError) as e:
+        cli._check_lan_interfaces(c)
+    assert str(e.value) == "argument --lan-interface: 'zt-nosuch1': no such interface"
+    c = cli.load_config(parser.commands["run"], parser.parse_args(["run", "--lan-interface", "lo"]))
+    cli._check_lan_interfaces(c)  # there
+
+
+def test_status_takes_the_names_run_takes():
+    """--control-socket, --config and --tun-name mean the same in status as in run; --socket is the old name."""
+    parser = cli.build_parser()
+    for argv in (["--control-socket", "/tmp/a.sock"], ["--socket", "/tmp/a.sock"]):
+        assert parser.parse_args(["status", *argv]).control_socket == "/tmp/a.sock"
+    args = parser.parse_args(["status", "--config", "/tmp/c.toml", "--tun-name", "zt-e0"])
+    assert (args.config, args.tun_name) == ("/tmp/c.toml", "zt-e0")
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert "--socket " not in commands.choices["status"].format_help()  # hidden

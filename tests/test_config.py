@@ -125,7 +125,7 @@ def test_defaults_without_a_file():
     assert (c.flows.udp_timeout, c.flows.connect_timeout, c.flows.tcp_idle_timeout, c.flows.udp_max_sessions) == (60.0, 10.0, 7200.0, 16384)
     assert (c.dns.mode, str(c.dns.fake_ip4), str(c.dns.fake_ip6), c.dns.capacity, c.dns.ttl) == ("off", "198.18.0.0/15", "fc00::/18", 65536, 1)
     assert c.log == config.LogConfig("INFO", "text") and c.metrics.listen is None and c.source is None
-    assert c.control.socket == "/run/ztun/control.sock"
+    assert c.control.socket == "/run/ztun/ztun0.sock"  # derived from the TUN name
 
 
 def test_an_empty_file_is_the_defaults(tmp_path):
@@ -214,15 +214,16 @@ def test_flags_override_the_file(tmp_path, capsys, monkeypatch):
 
 
 def test_a_socks5_outbound_without_a_port_uses_1080(tmp_path):
-    c = config.load(write(tmp_path, '[[outbounds]]\nname = "a"\nurl = "socks5://198.19.0.1"\n\n'
+    c = config.load(write(tmp_path, '[tun]\nauto_route = true\n\n[[outbounds]]\nname = "a"\nurl = "socks5://198.19.0.1"\n\n'
                                     '[[outbounds]]\nname = "b"\nserver = "198.19.0.2"\n'))
     assert (c.outbound("a").port, c.outbound("b").port) == (1080, 1080)
-    assert config.load(None, {"outbound": ("socks5://[fd00::5]", "--outbound")}).outbound("proxy").port == 1080
+    c = config.load(None, {"outbound": ("socks5://[fd00::5]", "--outbound"), "tun.auto_route": (True, "--auto-route")})
+    assert c.outbound("proxy").port == 1080
 
 
 @pytest.mark.parametrize("value,default", [("direct", "direct"), ("block", "block"), ("socks5://u:p@198.19.0.1:1080", "proxy")])
 def test_outbound_flag_without_a_file(value, default):
-    c = config.load(None, {"outbound": (value, "--outbound")})
+    c = config.load(None, {"outbound": (value, "--outbound"), "tun.routes": (["198.19.0.0/16"], "--route")})
     assert c.route.default == default and ("proxy" in [o.name for o in c.outbounds]) == (default == "proxy")
 
 
@@ -303,13 +304,14 @@ ERRORS = [
     ("[[outbounds]]\nname = \"p\"\n", 1, "outbounds[0]", "needs a type"),
     ("[[outbounds]]\nname = \"p\"\nserver = \"198.19.0.1\"\nport = 0\n", 4, "outbounds[0].port", "must be an integer 1..65535, got 0"),
     # dns
-    ("[dns]\nmode = \"forward\"\n", 2, "dns.mode", "mode \"forward\" needs upstream = \"address:port\""),
+    ("[dns]\nmode = \"forward\"\n", 2, "dns.mode", "mode \"forward\" needs the DNS server queries go to: dns.upstream = \"ADDRESS:PORT\""),
     ("[dns]\nmode = \"forward\"\nupstream = \"dns.example:53\"\n", 3, "dns.upstream", "'dns.example' is not an IP address"),
     ("[dns]\nmode = \"fake-ip\"\nfake_ip4 = \"198.18.0.0/28\"\n", 3, "dns.fake_ip4", "has 16 addresses; a fake-IP pool needs at least 256"),
     ("[dns]\nmode = \"fake-ip\"\nfake_ip4 = \"198.18.0.0/20\"\ncapacity = 65536\n", 4, "dns.capacity",
      "capacity 65536 is more than the 4096 addresses of fake_ip4 = 198.18.0.0/20; lower capacity or widen the pool"),
     ("[tun]\ninet4 = \"198.18.0.1/30\"\n\n[dns]\nmode = \"fake-ip\"\n", 5, "dns.mode",
-     "fake_ip4 (default) = 198.18.0.0/15 overlaps the TUN's own prefix tun.inet4 = 198.18.0.1/30"),
+     "the default IPv4 pool 198.18.0.0/15 overlaps the TUN's own prefix (tun.inet4 = \"198.18.0.1/30\"); "
+     "give another pool with dns.fake_ip4 = \"CIDR\", or move the TUN's"),
     ("[dns]\nmode = \"fake-ip\"\nfake_ip4 = \"fd00::/64\"\n", 3, "dns.fake_ip4", "fd00::/64 is not an IPv4 CIDR"),
     ("[dns]\noutbound = \"proxy\"\n", 2, "dns.outbound", "outbound 'proxy' is not defined"),
     # metrics, control, log
@@ -425,6 +427,98 @@ def test_the_readme_documents_every_key_and_flag():
             assert f"`{key}`" in section or f"`{full}`" in section or f"`[{full}]`" in section or f"`[[{full}]]`" in section, full
     for _, flag in cli.RUN_FLAGS.values():
         assert f"`{flag} " in readme or f"`{flag}`" in readme, flag
+
+
+# -- messages name the flag or the key the user wrote (#18) ----------------------------------
+
+# A bad value from a flag: the error names that flag, and the fix as flags too.
+FLAG_MESSAGES = [
+    (["--mtu", "1000"], "--mtu", "leave IPv6 off the TUN with --inet6 none"),
+    (["--dns-mode", "forward"], "--dns-mode", "needs the DNS server queries go to: --dns-upstream ADDRESS:PORT"),
+    (["--dns-mode", "fake-ip", "--inet4", "198.18.0.1/28"], "--dns-mode",
+     "the default IPv4 pool 198.18.0.0/15 overlaps the TUN's own prefix (--inet4 198.18.0.1/28); "
+     "give another pool with --dns-fake-ip4 CIDR"),
+    (["--dns-mode", "fake-ip", "--dns-fake-ip4", "none", "--dns-fake-ip6", "none"], "--dns-fake-ip4",
+     "fake-ip mode needs a pool: --dns-fake-ip4 and --dns-fake-ip6 are both none"),
+    (["--outbound", "socks5://192.0.2.1:1080"], "--outbound", "nothing is routed into the TUN; give --route CIDR or --auto-route"),
+    (["--enable-forwarding"], "--enable-forwarding", "name their interfaces with --lan-interface NAME"),
+    (["--route", "172.19.0.0/30"], "--route", "172.19.0.0/30 is inside the TUN's own prefix (--inet4 172.19.0.1/28)"),
+    (["--inet4", "198.18.0.1/24", "--route", "198.18.0.0/24"], "--route", "is inside the TUN's own prefix"),
+    (["--exclude-route", "198.19.5.0/24"], "--exclude-route", "give --route CIDR or --auto-route too"),
+    (["--strict-route"], "--strict-route", "applies to --auto-route only; give --auto-route too"),
+    (["--inet6", "none", "--route", "fd00:19::/64"], "--route", "the TUN has no IPv6 address; give it one with --inet6 CIDR"),
+]
+
+
+@pytest.mark.parametrize("argv,flag,reason", FLAG_MESSAGES, ids=[" ".join(m[0]) for m in FLAG_MESSAGES])
+def test_errors_of_flags_name_flags(capsys, monkeypatch, argv, flag, reason):
+    monkeypatch.setattr(cli, "_run", lambda c, reread=None: 0)  # a run that got this far took the error
+    with pytest.raises(SystemExit) as e:
+        cli.main(["run", *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"error: argument {flag}: " in err and reason in err, err
+    for key in ("inet6 unset", "upstream =", "fake_ip4", "exclude_routes", "auto_route", "lan_interfaces", "tun."):
+        assert key not in err, err  # no key the user never wrote
+
+
+# The same mistakes in a file: the error names the file, line and key, and the fix as keys.
+FILE_MESSAGES = [
+    ("[tun]\nmtu = 1000\n", 2, "tun.mtu", 'leave IPv6 off the TUN with tun.inet6 = "none"'),
+    ("[[outbounds]]\nname = \"p\"\nurl = \"socks5://192.0.2.1\"\n", 1, "outbounds[0]",
+     "socks5 outbound 'p' would get no traffic: nothing is routed into the TUN; give tun.routes = [\"CIDR\"] or tun.auto_route = true"),
+    ("[gateway]\nenable_forwarding = true\n", 2, "gateway.enable_forwarding",
+     "name their interfaces with gateway.lan_interfaces = [\"NAME\"]"),
+    ("[tun]\ninet4 = \"198.18.0.1/24\"\nroutes = [\"198.18.0.0/25\"]\n", 3, "tun.routes",
+     "198.18.0.0/25 is inside the TUN's own prefix (tun.inet4 = \"198.18.0.1/24\")"),
+    ("[tun]\nexclude_routes = [\"198.19.5.0/24\"]\n", 2, "tun.exclude_routes", "give tun.routes = [\"CIDR\"] or tun.auto_route = true too"),
+    ("[tun]\nstrict_route = true\n", 2, "tun.strict_route", "give tun.auto_route = true too"),
+    ("[dns]\nmode = \"fake-ip\"\nfake_ip4 = \"none\"\nfake_ip6 = \"none\"\n", 3, "dns.fake_ip4",
+     "fake-ip mode needs a pool: dns.fake_ip4 and dns.fake_ip6 are both none"),
+]
+
+
+@pytest.mark.parametrize("text,line,key,reason", FILE_MESSAGES, ids=[m[2] for m in FILE_MESSAGES])
+def test_errors_in_a_file_name_keys(tmp_path, capsys, text, line, key, reason):
+    path = write(tmp_path, text)
+    rc, out, err = check(capsys, path)
+    assert rc == 2 and err.startswith(f"ztun-appliance: error: {path}: line {line}: {key}: ") and reason in err, err
+    assert "--" not in err.split(f"{key}: ", 1)[1], err  # no flag the user never gave
+
+
+def test_a_route_around_the_tuns_prefix_is_fine():
+    """Only a route inside the TUN's prefix is refused: one around it (0.0.0.0/1, a supernet) changes nothing for
+    the TUN's own addresses, whose connected route sends them into the TUN anyway."""
+    c = config.load(None, {"tun.routes": (["0.0.0.0/1", "128.0.0.0/1", "172.16.0.0/12"], "--route")})
+    assert len(c.tun.routes) == 3
+
+
+def test_the_new_flags_set_their_keys(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "_run", lambda c, reread=None: seen.append(c) or 0)
+    assert cli.main(["run", "--dns-mode", "fake-ip", "--dns-upstream", "198.19.0.53", "--dns-fake-ip4", "198.20.0.0/16",
+                     "--dns-fake-ip6", "none"]) == 0
+    d = seen[0].dns
+    assert (d.mode, d.upstream, str(d.fake_ip4), d.fake_ip6) == ("fake-ip", "198.19.0.53:53", "198.20.0.0/16", None)
+    assert cli.main(["run", "--dns-mode", "forward", "--dns-upstream", "[fd00::53]:5353"]) == 0
+    assert seen[1].dns.upstream == "[fd00::53]:5353"
+
+
+def test_the_control_socket_is_the_tuns(tmp_path):
+    """Two appliances on one host (one per network namespace) do not share a control socket by default."""
+    assert config.load().control.socket == "/run/ztun/ztun0.sock" == config.control_socket("ztun0")
+    assert config.load(None, {"tun.name": ("zt-two0", "--tun-name")}).control.socket == "/run/ztun/zt-two0.sock"
+    c = config.load(write(tmp_path, '[tun]\nname = "zt-three0"\n\n[control]\nsocket = "/tmp/mine.sock"\n'))
+    assert c.control.socket == "/tmp/mine.sock"  # control.socket still wins
+    assert config.load(write(tmp_path, '[tun]\nname = "zt-four0"\n')).control.socket == "/run/ztun/zt-four0.sock"
+
+
+def test_check_config_takes_config_as_run_does(tmp_path, capsys):
+    path = write(tmp_path, "[tun]\nmtu = 1500\n")
+    assert check(capsys, "--config", path)[0] == 0
+    assert check(capsys, path)[0] == 0
+    with pytest.raises(SystemExit) as e:
+        check(capsys, path, "--config", write(tmp_path, "", "other.toml"))
+    assert e.value.code == 2
 
 
 # -- hostile files: bounded, a clean error and exit 2 (#18) -----------------------------------

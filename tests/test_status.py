@@ -1,5 +1,6 @@
 """The control socket and `ztun-appliance status`: round trip, formats, permissions, stale and live sockets, hostile clients."""
 
+import argparse
 import contextlib
 import json
 import os
@@ -378,6 +379,39 @@ def test_default_socket_matches_the_unit_runtime_directory():
     with open(unit) as f:
         text = f.read()
     assert "RuntimeDirectory=ztun\n" in text and status.DEFAULT_SOCKET.startswith("/run/ztun/")
+
+
+def _socket_of(*argv) -> str:
+    parser = argparse.ArgumentParser()
+    status.add_status_arguments(parser)
+    return status.socket_path(parser.parse_args(list(argv)))
+
+
+def test_status_finds_the_socket_as_the_appliance_names_it(tmp_path):
+    """One name for each thing: --control-socket (--socket still works), --config's socket, else the TUN name's."""
+    assert status.DEFAULT_SOCKET == "/run/ztun/ztun0.sock" == _socket_of()
+    assert _socket_of("--tun-name", "zt-b0") == "/run/ztun/zt-b0.sock"
+    assert _socket_of("--control-socket", "/tmp/a.sock") == "/tmp/a.sock" == _socket_of("--socket", "/tmp/a.sock")
+    named = tmp_path / "named.toml"
+    named.write_text('[tun]\nname = "zt-c0"\n')
+    assert _socket_of("--config", str(named)) == "/run/ztun/zt-c0.sock"
+    assert _socket_of("--config", str(named), "--tun-name", "zt-d0") == "/run/ztun/zt-d0.sock"
+    explicit = tmp_path / "explicit.toml"
+    explicit.write_text('[tun]\nname = "zt-c0"\n\n[control]\nsocket = "/tmp/e.sock"\n')
+    assert _socket_of("--config", str(explicit)) == "/tmp/e.sock"
+    assert _socket_of("--config", str(explicit), "--control-socket", "/tmp/f.sock") == "/tmp/f.sock"
+
+
+def test_main_status_with_the_appliances_config(loop, server, tmp_path, capsys):
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[control]\nsocket = "{server.path}"\n')
+    with Running(loop):
+        assert main_status(["--config", str(conf), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == "9.9.9"
+    conf.write_text("[tun]\nmtu = 1\n")
+    assert main_status(["--config", str(conf)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ztun-appliance status: error: ") and "tun.mtu" in err and err.count("\n") == 1
 
 
 def test_split_stats_sorts_the_stack_counters():

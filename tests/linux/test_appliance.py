@@ -147,3 +147,13 @@ def test_a_sighup_with_a_hostile_file_is_refused_in_one_line(netns):
     assert len(sighup) == 1 and "not reloaded" in sighup[0] and "nested deeper than" in sighup[0], app.log
     assert "Traceback" not in app.log and "RecursionError" not in app.log
     assert netns.snapshot() == before
+
+
+def test_a_missing_lan_interface_of_the_file_names_its_key(netns):
+    """examples/router-socks5.toml on a host without eth1: the key of the file, not a flag the user never gave."""
+    before = netns.snapshot()
+    path = _config(netns, '[gateway]\nlan_interfaces = ["zt-nosuch0"]\n')
+    app = netns.appliance("--config", str(path), "--log-level", "ERROR")
+    assert app.wait() == 1, app.log
+    assert app.log.strip() == f"ztun-appliance: error: {path}: line 11: gateway.lan_interfaces: 'zt-nosuch0': no such interface"
+    assert netns.snapshot() == before

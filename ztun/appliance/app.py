@@ -27,13 +27,6 @@ log = logging.getLogger("ztun.appliance")
 def tun_options(config, outbounds: dict):
     """config.tun with the routes the outbounds (each proxy's address, as it connects to it) and DNS imply."""
     tun = config.tun
-    excludes = list(tun.exclude_routes)
-    for ob in outbounds.values():
-        if ob.proxy_address is None:
-            continue
-        net = ipaddress.ip_network(ob.proxy_address[0])
-        if net not in excludes:
-            excludes.append(net)
     routes = list(tun.routes)
     if config.dns.mode == "fake-ip" and not tun.auto_route:
         for pool in (config.dns.fake_ip4, config.dns.fake_ip6):
@@ -41,6 +34,15 @@ def tun_options(config, outbounds: dict):
                 net = ipaddress.ip_network(pool)
                 if net not in routes:
                     routes.append(net)
+    excludes = list(tun.exclude_routes)
+    # Nothing routed into the TUN: no proxy address to keep out of it (the configuration says so of a
+    # socks5 outbound it defines; an exclusion alone would fail TunOptions' check about exclude_routes).
+    for ob in outbounds.values() if routes or tun.auto_route else ():
+        if ob.proxy_address is None:
+            continue
+        net = ipaddress.ip_network(ob.proxy_address[0])
+        if net not in excludes:
+            excludes.append(net)
     if excludes == list(tun.exclude_routes) and routes == list(tun.routes):
         return tun
     return dataclasses.replace(tun, exclude_routes=tuple(excludes), routes=tuple(routes))

@@ -20,33 +20,7 @@ log = logging.getLogger("ztun.appliance")
 PROG = "ztun-appliance"
 STATS_INTERVAL = 10.0
 
-# argparse dest -> (config key, flag): a flag given on the command line replaces the file's value.
-RUN_FLAGS = {
-    "name": ("tun.name", "--tun-name"),
-    "mtu": ("tun.mtu", "--mtu"),
-    "inet4": ("tun.inet4", "--inet4"),
-    "inet6": ("tun.inet6", "--inet6"),
-    "routes": ("tun.routes", "--route"),
-    "exclude_routes": ("tun.exclude_routes", "--exclude-route"),
-    "auto_route": ("tun.auto_route", "--auto-route"),
-    "strict_route": ("tun.strict_route", "--strict-route"),
-    "table": ("tun.table", "--table"),
-    "rule_priority": ("tun.rule_priority", "--rule-priority"),
-    "fwmark": ("tun.fwmark", "--fwmark"),
-    "offload": ("tun.offload", "--offload"),
-    "napi": ("tun.napi", "--napi"),
-    "lan_interfaces": ("gateway.lan_interfaces", "--lan-interface"),
-    "enable_forwarding": ("gateway.enable_forwarding", "--enable-forwarding"),
-    "udp_timeout": ("flows.udp_timeout", "--udp-timeout"),
-    "connect_timeout": ("flows.connect_timeout", "--connect-timeout"),
-    "tcp_idle_timeout": ("flows.tcp_idle_timeout", "--tcp-idle-timeout"),
-    "log_level": ("log.level", "--log-level"),
-    "log_format": ("log.format", "--log-format"),
-    "outbound": ("outbound", "--outbound"),
-    "dns_mode": ("dns.mode", "--dns-mode"),
-    "metrics_listen": ("metrics.listen", "--metrics-listen"),
-    "control_socket": ("control.socket", "--control-socket"),
-}
+RUN_FLAGS = config_mod.FLAGS  # argparse dest -> (config key, flag)
 
 
 def _int(text: str) -> int:
@@ -104,15 +78,20 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                         "and makes it the default route; "
                         "or 'direct' / 'block' as the default route")
     p.add_argument("--dns-mode", metavar="MODE", help="off, fake-ip or forward (default off)")
+    p.add_argument("--dns-upstream", metavar="ADDRESS:PORT",
+                   help="the DNS server queries go to (port 53 if left out): forward mode's every query, fake-ip's other types")
+    p.add_argument("--dns-fake-ip4", metavar="CIDR", help="fake-ip mode's IPv4 pool, or 'none' (default 198.18.0.0/15)")
+    p.add_argument("--dns-fake-ip6", metavar="CIDR", help="fake-ip mode's IPv6 pool, or 'none' (default fc00::/18)")
     p.add_argument("--log-format", metavar="FORMAT", help="text or json (default text)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics there (default off)")
-    p.add_argument("--control-socket", metavar="PATH", help="unix socket of `ztun-appliance status` (default /run/ztun/control.sock)")
+    p.add_argument("--control-socket", metavar="PATH",
+                   help="unix socket of `ztun-appliance status` (default /run/ztun/TUN-NAME.sock)")
 
 
-def _config_command(sub, name: str, config: str, **texts) -> argparse.ArgumentParser:
-    """A command reading a configuration file (config: "--config" or the positional "config") with every run flag over it."""
+def _config_command(sub, name: str, **texts) -> argparse.ArgumentParser:
+    """A command reading the configuration file of --config with every run flag over it."""
     p = sub.add_parser(name, **texts)
-    p.add_argument(config, metavar="FILE", help="TOML configuration file (see the README's Configuration)")
+    p.add_argument("--config", metavar="FILE", help="TOML configuration file (see the README's Configuration)")
     _run_flags(p)
     return p
 
@@ -121,15 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="ztun: a transparent TUN gateway.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = _config_command(sub, "run", "--config", help="run the gateway in the foreground until SIGINT/SIGTERM",
+    run = _config_command(sub, "run", help="run the gateway in the foreground until SIGINT/SIGTERM",
                           description="Create and configure the TUN device, route traffic into it and answer it. "
                                       "SIGINT or SIGTERM removes everything it added and exits 0. "
                                       "Flags override the values of --config FILE.")
-    check = _config_command(sub, "check-config", "config",
-                            help="validate a configuration file and print the effective configuration",
+    check = _config_command(sub, "check-config", help="validate a configuration file and print the effective configuration",
                             description="Validate FILE (with any run flags applied over it) without touching the system, "
                                         "print the effective configuration (passwords redacted) and exit 0; "
                                         "an invalid configuration exits 2 naming the key, its line and what is expected.")
+    # FILE may come as --config FILE, as for run, or as the positional argument it always took.
+    check.add_argument("config_file", nargs="?", metavar="FILE", help="the same as --config FILE")
 
     cleanup = sub.add_parser("cleanup", help="remove what a crashed run left behind (rules, routes)",
                              description="Remove the rules in ztun's priority range and the routes in its table, "
@@ -207,6 +187,7 @@ def _run(config: AppConfig, reread=None) -> int:
     from ..tun.device import check_privilege
 
     check_privilege(config.tun)  # before anything is touched: a run without privilege says so, in one line
+    _check_lan_interfaces(config)
     interrupts = _Interrupts()
     loop = gateway = forwarder = control = metrics = drops = None
     state = {"config": config}
@@ -266,6 +247,15 @@ def _run(config: AppConfig, reread=None) -> int:
         raise gateway.failure
     log.info("stopped; everything ztun added is removed")
     return 0
+
+
+def _check_lan_interfaces(config: AppConfig) -> None:
+    """Each LAN interface exists on this host: checked at run, not by check-config (a file may be checked elsewhere)."""
+    for name in config.gateway.lan_interfaces:
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise config_mod.config_error(config, ("gateway", "lan_interfaces"), f"{name!r}: no such interface") from None
 
 
 def _describe_flows(config: AppConfig, forwarder) -> str:
@@ -350,6 +340,13 @@ def main(argv=None) -> int:
 
         print(f"ztun {__version__} ({_fast.describe()})")  # names each module when the core is mixed
         return 0
+    if args.command == "check-config":
+        file = getattr(args, "config_file", None)
+        if file is not None and args.config is not None and file != args.config:
+            parser.commands["check-config"].error("give FILE once: as --config FILE or as the argument")
+        if file is None and args.config is None:
+            parser.commands["check-config"].error("the configuration to check is missing: give FILE (or --config FILE)")
+        args.config = args.config or file
     try:
         config = load_config(parser.commands[args.command], args)
     except ConfigError as e:

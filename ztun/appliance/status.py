@@ -31,11 +31,13 @@ import stat
 import sys
 from collections.abc import Callable
 
-from ..errors import ZtunError
+from ..errors import ConfigError, ZtunError
+from ..tun.options import TunOptions
+from .config import control_socket
 
 log = logging.getLogger("ztun.control")
 
-DEFAULT_SOCKET = "/run/ztun/control.sock"  # /run/ztun is the systemd unit's RuntimeDirectory
+DEFAULT_SOCKET = control_socket(TunOptions.name)  # the default appliance's: /run/ztun/ztun0.sock
 MAX_REQUEST = 64  # bytes, newline included: requests are single words
 READ_TIMEOUT = 1.0  # seconds from connect to the request line: `status` sends it at once
 TIMEOUT = 5.0  # seconds to take the reply, once asked
@@ -428,7 +430,8 @@ def _duration(seconds) -> str:
 
 
 def main_status(argv=None, prog: str = "ztun-appliance status") -> int:
-    """`ztun-appliance status [--socket PATH] [--json]`: exit 0 with the status, 1 when it cannot be had."""
+    """`ztun-appliance status [--control-socket PATH | --config FILE | --tun-name NAME] [--json]`:
+    exit 0 with the status, 1 when it cannot be had, 2 when --config cannot be read."""
     parser = argparse.ArgumentParser(prog=prog, description="Show the running appliance's counters and flows.")
     add_status_arguments(parser)
     args = parser.parse_args(argv)
@@ -437,15 +440,39 @@ def main_status(argv=None, prog: str = "ztun-appliance status") -> int:
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     """The status subcommand's flags, for a parser the CLI builds itself."""
-    parser.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
-                        help=f"the appliance's control socket (default {DEFAULT_SOCKET})")
+    parser.add_argument("--control-socket", metavar="PATH",
+                        help="the appliance's control socket (default: the one of --config, else /run/ztun/TUN-NAME.sock)")
+    parser.add_argument("--socket", dest="control_socket", help=argparse.SUPPRESS)  # the old name, kept working
+    parser.add_argument("--config", metavar="FILE", help="the appliance's configuration: its control.socket, or its TUN's")
+    parser.add_argument("--tun-name", metavar="NAME",
+                        help=f"the appliance whose TUN this is (default {TunOptions.name}): its control socket")
     parser.add_argument("--json", action="store_true", help="print the status as one JSON document")
     parser.add_argument("--timeout", type=float, default=TIMEOUT, metavar="SECONDS", help=argparse.SUPPRESS)
 
 
+def socket_path(args) -> str:
+    """The control socket status asks: --control-socket, else --config's (with --tun-name over it), else the TUN's.
+
+    The appliance finds its own the same way (config.control.socket), so each finds the other's by the same names.
+    """
+    if args.control_socket:
+        return args.control_socket
+    if args.config:
+        from .config import load
+
+        overrides = {"tun.name": (args.tun_name, "--tun-name")} if args.tun_name else {}
+        return load(args.config, overrides).control.socket
+    return control_socket(args.tun_name or TunOptions.name)
+
+
 def run_status(args, prog: str = "ztun-appliance status") -> int:
     try:
-        snap = query(args.socket, "status", timeout=args.timeout)
+        path = socket_path(args)
+    except ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        snap = query(path, "status", timeout=args.timeout)
     except ControlError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1

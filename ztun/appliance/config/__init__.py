@@ -13,17 +13,17 @@ render.py   format_config()
 """
 
 from .flags import load, set_key, set_outbound
-from .locate import key_name
+from .locate import config_error, key_name
 from .parse import build, read
 from .render import format_config
-from .schema import (BUILTIN_OUTBOUNDS, KEYS, MATCHERS, MAX_IDLE_SECONDS, MAX_SECONDS, MIN_FAKE_POOL, OUTBOUND_TYPES,
+from .schema import (BUILTIN_OUTBOUNDS, FLAGS, KEYS, MATCHERS, MAX_IDLE_SECONDS, MAX_SECONDS, MIN_FAKE_POOL, OUTBOUND_TYPES,
                      PROTOCOLS, REDACTED, SUN_PATH_MAX, TUN_KEYS, AppConfig, ControlConfig, DnsConfig, FlowsConfig,
-                     GatewayConfig, LogConfig, MetricsConfig, OutboundConfig, RouteConfig, RuleConfig)
+                     GatewayConfig, LogConfig, MetricsConfig, OutboundConfig, RouteConfig, RuleConfig, control_socket)
 
 __all__ = [
     "AppConfig", "ControlConfig", "DnsConfig", "FlowsConfig", "GatewayConfig", "LogConfig", "MetricsConfig",
     "OutboundConfig", "RouteConfig", "RuleConfig",
-    "BUILTIN_OUTBOUNDS", "KEYS", "MATCHERS", "MAX_IDLE_SECONDS", "MAX_SECONDS", "MIN_FAKE_POOL", "OUTBOUND_TYPES",
+    "BUILTIN_OUTBOUNDS", "FLAGS", "KEYS", "MATCHERS", "MAX_IDLE_SECONDS", "MAX_SECONDS", "MIN_FAKE_POOL", "OUTBOUND_TYPES",
     "PROTOCOLS", "REDACTED", "SUN_PATH_MAX", "TUN_KEYS",
-    "build", "format_config", "key_name", "load", "read", "set_key", "set_outbound",
+    "build", "config_error", "control_socket", "format_config", "key_name", "load", "read", "set_key", "set_outbound",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from ...errors import ConfigError
+from .schema import FLAGS
 
 
 def key_name(path: tuple) -> str:
@@ -85,15 +86,62 @@ class _Context:
         self.locator = _Locator(text)
         self.flags = flags  # key name -> the flag that set it
 
-    def fail(self, path: tuple, reason: str):
-        key = key_name(path)
+    def _flag(self, key: str) -> str | None:
+        """The flag that set key (or the table or array holding it)."""
         for origin, flag in self.flags.items():
             if key == origin or key.startswith((origin + ".", origin + "[")):
-                err = ConfigError(f"argument {flag}: {reason}")
-                err.key, err.line, err.flag = key, None, flag
-                raise err
+                return flag
+        return None
+
+    def _by_flag(self, path: tuple, key: str) -> str | None:
+        """key's flag if the error at path is told in flags (its value came from one, or there is no file)."""
+        flag = next((f for k, f in FLAGS.values() if k == key), None)
+        if flag is not None and (self.source is None or self._flag(key_name(path)) is not None):
+            return flag
+        return None
+
+    def name(self, path: tuple, key: str) -> str:
+        """key ("tun.exclude_routes") as the error at path names it: its flag or the key (see setting)."""
+        return self._by_flag(path, key) or key
+
+    def setting(self, path: tuple, key: str, value) -> str:
+        """How to give key this value, told the way the error at path is: as its flag (`--inet6 none`)
+        when path's value came from a flag or there is no file, else as the key (`tun.inet6 = "none"`);
+        a key without a flag always as the key. value: True for a switch, the text of the value, or a list
+        of one text for a key holding a list (a repeatable flag)."""
+        flag = self._by_flag(path, key)
+        one = value[0] if isinstance(value, list) else value
+        if flag is not None:
+            return flag if value is True else f"{flag} {one}"
+        if value is True:
+            return f"{key} = true"
+        return f'{key} = ["{one}"]' if isinstance(value, list) else f'{key} = "{one}"'
+
+    def fail(self, path: tuple, reason: str):
+        key = key_name(path)
+        flag = self._flag(key)
+        if flag is not None:
+            err = ConfigError(f"argument {flag}: {reason}")
+            err.key, err.line, err.flag = key, None, flag
+            raise err
         line = self.locator.line(path) if self.source else None
         where = [p for p in (self.source, f"line {line}" if line else None, key) if p]
         err = ConfigError(": ".join(where + [reason]))
         err.key, err.line, err.flag = key, line, None
         raise err
+
+
+def config_error(config, path: tuple, reason: str) -> ConfigError:
+    """The error of a check made on a loaded configuration (on the host, at run time), worded as
+    load() words its own: naming the flag that set path's value, or the file, line and key."""
+    text = ""
+    if config.source is not None:
+        try:
+            with open(config.source, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError):
+            pass  # no line number, the key still
+    try:
+        _Context(config.source, text, dict(config.flags)).fail(path, reason)
+    except ConfigError as e:
+        return e

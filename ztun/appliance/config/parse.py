@@ -12,11 +12,11 @@ except ModuleNotFoundError:  # Python 3.10
 
 from ...errors import ConfigError
 from ...tun.napi import MODES as NAPI_MODES
-from ...tun.options import IFNAMSIZ, TunOptions
+from ...tun.options import IFNAMSIZ, MIN_MTU6, TunOptions
 from .locate import _Context
 from .routing import _outbounds, _route
 from .schema import (MAX_DEPTH, MAX_FILE_BYTES, MAX_IDLE_SECONDS, MAX_SECONDS, MIN_FAKE_POOL, SUN_PATH_MAX, AppConfig,
-                     ControlConfig, DnsConfig, FlowsConfig, GatewayConfig, LogConfig, MetricsConfig)
+                     ControlConfig, DnsConfig, FlowsConfig, GatewayConfig, LogConfig, MetricsConfig, control_socket)
 from .values import _address, _bool, _choice, _int, _kind, _network, _seconds, _str, _table
 
 
@@ -51,11 +51,40 @@ def _tun(ctx, raw: dict) -> TunOptions:
     # offload, auto: bulk TCP as 1500-byte packets was 1.8x (up) to 3x (down) faster with the thread (README, Performance).
     kw.setdefault("napi", "off" if kw["offload"] or not sys.platform.startswith("linux") else "auto")
     try:
-        return TunOptions(**kw)
+        tun = TunOptions(**kw)
     except ConfigError as e:
         name = getattr(e, "field", None)
         reason = str(e)[len(name) + 2:] if name and str(e).startswith(f"{name}: ") else str(e)
-        ctx.fail(("tun", name) if name else ("tun",), reason)
+        path = ("tun", name) if name else ("tun",)
+        ctx.fail(path, _tun_reason(ctx, path, kw, reason))
+    for net in tun.routes:
+        own = getattr(tun, f"inet{net.version}")
+        if net.subnet_of(own.network):
+            path = ("tun", "routes")
+            ctx.fail(path, f"{net} is inside the TUN's own prefix ({ctx.setting(path, f'tun.inet{net.version}', own)}): "
+                           f"those addresses are on the TUN already; route the addresses to be proxied")
+    return tun
+
+
+def _tun_reason(ctx, path, kw: dict, reason: str) -> str:
+    """TunOptions' reason, its fix told as a flag or a key (ctx.setting) where it names another key."""
+    name = path[-1]
+    if name == "mtu" and "IPv6 minimum" in reason:
+        return (f"{kw['mtu']} is below {MIN_MTU6}, the IPv6 minimum, and the TUN has IPv6; raise it, or leave IPv6 "
+                f"off the TUN with {ctx.setting(path, 'tun.inet6', 'none')}")
+    if name == "exclude_routes" and reason.startswith("only cuts into routes"):
+        return (f"only cuts into routes; give {ctx.setting(path, 'tun.routes', ['CIDR'])} or "
+                f"{ctx.setting(path, 'tun.auto_route', True)} too")
+    if name == "strict_route" and reason.startswith("applies to auto_route"):
+        return f"applies to {ctx.name(path, 'tun.auto_route')} only; give {ctx.setting(path, 'tun.auto_route', True)} too"
+    if name == "routes" and reason.endswith("is not set"):
+        net = reason.split()[0]
+        version = 6 if ":" in net else 4
+        return f"{net} is IPv{version} but the TUN has no IPv{version} address; give it one with {ctx.setting(path, f'tun.inet{version}', 'CIDR')}"
+    if name == "inet4" and "both unset" in reason:
+        return (f"the TUN needs an IPv4 or an IPv6 prefix, and {ctx.name(path, 'tun.inet4')} and "
+                f"{ctx.name(path, 'tun.inet6')} are both none")
+    return reason
 
 
 def _flows(ctx, raw: dict) -> FlowsConfig:
@@ -81,7 +110,12 @@ def _gateway(ctx, raw: dict) -> GatewayConfig:
                 ctx.fail(path, f"must be a list of interface names (1..{IFNAMSIZ - 1} bytes, no '/' or spaces), got {_kind(name)}")
         kw["lan_interfaces"] = tuple(dict.fromkeys(v))
     if "enable_forwarding" in t:
-        kw["enable_forwarding"] = _bool(ctx, ("gateway", "enable_forwarding"), t["enable_forwarding"])
+        path = ("gateway", "enable_forwarding")
+        kw["enable_forwarding"] = _bool(ctx, path, t["enable_forwarding"])
+        if kw["enable_forwarding"] and not kw.get("lan_interfaces"):
+            # It turns forwarding on for the hosts of the LAN interfaces: alone it would do nothing.
+            ctx.fail(path, f"turns forwarding on for LAN hosts; name their interfaces with "
+                           f"{ctx.setting(path, 'gateway.lan_interfaces', ['NAME'])} (or leave it out)")
     return GatewayConfig(**kw)
 
 
@@ -96,8 +130,10 @@ def _log(ctx, raw: dict) -> LogConfig:
 
 
 
-def _fake_pool(ctx, path, key: str, value, version: int, tun: TunOptions | None):
-    """A fake-IP pool (None for "none"); with tun (fake-ip mode) also big enough and routable into the TUN."""
+def _fake_pool(ctx, path, key: str, value, version: int, tun: TunOptions | None, default: bool = False):
+    """A fake-IP pool (None for "none"); with tun (fake-ip mode) also big enough and routable into the TUN.
+
+    default: value is the built-in pool and path is dns.mode (the key that asked for a pool)."""
     if not isinstance(value, str):
         ctx.fail(path, f"must be an IPv{version} CIDR or \"none\", got {_kind(value)}")
     if value.strip().lower() in ("none", "off"):
@@ -105,17 +141,19 @@ def _fake_pool(ctx, path, key: str, value, version: int, tun: TunOptions | None)
     net = _network(ctx, path, value.strip(), version)
     if tun is None:
         return net
+    what = f"the default IPv{version} pool {net}" if default else f"{net}"
+    fix = f"give another pool with {ctx.setting(path, f'dns.{key}', 'CIDR')}" if default else "move one of them"
     if net.num_addresses < MIN_FAKE_POOL:
-        ctx.fail(path, f"{key} = {net} has {net.num_addresses} addresses; a fake-IP pool needs at least "
+        ctx.fail(path, f"{net} has {net.num_addresses} addresses; a fake-IP pool needs at least "
                        f"{MIN_FAKE_POOL} (/{net.max_prefixlen - 8} or wider)")
     own = getattr(tun, f"inet{version}")
     if own is not None and net.overlaps(own.network):
-        ctx.fail(path, f"{key} = {net} overlaps the TUN's own prefix tun.inet{version} = {own}; "
-                       f"move one of them")
+        ctx.fail(path, f"{what} overlaps the TUN's own prefix ({ctx.setting(path, f'tun.inet{version}', own)}); "
+                       f"{fix}" + (f", or move the TUN's" if default else ""))
     for excluded in tun.exclude_routes:
         if excluded.version == version and net.overlaps(excluded):
-            ctx.fail(path, f"{key} = {net} overlaps {excluded} in tun.exclude_routes: "
-                           f"fake addresses must be routed into the TUN")
+            ctx.fail(path, f"{what} overlaps {excluded} in {ctx.name(path, 'tun.exclude_routes')}: "
+                           f"fake addresses must be routed into the TUN" + (f"; {fix}" if default else ""))
     return net
 
 
@@ -129,10 +167,12 @@ def _dns(ctx, raw, names, tun: TunOptions) -> DnsConfig:
         if k in t:
             kw[k] = _fake_pool(ctx, ("dns", k), k, t[k], version, tun if fake else None)
         elif fake:  # the default pool must fit this TUN too; the error points at mode
-            kw[k] = _fake_pool(ctx, ("dns", "mode"), f"{k} (default)", str(getattr(d, k)), version, tun)
+            kw[k] = _fake_pool(ctx, ("dns", "mode"), k, str(getattr(d, k)), version, tun, default=True)
     pools = {k: kw.get(k, getattr(d, k)) for k in ("fake_ip4", "fake_ip6")}
     if fake and not any(pools.values()):
-        ctx.fail(("dns", "fake_ip4"), "fake-ip mode needs a pool: fake_ip4 and fake_ip6 are both \"none\"")
+        path = ("dns", "fake_ip4")
+        ctx.fail(path, f"fake-ip mode needs a pool: {ctx.name(path, 'dns.fake_ip4')} and "
+                       f"{ctx.name(path, 'dns.fake_ip6')} are both none")
     if "capacity" in t:
         kw["capacity"] = _int(ctx, ("dns", "capacity"), t["capacity"], 1, 1 << 24)
     capacity = kw.get("capacity", d.capacity)
@@ -147,7 +187,9 @@ def _dns(ctx, raw, names, tun: TunOptions) -> DnsConfig:
     if "upstream" in t:
         kw["upstream"] = _address(ctx, ("dns", "upstream"), t["upstream"], default_port=53, ip_only=True)
     if mode == "forward" and kw.get("upstream") is None:
-        ctx.fail(("dns", "mode"), "mode \"forward\" needs upstream = \"address:port\" (the DNS server queries go to)")
+        path = ("dns", "mode")
+        ctx.fail(path, f"mode \"forward\" needs the DNS server queries go to: "
+                       f"{ctx.setting(path, 'dns.upstream', 'ADDRESS:PORT')}")
     if "outbound" in t:
         name = _str(ctx, ("dns", "outbound"), t["outbound"], "an outbound name")
         if name not in names:
@@ -163,10 +205,10 @@ def _metrics(ctx, raw) -> MetricsConfig:
     return MetricsConfig(listen=_address(ctx, ("metrics", "listen"), t["listen"]))
 
 
-def _control(ctx, raw) -> ControlConfig:
+def _control(ctx, raw, tun: TunOptions) -> ControlConfig:
     t = _table(ctx, ("control",), raw, "control")
     if "socket" not in t:
-        return ControlConfig()
+        return ControlConfig(socket=control_socket(tun.name))
     path = _str(ctx, ("control", "socket"), t["socket"], "a unix socket path")
     if "\0" in path or len(path.encode()) > SUN_PATH_MAX:
         ctx.fail(("control", "socket"), f"a unix socket path has at most {SUN_PATH_MAX} bytes and no NUL, "
@@ -184,7 +226,7 @@ def build(data: dict, *, source: str | None = None, text: str = "", flags: dict 
     tun = _tun(ctx, top.get("tun", {}))
     outbounds = _outbounds(ctx, top.get("outbounds", []))
     names = [o.name for o in outbounds]
-    return AppConfig(
+    config = AppConfig(
         tun=tun,
         flows=_flows(ctx, top.get("flows", {})),
         gateway=_gateway(ctx, top.get("gateway", {})),
@@ -193,9 +235,26 @@ def build(data: dict, *, source: str | None = None, text: str = "", flags: dict 
         route=_route(ctx, top.get("route", {}), names),
         dns=_dns(ctx, top.get("dns", {}), names, tun),
         metrics=_metrics(ctx, top.get("metrics", {})),
-        control=_control(ctx, top.get("control", {})),
+        control=_control(ctx, top.get("control", {}), tun),
         source=source,
+        flags=tuple(ctx.flags.items()),
     )
+    _check_proxies_routed(ctx, config, top.get("outbounds"))
+    return config
+
+
+def _check_proxies_routed(ctx, config: AppConfig, raw) -> None:
+    """A SOCKS5 outbound with nothing routed into the TUN would get no traffic (and its address,
+    which ztun keeps out of the TUN's routes, would have nothing to be cut out of): say what to add."""
+    tun, dns = config.tun, config.dns
+    pools = (dns.fake_ip4, dns.fake_ip6) if dns.mode == "fake-ip" else ()
+    if tun.routes or tun.auto_route or any(p is not None and getattr(tun, f"inet{p.version}") for p in pools):
+        return
+    for i, o in enumerate(raw or ()):
+        if isinstance(o, dict) and any(ob.name == o.get("name") and ob.type == "socks5" for ob in config.outbounds):
+            path = ("outbounds", i)
+            ctx.fail(path, f"socks5 outbound {o['name']!r} would get no traffic: nothing is routed into the TUN; "
+                           f"give {ctx.setting(path, 'tun.routes', ['CIDR'])} or {ctx.setting(path, 'tun.auto_route', True)}")
 
 
 def read(path: str) -> tuple[dict, str]:

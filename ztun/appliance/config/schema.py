@@ -14,6 +14,7 @@ MIN_FAKE_POOL = 256  # addresses; a smaller pool would recycle addresses of live
 SUN_PATH_MAX = 107  # bytes of a unix socket path, without the terminating NUL
 MAX_FILE_BYTES = 1 << 20  # a configuration is a few KiB: a larger file is not one
 MAX_DEPTH = 16  # tables and arrays inside each other; a configuration needs 4 (route.rules[i].cidr)
+CONTROL_DIR = "/run/ztun"  # the systemd unit's RuntimeDirectory
 REDACTED = "********"
 BUILTIN_OUTBOUNDS = ("direct", "block")
 OUTBOUND_TYPES = ("direct", "block", "socks5")
@@ -86,9 +87,15 @@ class MetricsConfig:
     listen: str | None = None  # "host:port"
 
 
+def control_socket(tun_name: str) -> str:
+    """The default control socket of the appliance whose TUN is tun_name: one per TUN, so that two
+    appliances on one host (in two network namespaces, say) do not take each other's."""
+    return f"{CONTROL_DIR}/{tun_name}.sock"
+
+
 @dataclass(frozen=True)
 class ControlConfig:
-    socket: str = "/run/ztun/control.sock"  # /run/ztun is the systemd unit's RuntimeDirectory
+    socket: str = control_socket(TunOptions.name)  # build() derives it from tun.name when control.socket is unset
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ class AppConfig:
     metrics: MetricsConfig = MetricsConfig()
     control: ControlConfig = ControlConfig()
     source: str | None = None  # the file it was read from
+    flags: tuple = field(default=(), compare=False, repr=False)  # (key, flag) of each value a flag set, for errors found later
 
     def outbound(self, name: str) -> OutboundConfig:
         """The outbound called name (every name a rule, the default or dns.outbound uses exists)."""
@@ -130,3 +138,35 @@ KEYS = {
 }
 MATCHERS = KEYS["route.rules"][1:]
 SOCKS5_KEYS = KEYS["outbounds"][3:]  # a socks5 outbound's keys instead of url
+
+# The run flags: argparse dest -> (config key, flag). A flag given on the command line replaces the
+# file's value; errors name the flag of a key where it has one.
+FLAGS = {
+    "name": ("tun.name", "--tun-name"),
+    "mtu": ("tun.mtu", "--mtu"),
+    "inet4": ("tun.inet4", "--inet4"),
+    "inet6": ("tun.inet6", "--inet6"),
+    "routes": ("tun.routes", "--route"),
+    "exclude_routes": ("tun.exclude_routes", "--exclude-route"),
+    "auto_route": ("tun.auto_route", "--auto-route"),
+    "strict_route": ("tun.strict_route", "--strict-route"),
+    "table": ("tun.table", "--table"),
+    "rule_priority": ("tun.rule_priority", "--rule-priority"),
+    "fwmark": ("tun.fwmark", "--fwmark"),
+    "offload": ("tun.offload", "--offload"),
+    "napi": ("tun.napi", "--napi"),
+    "lan_interfaces": ("gateway.lan_interfaces", "--lan-interface"),
+    "enable_forwarding": ("gateway.enable_forwarding", "--enable-forwarding"),
+    "udp_timeout": ("flows.udp_timeout", "--udp-timeout"),
+    "connect_timeout": ("flows.connect_timeout", "--connect-timeout"),
+    "tcp_idle_timeout": ("flows.tcp_idle_timeout", "--tcp-idle-timeout"),
+    "log_level": ("log.level", "--log-level"),
+    "log_format": ("log.format", "--log-format"),
+    "outbound": ("outbound", "--outbound"),
+    "dns_mode": ("dns.mode", "--dns-mode"),
+    "dns_upstream": ("dns.upstream", "--dns-upstream"),
+    "dns_fake_ip4": ("dns.fake_ip4", "--dns-fake-ip4"),
+    "dns_fake_ip6": ("dns.fake_ip6", "--dns-fake-ip6"),
+    "metrics_listen": ("metrics.listen", "--metrics-listen"),
+    "control_socket": ("control.socket", "--control-socket"),
+}
