@@ -1,5 +1,6 @@
 """The Prometheus endpoint: names, labels and values of a scrape, the published copy, listen parsing, shutdown."""
 
+import gzip
 import socket
 import urllib.request
 
@@ -172,3 +173,69 @@ def test_parse_listen_errors_name_the_key(text, message):
         parse_listen(text)
     assert str(e.value).startswith("metrics.listen: ")
 
+
+
+def hold(server, n: int) -> list:
+    """n connections that each send half a request and then nothing."""
+    held = []
+    for _ in range(n):
+        c = socket.create_connection(server.address[:2], timeout=10)
+        c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        held.append(c)
+    return held
+
+
+def closed_by_server(conn, timeout: float) -> bool:
+    conn.settimeout(timeout)
+    try:
+        return conn.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_held_connections_do_not_keep_a_scrape_out(loop):
+    with MetricsServer(loop, "127.0.0.1:0", Appliance().snapshot) as server:
+        held = hold(server, 300)
+        try:
+            for _ in range(3):
+                assert scrape(server)[("ztun_packets_in_total", ())] == 10
+            # At most MAX_CONNECTIONS are open: the server closed the oldest slow clients to make room.
+            assert closed_by_server(held[0], 5.0) and closed_by_server(held[100], 5.0)
+            assert not closed_by_server(held[-1], 0.2)
+        finally:
+            for c in held:
+                c.close()
+
+
+def test_a_slow_client_is_cut_off_at_its_deadline(loop):
+    with MetricsServer(loop, "127.0.0.1:0", Appliance().snapshot, header_timeout=0.3) as server:
+        held = hold(server, 3)
+        try:
+            assert all(closed_by_server(c, 5.0) for c in held)
+            assert scrape(server)[("ztun_packets_in_total", ())] == 10
+        finally:
+            for c in held:
+                c.close()
+
+
+def test_bad_and_odd_requests_get_an_answer(loop):
+    with MetricsServer(loop, "127.0.0.1:0", Appliance().snapshot) as server:
+        def ask(raw: bytes) -> bytes:
+            with socket.create_connection(server.address[:2], timeout=5) as c:
+                c.sendall(raw)
+                out = b""
+                while chunk := c.recv(65536):
+                    out += chunk
+                return out
+
+        assert ask(b"nonsense\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        assert ask(b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")
+        assert ask(b"GET /x HTTP/1.1\r\n" + b"X: y\r\n" * 2000).startswith(b"HTTP/1.1 431 ")
+        head = ask(b"HEAD /metrics HTTP/1.1\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+        gz = ask(b"GET /metrics HTTP/1.1\r\nAccept-Encoding: gzip\r\n\r\n")
+        assert b"Content-Encoding: gzip" in gz and b"ztun_packets_in_total 10.0" in gzip.decompress(gz.split(b"\r\n\r\n", 1)[1])
+        filtered = ask(b"GET /metrics?name[]=ztun_packets_in_total HTTP/1.1\r\n\r\n").split(b"\r\n\r\n", 1)[1]
+        assert b"ztun_packets_in_total 10.0" in filtered and b"ztun_bytes_in" not in filtered

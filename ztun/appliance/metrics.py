@@ -8,6 +8,12 @@ replacing one attribute (an atomic reference store). A scrape reads whatever cop
 at most `interval` seconds old, never a dict the loop is changing, and a scrape never waits
 for the loop. `ztun_snapshot_age_seconds` says how old it is: it grows if the loop is stuck.
 
+The HTTP endpoint is ztun's own (HttpEndpoint): one thread, one selector, non-blocking
+sockets, so a slow or idle client costs a socket, not a thread. A client has HEADER_TIMEOUT
+to send its request and WRITE_TIMEOUT to take the answer; at most MAX_CONNECTIONS are open,
+and one more closes the oldest still sending its request, so held-open connections never
+keep a scrape out. prometheus_client renders the answer (text or OpenMetrics, gzip).
+
 Names (prometheus_client appends _total to counters):
   ztun_<counter>_total            each key of snapshot["counters"]
   ztun_<gauge>                    each key of snapshot["gauges"]
@@ -20,10 +26,15 @@ plus prometheus_client's process_* metrics (CPU, memory, open fds) of the applia
 
 from __future__ import annotations
 
+import gzip
 import logging
 import re
+import selectors
+import socket
+import threading
 import time
 from collections.abc import Callable
+from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigError, ZtunError
 from ..net import endpoint_text
@@ -33,6 +44,12 @@ log = logging.getLogger("ztun.metrics")
 
 INTERVAL = 1.0  # seconds between published snapshots
 DEFAULT_PORT = 9477
+HEADER_TIMEOUT = 5.0  # seconds a client has, from its connect, to send the whole request
+WRITE_TIMEOUT = 10.0  # seconds it has to take the whole answer
+MAX_CONNECTIONS = 32  # open at once; one more closes the oldest still sending its request
+MAX_REQUEST = 8192  # bytes of request line and headers
+LINGER = 2.0  # seconds an answered client has to close its end
+BACKLOG = 128  # connections the kernel queues before the endpoint accepts them (a SYN is never dropped for a burst)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -143,10 +160,11 @@ def _labelled(family, items):
 class MetricsServer:
     """The HTTP endpoint at listen ("host:port"; port 0 picks one) serving snapshot's metrics until close()."""
 
-    def __init__(self, loop, listen: str, snapshot: Callable[..., dict], *, interval: float = INTERVAL):
+    def __init__(self, loop, listen: str, snapshot: Callable[..., dict], *, interval: float = INTERVAL,
+                 header_timeout: float = HEADER_TIMEOUT, write_timeout: float = WRITE_TIMEOUT,
+                 max_connections: int = MAX_CONNECTIONS):
         host, port = parse_listen(listen)
         try:
-            import prometheus_client
             from prometheus_client import CollectorRegistry, ProcessCollector
         except ImportError:
             raise ZtunError("metrics.listen is set but prometheus_client is not installed: "
@@ -157,29 +175,241 @@ class MetricsServer:
         registry.register(SnapshotCollector(self.published.get))
         ProcessCollector(registry=registry)
         try:
-            started = prometheus_client.start_http_server(port, host, registry=registry)
+            self._endpoint = HttpEndpoint(host, port, lambda request: _render(registry, request),
+                                          header_timeout=header_timeout, write_timeout=write_timeout,
+                                          max_connections=max_connections)
         except OSError as e:
             self.published.close()
             raise ZtunError(f"metrics.listen {listen}: cannot listen: {e.strerror or e}") from None
-        if not isinstance(started, tuple):  # prometheus_client < 0.20 returns nothing: no way to stop it
-            self.published.close()
-            raise ZtunError(f"prometheus_client {getattr(prometheus_client, '__version__', '?')} is too old: "
-                            f"ztun needs 0.20 or later")
-        self._server, self._thread = started
-        self.address = self._server.server_address[:2]
+        self.address = self._endpoint.address
         log.info("metrics on http://%s/metrics", endpoint_text(self.address))
 
     def close(self) -> None:
-        """Stop answering scrapes and publishing snapshots. Idempotent; waits at most ~1 s."""
+        """Stop answering scrapes and publishing snapshots. Idempotent."""
         self.published.close()
-        if self._server is not None:
-            self._server.shutdown()  # serve_forever notices within its 0.5 s poll interval
-            self._server.server_close()
-            self._thread.join(timeout=2.0)
-            self._server = None
+        self._endpoint.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _render(registry, request: "Request") -> tuple[int, dict, bytes]:
+    """(status, headers, body) for one request, as prometheus_client's own server answers it."""
+    from prometheus_client.exposition import choose_encoder
+
+    if request.method not in ("GET", "HEAD"):
+        return 405, {"Allow": "GET, HEAD"}, b"only GET and HEAD\n"
+    url = urlsplit(request.target)
+    if url.path == "/favicon.ico":
+        return 404, {}, b""
+    names = parse_qs(url.query).get("name[]")
+    encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+    body = encoder(_Only(registry, set(names)) if names else registry)
+    headers = {"Content-Type": content_type}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        body = gzip.compress(body, compresslevel=1)
+        headers["Content-Encoding"] = "gzip"
+    return 200, headers, body
+
+
+class _Only:
+    """The samples of registry named in names (`?name[]=...`); restricted_registry() would need describe()."""
+
+    def __init__(self, registry, names: set):
+        self._registry, self._names = registry, names
+
+    def collect(self):
+        for family in self._registry.collect():
+            family.samples = [s for s in family.samples if s.name in self._names]
+            if family.samples:
+                yield family
+
+
+class Request:
+    """One parsed HTTP request: method, target, headers (names lower-cased)."""
+
+    __slots__ = ("method", "target", "headers")
+
+    def __init__(self, head: bytes):
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            raise ValueError("bad request line")
+        self.method, self.target = parts[0], parts[1]
+        self.headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                self.headers[name.strip().lower()] = value.strip()
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+
+
+def _response(status: int, headers: dict, body: bytes, head_only: bool = False) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}", f"Content-Length: {len(body)}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
+
+
+class _Conn:
+    """One client: what it sent so far, what is left to send it (None: not yet; empty: all sent), its deadline."""
+
+    __slots__ = ("sock", "inbuf", "out", "deadline")
+
+    def __init__(self, sock, deadline: float):
+        self.sock, self.inbuf, self.out, self.deadline = sock, b"", None, deadline
+
+
+class HttpEndpoint:
+    """A small HTTP/1.1 server on its own thread: one request per connection, answered by handler(Request).
+
+    handler returns (status, headers, body) and runs on the endpoint's thread, never the
+    appliance's loop. Slow clients are cut off at their deadline; at max_connections, a new
+    client closes the oldest one still sending its request (or, if all are being answered,
+    is closed itself).
+    """
+
+    def __init__(self, host: str, port: int, handler, *, header_timeout: float = HEADER_TIMEOUT,
+                 write_timeout: float = WRITE_TIMEOUT, max_connections: int = MAX_CONNECTIONS):
+        self._handler = handler
+        self.header_timeout, self.write_timeout, self.max_connections = header_timeout, write_timeout, max_connections
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind(sockaddr)
+            self._listener.listen(BACKLOG)
+            self._listener.setblocking(False)
+            self._wake_r, self._wake_w = socket.socketpair()
+        except OSError:
+            self._listener.close()
+            raise
+        self.address = self._listener.getsockname()[:2]
+        self._conns: dict = {}  # socket -> _Conn, oldest first
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, name="ztun-metrics", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop: the thread closes every socket and ends. Idempotent; waits at most ~2 s."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        self._thread.join(timeout=2.0)
+        self._wake_w.close()
+
+    def _serve(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._closing:
+                timeout = None
+                if self._conns:
+                    timeout = max(0.0, min(c.deadline for c in self._conns.values()) - time.monotonic())
+                for key, _ in sel.select(timeout):
+                    if key.fileobj is self._listener:
+                        self._accept(sel)
+                    elif key.fileobj is not self._wake_r and key.fileobj in self._conns:
+                        self._step(sel, self._conns[key.fileobj])
+                now = time.monotonic()
+                for conn in [c for c in self._conns.values() if c.deadline <= now]:
+                    self._drop(sel, conn)
+        except Exception:
+            log.exception("metrics: the HTTP endpoint failed; no more scrapes are answered")
+        finally:
+            for conn in list(self._conns.values()):
+                self._drop(sel, conn)
+            sel.close()
+            self._listener.close()
+            self._wake_r.close()
+
+    def _accept(self, sel) -> None:
+        for _ in range(BACKLOG):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # out of descriptors, or the client left: try again on the next event
+                log.debug("metrics: accept: %s", e)
+                return
+            if len(self._conns) >= self.max_connections:
+                oldest = next((c for c in self._conns.values() if not c.out), None)  # sending, or answered
+                if oldest is None:
+                    sock.close()
+                    continue
+                self._drop(sel, oldest)
+            sock.setblocking(False)
+            conn = _Conn(sock, time.monotonic() + self.header_timeout)
+            self._conns[sock] = conn
+            sel.register(sock, selectors.EVENT_READ)
+
+    def _step(self, sel, conn: _Conn) -> None:
+        """Read more of conn's request, or send more of its answer."""
+        try:
+            if conn.out is None:
+                data = conn.sock.recv(4096)
+                if not data:
+                    self._drop(sel, conn)
+                    return
+                conn.inbuf += data
+                end = conn.inbuf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(conn.inbuf) > MAX_REQUEST:
+                        self._answer(sel, conn, _response(431, {}, b""))
+                    return
+                self._answer(sel, conn, self._respond(conn.inbuf[:end]))
+            elif conn.out:
+                self._send(sel, conn)
+            elif not conn.sock.recv(4096):  # answered: discard what it sends until it closes
+                self._drop(sel, conn)
+        except OSError:
+            self._drop(sel, conn)
+
+    def _respond(self, head: bytes) -> bytes:
+        try:
+            request = Request(head)
+        except ValueError:
+            return _response(400, {}, b"")
+        try:
+            status, headers, body = self._handler(request)
+        except Exception:
+            log.exception("metrics: rendering a scrape failed")
+            return _response(500, {}, b"")
+        return _response(status, headers, body, head_only=request.method == "HEAD")
+
+    def _answer(self, sel, conn: _Conn, data: bytes) -> None:
+        conn.out = memoryview(data)
+        conn.deadline = time.monotonic() + self.write_timeout
+        sel.modify(conn.sock, selectors.EVENT_WRITE)
+        self._send(sel, conn)
+
+    def _send(self, sel, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.out = conn.out[sent:]
+        if not conn.out:
+            # Shut our side and wait for the client's close: closing with its bytes unread would
+            # reset the connection and could discard the end of the answer still in flight.
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.deadline = min(conn.deadline, time.monotonic() + LINGER)
+            sel.modify(conn.sock, selectors.EVENT_READ)
+
+    def _drop(self, sel, conn: _Conn) -> None:
+        self._conns.pop(conn.sock, None)
+        try:
+            sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
