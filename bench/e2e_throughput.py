@@ -94,9 +94,10 @@ for srv, fn in servers[1:]:
 serve(*servers[0])
 """
 
-# mode (down | up | cps), the server, seconds, the SOCKS5 proxy host:port or "-" for none, and
-# for cps the connections kept in flight (4 processes, each with that many / 4 threads). It
-# prints "go" as the measured window starts and the result as it ends (CPU is read between).
+# mode (down | up | cps | rtt: 3,000 1-byte round trips to the echo server, p50 and p99 in us),
+# the server, seconds, the SOCKS5 proxy host:port or "-" for none, and for cps the connections
+# kept in flight (4 processes, each with that many / 4 threads). It prints "go" as the
+# measured window starts and the result as it ends (CPU is read between).
 SOCKS_LOAD = r"""
 import multiprocessing, socket, struct, sys, threading, time
 mode, server, seconds, proxy = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
@@ -187,22 +188,6 @@ def serve(c):
             c.sendall(d)
 while True:
     threading.Thread(target=serve, args=(srv.accept()[0],), daemon=True).start()
-"""
-
-RTT_CLIENT = r"""
-import socket, sys, time
-s = socket.create_connection((sys.argv[1], 9009), timeout=10)
-s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-n = int(sys.argv[2])
-out = []
-for i in range(n + 200):
-    t = time.perf_counter_ns()
-    s.send(b"x")
-    s.recv(1)
-    if i >= 200:
-        out.append(time.perf_counter_ns() - t)
-out.sort()
-print(out[len(out) // 2] / 1000, out[len(out) * 99 // 100] / 1000)
 """
 
 HOLD_CONNECTIONS = r"""
@@ -395,7 +380,8 @@ class Bench:
             if pid and want & {"tcp", "cps"}:
                 time.sleep(SETTLE)
             cpu1, t1 = _cpu(pid), time.monotonic()
-            p50, p99 = map(float, self.ns(self.load, sys.executable, "-c", RTT_CLIENT, SERVER4, "3000").stdout.split())
+            rtt = self.ns(self.load, sys.executable, "-c", SOCKS_LOAD, "rtt", SERVER4, "1", "-", "1").stdout.split("\n")[1]
+            p50, p99 = map(float, rtt.split())
             out["rtt_p50"] = (p50, "us")
             out["rtt_p99"] = (p99, "us")
             if pid:
