@@ -666,3 +666,61 @@ def test_first_failure_of_a_kind_is_logged_once(caplog):
     warnings = [r for r in caplog.records if r.name == "ztun.socks5"]
     assert len(warnings) == 1 and "method selection has version 4" in warnings[0].getMessage()
     assert out.counters["socks_bad_version"] == 3
+
+
+# --- the health probe ----------------------------------------------------------------------
+
+
+def probe(loop, out, timeout=5.0):
+    results = []
+    out.probe(results.append)
+    assert results == []  # never called synchronously
+    assert run_until(loop, lambda: results, timeout), "probe never finished"
+    return results
+
+
+def greet_only(credentials=None):
+    def script(conn, proxy):
+        proxy.requests.append(greet(conn, credentials))
+        conn.recv(1)  # the probe closes after the greeting: it sends no request
+
+    return script
+
+
+def test_probe_greets_authenticates_and_closes_without_a_request():
+    before = fds()
+    with Loop() as loop, FakeProxy(greet_only((b"u", b"p"))) as proxy:
+        out = Socks5Outbound(loop, *proxy.address, username="u", password="p")
+        assert probe(loop, out) == [None]
+        assert run_until(loop, lambda: proxy.requests) and proxy.requests == [True]
+        assert out.counters == {"tcp_ok": 0, "tcp_failed": 0}  # a probe is not a flow
+    assert fds_back_to(before)
+
+
+def test_probe_wrong_password_says_so_and_counts_nothing(caplog):
+    with Loop() as loop, FakeProxy(greet_only((b"u", b"p"))) as proxy:
+        out = Socks5Outbound(loop, *proxy.address, username="u", password="wrong")
+        (error,) = probe(loop, out)
+        assert error == (f"socks5 proxy 127.0.0.1:{proxy.address[1]}: authentication failed (status 0x1): "
+                         f"wrong username or password")
+        assert out.counters == {"tcp_ok": 0, "tcp_failed": 0}
+    assert not [r for r in caplog.records if r.name == "ztun.socks5"]  # the health check logs it, once
+
+
+def test_probe_dead_port_is_connection_refused():
+    port = socket.create_server(("127.0.0.1", 0))
+    address = port.getsockname()
+    port.close()
+    with Loop() as loop:
+        out = Socks5Outbound(loop, *address)
+        (error,) = probe(loop, out)
+        assert error == f"socks5 proxy 127.0.0.1:{address[1]}: connect: {os.strerror(errno.ECONNREFUSED)}"
+
+
+def test_probe_has_one_deadline():
+    with Loop() as loop, FakeProxy(lambda conn, proxy: proxy.stop.wait(5)) as proxy:
+        out = Socks5Outbound(loop, *proxy.address, connect_timeout=0.3)
+        start = time.monotonic()
+        (error,) = probe(loop, out)
+        assert time.monotonic() - start < 2
+        assert "no complete answer within 0.3s (waiting for the method selection" in error

@@ -145,10 +145,10 @@ class _Fail(Exception):
         self.err, self.counter, self.reason = err, counter, reason
 
 
-def negotiate(username: bytes | None, password: bytes | None, command: int, address: bytes, what: str):
-    """Greeting, optional RFC 1929 auth, one request; returns the reply's bound (host, port).
+def greet(username: bytes | None, password: bytes | None):
+    """Greeting and optional RFC 1929 auth: the part of every negotiation a health probe runs alone.
 
-    Yields _Send and _Recv steps; each _Recv is answered with exactly n bytes. Raises _Fail.
+    Yields _Send and _Recv steps; raises _Fail.
     """
     methods = bytes((METHOD_NONE, METHOD_USERPASS)) if username is not None else bytes((METHOD_NONE,))
     yield _Send(bytes((VERSION, len(methods))) + methods, "greeting")
@@ -168,6 +168,14 @@ def negotiate(username: bytes | None, password: bytes | None, command: int, addr
                         f"authentication failed (status {status:#x}): wrong username or password")
     elif method != METHOD_NONE:
         raise _Fail(errno.EPROTO, "socks_bad_method", f"chose authentication method {method:#x}, which was not offered")
+
+
+def negotiate(username: bytes | None, password: bytes | None, command: int, address: bytes, what: str):
+    """Greeting, optional RFC 1929 auth, one request; returns the reply's bound (host, port).
+
+    Yields _Send and _Recv steps; each _Recv is answered with exactly n bytes. Raises _Fail.
+    """
+    yield from greet(username, password)
     yield _Send(bytes((VERSION, command, 0)) + address, "request")
     ver, rep, _rsv, atyp = yield _Recv(4, f"{what} reply")
     if ver != VERSION:
@@ -197,14 +205,16 @@ class Handshake:
 
     on_done(sock, (host, port)) after a successful reply (the reply's bound address), or
     on_done(None, OSError) with a reason naming the proxy and what went wrong; called once,
-    always from the loop.
+    always from the loop. count(counter, reason) hears of a failure (default: the outbound's
+    counters; a health probe counts nothing there).
     """
 
-    __slots__ = ("outbound", "loop", "steps", "on_done", "sock", "connecting", "timer", "done",
+    __slots__ = ("outbound", "loop", "steps", "on_done", "count", "sock", "connecting", "timer", "done",
                  "buf", "need", "what", "pending", "reading", "writing")
 
-    def __init__(self, outbound: "Socks5Outbound", steps, on_done):
+    def __init__(self, outbound: "Socks5Outbound", steps, on_done, count=None):
         self.outbound, self.loop, self.steps, self.on_done = outbound, outbound.loop, steps, on_done
+        self.count = outbound.count if count is None else count
         self.sock = None
         self.done = False
         self.buf = bytearray()
@@ -363,7 +373,7 @@ class Handshake:
         if sock is not None:
             sock.close()
         reason = f"socks5 proxy {self.outbound.label}: {reason}"
-        self.outbound.count(counter, reason)
+        self.count(counter, reason)
         self.on_done(None, OSError(err, reason))
 
     def cancel(self):
@@ -592,6 +602,9 @@ class Socks5Outbound:
         self.fwmark = fwmark
         self.connect_timeout = connect_timeout
         self.counters: dict[str, int] = {"tcp_ok": 0, "tcp_failed": 0}
+        # The last health probe's result (ztun.appliance.health keeps it): state "unknown" (not probed
+        # yet), "ok" or "failing"; error, the failing probe's reason; checked, its time.time().
+        self.health: dict = {"state": "unknown", "error": None, "checked": None}
 
     @classmethod
     def from_url(cls, loop, url: str, **kw) -> "Socks5Outbound":
@@ -632,12 +645,29 @@ class Socks5Outbound:
         steps = negotiate(self.username, self.password, CMD_CONNECT, address, f"CONNECT to {target}")
         return Handshake(self, steps, done)
 
+    def probe(self, on_done) -> Handshake:
+        """Connect to the proxy, greet it and authenticate, then close: on_done(None) if it took us,
+        on_done(reason) if not; once, on the loop, within connect_timeout. Counts nothing."""
+
+        def done(sock, result):
+            if sock is None:
+                on_done(result.strerror)
+            else:
+                sock.close()
+                on_done(None)
+
+        return Handshake(self, greet(self.username, self.password), done, count=_count_nothing)
+
     def open_udp(self, family: int, on_datagram, on_close) -> Socks5UdpFlow:
         """A UDP ASSOCIATE flow; datagrams sent before it is ready wait in a small queue."""
         return Socks5UdpFlow(self, on_datagram, on_close)
 
     def close(self) -> None:
         """Nothing is held between flows (each flow owns its sockets). Idempotent."""
+
+
+def _count_nothing(counter: str, reason: str | None = None) -> None:
+    pass
 
 
 def parse_url(url: str) -> tuple[str, int, str | None, str | None]:
