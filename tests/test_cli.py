@@ -169,3 +169,48 @@ def test_status_takes_the_names_run_takes():
     assert (args.config, args.tun_name) == ("/tmp/c.toml", "zt-e0")
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert "--socket " not in commands.choices["status"].format_help()  # hidden
+
+
+# -- --check-outbounds: a failed probe at start-up is fatal (#18) ------------------------------
+
+
+def test_check_outbounds_first_round_is_fatal_with_one_reason(caplog):
+    import socket as _socket
+
+    from ztun.appliance.health import HealthCheck
+    from ztun.errors import ZtunError
+    from ztun.loop import Loop
+    from ztun.outbound.socks5 import Socks5Outbound
+
+    listener = _socket.create_server(("127.0.0.1", 0))
+    address = listener.getsockname()
+    listener.close()
+
+    class Interrupts:
+        def check(self):
+            pass
+
+    with Loop() as loop:
+        outbounds = {"proxy": Socks5Outbound(loop, *address, name="proxy")}
+        health = HealthCheck(loop, lambda: outbounds, 60)
+        with pytest.raises(ZtunError) as e:
+            cli._first_round(loop, health, Interrupts())
+        health.close()
+    assert str(e.value) == (f"outbound proxy failed its health check: socks5 proxy 127.0.0.1:{address[1]}: "
+                            f"connect: Connection refused")
+    assert not [r for r in caplog.records if r.name == "ztun.health"]  # the error line says it, once
+
+
+def test_check_outbounds_first_round_passes_with_nothing_to_probe():
+    from ztun.appliance.health import HealthCheck
+    from ztun.loop import Loop
+    from ztun.outbound.block import BlockOutbound
+
+    class Interrupts:
+        def check(self):
+            pass
+
+    with Loop() as loop:
+        health = HealthCheck(loop, lambda: {"block": BlockOutbound(loop)}, 60)
+        cli._first_round(loop, health, Interrupts())  # returns at once: the loop never runs
+        health.close()

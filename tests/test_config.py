@@ -548,3 +548,28 @@ def test_the_size_and_depth_limits_leave_room(tmp_path):
     rules = "".join(f'[[route.rules]]\noutbound = "block"\ncidr = ["198.19.{i // 256}.{i % 256}/32", "fd00::{i:x}/128"]\n'
                     for i in range(5000))
     assert len(config.load(write(tmp_path, rules)).route.rules) == 5000
+
+
+# -- outbound health (#18) ----------------------------------------------------------------------
+
+
+def test_health_keys_and_flags(tmp_path, monkeypatch):
+    assert config.load().health == config.HealthConfig(interval=60.0, check_outbounds=False)
+    c = config.load(write(tmp_path, "[health]\ninterval = 0\ncheck_outbounds = true\n"))
+    assert (c.health.interval, c.health.check_outbounds) == (0.0, True)
+    assert config.load(write(tmp_path, c and config.format_config(c), "again.toml")).health == c.health
+    seen = []
+    monkeypatch.setattr(cli, "_run", lambda c, reread=None: seen.append(c) or 0)
+    assert cli.main(["run", "--health-interval", "5", "--check-outbounds"]) == 0
+    assert (seen[0].health.interval, seen[0].health.check_outbounds) == (5.0, True)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[health]\ninterval = -1\n", "health.interval: must be a number of seconds"),
+    ("[health]\ninterval = true\n", "health.interval: must be a number of seconds"),
+    ("[health]\ncheck_outbounds = 1\n", "health.check_outbounds: "),
+    ("[health]\nevery = 1\n", "health.every"),
+])
+def test_bad_health_keys(tmp_path, capsys, text, words):
+    rc, out, err = check(capsys, write(tmp_path, text))
+    assert rc == 2 and words in err, err

@@ -423,3 +423,18 @@ def test_split_stats_sorts_the_stack_counters():
     assert drops == {"bad_checksum": 3, "udp_fragment": 1, "icmp_dropped": 1, "write_failed_ENOBUFS": 1,
                      "udp": 0, "malformed_truncated": 1}
     assert counters == {"packets_read": 9, "dropped": 7, "write_failed": 1, "udp_datagrams": 5, "verdict_drop": 3}
+
+
+def test_outbound_health_is_shown():
+    now = time.time()
+    snap = {"version": "x", "health": {
+        "proxy": {"state": "failing", "error": "socks5 proxy 192.0.2.1:1080: connect: Connection refused",
+                  "checked": now - 65},
+        "other": {"state": "unknown", "error": None, "checked": None},
+        "good": {"state": "ok", "error": None, "checked": now}}}
+    text = status.format_status(snap)
+    assert ("outbound health:\n"
+            "  good  ok (checked 00:00:00 ago)\n"
+            "  other unknown (not checked yet)\n"
+            "  proxy failing (checked 00:01:05 ago): socks5 proxy 192.0.2.1:1080: connect: Connection refused") in text
+    assert "health" in status.SNAPSHOT_KEYS

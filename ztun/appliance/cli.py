@@ -82,6 +82,10 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    help="the DNS server queries go to (port 53 if left out): forward mode's every query, fake-ip's other types")
     p.add_argument("--dns-fake-ip4", metavar="CIDR", help="fake-ip mode's IPv4 pool, or 'none' (default 198.18.0.0/15)")
     p.add_argument("--dns-fake-ip6", metavar="CIDR", help="fake-ip mode's IPv6 pool, or 'none' (default fc00::/18)")
+    p.add_argument("--health-interval", type=_seconds, metavar="SECONDS",
+                   help="probe each socks5 outbound (connect, greeting, auth) this often; 0: at start-up only (default 60)")
+    p.add_argument("--check-outbounds", action=bool_flag,
+                   help="a socks5 outbound failing its probe at start-up is fatal: exit 1 before ready")
     p.add_argument("--log-format", metavar="FORMAT", help="text or json (default text)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics there (default off)")
     p.add_argument("--control-socket", metavar="PATH",
@@ -181,6 +185,7 @@ def _run(config: AppConfig, reread=None) -> int:
     from . import sdnotify
     from .app import Snapshot, build_handler, tun_options
     from .gateway import Gateway
+    from .health import HealthCheck
     from .logfmt import DropWarner
     from .status import ControlServer, split_stats
 
@@ -189,12 +194,15 @@ def _run(config: AppConfig, reread=None) -> int:
     check_privilege(config.tun)  # before anything is touched: a run without privilege says so, in one line
     _check_lan_interfaces(config)
     interrupts = _Interrupts()
-    loop = gateway = forwarder = control = metrics = drops = None
+    loop = gateway = forwarder = control = metrics = drops = health = None
     state = {"config": config}
     try:
         loop = Loop()
         interrupts.check()
         forwarder = build_handler(loop, config)  # resolves proxy names now, before any route exists
+        health = HealthCheck(loop, lambda: forwarder.outbounds, config.health.interval)
+        if config.health.check_outbounds:  # probe before anything is touched; fatal if one fails
+            _first_round(loop, health, interrupts)
         gateway = Gateway(tun_options(config, forwarder.outbounds), udp_timeout=config.flows.udp_timeout,
                           udp_max_sessions=config.flows.udp_max_sessions,
                           lan_interfaces=config.gateway.lan_interfaces, enable_forwarding=config.gateway.enable_forwarding)
@@ -209,8 +217,10 @@ def _run(config: AppConfig, reread=None) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, _stopping, loop, signum)
         if reread is not None and hasattr(signal, "SIGHUP"):
-            loop.add_signal_handler(signal.SIGHUP, _reload, loop, forwarder, state, reread)
+            loop.add_signal_handler(signal.SIGHUP, _reload, loop, forwarder, state, reread, health)
         gateway.attach(loop, forwarder)
+        if not config.health.check_outbounds:
+            loop.call_soon(health.check)
         if config.metrics.listen:
             from .metrics import MetricsServer
 
@@ -231,7 +241,7 @@ def _run(config: AppConfig, reread=None) -> int:
         # Nothing may interrupt the teardown: a second signal just waits for it.
         interrupts.tearing_down = True
         sdnotify.stopping()
-        for part in (drops, metrics, control):
+        for part in (drops, metrics, control, health):
             if part is not None:
                 part.close()
         if forwarder is not None:
@@ -247,6 +257,21 @@ def _run(config: AppConfig, reread=None) -> int:
         raise gateway.failure
     log.info("stopped; everything ztun added is removed")
     return 0
+
+
+def _first_round(loop, health, interrupts) -> None:
+    """--check-outbounds: run the loop until every outbound answered its first probe; one failing is a ZtunError."""
+    health.quiet = True
+    health.check(on_round=loop.stop)
+    if health.probes:
+        loop.run()  # each probe ends within connect_timeout; SIGINT/SIGTERM are only recorded meanwhile
+    health.quiet = False
+    interrupts.check()
+    failing = health.failing()
+    if failing:
+        name, error = next(iter(failing.items()))
+        more = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
+        raise ZtunError(f"outbound {name} failed its health check: {error}{more}")
 
 
 def _check_lan_interfaces(config: AppConfig) -> None:
@@ -277,7 +302,7 @@ def _stopping(loop, signum):
     loop.stop()
 
 
-def _reload(loop, forwarder, state, reread):
+def _reload(loop, forwarder, state, reread, health=None):
     """SIGHUP: read the configuration again; new outbounds and rules apply to new flows, open flows keep theirs."""
     from .app import reload
 
@@ -290,6 +315,9 @@ def _reload(loop, forwarder, state, reread):
     for w in warnings:
         log.warning("SIGHUP: %s", w)
     state["config"] = new
+    if health is not None:  # new outbounds are probed now, not an interval later
+        health.interval = new.health.interval
+        health.check()
     log.info("SIGHUP: reloaded %s: %s", new.source or "the flags", _describe_flows(new, forwarder))
 
 

@@ -29,6 +29,7 @@ import os
 import socket
 import stat
 import sys
+import time
 from collections.abc import Callable
 
 from ..errors import ConfigError, ZtunError
@@ -54,6 +55,7 @@ SNAPSHOT_KEYS = {
     "drops": "dict reason -> count",
     "flows_by_state": "dict state -> number of flows now",
     "outbounds": "dict outbound name -> {event: count}",
+    "health": "dict outbound name -> {state: unknown|ok|failing, error, checked (unix time or null)}, probed ones only",
     "flows": "list of dicts: proto, source, destination, domain, outbound, state, bytes_up, bytes_down, age_s",
 }
 
@@ -389,6 +391,16 @@ def format_status(snap: dict) -> str:
         for name, events in sorted(outbounds.items()):
             shown = " ".join(f"{k}={v}" for k, v in sorted((events or {}).items()))
             lines.append(f"  {name}: {shown or '-'}")
+    health = snap.get("health") or {}
+    if health:
+        lines.append("outbound health:")
+        width = max(len(str(name)) for name in health)
+        for name, h in sorted(health.items()):
+            h = h or {}
+            checked = h.get("checked")
+            when = f"checked {_duration(max(0.0, time.time() - checked))} ago" if isinstance(checked, (int, float)) else "not checked yet"
+            error = f": {h['error']}" if h.get("error") else ""
+            lines.append(f"  {name!s:<{width}} {h.get('state', '?')} ({when}){error}")
     flows = snap.get("flows")
     if flows is not None:
         lines.append(f"flows: {len(flows)}")

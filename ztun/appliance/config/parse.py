@@ -16,7 +16,8 @@ from ...tun.options import IFNAMSIZ, MIN_MTU6, TunOptions
 from .locate import _Context
 from .routing import _outbounds, _route
 from .schema import (MAX_DEPTH, MAX_FILE_BYTES, MAX_IDLE_SECONDS, MAX_SECONDS, MIN_FAKE_POOL, SUN_PATH_MAX, AppConfig,
-                     ControlConfig, DnsConfig, FlowsConfig, GatewayConfig, LogConfig, MetricsConfig, control_socket)
+                     ControlConfig, DnsConfig, FlowsConfig, GatewayConfig, HealthConfig, LogConfig, MetricsConfig,
+                     control_socket)
 from .values import _address, _bool, _choice, _int, _kind, _network, _seconds, _str, _table
 
 
@@ -198,6 +199,18 @@ def _dns(ctx, raw, names, tun: TunOptions) -> DnsConfig:
     return DnsConfig(**kw)
 
 
+def _health(ctx, raw) -> HealthConfig:
+    t = _table(ctx, ("health",), raw, "health")
+    kw = {}
+    if "interval" in t:
+        path, v = ("health", "interval"), t["interval"]
+        # 0 is allowed here (unlike other seconds): the probe at start-up only
+        kw["interval"] = 0.0 if v == 0 and not isinstance(v, bool) else _seconds(ctx, path, v, MAX_SECONDS)
+    if "check_outbounds" in t:
+        kw["check_outbounds"] = _bool(ctx, ("health", "check_outbounds"), t["check_outbounds"])
+    return HealthConfig(**kw)
+
+
 def _metrics(ctx, raw) -> MetricsConfig:
     t = _table(ctx, ("metrics",), raw, "metrics")
     if "listen" not in t:
@@ -234,6 +247,7 @@ def build(data: dict, *, source: str | None = None, text: str = "", flags: dict 
         outbounds=outbounds,
         route=_route(ctx, top.get("route", {}), names),
         dns=_dns(ctx, top.get("dns", {}), names, tun),
+        health=_health(ctx, top.get("health", {})),
         metrics=_metrics(ctx, top.get("metrics", {})),
         control=_control(ctx, top.get("control", {}), tun),
         source=source,

@@ -80,6 +80,7 @@ def format_config(config: AppConfig) -> str:
         ("upstream", None if d.upstream is None else _toml(d.upstream)),
         ("outbound", None if d.outbound is None else _toml(d.outbound)),
     ])
+    section("[health]", [(k, _toml(getattr(config.health, k))) for k in KEYS["health"]])
     section("[metrics]", [("listen", None if config.metrics.listen is None else _toml(config.metrics.listen))])
     section("[control]", [("socket", _toml(config.control.socket))])
     return "\n".join(lines).rstrip() + "\n"

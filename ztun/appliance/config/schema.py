@@ -83,6 +83,12 @@ class DnsConfig:
 
 
 @dataclass(frozen=True)
+class HealthConfig:
+    interval: float = 60.0  # seconds between probes of each SOCKS5 outbound; 0: at start-up only
+    check_outbounds: bool = False  # a failed probe at start-up is fatal: exit 1 before ready
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str | None = None  # "host:port"
 
@@ -107,6 +113,7 @@ class AppConfig:
     outbounds: tuple = (OutboundConfig("direct", "direct"), OutboundConfig("block", "block"))
     route: RouteConfig = RouteConfig()
     dns: DnsConfig = DnsConfig()
+    health: HealthConfig = HealthConfig()
     metrics: MetricsConfig = MetricsConfig()
     control: ControlConfig = ControlConfig()
     source: str | None = None  # the file it was read from
@@ -124,7 +131,7 @@ class AppConfig:
 TUN_KEYS = ("name", "mtu", "inet4", "inet6", "routes", "exclude_routes", "auto_route", "strict_route",
             "table", "rule_priority", "fwmark", "offload", "napi")
 KEYS = {
-    "": ("tun", "flows", "gateway", "log", "outbounds", "route", "dns", "metrics", "control"),
+    "": ("tun", "flows", "gateway", "log", "outbounds", "route", "dns", "health", "metrics", "control"),
     "tun": TUN_KEYS,
     "flows": ("udp_timeout", "connect_timeout", "tcp_idle_timeout", "udp_max_sessions"),
     "gateway": ("lan_interfaces", "enable_forwarding"),
@@ -133,6 +140,7 @@ KEYS = {
     "route": ("default", "rules"),
     "route.rules": ("outbound", "cidr", "port", "protocol", "source", "domain", "domain_suffix", "domain_keyword"),
     "dns": ("mode", "fake_ip4", "fake_ip6", "capacity", "ttl", "upstream", "outbound"),
+    "health": ("interval", "check_outbounds"),
     "metrics": ("listen",),
     "control": ("socket",),
 }
@@ -167,6 +175,8 @@ FLAGS = {
     "dns_upstream": ("dns.upstream", "--dns-upstream"),
     "dns_fake_ip4": ("dns.fake_ip4", "--dns-fake-ip4"),
     "dns_fake_ip6": ("dns.fake_ip6", "--dns-fake-ip6"),
+    "health_interval": ("health.interval", "--health-interval"),
+    "check_outbounds": ("health.check_outbounds", "--check-outbounds"),
     "metrics_listen": ("metrics.listen", "--metrics-listen"),
     "control_socket": ("control.socket", "--control-socket"),
 }
