@@ -415,3 +415,64 @@ def test_systemd_notify_metrics_and_json_logs(slan, monkeypatch):
     assert any(r["msg"].startswith("ready: ") for r in records), app.log
     flows = [r["flow"] for r in records if "flow" in r]
     assert any(f["outbound"] == "proxy" and f["bytes_down"] >= MB and f["reason"] for f in flows), flows
+
+
+TWO_PROXIES = PROXIED + """
+[[outbounds]]
+name = "dead"
+type = "socks5"
+url = "socks5://{proxy}:1089"
+
+[health]
+interval = 1
+"""
+
+
+def status_of(slan, *extra) -> str:
+    return slan.client.run(sys.executable, "-m", "ztun.appliance", "status", "--control-socket", str(slan.control),
+                           *extra).stdout
+
+
+def test_outbound_health_wrong_password_and_dead_proxy(slan):
+    """#18: a broken proxy is not silent: a WARNING each at start-up (once, not every interval), status shows
+    each outbound's state, the wrong password fixed is one INFO line, and --check-outbounds makes it fatal."""
+    slan.microsocks(user="ztun", password="right")
+    path = slan.config(TWO_PROXIES.format(url=f"socks5://ztun:wrong@{PROXY}:1080", proxy=PROXY))
+    before = slan.client.snapshot()
+    app = slan.client.appliance("--config", str(path)).wait_ready()
+    deadline = time.monotonic() + 10
+    while app.log.count("health check failed") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.5)  # two more intervals: still one line each
+    log = app.log
+    assert log.count(f"WARNING ztun.health: outbound proxy: health check failed: socks5 proxy {PROXY}:1080: authentication failed") == 1, log
+    assert log.count(f"WARNING ztun.health: outbound dead: health check failed: socks5 proxy {PROXY}:1089: connect: Connection refused") == 1, log
+    health = json.loads(status_of(slan, "--json"))["health"]
+    assert health["proxy"]["state"] == "failing" and "authentication failed" in health["proxy"]["error"], health
+    assert health["dead"]["state"] == "failing" and "Connection refused" in health["dead"]["error"], health
+    assert time.time() - health["dead"]["checked"] < 5, health
+    text = status_of(slan)
+    assert "outbound health:" in text and "  proxy failing (checked " in text and "Connection refused" in text, text
+    # The password fixed and reloaded: probed at once, one INFO line.
+    slan.config(TWO_PROXIES.format(url=f"socks5://ztun:right@{PROXY}:1080", proxy=PROXY))
+    app.send(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "outbound proxy: health check ok again" not in app.log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "INFO ztun.health: outbound proxy: health check ok again" in app.log, app.log
+    assert json.loads(status_of(slan, "--json"))["health"]["proxy"]["state"] == "ok"
+    assert app.stop() == 0, app.log
+    assert slan.client.snapshot() == before
+
+    # --check-outbounds: a failed probe at start-up exits 1 with one error line, before ready, touching nothing.
+    for url in (f"socks5://ztun:wrong@{PROXY}:1080", f"socks5://{PROXY}:1089"):
+        app = slan.client.appliance("--config", str(slan.config(PROXIED.format(url=url))), "--check-outbounds")
+        assert app.wait() == 1, app.log
+        errors = [line for line in app.log.splitlines() if "error" in line.lower() or "WARNING" in line]
+        assert len(errors) == 1 and errors[0].startswith("ztun-appliance: error: outbound proxy failed its health check: "), app.log
+        assert " ready: " not in app.log and not slan.control.exists(), app.log
+        assert slan.client.snapshot() == before
+    # ... and with a good proxy it starts.
+    app = slan.client.appliance("--config", str(slan.config(PROXIED.format(url=f"socks5://ztun:right@{PROXY}:1080"))),
+                                "--check-outbounds").wait_ready()
+    assert app.stop() == 0, app.log

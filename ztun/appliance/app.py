@@ -137,7 +137,7 @@ def reload(forwarder: Forwarder, loop, old, new) -> list:
         if previous is not None and type(previous) is type(ob):
             for key, value in previous.counters.items():
                 ob.counters[key] = ob.counters.get(key, 0) + value
-            if getattr(ob, "health", None) and _same_proxy(previous, ob):  # no second warning for the same failure
+            if getattr(ob, "health", None):  # probed again at once: a change from this state is logged, no repeat
                 ob.health.update(previous.health)
     rules = Rules(new.route)
     dns_name = dns_outbound(new, outbounds, rules) if forwarder.dns is not None else None
@@ -145,10 +145,6 @@ def reload(forwarder: Forwarder, loop, old, new) -> list:
     if dns_name is not None:  # queries from now on through the reloaded outbound, not the one replaced
         forwarder.dns.set_open_udp(outbounds[dns_name].open_udp)
     return warnings
-
-
-def _same_proxy(a, b) -> bool:
-    return (a.proxy_address, a.username, a.password) == (b.proxy_address, b.username, b.password)
 
 
 class Snapshot:
