@@ -9,7 +9,7 @@ import socket
 import sys
 
 from .. import __version__
-from ..errors import ConfigError, TunError, ZtunError
+from ..errors import ConfigError, RouteError, TunError, ZtunError
 from ..loop import Loop
 from ..tun.options import TunOptions
 from . import config as config_mod
@@ -336,7 +336,10 @@ def _fmt(stats: dict) -> str:
 
 def _cleanup(options: TunOptions) -> int:
     from ..system.router import open_router
+    from ..tun.device import has_net_admin
 
+    if sys.platform.startswith("linux") and not has_net_admin():
+        raise RouteError("cleanup: needs root or CAP_NET_ADMIN")  # this one line, exit 1
     router = open_router()
     try:
         # Checked without attaching: attaching would rewrite a persistent device's flags.
@@ -345,8 +348,8 @@ def _cleanup(options: TunOptions) -> int:
         removed = router.remove_leftovers(options.table, options.rule_priorities)
     finally:
         router.close()
-    print(f"{PROG}: removed {removed} leftover rules and routes (table {options.table}, "
-          f"priorities {options.rule_priority}..{options.rule_priority + 9})")
+    print(f"{PROG}: removed {removed} leftover rules and routes (ztun's, found by their tag in any table; "
+          f"untagged ones of older runs in table {options.table}, priorities {options.rule_priority}..{options.rule_priority + 9})")
     return 0
 
 
