@@ -19,7 +19,9 @@
  * The engine's mutex is held while the thread handles a batch of events, and by the
  * caller's thread for add, close and collect; it is released while the thread waits in
  * epoll_wait. Ended relays are queued as (id, reason, bytes up, bytes down) and one byte
- * is written to notify_fd while some wait uncollected. A relay's id is its slot and the
+ * is written to notify_fd when ZT_RELAY_NOTIFY_BATCH of them wait uncollected, or the
+ * oldest has waited ZT_RELAY_NOTIFY_DELAY: under a storm of short connections the loop is
+ * woken for their ends about once per batch, not once per connection. A relay's id is its slot and the
  * slot's generation: an event or a call for a relay that ended is recognised and ignored.
  */
 #ifndef ZT_RELAY_H
@@ -45,6 +47,8 @@ enum { ZT_END_DONE = 1, ZT_END_RESET = 2, ZT_END_IDLE = 3, ZT_END_CLOSED = 4 };
 #define ZT_RELAY_COPY_SIZE (128 * 1024)
 #define ZT_RELAY_KEEP_PIPES 256
 #define ZT_RELAY_WAKE UINT64_MAX
+#define ZT_RELAY_NOTIFY_BATCH 64
+#define ZT_RELAY_NOTIFY_DELAY 0.01
 
 typedef struct {
     int src, dst;
@@ -91,6 +95,7 @@ typedef struct {
     zt_end *ends;           /* ended relays not yet collected */
     uint32_t nends, ends_cap;
     int notified;
+    double first_end;       /* when the oldest end not yet notified was queued */
     uint32_t *again;        /* relays set aside to pump again after this batch */
     uint32_t nagain;
     zt_pipe pipes[ZT_RELAY_KEEP_PIPES];
@@ -184,7 +189,12 @@ static int zt_relay_end(zt_engine *e, zt_relay *r, int reason, int report) {
         e->ends[e->nends].up = r->d[0].bytes;
         e->ends[e->nends].down = r->d[1].bytes;
         e->nends++;
-        zt_notify(e);
+        if (e->nends == 1 || e->notified)
+            e->first_end = e->now;
+        /* at once from another thread (an add that ended at its first pump): the engine's
+         * thread may sleep for a second */
+        if (e->nends >= ZT_RELAY_NOTIFY_BATCH || !e->thread_started || !pthread_equal(pthread_self(), e->thread))
+            zt_notify(e);
     }
     for (k = 0; k < 2; k++) {
         zt_dir *d = &r->d[k];
@@ -309,7 +319,10 @@ static void *zt_relay_thread(void *arg) {
     uint64_t wake;
     pthread_mutex_lock(&e->lock);
     while (!e->stop) {
-        timeout = e->nagain ? 0 : (int)((e->next_sweep - e->now) * 1000) + 1;
+        double until = e->next_sweep;
+        if (e->nends && !e->notified && e->first_end + ZT_RELAY_NOTIFY_DELAY < until)
+            until = e->first_end + ZT_RELAY_NOTIFY_DELAY;
+        timeout = e->nagain ? 0 : (int)((until - e->now) * 1000) + 1;
         if (timeout < 0)
             timeout = 0;
         pthread_mutex_unlock(&e->lock);
@@ -351,6 +364,8 @@ static void *zt_relay_thread(void *arg) {
         }
         if (e->now >= e->next_sweep)
             zt_relay_sweep(e);
+        if (e->nends && !e->notified && e->now - e->first_end >= ZT_RELAY_NOTIFY_DELAY)
+            zt_notify(e);
     }
     pthread_mutex_unlock(&e->lock);
     return NULL;
