@@ -26,7 +26,10 @@ class Appliance:
         self.calls.append(include_flows)
         return {"version": "9.9.9", "uptime_s": 12.5, "counters": self.counters, "gauges": {"tcp_flows": 3},
                 "drops": self.drops, "flows_by_state": {"relaying": 2, "connecting": 1},
-                "outbounds": {"proxy": {"tcp_ok": 5, "tcp_failed": 1}, "direct": {"tcp_ok": 7}}}
+                "outbounds": {"proxy": {"tcp_ok": 5, "tcp_failed": 1}, "direct": {"tcp_ok": 7}},
+                "health": {"proxy": {"state": "failing", "error": "connect: Connection refused", "checked": 1700000000.5},
+                           "backup": {"state": "ok", "error": None, "checked": 1700000001.0},
+                           "new": {"state": "unknown", "error": None, "checked": None}}}
 
 
 @pytest.fixture
@@ -59,6 +62,10 @@ def test_scrape_names_labels_values(loop):
     assert m[("ztun_flows", (("state", "relaying"),))] == 2
     assert m[("ztun_outbound_events_total", (("event", "tcp_failed"), ("outbound", "proxy")))] == 1
     assert m[("ztun_outbound_events_total", (("event", "tcp_ok"), ("outbound", "direct")))] == 7
+    assert m[("ztun_outbound_up", (("outbound", "proxy"),))] == 0
+    assert m[("ztun_outbound_up", (("outbound", "backup"),))] == 1
+    assert ("ztun_outbound_up", (("outbound", "new"),)) not in m  # not probed yet: no value rather than a guess
+    assert m[("ztun_outbound_checked_timestamp_seconds", (("outbound", "proxy"),))] == 1700000000.5
     assert m[("ztun_uptime_seconds", ())] == 12.5
     assert m[("ztun_build_info", (("version", "9.9.9"),))] == 1
     assert 0 <= m[("ztun_snapshot_age_seconds", ())] < 60

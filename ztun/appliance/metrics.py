@@ -20,6 +20,8 @@ Names (prometheus_client appends _total to counters):
   ztun_drops_total{reason}        snapshot["drops"]
   ztun_flows{state}               snapshot["flows_by_state"]
   ztun_outbound_events_total{outbound,event}   snapshot["outbounds"]
+  ztun_outbound_up{outbound}      snapshot["health"]: 1 ok, 0 failing (left out while unknown)
+  ztun_outbound_checked_timestamp_seconds{outbound}   when its last probe ended
   ztun_uptime_seconds, ztun_build_info{version}, ztun_snapshot_age_seconds
 plus prometheus_client's process_* metrics (CPU, memory, open fds) of the appliance.
 """
@@ -147,6 +149,13 @@ class SnapshotCollector:
         yield _labelled(CounterMetricFamily("ztun_outbound_events", "Outbound events (connects, failures, ...)",
                                             labels=["outbound", "event"]),
                         [((name, k), v) for name, events in outbounds.items() for k, v in (events or {}).items()])
+        health = snap.get("health") or {}
+        yield _labelled(GaugeMetricFamily("ztun_outbound_up", "1 if the outbound passed its last health probe, 0 if it failed",
+                                          labels=["outbound"]),
+                        [((name,), 1 if h["state"] == "ok" else 0) for name, h in health.items() if h.get("state") in ("ok", "failing")])
+        yield _labelled(GaugeMetricFamily("ztun_outbound_checked_timestamp_seconds", "When the outbound's last health probe ended",
+                                          labels=["outbound"]),
+                        [((name,), h.get("checked")) for name, h in health.items() if h.get("checked") is not None])
 
 
 def _labelled(family, items):
