@@ -1,7 +1,9 @@
 """TCP and UDP through the TUN: a client namespace running ztun, a server namespace behind a veth (see conftest.Lan)."""
 
 import hashlib
+import json
 import os
+import sys
 import time
 
 import pytest
@@ -192,6 +194,11 @@ def test_no_fd_leak_over_1000_connections(lan, relay_mode):
     assert after[0] == before[0], (before, after, os.listdir(f"/proc/{app.proc.pid}/fd"))
     # sequential fetches overlap a little at most: a pipe per connection would be 2000 fds
     assert after[1] <= before[1] + 16, (before, after)
+    control = app.proc.args[app.proc.args.index("--control-socket") + 1]
+    status = json.loads(lan.client.run(sys.executable, "-m", "ztun.appliance", "status", "--control-socket", control, "--json").stdout)
+    assert status["gauges"]["relays_open"] == 0, status["gauges"]
+    # the engine's thread took the relays' events; the twin's are the loop's (its counters stay 0)
+    assert (status["counters"]["relay_events"] >= 1020) == (relay_mode != "loop"), status["counters"]
     assert app.stop() == 0, app.log
 
 

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..net import split_host_port
 from ..outbound.block import BlockOutbound
 from ..outbound.direct import DirectOutbound
+from ..outbound.relay import engine_stats
 from .forwarder import BLOCK, Forwarder
 from .rules import Rules
 from .status import split_stats
@@ -162,6 +163,9 @@ class Snapshot:
         counters["bytes_up"], counters["bytes_down"] = fwd.bytes_total()
         if fwd.dns is not None:
             counters.update({f"dns_{k}": v for k, v in fwd.dns.counters.items()})
+        relay_counters, relay_gauges = engine_stats(fwd.loop)
+        counters.update(relay_counters)
+        gauges.update(relay_gauges)
         if gw.napi is not None:
             counters["napi_switches"] = gw.napi.switches
             gauges["napi_threaded"] = int(gw.napi.threaded)

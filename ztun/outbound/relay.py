@@ -29,6 +29,16 @@ def engine_of(loop, module=None):
     return engine
 
 
+def engine_stats(loop) -> tuple[dict, dict]:
+    """(counters, gauges) of the loop's relay engine: its thread's wake-ups, the socket events it
+    took and the relays it pumped (all 0 for the twin, whose work is the loop's), and the relays
+    open now. Empty before the first relay."""
+    engine = loop.shared.get(_fast.relay.RelayEngine)
+    if engine is None:
+        return {}, {}
+    return {f"relay_{k}": v for k, v in engine.stats().items()}, {"relays_open": engine.open}
+
+
 def _ended(relay, reason, up, down):
     relay._ended(reason, up, down)
 
