@@ -47,7 +47,8 @@ CONFIGS = {
     "ztun-mtu1500-nooffload-napi-off": {"mtu": "1500", "args": ["--offload", "off", "--napi", "off"]},
     "ztun-mtu1500-nogro": {"mtu": "1500", "env": {"ZTUN_UDP_GRO": "0"}},  # offload, but UDP replies written one by one
     "ztun-python": {"mtu": "65535", "env": {"ZTUN_NO_EXTENSIONS": "1"}},
-    "ztun-relay-loop": {"mtu": "65535", "env": {"ZTUN_RELAY": "loop"}},  # the relay engine's twin: relays on the loop
+    "ztun-relay-loop": {"mtu": "65535", "env": {"ZTUN_RELAY": "loop"}},
+    "ztun-nopoll": {"mtu": "65535", "env": {"ZTUN_RELAY_POLL": "0"}},  # the relay engine's twin: relays on the loop
     # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the
     # proxy (the client knows nothing of it), and the client speaking SOCKS5 to microsocks itself.
     "ztun-socks": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun"},
@@ -55,6 +56,8 @@ CONFIGS = {
                              "env": {"ZTUN_SOCKQ": "0"}},
     "ztun-socks-relay-loop": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
                               "env": {"ZTUN_RELAY": "loop"}},
+    "ztun-socks-nopoll": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
+                          "env": {"ZTUN_RELAY_POLL": "0"}},
     "socks-only": {"socks": "client"},
     # References for the SOCKS5 path, with the same load tool. ztun's direct path (no proxy):
     # what ztun costs without any SOCKS5 work. redsocks (C, libevent) behind an iptables

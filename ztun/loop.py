@@ -104,6 +104,7 @@ class Loop:
         self._seq = itertools.count()
         self._ready: deque = deque()
         self._at_end: list = []  # callbacks for the end of this iteration (call_at_end)
+        self._every: list = []  # callbacks at the end of every iteration (call_every_iteration)
         self._stopping = False
         self._closed = False
         self._wake_r, self._wake_w = socket.socketpair()
@@ -346,6 +347,22 @@ class Loop:
                 log.exception("callback %r failed", h)
         if self._at_end:
             self._run_at_end()
+        for callback in self._every:
+            try:
+                callback()
+            except Exception:
+                log.exception("every-iteration callback %r failed", callback)
+
+    def call_every_iteration(self, callback) -> None:
+        """Call callback() at the end of every iteration, after the call_at_end ones, until
+        remove_every_iteration(callback). For cheap checks of what the iteration's work made ready."""
+        self._every.append(callback)
+
+    def remove_every_iteration(self, callback) -> None:
+        try:
+            self._every.remove(callback)
+        except ValueError:
+            pass
 
     def _run_at_end(self):
         at_end, self._at_end = self._at_end, []  # what these add runs at the next iteration's end

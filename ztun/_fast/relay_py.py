@@ -382,6 +382,10 @@ class RelayEngine:
             except Exception:
                 log.exception("relay on_close failed")
 
+    def poll(self) -> int:
+        """The loop moves these relays itself: nothing waits elsewhere."""
+        return 0
+
     def collect(self) -> None:
         """Ends are reported as they happen here: nothing waits."""
 

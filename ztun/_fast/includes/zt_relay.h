@@ -311,12 +311,60 @@ static void zt_relay_sweep(zt_engine *e) {
     e->next_sweep = e->now + e->sweep_every;
 }
 
+/* Pump the relays of n events (and those set aside by the last batch). With the lock held. */
+static void zt_engine_handle(zt_engine *e, struct epoll_event *ev, int n) {
+    uint32_t k, again[ZT_RELAY_EVENTS];
+    uint64_t wake;
+    int i;
+    /* The relays set aside by the last batch: pump them first, with these events. */
+    uint32_t nagain = e->nagain;
+    memcpy(again, e->again, nagain * sizeof *again);
+    e->nagain = 0;
+    for (i = 0; i < n; i++) {
+        uint64_t id = ev[i].data.u64;
+        if (id == ZT_RELAY_WAKE) {
+            if (read(e->wake_fd, &wake, sizeof wake) < 0) {
+            }
+            continue;
+        }
+        e->events++;
+        zt_relay *r = zt_relay_find(e, id);
+        if (r == NULL || r->queued)
+            continue;  /* ended, or set aside already: the pump below serves it */
+        if (zt_relay_pump(e, r) == 0 && e->nagain < ZT_RELAY_EVENTS) {
+            r->queued = 1;
+            e->again[e->nagain++] = (uint32_t)(r - e->slots);
+        }
+    }
+    for (k = 0; k < nagain; k++) {
+        zt_relay *r = &e->slots[again[k]];
+        r->queued = 0;
+        if (!r->used)
+            continue;
+        if (zt_relay_pump(e, r) == 0 && e->nagain < ZT_RELAY_EVENTS) {
+            r->queued = 1;
+            e->again[e->nagain++] = again[k];
+        }
+    }
+}
+
+/* From the caller's thread, with the lock held: take the events ready now, without waiting (the
+ * loop calls this after its TUN writes: the bytes they delivered move on without waiting for the
+ * engine's thread to wake). The number of events taken. */
+static int zt_engine_poll(zt_engine *e) {
+    struct epoll_event ev[ZT_RELAY_EVENTS];
+    int n = epoll_wait(e->epoll_fd, ev, ZT_RELAY_EVENTS, 0);
+    if (n <= 0 && !e->nagain)
+        return 0;
+    e->now = zt_relay_clock();
+    zt_engine_handle(e, ev, n < 0 ? 0 : n);
+    return n < 0 ? 0 : n;
+}
+
 static void *zt_relay_thread(void *arg) {
     zt_engine *e = arg;
     struct epoll_event ev[ZT_RELAY_EVENTS];
-    int n, i, timeout;
-    uint32_t k, again[ZT_RELAY_EVENTS];
-    uint64_t wake;
+    int n, timeout;
     pthread_mutex_lock(&e->lock);
     while (!e->stop) {
         double until = e->next_sweep;
@@ -330,38 +378,7 @@ static void *zt_relay_thread(void *arg) {
         pthread_mutex_lock(&e->lock);
         e->now = zt_relay_clock();
         e->wakeups++;
-        if (n < 0)
-            n = 0;
-        /* The relays set aside by the last batch: pump them first, with these events. */
-        uint32_t nagain = e->nagain;
-        memcpy(again, e->again, nagain * sizeof *again);
-        e->nagain = 0;
-        for (i = 0; i < n; i++) {
-            uint64_t id = ev[i].data.u64;
-            if (id == ZT_RELAY_WAKE) {
-                if (read(e->wake_fd, &wake, sizeof wake) < 0) {
-                }
-                continue;
-            }
-            e->events++;
-            zt_relay *r = zt_relay_find(e, id);
-            if (r == NULL || r->queued)
-                continue;  /* ended, or set aside already: the pump below serves it */
-            if (zt_relay_pump(e, r) == 0 && e->nagain < ZT_RELAY_EVENTS) {
-                r->queued = 1;
-                e->again[e->nagain++] = (uint32_t)(r - e->slots);
-            }
-        }
-        for (k = 0; k < nagain; k++) {
-            zt_relay *r = &e->slots[again[k]];
-            r->queued = 0;
-            if (!r->used)
-                continue;
-            if (zt_relay_pump(e, r) == 0 && e->nagain < ZT_RELAY_EVENTS) {
-                r->queued = 1;
-                e->again[e->nagain++] = again[k];
-            }
-        }
+        zt_engine_handle(e, ev, n < 0 ? 0 : n);
         if (e->now >= e->next_sweep)
             zt_relay_sweep(e);
         if (e->nends && !e->notified && e->now - e->first_end >= ZT_RELAY_NOTIFY_DELAY)
