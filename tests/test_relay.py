@@ -189,8 +189,10 @@ def test_reset_propagates(rig_factory, splice):
 @pytest.mark.parametrize("splice", MODES)
 def test_idle_timeout_resets_both(rig_factory, splice):
     rig = rig_factory(splice, idle=0.3)
+    start = time.monotonic()
     rig.run_until(lambda: rig.closed, timeout=5)
     assert rig.closed == ["idle"]
+    assert 0.3 <= time.monotonic() - start < 0.9  # within 1.25x the timeout, and a margin for a busy machine
     with pytest.raises(ConnectionResetError):
         rig.app_client.recv(10)
 

@@ -500,6 +500,14 @@ static uint64_t zt_engine_add(zt_engine *e, int client, int remote, double idle,
     e->live++;
     r->idle = idle;
     r->last = e->now = zt_relay_clock();
+    /* a relay idles out between idle and 1.25 idle: the sweep runs at least every idle / 4 */
+    if (idle > 0 && idle / 4 < e->sweep_every) {
+        e->sweep_every = idle / 4 > 0.01 ? idle / 4 : 0.01;
+        if (e->next_sweep > e->now + e->sweep_every) {
+            e->next_sweep = e->now + e->sweep_every;
+            zt_engine_wake(e);  /* its thread may sleep until the old time */
+        }
+    }
     r->d[0].src = r->d[1].dst = client;
     r->d[1].src = r->d[0].dst = remote;
     for (k = 0; k < 2; k++) {
