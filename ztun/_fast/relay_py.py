@@ -339,7 +339,8 @@ class RelayEngine:
     def add(self, token, client, remote, idle_timeout: float = 300.0, splice: bool = True) -> int:
         if self.stopped or len(self.relays) >= self.capacity:
             for sock in (client, remote):
-                self.loop.discard(sock.fileno()) if sock.fileno() >= 0 else None
+                if sock.fileno() >= 0:
+                    self.loop.discard(sock.fileno())
                 abort(sock)
             if self.stopped:
                 raise RuntimeError("the relay engine is stopped")
