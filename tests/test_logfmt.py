@@ -161,3 +161,15 @@ def test_drop_warner_on_the_loop(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert "dropped: x (1 so far)" in messages
     assert "drop counters could not be read" in messages  # logged, and the timer kept going
+
+
+def test_drop_warner_quiet_reasons_counted_not_said(caplog):
+    """A retransmitted SYN of a flow whose connect is under way ("pending") is TCP at work, not a fault."""
+    drops = {"pending": 0, "no_flow": 0}
+    w = DropWarner(Clockless(), lambda: drops, first=3, interval=60.0)
+    caplog.set_level(logging.WARNING, logger="ztun.drops")
+    drops["pending"] = 11
+    assert w.check(1.0) == 0 and not caplog.records
+    drops["no_flow"] = 1  # another reason still warns
+    assert w.check(2.0) == 1 and caplog.records[0].getMessage().startswith("dropped: no_flow")
+    assert DropWarner(Clockless(), lambda: drops, quiet=()).check(3.0) == 2  # quiet=() says everything

@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 
 FORMATS = ("text", "json")
@@ -56,18 +56,26 @@ def setup_logging(level: str = "INFO", fmt: str = "text", stream=None) -> None:
         logging.getLogger(noisy).setLevel(max(logging.getLogger().level, logging.WARNING))
 
 
+# Drops that are not faults: "pending" is a client's retransmitted SYN (or any packet) of a flow
+# whose outbound connect is still under way; its first SYN is held and answered once the connect
+# ends. A slow or unreachable destination makes these, and the connect's own outcome is logged.
+QUIET = ("pending",)
+
+
 class DropWarner:
     """Warns (logger ztun.drops) when a drop counter grows: the first `first` times each reason grows,
     then at most once per `interval` seconds per reason, with how many more were dropped.
 
     counters() returns {reason: count} (monotonic); a loop timer reads it every `check_every`
-    seconds, so growth is noticed within that time and the hot path pays nothing.
+    seconds, so growth is noticed within that time and the hot path pays nothing. Reasons in
+    `quiet` are TCP doing its job, not a fault: they stay counted (status, metrics) and unsaid.
     """
 
     def __init__(self, loop, counters: Callable[[], dict], *, first: int = 3, interval: float = 60.0,
-                 check_every: float = 1.0, logger: logging.Logger | None = None):
+                 check_every: float = 1.0, logger: logging.Logger | None = None, quiet: Collection[str] = QUIET):
         self.loop = loop
         self.counters = counters
+        self.quiet = frozenset(quiet)
         self.first = first
         self.interval = interval
         self.check_every = check_every
@@ -92,6 +100,8 @@ class DropWarner:
             now = self.loop.time() if self.loop is not None else time.monotonic()
         given = 0
         for reason, count in list(self.counters().items()):
+            if reason in self.quiet:
+                continue
             seen = self._seen.get(reason, 0)
             if not isinstance(count, int) or count <= seen:
                 if isinstance(count, int) and count < seen:
