@@ -10,9 +10,10 @@ TRACE = os.environ.get("ZTUN_CYTHON_TRACE") == "1"
 CORE = ["checksum", "packet", "nat", "gso", "build", "icmp"]
 # Device I/O is POSIX: tunio (Linux TUN) and utunio (macOS utun framing, also built on Linux
 # for its socketpair tests), sockq (a worker thread for connect/shutdown/close), relay (the
-# relay engine: a native thread with its own epoll, Linux). Windows
+# relay engine: a native thread with its own epoll, Linux), udptable (UDP sessions after their first
+# datagram, sendmmsg/recvmmsg, Linux). Windows
 # reads Wintun's rings through ctypes.
-PLATFORM = {"linux": ["tunio", "utunio", "sockq", "relay"], "darwin": ["utunio", "sockq"]}
+PLATFORM = {"linux": ["tunio", "utunio", "sockq", "relay", "udptable"], "darwin": ["utunio", "sockq"]}
 MODULES = CORE + PLATFORM.get("linux" if sys.platform.startswith("linux") else sys.platform, [])
 
 macros = [("CYTHON_TRACE_NOGIL", "1")] if TRACE else []

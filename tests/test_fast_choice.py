@@ -16,7 +16,7 @@ from ztun.loop import Loop
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
-ALL = fast.CORE + ("tunio", "utunio", "sockq", "relay")
+ALL = fast.CORE + ("tunio", "utunio", "sockq", "relay", "udptable")
 HERE = fast.CORE + fast.PLATFORM.get("linux" if sys.platform.startswith("linux") else sys.platform, ())
 
 # Prints what a fresh interpreter chose; a meta path finder can refuse to load named compiled modules.

@@ -20,7 +20,7 @@ from ztun.loop import Loop
 
 FAST = Path(fast.__file__).parent
 NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
-MODULES = ("build", "checksum", "gso", "icmp", "nat", "packet", "relay", "sockq", "tunio", "utunio")
+MODULES = ("build", "checksum", "gso", "icmp", "nat", "packet", "relay", "sockq", "tunio", "udptable", "utunio")
 
 
 def test_every_stub_is_covered():
@@ -88,6 +88,11 @@ def _instances(name, kind, mod, cleanup):
         engine = mod.RelayEngine(loop, lambda *a: None)
         cleanup += [loop.close, engine.stop]
         return {"RelayEngine": engine}
+    if name == "udptable":
+        loop = Loop()
+        table = mod.UdpTable(loop, lambda: None, sessions=4, routes=4, sockets=4)
+        cleanup += [loop.close, table.close]
+        return {"UdpTable": table}
     return {}
 
 

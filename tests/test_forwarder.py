@@ -35,6 +35,7 @@ class FakeOutbound:
         flow = SimpleNamespace(sent=[], closed=False, on_datagram=on_datagram, on_close=on_close)
         flow.send = lambda payload, destination, domain=None: flow.sent.append((payload, destination, domain)) or True
         flow.close = lambda: setattr(flow, "closed", True)
+        flow.hand_over = lambda attach: False  # no table here: every datagram comes through send
         self.udp.append(flow)
         return flow
 

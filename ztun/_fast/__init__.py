@@ -3,7 +3,8 @@
 This is the one place that chooses, module by module: the compiled module where this platform
 builds one and it loads, else its twin. ZTUN_NO_EXTENSIONS=1 selects every twin; ZTUN_SOCKQ=0
 selects the twin of sockq (connect, shutdown and close made at once on the loop's thread, for
-comparison); ZTUN_RELAY=loop the twin of the relay engine (relays on the loop, in Python).
+comparison); ZTUN_RELAY=loop the twin of the relay engine (relays on the loop, in Python);
+ZTUN_UDP=python the twin of the UDP session table (every datagram through Python, for comparison).
 IMPLEMENTATIONS says what each module is, IMPLEMENTATION sums it up.
 """
 
@@ -19,9 +20,9 @@ CORE = ("checksum", "packet", "nat", "gso", "build", "icmp")
 # The device I/O and socket worker modules setup.py compiles on each platform (tests/test_fast_parity.py
 # keeps the two in step): tunio is Linux TUN, utunio the macOS utun framing (also built on Linux
 # for its socketpair tests), sockq a worker thread for connect/shutdown/close, relay the relay
-# engine (a native thread with its own epoll). Windows reads
+# engine (a native thread with its own epoll), udptable the UDP sessions after their first datagram. Windows reads
 # Wintun's rings through ctypes and makes the socket calls at once.
-PLATFORM = {"linux": ("tunio", "utunio", "sockq", "relay"), "darwin": ("utunio", "sockq")}
+PLATFORM = {"linux": ("tunio", "utunio", "sockq", "relay", "udptable"), "darwin": ("utunio", "sockq")}
 # Where a platform compiles none of these, the twin still serves; on Windows the TUN twins do not.
 _NO_TWIN = {"win32": ("tunio", "utunio")}
 
@@ -30,6 +31,7 @@ _compiled_here = CORE + PLATFORM.get(_platform, ())
 _no_ext = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
 _sockq_off = os.environ.get("ZTUN_SOCKQ", "1") in ("0", "off")
 _relay_loop = os.environ.get("ZTUN_RELAY", "") == "loop"
+_udp_python = os.environ.get("ZTUN_UDP", "") == "python"
 
 
 def _choose(name: str):
@@ -37,7 +39,8 @@ def _choose(name: str):
     if name not in _compiled_here:
         twin = None if name in _NO_TWIN.get(_platform, ()) else importlib.import_module(f"{__name__}.{name}_py")
         return twin, None
-    if not (_no_ext or (name == "sockq" and _sockq_off) or (name == "relay" and _relay_loop)):
+    if not (_no_ext or (name == "sockq" and _sockq_off) or (name == "relay" and _relay_loop)
+            or (name == "udptable" and _udp_python)):
         try:
             return importlib.import_module(f"{__name__}.{name}"), "cython"
         except ImportError:
@@ -45,12 +48,12 @@ def _choose(name: str):
     return importlib.import_module(f"{__name__}.{name}_py"), "python"
 
 
-_chosen = {name: _choose(name) for name in CORE + ("tunio", "utunio", "sockq", "relay")}
+_chosen = {name: _choose(name) for name in CORE + ("tunio", "utunio", "sockq", "relay", "udptable")}
 IMPLEMENTATIONS: dict[str, str | None] = {name: kind for name, (_, kind) in _chosen.items()}
 _kinds = {kind for kind in IMPLEMENTATIONS.values() if kind is not None}
 IMPLEMENTATION = _kinds.pop() if len(_kinds) == 1 else "mixed"
 
-checksum, packet, nat, gso, build, icmp, tunio, utunio, sockq, relay = (module for module, _ in _chosen.values())
+checksum, packet, nat, gso, build, icmp, tunio, utunio, sockq, relay, udptable = (module for module, _ in _chosen.values())
 _sockq = sockq  # the choice, kept apart from the attribute that importing ztun._fast.sockq rebinds
 
 

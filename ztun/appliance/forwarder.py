@@ -51,6 +51,7 @@ class Forwarder:
         self.counters = {"tcp_connected": 0, "tcp_failed": 0, "tcp_unclaimed": 0, "tcp_blocked": 0, "tcp_relay_failed": 0,
                          "udp_sessions": 0, "udp_blocked": 0, "udp_send_failed": 0, "udp_unresolved": 0, "udp_reply_by_name": 0, "dns_tcp": 0,
                          "udp_fake_flows_evicted": 0,
+                         "udp_routes_compiled": 0,  # destinations of a UDP session handed to the compiled table
                          "fake_ip_unknown": 0}
 
     def configure(self, outbounds: dict, rules) -> None:

@@ -22,7 +22,7 @@ ROUTES_CACHED = 256  # destinations whose route a session remembers (a scanning 
 class UdpRelay:
     """Routes one session's datagrams (the Forwarder's choice per destination) and its replies back."""
 
-    __slots__ = ("fwd", "session", "flows", "routes", "family", "resolved", "by_address")
+    __slots__ = ("fwd", "session", "flows", "routes", "family", "resolved", "by_address", "handed")
 
     def __init__(self, fwd, session):
         self.fwd, self.session = fwd, session
@@ -30,6 +30,7 @@ class UdpRelay:
         self.routes: dict = {}  # destination -> (outbound name, domain, flow key), or None when blocked
         self.resolved: dict = {}  # fake address -> its real address, None while unknown
         self.by_address: set = set()  # keys of fake-address flows whose outbound needs the real address (direct)
+        self.handed: dict = {}  # flow key -> the id of its socket in the session's table
         self.family = socket.AF_INET6 if ":" in session.source[0] else socket.AF_INET
 
     def _route(self, destination):
@@ -69,20 +70,46 @@ class UdpRelay:
             flow = self.flows[key] = outbound.open_udp(self.family, self._receiver(fake), self._flow_closed(key))
             if fake is not None and not outbound.resolves_names:
                 self.by_address.add(key)  # decided by the flow's outbound: a reload may rename another one
+        target = destination
         if key in self.by_address:
-            destination = self._resolved(destination, domain)
-            if destination is None:
+            target = self._resolved(destination, domain)
+            if target is None:
                 fwd.counters["udp_unresolved"] += 1  # still resolving, or the name has no address
                 return
             domain = None
-        if not flow.send(payload, destination, domain):
+        if not flow.send(payload, target, domain):
             fwd.counters["udp_send_failed"] += 1
+            return
+        self._shortcut(key, flow, destination, target, domain)
+
+    def _shortcut(self, key, flow, destination, target, domain):
+        """From now on the session's table sends what goes to destination (sent to target) and reads the
+        flow's replies, without Python. Where it cannot (not ready, no room) datagrams keep coming here."""
+        sock_id = self.handed.get(key)
+        if sock_id is None:
+            fake = key[1]
+            taken = []
+
+            def attach(sock, kind):
+                k = self.session.attach(sock, kind, fake)
+                if k < 0:
+                    return None
+                taken.append(k)
+                return lambda: self.session.detach(k)
+
+            if not flow.hand_over(attach) or not taken:
+                return
+            sock_id = self.handed[key] = taken[0]
+        to, prefix = flow.route_for(target, domain)
+        if self.session.route(destination, sock_id, to, prefix):
+            self.fwd.counters["udp_routes_compiled"] += 1
 
     def _make_room(self):
         """At most UDP_FAKE_FLOWS fake-address flows (each holds sockets): close the oldest one."""
         fakes = [key for key in self.flows if key[1] is not None]
         for key in fakes[:len(fakes) - UDP_FAKE_FLOWS + 1]:
             self.flows.pop(key).close()
+            self.handed.pop(key, None)
             self.by_address.discard(key)
             self.resolved.pop(key[1], None)
             self.fwd.counters["udp_fake_flows_evicted"] += 1
@@ -126,6 +153,7 @@ class UdpRelay:
     def _flow_closed(self, key):
         def closed(reason):
             self.flows.pop(key, None)
+            self.handed.pop(key, None)
             self.by_address.discard(key)
             log.info("%s: outbound UDP flow %s closed: %s", describe(self.session.flow), key[0], reason)
         return closed
@@ -134,6 +162,7 @@ class UdpRelay:
         for flow in list(self.flows.values()):
             flow.close()
         self.flows.clear()
+        self.handed.clear()
         self.by_address.clear()
         self.fwd.udp_ended(session, reason)
 

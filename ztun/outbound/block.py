@@ -18,6 +18,13 @@ class BlockedUdpFlow:
     def close(self) -> None:
         """Nothing to release."""
 
+    def hand_over(self, attach) -> bool:
+        """No socket: every datagram stays here, to be counted."""
+        return False
+
+    def route_for(self, destination: tuple, domain: str | None = None) -> tuple:
+        raise ValueError("a blocked flow has no route")
+
 
 class BlockOutbound:
     """Refuses every flow. The forwarder asks `blocks`, refuses at once (TCP reset, ICMP unreachable)

@@ -1,8 +1,10 @@
 """The direct outbound: connect to a flow's original destination with ztun's fwmark, never blocking."""
 
 import errno
+import ipaddress
 import socket
 
+from .._fast import udptable
 from ..system.sockopt import mark_socket
 
 UDP_BUFFER = 4 << 20  # a session's socket absorbs bursts while the loop is busy elsewhere
@@ -116,6 +118,7 @@ class DirectUdpFlow:
         self.on_datagram, self.on_close = on_datagram, on_close  # on_close: a direct flow never dies by itself
         self.sock = udp_socket(family, outbound.fwmark)
         self.closed = False
+        self._detach = None  # set once the socket is handed over to a session's table
         self.loop.add_reader(self.sock.fileno(), self._readable)
 
     def send(self, payload: bytes, destination: tuple, domain: str | None = None) -> bool:
@@ -142,11 +145,32 @@ class DirectUdpFlow:
                 continue
             self.on_datagram(data, (addr[0], addr[1]))
 
+    def hand_over(self, attach) -> bool:
+        """The session's table reads the socket's replies from now on (see UdpFlow)."""
+        if self._detach is not None:
+            return True
+        if self.closed:
+            return False
+        self.loop.remove_reader(self.sock.fileno())  # first: the table may watch it on this loop too
+        detach = attach(self.sock, udptable.DIRECT)
+        if detach is None:
+            self.loop.add_reader(self.sock.fileno(), self._readable)
+            return False
+        self._detach = detach
+        return True
+
+    def route_for(self, destination: tuple, domain: str | None = None) -> tuple:
+        """Straight to the destination's address (domain is ignored, as in send)."""
+        return (ipaddress.ip_address(destination[0]).packed, destination[1]), None
+
     def close(self) -> None:
         """Release the socket. Idempotent; on_close is not called."""
         if not self.closed:
             self.closed = True
-            self.loop.remove_reader(self.sock.fileno())
+            if self._detach is not None:
+                self._detach()
+            else:
+                self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
 
 

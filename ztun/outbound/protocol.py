@@ -21,6 +21,17 @@ class UdpFlow(Protocol):
     def close(self) -> None:
         """Release its sockets; on_close is not called. Idempotent."""
 
+    def hand_over(self, attach) -> bool:
+        """Let the session's compiled table read the flow's socket from now on: attach(sock, kind)
+        (kind udptable.DIRECT or SOCKS5) returns a detach callable, which the flow calls before it
+        closes the socket, or None when the table cannot take it. False when the flow cannot hand
+        its socket over now (not ready yet, or closed); True once it has (again: True at once)."""
+
+    def route_for(self, destination: tuple, domain: str | None = None) -> tuple:
+        """(to, prefix) for the table to send datagrams to destination on the handed-over socket:
+        to = (packed address, port) where the flow sends to the destination itself, prefix the
+        bytes to put in front of each datagram where it sends to a relay (else None)."""
+
 
 @runtime_checkable
 class Outbound(Protocol):

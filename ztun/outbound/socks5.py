@@ -16,6 +16,7 @@ import struct
 import urllib.parse
 from collections import deque
 
+from .._fast import udptable
 from ..errors import ZtunError
 from ..net import endpoint_text, host_port, is_host
 from .direct import connect, udp_socket
@@ -401,6 +402,7 @@ class Socks5UdpFlow:
         self.udp = None
         self.relay = None
         self.closed = False
+        self._detach = None  # set once the UDP socket is handed over to a session's table
         zero = "::" if outbound.family == socket.AF_INET6 else "0.0.0.0"
         steps = negotiate(outbound.username, outbound.password, CMD_UDP_ASSOCIATE,
                           encode_address(zero, 0), "UDP ASSOCIATE")
@@ -475,6 +477,24 @@ class Socks5UdpFlow:
         self.queued_bytes += len(data)
         return True
 
+    def hand_over(self, attach) -> bool:
+        """Once the association is ready, the session's table reads the relay's datagrams (see UdpFlow)."""
+        if self._detach is not None:
+            return True
+        if self.closed or self.udp is None:
+            return False
+        self.loop.remove_reader(self.udp.fileno())  # first: the table may watch it on this loop too
+        detach = attach(self.udp, udptable.SOCKS5)
+        if detach is None:
+            self.loop.add_reader(self.udp.fileno(), self._udp_readable)
+            return False
+        self._detach = detach
+        return True
+
+    def route_for(self, destination: tuple, domain: str | None = None) -> tuple:
+        """To the relay, each datagram behind the UDP request header for destination (by domain if given)."""
+        return None, wrap_udp(b"", destination, domain)
+
     def _send_now(self, data: bytes) -> bool:
         try:
             self.udp.send(data)
@@ -537,7 +557,11 @@ class Socks5UdpFlow:
         for attr in ("control", "udp"):
             sock = getattr(self, attr)
             if sock is not None:
-                self.loop.remove_reader(sock.fileno())
+                if attr == "udp" and self._detach is not None:
+                    self._detach()  # the table stops reading it before it closes
+                    self._detach = None
+                else:
+                    self.loop.remove_reader(sock.fileno())
                 sock.close()
                 setattr(self, attr, None)
         self.queue.clear()

@@ -80,6 +80,20 @@ class UdpSession(Protocol):
     def close(self) -> None:
         """End the session (its resources are released; later datagrams start a new one)."""
 
+    def attach(self, sock, kind: int, fake: str | None = None) -> int:
+        """Read sock's datagrams (an outbound flow's replies) in compiled code from now on, each sent
+        to the client as from its sender (kind udptable.DIRECT: the datagram's source; SOCKS5: the
+        source its header names), or from the address fake; an id for route and detach, or -1 when
+        the table has no room (the flow keeps reading it)."""
+
+    def detach(self, sock_id: int) -> None:
+        """Stop reading an attached socket (before it is closed); its routes go too. Idempotent."""
+
+    def route(self, destination: tuple, sock_id: int, to: tuple | None = None, prefix: bytes | None = None) -> bool:
+        """The session's datagrams to destination go out on the attached socket from now on without
+        on_datagram: to (packed address, port) for a DIRECT socket, the prefix for a SOCKS5 one. False
+        when the table has no room (they keep coming to on_datagram)."""
+
 
 @runtime_checkable
 class PacketHandler(Protocol):

@@ -53,6 +53,18 @@ class OutQueue:
             self._flush_due = True
         return True
 
+    def room(self) -> int:
+        """The first free slot of the batch (flushed first when it is full), for filled()."""
+        if self.n == self.batch.slots:
+            self.flush()
+        return self.n
+
+    def filled(self, end: int) -> None:
+        """Slots from room() to end were built in place (verdict V_WRITE): queued to be written."""
+        if end > self.n:
+            self.n = end - 1
+            self._added(1)
+
     def _flush_at_end(self) -> None:
         self._flush_due = False
         self.flush()

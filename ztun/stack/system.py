@@ -242,6 +242,8 @@ class SystemStack:
         rare = nat.process_batch(batch, now)
         if rare:
             verdicts = batch.verdicts
+            if self.udp.table.routes_open:  # datagrams of routed UDP destinations: sent, no Python each
+                self.udp.table.send_batch(batch, n, now)
             for i in np.flatnonzero(verdicts[:n] >= d.V_NEW_FLOW):
                 v = verdicts[i]
                 if v == d.V_NEW_FLOW:
@@ -276,8 +278,12 @@ class SystemStack:
         segs.count = n
         parse_batch(segs)
         self.counters["udp_gso_split"] += 1
+        segs.verdicts[:n] = d.V_UDP
+        if self.udp.table.routes_open:
+            self.udp.table.send_batch(segs, n, now)
         for k in range(n):
-            self.udp.on_packet(segs, k, now)
+            if segs.verdicts[k] == d.V_UDP:
+                self.udp.on_packet(segs, k, now)
 
     def _segments_for(self, count, seglen):
         """The split batch, regrown when count segments of seglen bytes do not fit it."""
@@ -448,7 +454,7 @@ class SystemStack:
                           + out["write_failed"])
         out.update({k: v for k, v in nat.counters().items() if v})
         out.update({k: c for k, c in self.counters.items() if k != "echo_answered"})
-        out.update({f"udp_{k}": c for k, c in udp.counters.items()})
+        out.update({f"udp_{k}": c for k, c in udp.all_counters().items()})
         out["originated_written"] = self.out.written  # resets, UDP replies, unreachables and released SYNs
         out["originated_failed"] = self.out.failed
         if self.out.coalesced:

@@ -1,4 +1,10 @@
-"""UdpNat: the system stack's user-space UDP NAT, one session per client endpoint (endpoint-independent)."""
+"""UdpNat: the system stack's user-space UDP NAT, one session per client endpoint (endpoint-independent).
+
+Each session has a place in the compiled UdpTable (ztun._fast.udptable): its activity and
+byte counts live there, and once the handler has routed a destination (session.route) the
+table moves that destination's datagrams both ways without Python. What it has no route for
+comes here, to the handler's on_datagram.
+"""
 
 import ipaddress
 import itertools
@@ -7,26 +13,47 @@ import time
 from collections import Counter
 
 from .._fast import defs as d
+from .._fast import udptable
 from .handler import Flow, Verdict
 
 log = logging.getLogger("ztun.udp")
+
+REPLY_ROUNDS = 4  # output batches filled per wake-up of the table: then the loop serves the rest
 
 
 class NatUdpSession:
     """One client (address, port): datagrams to any destination, replies from any source (a handler.UdpSession)."""
 
-    __slots__ = ("nat", "key", "flow", "source", "destination", "on_datagram", "on_close", "last_active", "closed",
-                 "packets_up", "bytes_up", "packets_down", "bytes_down", "_client", "_version")
+    __slots__ = ("nat", "key", "flow", "source", "destination", "on_datagram", "on_close", "closed", "sid",
+                 "_final", "_client", "_version")
 
-    def __init__(self, nat, key, flow, now):
-        self.nat, self.key, self.flow = nat, key, flow
+    def __init__(self, nat, key, flow, sid):
+        self.nat, self.key, self.flow, self.sid = nat, key, flow, sid
         self.source, self.destination = flow.source, flow.destination
         self._version, self._client = key[0], key[1]
         self.on_datagram = None
         self.on_close = None
-        self.last_active = now
         self.closed = False
-        self.packets_up = self.bytes_up = self.packets_down = self.bytes_down = 0
+        self._final = (0, 0, 0, 0)  # the table's counts, kept when the session ends
+
+    def _counts(self):
+        return self._final if self.closed else self.nat.table.counts(self.sid)
+
+    @property
+    def bytes_up(self) -> int:
+        return self._counts()[1]
+
+    @property
+    def bytes_down(self) -> int:
+        return self._counts()[3]
+
+    @property
+    def packets_up(self) -> int:
+        return self._counts()[0]
+
+    @property
+    def packets_down(self) -> int:
+        return self._counts()[2]
 
     def send(self, payload, from_address) -> bool:
         """Send payload to the client as if from from_address; False if dropped (closed, wrong family, too big)."""
@@ -36,13 +63,28 @@ class NatUdpSession:
         if len(src) != len(self._client):
             self.nat.counters["reply_wrong_family"] += 1
             return False
-        self.last_active = time.monotonic()
         if not self.nat.out.udp(src, from_address[1], self._client, self.source[1], payload):
             self.nat.counters["reply_too_big"] += 1
             return False
-        self.packets_down += 1
-        self.bytes_down += len(payload)
+        self.nat.table.touch(self.sid, time.monotonic(), 0, 0, 1, len(payload))
         return True
+
+    def attach(self, sock, kind, fake=None) -> int:
+        if self.closed:
+            return -1
+        return self.nat.table.attach(self.sid, sock, kind, None if fake is None else ipaddress.ip_address(fake).packed)
+
+    def detach(self, sock_id) -> None:
+        if not self.closed:  # a closed session's sockets left the table with it
+            self.nat.table.detach(sock_id)
+
+    def route(self, destination, sock_id, to=None, prefix=None) -> bool:
+        if self.closed:
+            return False
+        address = ipaddress.ip_address(destination[0]).packed
+        if len(address) != len(self._client):
+            return False
+        return self.nat.table.route(self.sid, address, destination[1], sock_id, to, prefix)
 
     def close(self) -> None:
         self.nat._end(self, "closed")
@@ -59,8 +101,13 @@ class UdpNat:
         self.timeout = timeout
         self.max_sessions = max_sessions
         self.sessions: dict = {}
+        self.by_sid: dict = {}
         self.counters: Counter = Counter()
         self._blocked: dict = {}  # key -> expiry, for flows the handler dropped
+        # Each session may route its destinations through a few sockets (one per outbound, one per
+        # fake-IP destination): room for four each on average, and the routes of as many.
+        self.table = udptable.UdpTable(loop, self._replies, sessions=max_sessions, routes=max(4 * max_sessions, 1024),
+                                       sockets=max(4 * max_sessions, 256))
         self._timer = loop.call_later(self._sweep_interval(), self._sweep)
 
     def _sweep_interval(self) -> float:
@@ -103,12 +150,13 @@ class UdpNat:
                 self.counters["dropped_blocked"] += 1
                 self._blocked[key] = now + self.timeout
                 return
-            if len(self.sessions) >= self.max_sessions:
+            sid = self.table.open(version, client, sport, now)
+            if sid < 0:
                 self.counters["dropped_session_limit"] += 1
                 if self.counters["dropped_session_limit"] == 1:
                     log.warning("UDP session limit %d reached: new sessions are refused", self.max_sessions)
                 return
-            s = self.sessions[key] = NatUdpSession(self, key, flow, now)
+            s = self.sessions[key] = self.by_sid[sid] = NatUdpSession(self, key, flow, sid)
             flow.carrier = s
             self.counters["sessions_opened"] += 1  # stats() says udp_sessions_opened; udp_sessions is the gauge
             try:
@@ -117,9 +165,7 @@ class UdpNat:
                 log.exception("handle_udp failed for %s", source)
                 self._end(s, "error")
                 return
-        s.last_active = now
-        s.packets_up += 1
-        s.bytes_up += len(payload)
+        self.table.touch(s.sid, now, 1, len(payload))
         if s.on_datagram is not None:
             try:
                 verdict = s.on_datagram(payload, dst)
@@ -134,20 +180,41 @@ class UdpNat:
     def _end(self, s: NatUdpSession, reason: str) -> None:
         if s.closed:
             return
-        s.closed = True
         if self.sessions.get(s.key) is s:
             del self.sessions[s.key]
         self.counters[f"ended_{reason}"] += 1
-        if s.on_close is not None:
-            try:
-                s.on_close(s, reason)
-            except Exception:
-                log.exception("UDP session on_close failed")
+        try:
+            if s.on_close is not None:
+                try:
+                    s.on_close(s, reason)  # its flows detach their sockets from the table and close them
+                except Exception:
+                    log.exception("UDP session on_close failed")
+        finally:
+            s._final = self.table.counts(s.sid)
+            s.closed = True
+            self.table.close_session(s.sid)
+            del self.by_sid[s.sid]
+
+    def _replies(self) -> None:
+        """The table's sockets have datagrams: built into the output queue's batch, written with it."""
+        out, now = self.out, time.monotonic()
+        for _ in range(REPLY_ROUNDS):
+            start = out.room()
+            end = self.table.receive(out.batch, start, now)
+            if end == start:
+                return
+            out.filled(end)
+
+    def all_counters(self) -> Counter:
+        """udp.py's counters with the table's (datagrams it moved, and replies it dropped)."""
+        out = Counter(self.counters)
+        out.update(self.table.stats())
+        return out
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        for s in [s for s in self.sessions.values() if now - s.last_active > self.timeout]:
-            self._end(s, "idle")
+        for sid in self.table.idle(now - self.timeout):
+            self._end(self.by_sid[sid], "idle")
         for key in [k for k, t in self._blocked.items() if t <= now]:
             del self._blocked[key]
         self._timer = self.loop.call_later(self._sweep_interval(), self._sweep)
@@ -157,3 +224,4 @@ class UdpNat:
         self._timer.cancel()
         for s in list(self.sessions.values()):
             self._end(s, "closed")
+        self.table.close()

@@ -1,0 +1,310 @@
+"""The UDP session table over real loopback UDP sockets: both implementations (the compiled one and
+its twin), direct and SOCKS5 routes, replies built into packets, hostile replies counted."""
+
+import ipaddress
+import select
+import socket
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from ztun._fast import PacketBatch, build_py, defs as d, packet_py, udptable_py
+from ztun._fast.checksum_py import checksum, pseudo_sum
+
+try:
+    from ztun._fast import udptable as udptable_native
+except ImportError:  # not built here (not Linux, or no compiler): only the twin runs
+    udptable_native = None
+
+IMPLS = [pytest.param(udptable_native, id="native", marks=pytest.mark.skipif(udptable_native is None, reason="the compiled UDP table is not built here")),
+         pytest.param(udptable_py, id="twin")]
+
+CLIENT4, CLIENT6 = "198.18.0.5", "fd00::5"
+DEST4, DEST6 = "198.18.9.9", "fd00::9:9"
+
+
+@pytest.fixture(params=IMPLS)
+def mod(request):
+    return request.param
+
+
+class Rig:
+    """A table with no loop (receive is called by hand) and the sockets a test opens, closed after."""
+
+    def __init__(self, mod, **kw):
+        self.mod = mod
+        self.table = mod.UdpTable(None, lambda: None, **kw)
+        self.socks = []
+
+    def udp(self, host="127.0.0.1", family=socket.AF_INET):
+        s = socket.socket(family, socket.SOCK_DGRAM)
+        s.bind((host, 0))
+        s.setblocking(False)
+        self.socks.append(s)
+        return s
+
+    def close(self):
+        self.table.close()
+        for s in self.socks:
+            s.close()
+
+    def ready(self, *socks):
+        """Wait until the socks are readable (loopback delivers at once; the twin needs its ready flag)."""
+        assert select.select(socks, [], [], 5)[0]
+        if self.mod is udptable_py:
+            for x in self.table._socks.values():
+                if x.sock in socks:
+                    x.ready = True
+
+
+@pytest.fixture
+def rig(mod):
+    r = Rig(mod)
+    yield r
+    r.close()
+
+
+def client_batch(*datagrams, slots=8):
+    """A parsed TUN batch of UDP packets (src, sport, dst, dport, payload), verdict V_UDP each."""
+    b = PacketBatch(slots)
+    for i, (src, sport, dst, dport, payload) in enumerate(datagrams):
+        assert build_py.udp_packet(b, i, ipaddress.ip_address(src).packed, sport, ipaddress.ip_address(dst).packed, dport, payload)
+    b.count = len(datagrams)
+    packet_py.parse_batch(b)
+    b.verdicts[: len(datagrams)] = d.V_UDP
+    return b
+
+
+def packet_of(out, slot):
+    return out.data[slot, out.headroom : out.headroom + int(out.lengths[slot])].tobytes()
+
+
+def check_udp(pkt, src, sport, dst, dport, payload):
+    """pkt is an IP/UDP packet from src:sport to dst:dport carrying payload, with right checksums."""
+    if ipaddress.ip_address(src).version == 4:
+        assert pkt[0] == 0x45 and checksum(pkt[:20]) == 0
+        assert pkt[6] & 0x40 == 0  # DF clear
+        hdr, alen = 20, 4
+        assert pkt[12:16] == ipaddress.ip_address(src).packed and pkt[16:20] == ipaddress.ip_address(dst).packed
+    else:
+        assert pkt[0] >> 4 == 6
+        hdr, alen = 40, 16
+        assert pkt[8:24] == ipaddress.ip_address(src).packed and pkt[24:40] == ipaddress.ip_address(dst).packed
+    u = pkt[hdr:]
+    assert struct.unpack("!HHH", u[:6]) == (sport, dport, 8 + len(payload))
+    assert u[8:] == payload
+    assert checksum(u, pseudo_sum(ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed, d.PROTO_UDP, len(u))) == 0
+
+
+def test_direct_both_ways(rig, mod):
+    t = rig.table
+    out_sock, server = rig.udp(), rig.udp()
+    sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
+    k = t.attach(sid, out_sock, mod.DIRECT)
+    assert k >= 0
+    assert t.route(sid, ipaddress.ip_address(DEST4).packed, 53, k, to=(b"\x7f\x00\x00\x01", server.getsockname()[1]))
+    b = client_batch((CLIENT4, 5000, DEST4, 53, b"hello"), (CLIENT4, 5000, DEST4, 54, b"no route"),
+                     (CLIENT4, 5001, DEST4, 53, b"other client"), (CLIENT4, 5000, DEST4, 53, b""))
+    assert t.send_batch(b, 4, 2.0) == 2
+    assert list(b.verdicts[:4]) == [d.V_DROP, d.V_UDP, d.V_UDP, d.V_DROP]  # routed ones done, the rest for Python
+    rig.ready(server)
+    got = [server.recvfrom(100) for _ in range(2)]
+    assert [g[0] for g in got] == [b"hello", b""] and got[0][1] == out_sock.getsockname()
+    assert t.counts(sid) == (2, 5, 0, 0) and t.last_active(sid) == 2.0
+    server.sendto(b"answer", out_sock.getsockname())
+    server.sendto(b"x" * 1400, out_sock.getsockname())
+    rig.ready(out_sock)
+    out = PacketBatch(4, max_packet=d.MAX_PACKET + 40)
+    assert t.receive(out, 1, 3.0) == 3  # from slot 1 on
+    port = server.getsockname()[1]
+    check_udp(packet_of(out, 1), "127.0.0.1", port, CLIENT4, 5000, b"answer")
+    check_udp(packet_of(out, 2), "127.0.0.1", port, CLIENT4, 5000, b"x" * 1400)
+    assert list(out.verdicts[1:3]) == [d.V_WRITE, d.V_WRITE]
+    assert t.counts(sid) == (2, 5, 2, 1406) and t.last_active(sid) == 3.0
+    assert t.receive(out, 3, 3.0) == 3  # nothing more
+    s = t.stats()
+    assert s["fast_sent"] == 2 and s["fast_received"] == 2
+
+
+def test_direct_ipv6_and_fake_source(rig, mod):
+    t = rig.table
+    out_sock, server = rig.udp("::1", socket.AF_INET6), rig.udp("::1", socket.AF_INET6)
+    sid = t.open(6, ipaddress.ip_address(CLIENT6).packed, 6000, 1.0)
+    fake = ipaddress.ip_address("fd00::198:1").packed
+    k = t.attach(sid, out_sock, mod.DIRECT, fake=fake)
+    assert t.route(sid, fake, 443, k, to=(ipaddress.ip_address("::1").packed, server.getsockname()[1]))
+    b = client_batch((CLIENT6, 6000, "fd00::198:1", 443, b"q" * 3000))
+    assert t.send_batch(b, 1, 2.0) == 1
+    rig.ready(server)
+    assert server.recvfrom(5000)[0] == b"q" * 3000
+    server.sendto(b"r", out_sock.getsockname())
+    rig.ready(out_sock)
+    out = PacketBatch(2)
+    assert t.receive(out, 0, 3.0) == 1
+    check_udp(packet_of(out, 0), "fd00::198:1", server.getsockname()[1], CLIENT6, 6000, b"r")  # from the fake address
+
+
+def socks_header(host, port):
+    ip = ipaddress.ip_address(host)
+    return b"\0\0\0" + (b"\x01" if ip.version == 4 else b"\x04") + ip.packed + struct.pack("!H", port)
+
+
+def test_socks5_both_ways(rig, mod):
+    t = rig.table
+    relay = rig.udp()
+    out_sock = rig.udp()
+    out_sock.connect(relay.getsockname())
+    sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
+    k = t.attach(sid, out_sock, mod.SOCKS5)
+    head = socks_header(DEST4, 53)
+    assert t.route(sid, ipaddress.ip_address(DEST4).packed, 53, k, prefix=head)
+    b = client_batch(*[(CLIENT4, 5000, DEST4, 53, bytes([i]) * 10) for i in range(5)])
+    assert t.send_batch(b, 5, 2.0) == 5
+    rig.ready(relay)
+    assert [relay.recv(100) for _ in range(5)] == [head + bytes([i]) * 10 for i in range(5)]
+    me = out_sock.getsockname()
+    replies = [socks_header(DEST4, 53) + b"four",  # IPv4 sender
+               b"\0\0\0\x04" + b"\0" * 10 + b"\xff\xff" + ipaddress.ip_address("198.18.7.7").packed + struct.pack("!H", 99) + b"mapped",
+               b"\0\0\x01\x01" + b"\0" * 6 + b"fragment",  # FRAG != 0: dropped
+               b"\0\0\0\x03\x07example\0\x35" + b"by name",  # no address to answer from: dropped
+               b"\0\0\0\x09" + b"junk",  # unknown ATYP
+               b"\0\0",  # too short
+               socks_header("fd00::1", 5) + b"v6 sender to a v4 client",
+               socks_header(DEST4, 53) + b"last"]
+    for r in replies:
+        relay.sendto(r, me)
+    rig.ready(out_sock)
+    out = PacketBatch(8)
+    assert t.receive(out, 0, 3.0) == 3
+    check_udp(packet_of(out, 0), DEST4, 53, CLIENT4, 5000, b"four")
+    check_udp(packet_of(out, 1), "198.18.7.7", 99, CLIENT4, 5000, b"mapped")
+    check_udp(packet_of(out, 2), DEST4, 53, CLIENT4, 5000, b"last")  # after four dropped ones: moved into place
+    s = t.stats()
+    assert (s["reply_fragment"], s["reply_by_name"], s["reply_malformed"],
+            s["reply_wrong_family"]) == (1, 1, 2, 1)
+    assert s["fast_received"] == 3
+
+
+def test_too_big_for_the_client_is_dropped(rig, mod):
+    t = rig.table
+    out_sock, server = rig.udp(), rig.udp()
+    sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
+    k = t.attach(sid, out_sock, mod.DIRECT)
+    server.sendto(b"y" * 2000, out_sock.getsockname())
+    server.sendto(b"z" * 10, out_sock.getsockname())
+    rig.ready(out_sock)
+    out = PacketBatch(4, max_packet=1500)
+    assert t.receive(out, 0, 1.0) == 1
+    check_udp(packet_of(out, 0), "127.0.0.1", server.getsockname()[1], CLIENT4, 5000, b"z" * 10)
+    assert t.stats()["reply_too_big"] == 1
+    big = PacketBatch(2, max_packet=d.MAX_PACKET + 40)
+    server.sendto(b"w" * 65507, out_sock.getsockname())  # the largest IPv4 UDP payload arrives whole
+    rig.ready(out_sock)
+    assert t.receive(big, 0, 1.0) == 1
+    check_udp(packet_of(big, 0), "127.0.0.1", server.getsockname()[1], CLIENT4, 5000, b"w" * 65507)
+    del k
+
+
+def test_a_full_batch_leaves_the_rest_for_next_time(rig, mod):
+    t = rig.table
+    out_sock, server = rig.udp(), rig.udp()
+    sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
+    t.attach(sid, out_sock, mod.DIRECT)
+    for i in range(10):
+        server.sendto(bytes([i]), out_sock.getsockname())
+    rig.ready(out_sock)
+    out = PacketBatch(4)
+    got = []
+    for _ in range(5):
+        n = t.receive(out, 0, 1.0)
+        got += [packet_of(out, i)[-1] for i in range(n)]  # the twin stays ready until a read finds nothing
+    assert got == list(range(10))
+
+
+def test_sessions_routes_and_sockets_come_and_go(rig, mod):
+    t = rig.table
+    a, b = rig.udp(), rig.udp()
+    sids = [t.open(4, bytes([198, 18, 0, i]), 1000 + i, float(i)) for i in range(3)]
+    assert t.sessions_open == 3
+    assert t.idle(1.5) == [sids[0], sids[1]] and t.idle(1.5, most=1) == [sids[0]]
+    ka = t.attach(sids[0], a, mod.DIRECT)
+    kb = t.attach(sids[0], b, mod.DIRECT)
+    for port in (1, 2, 3):
+        assert t.route(sids[0], bytes([198, 18, 9, 9]), port, ka, to=(b"\x7f\0\0\1", 9))
+    assert t.route(sids[0], bytes([198, 18, 9, 9]), 4, kb, to=(b"\x7f\0\0\1", 9))
+    assert t.route(sids[0], bytes([198, 18, 9, 9]), 4, ka, to=(b"\x7f\0\0\1", 9))  # replaced, not added
+    assert t.routes_open == 4
+    t.detach(ka)  # its routes go with it
+    assert t.routes_open == 0
+    t.detach(ka)  # twice: nothing
+    assert t.route(sids[0], bytes([198, 18, 9, 9]), 5, kb, to=(b"\x7f\0\0\1", 9))
+    t.close_session(sids[0])
+    assert t.routes_open == 0 and t.sessions_open == 2
+    with pytest.raises(KeyError):
+        t.counts(sids[0])
+    with pytest.raises(KeyError):
+        t.route(sids[1], bytes([198, 18, 9, 9]), 5, kb, to=(b"\x7f\0\0\1", 9))  # kb left with its session
+    t.touch(sids[1], 50.0, 1, 10, 2, 20)
+    assert t.counts(sids[1]) == (1, 10, 2, 20) and t.idle(40.0) == [sids[2]]
+
+
+def test_capacities_are_bounds(mod):
+    r = Rig(mod, sessions=2, routes=1, sockets=1)
+    try:
+        t = r.table
+        s0 = t.open(4, b"\xc6\x12\0\1", 1, 0.0)
+        assert t.open(4, b"\xc6\x12\0\2", 1, 0.0) >= 0
+        assert t.open(4, b"\xc6\x12\0\3", 1, 0.0) == -1
+        k = t.attach(s0, r.udp(), mod.DIRECT)
+        assert t.attach(s0, r.udp(), mod.DIRECT) == -1
+        assert t.route(s0, b"\1\1\1\1", 1, k, to=(b"\x7f\0\0\1", 9))
+        assert not t.route(s0, b"\1\1\1\1", 2, k, to=(b"\x7f\0\0\1", 9))
+        assert t.stats()["route_table_full"] == 1
+        t.close_session(s0)
+        assert t.open(4, b"\xc6\x12\0\3", 1, 0.0) >= 0  # its place is free again
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("bad", [
+    lambda t, m, s: t.open(4, b"\1\2\3", 1, 0.0),  # an address of the wrong length
+    lambda t, m, s: t.open(5, b"\1\2\3\4", 1, 0.0),
+    lambda t, m, s: t.attach(0, s, 7),  # no such kind
+    lambda t, m, s: t.attach(0, s, m.DIRECT, fake=b"\1" * 16),  # fake of another family
+    lambda t, m, s: t.route(0, b"\1\1\1\1", 1, 0, to=None),  # DIRECT without an address
+    lambda t, m, s: t.route(0, b"\1" * 16, 1, 0, to=(b"\x7f\0\0\1", 9)),  # dst of another family
+])
+def test_wrong_arguments_are_refused(rig, mod, bad):
+    t = rig.table
+    sid = t.open(4, b"\xc6\x12\0\1", 1, 0.0)
+    sock = rig.udp()
+    assert t.attach(sid, sock, mod.DIRECT) == 0
+    with pytest.raises((ValueError, KeyError)):
+        bad(t, mod, sock)
+
+
+def test_the_loop_is_told(mod):
+    """on_ready runs on the loop when an attached socket has a datagram."""
+    from ztun.loop import Loop
+    loop = Loop()
+    calls = []
+    t = mod.UdpTable(loop, lambda: calls.append(t.receive(PacketBatch(4), 0, 0.0)))
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        a.bind(("127.0.0.1", 0))
+        a.setblocking(False)
+        sid = t.open(4, b"\xc6\x12\0\1", 7, 0.0)
+        t.attach(sid, a, mod.DIRECT)
+        b.sendto(b"hi", a.getsockname())
+        end = time.monotonic() + 5
+        while not calls and time.monotonic() < end:
+            loop.run_once(0.1)
+        assert calls == [1]
+    finally:
+        t.close()
+        loop.close()
+        a.close()
+        b.close()

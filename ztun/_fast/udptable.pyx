@@ -1,0 +1,756 @@
+"""UdpTable: a UDP session's datagrams after its first, both ways, with no Python per datagram. Compiled (Linux).
+
+The UDP NAT (ztun/stack/udp.py) gives each client endpoint a session here. The first
+datagram to each destination goes to the handler, which decides as always (rules, DNS,
+the outbound); once a destination's way is known its route is added, and from then on:
+
+- up: send_batch takes every UDP slot of a TUN batch whose (client, destination) has a
+  route and sends its payload from the route's socket, in one sendmmsg per run of slots
+  on one socket (direct: to the route's address; SOCKS5: the route's UDP request header
+  first, on the socket connected to the relay). The slot is marked done (V_DROP) so the
+  stack's Python path skips it; slots without a route are left to it.
+- down: the sockets attached here are in the table's own epoll (level-triggered), which
+  the loop watches; receive takes what they hold with recvmmsg, straight into the output
+  batch's slots at the payload's place, and writes the IP and UDP headers around it:
+  from the datagram's sender (direct), the sender its SOCKS5 header names (the header is
+  stripped), or the fake address the client used (a fake-IP destination's socket), to the
+  client. IPv4 replies carry a per-packet ID with DF clear, so a router on the way to a
+  LAN host with a smaller MTU fragments them instead of dropping them.
+
+Idle expiry reads each session's last activity here (idle()), in C. udptable_py.py is the twin.
+"""
+import operator
+import os
+
+from libc.errno cimport errno, EAGAIN, EINTR
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memmove, memset, memcmp
+
+from core cimport *
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int sendmmsg(int fd, mmsghdr *msgs, unsigned int n, int flags)
+    int recvmmsg(int fd, mmsghdr *msgs, unsigned int n, int flags, void *timeout)
+    enum:
+        MSG_DONTWAIT
+        MSG_TRUNC
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        uint32_t u32
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *ev)
+    int epoll_wait(int epfd, epoll_event *events, int n, int timeout)
+    enum:
+        EPOLLIN
+        EPOLL_CTL_ADD
+        EPOLL_CTL_DEL
+        EPOLL_CLOEXEC
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
+cdef extern from *:
+    """
+    #include <netinet/in.h>
+    /* A sockaddr for (address of alen bytes, port) in buf (28 bytes); its length. */
+    static unsigned int zt_sockaddr(unsigned char *buf, const unsigned char *addr, int alen, unsigned short port) {
+        memset(buf, 0, 28);
+        if (alen == 4) {
+            struct sockaddr_in *s = (struct sockaddr_in *)buf;
+            s->sin_family = AF_INET;
+            s->sin_port = htons(port);
+            memcpy(&s->sin_addr, addr, 4);
+            return sizeof *s;
+        }
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)buf;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(port);
+        memcpy(&s6->sin6_addr, addr, 16);
+        return sizeof *s6;
+    }
+    /* The sender in a received sockaddr: its address into addr (4 or 16 bytes, an IPv4-mapped
+       IPv6 address as 4 when want == 4), its port; the address length, or 0 if it is neither
+       family or not of the length wanted. */
+    static const unsigned char zt_mapped[12] = {0,0,0,0,0,0,0,0,0,0,0xff,0xff};
+    static int zt_sender(const unsigned char *buf, unsigned int len, int want, unsigned char *addr, unsigned short *port) {
+        const struct sockaddr *sa = (const struct sockaddr *)buf;
+        if (len >= sizeof(struct sockaddr_in) && sa->sa_family == AF_INET && want == 4) {
+            const struct sockaddr_in *s = (const struct sockaddr_in *)buf;
+            memcpy(addr, &s->sin_addr, 4);
+            *port = ntohs(s->sin_port);
+            return 4;
+        }
+        if (len >= sizeof(struct sockaddr_in6) && sa->sa_family == AF_INET6) {
+            const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)buf;
+            const unsigned char *a = (const unsigned char *)&s6->sin6_addr;
+            *port = ntohs(s6->sin6_port);
+            if (want == 16) {
+                memcpy(addr, a, 16);
+                return 16;
+            }
+            if (memcmp(a, zt_mapped, 12) == 0) {
+                memcpy(addr, a + 12, 4);
+                return 4;
+            }
+        }
+        return 0;
+    }
+    """
+    unsigned int zt_sockaddr(uint8_t *buf, const uint8_t *addr, int alen, uint16_t port) nogil
+    int zt_sender(const uint8_t *buf, unsigned int len, int want, uint8_t *addr, uint16_t *port) nogil
+    const uint8_t zt_mapped[12]
+
+DIRECT = 1  # datagrams go to the route's address; replies come from their sender
+SOCKS5 = 2  # the route's RFC 1928 UDP header goes first, on a socket connected to the relay; replies carry one
+
+cdef enum:
+    _DIRECT = 1
+    _SOCKS5 = 2
+    _BATCH = 64  # datagrams per sendmmsg / recvmmsg
+    _PER_SOCKET = 32  # datagrams taken from one socket per receive, so one busy socket cannot fill every batch
+    _EVENTS = 64
+    _PREFIX = 264  # RSV(2) FRAG ATYP, a name of up to 255 bytes with its length, PORT
+    _HOP = 64
+
+cdef struct Session:
+    uint8_t used
+    uint8_t version
+    uint16_t cport
+    int32_t routes  # first route of this session (a list through Route.snext)
+    int32_t socks  # first socket of this session (through Sock.snext)
+    uint8_t client[16]
+    double last
+    uint64_t up_packets, up_bytes, down_packets, down_bytes
+
+cdef struct Route:
+    uint8_t used
+    uint8_t kind
+    uint16_t dport
+    uint16_t prefix_len
+    int32_t hnext  # next in its hash bucket
+    int32_t snext  # next of its session
+    int32_t session
+    int32_t sock
+    uint32_t tolen
+    uint8_t dst[16]
+    uint8_t to[28]
+    uint8_t prefix[_PREFIX]
+
+cdef struct Sock:
+    uint8_t used
+    uint8_t kind
+    uint8_t has_fake
+    int fd
+    int32_t session
+    int32_t snext
+    uint8_t fake[16]
+
+
+cdef inline uint64_t _mix(uint64_t h, uint64_t v) noexcept nogil:
+    h ^= v
+    h *= 0x100000001b3ULL
+    return h ^ (h >> 29)
+
+
+cdef inline uint64_t _hash(uint64_t seed, int version, const uint8_t *client, uint16_t cport, const uint8_t *dst,
+                           uint16_t dport) noexcept nogil:
+    cdef int alen = 4 if version == 4 else 16, k
+    cdef uint64_t h = seed ^ (<uint64_t>version << 40) ^ (<uint64_t>cport << 16) ^ dport
+    for k in range(alen):
+        h = _mix(h, client[k] | (<uint64_t>dst[k] << 8))
+    return _mix(h, 0x9E3779B97F4A7C15ULL)
+
+
+# The docstring's first lines are the constructor's signature for inspect.signature (as NatTable's).
+cdef class UdpTable:
+    """UdpTable(loop, on_ready, sessions=16384, routes=65536, sockets=65536)
+--
+
+    The compiled UDP session table: sessions, their routes (client endpoint and destination
+    to a socket) and the sockets whose replies it reads. on_ready() runs on the loop when an
+    attached socket has datagrams (then call receive). Capacities are fixed at creation;
+    memory is taken as it is used.
+    """
+
+    cdef Session *sessions
+    cdef Route *routes
+    cdef Sock *socks
+    cdef int32_t *buckets
+    cdef int32_t *free_sessions
+    cdef int32_t *free_routes
+    cdef int32_t *free_socks
+    cdef readonly uint32_t session_capacity, route_capacity, socket_capacity
+    cdef uint32_t n_free_sessions, n_free_routes, n_free_socks, mask
+    cdef uint64_t seed
+    cdef int epfd
+    cdef uint16_t ip_id
+    cdef object loop
+    cdef object on_ready
+    cdef uint64_t c_datagrams, c_sent, c_send_dropped, c_send_error, c_received, c_recv_error, c_reply_wrong_family
+    cdef uint64_t c_reply_by_name, c_reply_malformed, c_reply_fragment, c_reply_too_big, c_route_full
+    cdef mmsghdr msgs[_BATCH]
+    cdef iovec iovs[2 * _BATCH]
+    cdef uint8_t names[_BATCH * 28]
+    cdef epoll_event events[_EVENTS]
+
+    def __cinit__(self, loop, on_ready, sessions=16384, routes=65536, sockets=65536):
+        cdef uint32_t m = 1, k
+        self.epfd = -1
+        sessions, routes, sockets = operator.index(sessions), operator.index(routes), operator.index(sockets)
+        for name, value in (("sessions", sessions), ("routes", routes), ("sockets", sockets)):
+            if not 0 < value <= 1 << 22:
+                raise ValueError(f"{name} must be 1 to 2**22, got {value}")
+        self.session_capacity, self.route_capacity, self.socket_capacity = sessions, routes, sockets
+        while m < 2 * self.route_capacity:
+            m <<= 1
+        self.mask = m - 1
+        self.sessions = <Session *>calloc(self.session_capacity, sizeof(Session))
+        self.routes = <Route *>calloc(self.route_capacity, sizeof(Route))
+        self.socks = <Sock *>calloc(self.socket_capacity, sizeof(Sock))
+        self.buckets = <int32_t *>calloc(m, sizeof(int32_t))
+        self.free_sessions = <int32_t *>calloc(self.session_capacity, sizeof(int32_t))
+        self.free_routes = <int32_t *>calloc(self.route_capacity, sizeof(int32_t))
+        self.free_socks = <int32_t *>calloc(self.socket_capacity, sizeof(int32_t))
+        if not (self.sessions and self.routes and self.socks and self.buckets and self.free_sessions
+                and self.free_routes and self.free_socks):
+            raise MemoryError("UDP session table")
+        memset(self.buckets, 0xFF, m * sizeof(int32_t))
+        for k in range(self.session_capacity):
+            self.free_sessions[k] = self.session_capacity - 1 - k
+        for k in range(self.route_capacity):
+            self.free_routes[k] = self.route_capacity - 1 - k
+        for k in range(self.socket_capacity):
+            self.free_socks[k] = self.socket_capacity - 1 - k
+        self.n_free_sessions, self.n_free_routes, self.n_free_socks = sessions, routes, sockets
+        self.seed = int.from_bytes(os.urandom(8), "little")
+        self.ip_id = int.from_bytes(os.urandom(2), "little")
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, f"UDP table: {os.strerror(errno)}")
+        self.loop = loop
+        self.on_ready = on_ready
+        if loop is not None:
+            loop.add_reader(self.epfd, on_ready)
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            close(self.epfd)
+        free(self.sessions)
+        free(self.routes)
+        free(self.socks)
+        free(self.buckets)
+        free(self.free_sessions)
+        free(self.free_routes)
+        free(self.free_socks)
+
+    def close(self):
+        """Stop watching the sockets (they stay open: their flows own them). Idempotent."""
+        if self.epfd >= 0:
+            if self.loop is not None:
+                self.loop.remove_reader(self.epfd)
+            close(self.epfd)
+            self.epfd = -1
+
+    def fileno(self) -> int:
+        return self.epfd
+
+    # -- sessions ---------------------------------------------------------------
+
+    def open(self, int version, const uint8_t[::1] client, uint16_t port, double now) -> int:
+        """A new session for the client endpoint; its id, or -1 when the table is full."""
+        cdef int32_t sid
+        cdef Session *s
+        if (version != 4 or client.shape[0] != 4) and (version != 6 or client.shape[0] != 16):
+            raise ValueError("client must be 4 bytes for version 4, 16 for version 6")
+        if self.n_free_sessions == 0:
+            return -1
+        self.n_free_sessions -= 1
+        sid = self.free_sessions[self.n_free_sessions]
+        s = &self.sessions[sid]
+        memset(s, 0, sizeof(Session))
+        s.used = 1
+        s.version = version
+        s.cport = port
+        memcpy(s.client, &client[0], client.shape[0])
+        s.routes = s.socks = -1
+        s.last = now
+        return sid
+
+    cdef Session *_session(self, sid) except NULL:
+        if not 0 <= sid < self.session_capacity or not self.sessions[sid].used:
+            raise KeyError(f"no UDP session {sid}")
+        return &self.sessions[sid]
+
+    def close_session(self, int32_t sid):
+        """Forget a session: its routes go and its sockets are no longer read (nor closed)."""
+        cdef Session *s = self._session(sid)
+        while s.socks >= 0:
+            self._detach(s.socks)
+        while s.routes >= 0:
+            self._unroute(s.routes)
+        s.used = 0
+        self.free_sessions[self.n_free_sessions] = sid
+        self.n_free_sessions += 1
+
+    def touch(self, int32_t sid, double now, int up_packets=0, int up_bytes=0, int down_packets=0, int down_bytes=0):
+        """Activity of a session outside the table (its datagrams through Python)."""
+        cdef Session *s = self._session(sid)
+        s.last = now
+        s.up_packets += up_packets
+        s.up_bytes += up_bytes
+        s.down_packets += down_packets
+        s.down_bytes += down_bytes
+
+    def counts(self, int32_t sid):
+        """(packets up, bytes up, packets down, bytes down) of a session so far."""
+        cdef Session *s = self._session(sid)
+        return s.up_packets, s.up_bytes, s.down_packets, s.down_bytes
+
+    def last_active(self, int32_t sid) -> float:
+        return self._session(sid).last
+
+    def idle(self, double before, int most=1 << 30) -> list:
+        """Ids of the sessions whose last activity was before `before` (at most `most`)."""
+        cdef uint32_t k
+        out = []
+        for k in range(self.session_capacity):
+            if self.sessions[k].used and self.sessions[k].last < before:
+                out.append(k)
+                if len(out) >= most:
+                    break
+        return out
+
+    @property
+    def sessions_open(self) -> int:
+        return self.session_capacity - self.n_free_sessions
+
+    @property
+    def routes_open(self) -> int:
+        return self.route_capacity - self.n_free_routes
+
+    # -- sockets and routes -------------------------------------------------------
+
+    def attach(self, int32_t sid, sock, int kind, fake=None) -> int:
+        """Read sock's datagrams (replies of a session's outbound flow) here from now on; its id, or -1
+        when the table has no room. kind DIRECT or SOCKS5; fake: the address (packed) replies
+        come from instead of their sender (a fake-IP destination's flow)."""
+        cdef Session *s = self._session(sid)
+        cdef int32_t k
+        cdef Sock *x
+        cdef epoll_event ev
+        cdef int fd = sock.fileno()
+        if kind != _DIRECT and kind != _SOCKS5:
+            raise ValueError(f"kind must be DIRECT or SOCKS5, got {kind}")
+        if fake is not None and len(fake) != (4 if s.version == 4 else 16):
+            raise ValueError("fake must be an address of the session's family")
+        if fd < 0:
+            raise ValueError("the socket is closed")
+        if self.n_free_socks == 0 or self.epfd < 0:
+            return -1
+        self.n_free_socks -= 1
+        k = self.free_socks[self.n_free_socks]
+        x = &self.socks[k]
+        memset(x, 0, sizeof(Sock))
+        ev.events = EPOLLIN
+        ev.data.u32 = <uint32_t>k
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            err = errno
+            self.free_socks[self.n_free_socks] = k
+            self.n_free_socks += 1
+            raise OSError(err, f"UDP table: watch socket: {os.strerror(err)}")
+        x.used = 1
+        x.kind = kind
+        x.fd = fd
+        x.session = sid
+        if fake is not None:
+            fake = bytes(fake)
+            x.has_fake = 1
+            memcpy(x.fake, <const char *>fake, len(fake))
+        x.snext = s.socks
+        s.socks = k
+        return k
+
+    def detach(self, int32_t sock_id):
+        """Stop reading a socket (before its owner closes it); the routes that send from it go too."""
+        if not 0 <= sock_id < <int32_t>self.socket_capacity or not self.socks[sock_id].used:
+            return
+        self._detach(sock_id)
+
+    cdef void _detach(self, int32_t k):
+        cdef Sock *x = &self.socks[k]
+        cdef Session *s = &self.sessions[x.session]
+        cdef int32_t *link = &s.socks
+        cdef int32_t r, nxt
+        while link[0] >= 0 and link[0] != k:
+            link = &self.socks[link[0]].snext
+        if link[0] == k:
+            link[0] = x.snext
+        r = s.routes
+        while r >= 0:  # the routes sending from it
+            nxt = self.routes[r].snext
+            if self.routes[r].sock == k:
+                self._unroute(r)
+            r = nxt
+        if self.epfd >= 0:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, x.fd, NULL)
+        x.used = 0
+        self.free_socks[self.n_free_socks] = k
+        self.n_free_socks += 1
+
+    def route(self, int32_t sid, const uint8_t[::1] dst, uint16_t dport, int32_t sock_id, to=None, prefix=None) -> bool:
+        """Send the session's datagrams to (dst, dport) from an attached socket from now on, without
+        Python: to (address packed, port) for a DIRECT socket, or the SOCKS5 UDP header for a
+        SOCKS5 one. False when the route table is full (the datagrams keep going through Python)."""
+        cdef Session *s = self._session(sid)
+        cdef int alen = 4 if s.version == 4 else 16
+        cdef int32_t r
+        cdef Route *e
+        cdef uint64_t h
+        if dst.shape[0] != alen:
+            raise ValueError("dst must be an address of the session's family")
+        if not 0 <= sock_id < <int32_t>self.socket_capacity or not self.socks[sock_id].used or self.socks[sock_id].session != sid:
+            raise KeyError(f"socket {sock_id} is not attached to session {sid}")
+        kind = self.socks[sock_id].kind
+        if kind == _DIRECT:
+            if to is None or len(to[0]) not in (4, 16):
+                raise ValueError("a DIRECT route needs to = (packed address, port)")
+        elif prefix is None or not 4 <= len(prefix) <= _PREFIX:
+            raise ValueError(f"a SOCKS5 route needs its UDP header (4..{_PREFIX} bytes)")
+        r = self._find(s.version, s.client, s.cport, &dst[0], dport)
+        if r >= 0:
+            self._unroute(r)
+        if self.n_free_routes == 0:
+            self.c_route_full += 1
+            return False
+        self.n_free_routes -= 1
+        r = self.free_routes[self.n_free_routes]
+        e = &self.routes[r]
+        memset(e, 0, sizeof(Route) - _PREFIX)
+        e.used = 1
+        e.kind = kind
+        e.session = sid
+        e.sock = sock_id
+        memcpy(e.dst, &dst[0], alen)
+        e.dport = dport
+        if kind == _DIRECT:
+            address = bytes(to[0])
+            e.tolen = zt_sockaddr(e.to, <const uint8_t *><const char *>address, len(address), <uint16_t>to[1])
+        else:
+            prefix = bytes(prefix)
+            e.prefix_len = len(prefix)
+            memcpy(e.prefix, <const char *>prefix, len(prefix))
+        h = _hash(self.seed, s.version, s.client, s.cport, e.dst, dport) & self.mask
+        e.hnext = self.buckets[h]
+        self.buckets[h] = r
+        e.snext = s.routes
+        s.routes = r
+        return True
+
+    cdef int32_t _find(self, int version, const uint8_t *client, uint16_t cport, const uint8_t *dst,
+                       uint16_t dport) noexcept nogil:
+        cdef int alen = 4 if version == 4 else 16
+        cdef int32_t r = self.buckets[_hash(self.seed, version, client, cport, dst, dport) & self.mask]
+        cdef Route *e
+        cdef Session *s
+        while r >= 0:
+            e = &self.routes[r]
+            s = &self.sessions[e.session]
+            if (e.dport == dport and s.cport == cport and s.version == version and memcmp(e.dst, dst, alen) == 0
+                    and memcmp(s.client, client, alen) == 0):
+                return r
+            r = e.hnext
+        return -1
+
+    cdef void _unroute(self, int32_t r):
+        cdef Route *e = &self.routes[r]
+        cdef Session *s = &self.sessions[e.session]
+        cdef uint64_t h = _hash(self.seed, s.version, s.client, s.cport, e.dst, e.dport) & self.mask
+        cdef int32_t *link = &self.buckets[h]
+        while link[0] >= 0 and link[0] != r:
+            link = &self.routes[link[0]].hnext
+        if link[0] == r:
+            link[0] = e.hnext
+        link = &s.routes
+        while link[0] >= 0 and link[0] != r:
+            link = &self.routes[link[0]].snext
+        if link[0] == r:
+            link[0] = e.snext
+        e.used = 0
+        self.free_routes[self.n_free_routes] = r
+        self.n_free_routes += 1
+
+    # -- the datagrams --------------------------------------------------------------
+
+    def send_batch(self, batch, Py_ssize_t n, double now) -> int:
+        """Send each UDP slot of batch (0..n-1, parsed, verdict V_UDP) whose way is routed; those slots
+        become V_DROP (done). The number sent or dropped here."""
+        cdef uint8_t[:, ::1] data = batch.data
+        cdef uint8_t[::1] verdicts = batch.verdicts
+        cdef Meta *meta = meta_of(batch)
+        cdef Py_ssize_t i
+        cdef int32_t r, run_sock = -1
+        cdef Meta *m
+        cdef Route *e
+        cdef Session *s
+        cdef int q = 0, done = 0
+        cdef mmsghdr *h
+        if n < 0 or n > data.shape[0]:
+            raise ValueError(f"n {n} outside 0..{data.shape[0]}")
+        with nogil:
+            for i in range(n):
+                if verdicts[i] != V_UDP:
+                    continue
+                m = &meta[i]
+                if m.status != OK or m.frag != FRAG_NONE or (m.gso_type & ~GSO_ECN) != GSO_NONE:
+                    continue
+                r = self._find(m.version, m.src, m.src_port, m.dst, m.dst_port)
+                if r < 0:
+                    continue
+                e = &self.routes[r]
+                if q and (e.sock != run_sock or q == _BATCH):
+                    self._send(run_sock, q)
+                    q = 0
+                run_sock = e.sock
+                h = &self.msgs[q]
+                memset(h, 0, sizeof(mmsghdr))
+                if e.kind == _DIRECT:
+                    h.msg_hdr.msg_name = e.to
+                    h.msg_hdr.msg_namelen = e.tolen
+                    self.iovs[2 * q].iov_base = &data[i, HEADROOM + m.payload_off]
+                    self.iovs[2 * q].iov_len = m.payload_len
+                    h.msg_hdr.msg_iovlen = 1
+                else:
+                    self.iovs[2 * q].iov_base = e.prefix
+                    self.iovs[2 * q].iov_len = e.prefix_len
+                    self.iovs[2 * q + 1].iov_base = &data[i, HEADROOM + m.payload_off]
+                    self.iovs[2 * q + 1].iov_len = m.payload_len
+                    h.msg_hdr.msg_iovlen = 2
+                h.msg_hdr.msg_iov = &self.iovs[2 * q]
+                q += 1
+                s = &self.sessions[e.session]
+                s.last = now
+                s.up_packets += 1
+                s.up_bytes += m.payload_len
+                verdicts[i] = V_DROP
+                done += 1
+            if q:
+                self._send(run_sock, q)
+        self.c_datagrams += done
+        return done
+
+    cdef void _send(self, int32_t k, int q) noexcept nogil:
+        """sendmmsg the q queued datagrams from socket k: a full buffer drops the rest, an error
+        (e.g. ICMP unreachable of an earlier datagram on a connected socket) costs one datagram."""
+        cdef int at = 0, r
+        cdef int fd = self.socks[k].fd
+        while at < q:
+            r = sendmmsg(fd, &self.msgs[at], q - at, MSG_DONTWAIT)
+            if r > 0:
+                self.c_sent += r
+                at += r
+            elif r < 0 and errno == EINTR:
+                continue
+            elif r < 0 and errno == EAGAIN:
+                self.c_send_dropped += q - at
+                return
+            else:
+                self.c_send_error += 1
+                at += 1
+
+    def receive(self, out, Py_ssize_t start, double now) -> int:
+        """Take the attached sockets' datagrams into out's slots from start on, each built into an
+        IP/UDP packet to its client (verdict V_WRITE); the slot after the last one filled."""
+        cdef uint8_t[:, ::1] data = out.data
+        cdef int[::1] lengths = out.lengths
+        cdef uint8_t[::1] verdicts = out.verdicts
+        cdef Py_ssize_t slots = data.shape[0], slot = start, room = data.shape[1] - HEADROOM
+        cdef bint vnet = out.vnet_hdr
+        cdef int nev = 0, k
+        if start < 0 or start > slots:
+            raise ValueError(f"start {start} outside 0..{slots}")
+        if room > out.max_packet:
+            room = out.max_packet
+        if self.epfd < 0 or slot >= slots:
+            return slot
+        with nogil:
+            nev = epoll_wait(self.epfd, self.events, _EVENTS, 0)
+            for k in range(nev):
+                if slot >= slots:
+                    break
+                slot = self._drain(self.events[k].data.u32, data, lengths, verdicts, slot, slots, room, vnet, now)
+        return slot
+
+    cdef Py_ssize_t _drain(self, uint32_t k, uint8_t[:, ::1] data, int[::1] lengths, uint8_t[::1] verdicts,
+                           Py_ssize_t slot, Py_ssize_t slots, Py_ssize_t room, bint vnet, double now) noexcept nogil:
+        cdef Sock *x = &self.socks[k]
+        cdef Session *s
+        cdef int hlen, alen, guess, want, got = 0, r, j, hdr, slen
+        cdef Py_ssize_t most
+        cdef uint8_t *p
+        cdef uint8_t *u
+        cdef uint8_t src[16]
+        cdef uint16_t sport, ulen, cs
+        cdef uint32_t plen, limit
+        if k >= self.socket_capacity or not x.used:
+            return slot
+        s = &self.sessions[x.session]
+        alen = 4 if s.version == 4 else 16
+        hlen = 20 if s.version == 4 else 40
+        guess = 0 if x.kind == _DIRECT else (10 if s.version == 4 else 22)
+        # the largest payload a packet to the client carries: IPv4 total length or the UDP length
+        limit = (0xFFFF - hlen - 8) if s.version == 4 else (0xFFFF - 8)
+        if limit > room - hlen - 8 - guess:
+            limit = room - hlen - 8 - guess  # the header received in front takes room too
+        while got < _PER_SOCKET and slot < slots:
+            want = _PER_SOCKET - got
+            if want > slots - slot:
+                want = slots - slot
+            if want > _BATCH:
+                want = _BATCH
+            for j in range(want):
+                p = &data[slot + j, HEADROOM]
+                self.iovs[j].iov_base = p + hlen + 8 - guess
+                self.iovs[j].iov_len = limit + guess  # a datagram too big arrives cut, with MSG_TRUNC
+                memset(&self.msgs[j], 0, sizeof(mmsghdr))
+                self.msgs[j].msg_hdr.msg_iov = &self.iovs[j]
+                self.msgs[j].msg_hdr.msg_iovlen = 1
+                self.msgs[j].msg_hdr.msg_name = &self.names[j * 28]
+                self.msgs[j].msg_hdr.msg_namelen = 28
+            r = recvmmsg(x.fd, self.msgs, want, MSG_DONTWAIT, NULL)
+            if r <= 0:
+                if r < 0 and errno != EAGAIN and errno != EINTR:
+                    self.c_recv_error += 1  # e.g. ICMP unreachable for an earlier datagram: the flow lives on
+                break
+            got += r
+            for j in range(r):
+                p = &data[slot, HEADROOM]
+                plen = self.msgs[j].msg_len
+                if (self.msgs[j].msg_hdr.msg_flags & MSG_TRUNC) or plen > limit + guess:
+                    self.c_reply_too_big += 1
+                    continue
+                if p != <uint8_t *>self.iovs[j].iov_base - (hlen + 8 - guess):  # an earlier one was dropped
+                    memmove(p + hlen + 8 - guess, self.iovs[j].iov_base, plen)
+                u = p + hlen + 8 - guess
+                if x.kind == _DIRECT:
+                    if zt_sender(&self.names[j * 28], self.msgs[j].msg_hdr.msg_namelen, alen, src, &sport) != alen:
+                        self.c_reply_wrong_family += 1
+                        continue
+                    hdr = 0
+                else:
+                    hdr = self._socks_header(u, plen, alen, src, &sport)
+                    if hdr < 0:
+                        continue
+                    plen -= hdr
+                    if plen > limit:
+                        self.c_reply_too_big += 1
+                        continue
+                    if hdr != guess:
+                        memmove(p + hlen + 8, u + hdr, plen)
+                if x.has_fake:
+                    memcpy(src, x.fake, alen)
+                self._headers(p, s, src, sport, plen)
+                if vnet:
+                    memset(&data[slot, HEADROOM - VNET_HDR_LEN], 0, VNET_HDR_LEN)
+                lengths[slot] = hlen + 8 + plen
+                verdicts[slot] = V_WRITE
+                s.down_packets += 1
+                s.down_bytes += plen
+                s.last = now
+                self.c_received += 1
+                slot += 1
+            if r < want:
+                break
+        return slot
+
+    cdef int _socks_header(self, const uint8_t *u, uint32_t n, int alen, uint8_t *src, uint16_t *sport) noexcept nogil:
+        """The length of the RFC 1928 UDP header at u (its sender into src, sport), or -1 (counted)."""
+        if n < 4 or u[0] != 0 or u[1] != 0:
+            self.c_reply_malformed += 1
+            return -1
+        if u[2] != 0:
+            self.c_reply_fragment += 1  # fragmented SOCKS5 datagrams are not reassembled
+            return -1
+        if u[3] == 3:
+            self.c_reply_by_name += 1  # a relay naming the sender: no address to answer from
+            return -1
+        if u[3] == 1 and n >= 10:
+            if alen == 16:
+                self.c_reply_wrong_family += 1
+                return -1
+            memcpy(src, u + 4, 4)
+            sport[0] = zt_be16(u + 8)
+            return 10
+        if u[3] == 4 and n >= 22:
+            if alen == 16:
+                memcpy(src, u + 4, 16)
+            elif memcmp(u + 4, zt_mapped, 12) == 0:
+                memcpy(src, u + 16, 4)  # a dual-stack relay writing an IPv4 sender as ::ffff:a.b.c.d
+            else:
+                self.c_reply_wrong_family += 1
+                return -1
+            sport[0] = zt_be16(u + 20)
+            return 22
+        self.c_reply_malformed += 1
+        return -1
+
+    cdef void _headers(self, uint8_t *p, Session *s, const uint8_t *src, uint16_t sport, uint32_t plen) noexcept nogil:
+        """The IP and UDP headers of a datagram from src:sport to the session's client, around the
+        plen payload bytes already in place."""
+        cdef int alen = 4 if s.version == 4 else 16
+        cdef int hlen = 20 if s.version == 4 else 40
+        cdef uint32_t ulen = 8 + plen
+        cdef uint8_t *u = p + hlen
+        cdef uint16_t cs
+        if s.version == 4:
+            memset(p, 0, 20)
+            p[0] = 0x45
+            zt_put16(p + 2, <uint16_t>(20 + ulen))
+            self.ip_id += 1
+            zt_put16(p + 4, self.ip_id)  # DF clear: a smaller MTU on the way fragments it
+            p[8] = _HOP
+            p[9] = PROTO_UDP
+            memcpy(p + 12, src, 4)
+            memcpy(p + 16, s.client, 4)
+            zt_put16(p + 10, <uint16_t>~zt_sum(p, 20, 0))
+        else:
+            memset(p, 0, 8)
+            p[0] = 0x60
+            zt_put16(p + 4, <uint16_t>ulen)
+            p[6] = PROTO_UDP
+            p[7] = _HOP
+            memcpy(p + 8, src, 16)
+            memcpy(p + 24, s.client, 16)
+        zt_put16(u, sport)
+        zt_put16(u + 2, s.cport)
+        zt_put16(u + 4, <uint16_t>ulen)
+        zt_put16(u + 6, 0)
+        cs = <uint16_t>~zt_sum(u, ulen, zt_pseudo(src, s.client, alen, PROTO_UDP, ulen))
+        zt_put16(u + 6, cs if cs else 0xFFFF)
+
+    def stats(self) -> dict:
+        """Counters: client datagrams the table took (datagrams), sent or dropped, and replies it took or dropped."""
+        return {"datagrams": self.c_datagrams, "fast_sent": self.c_sent, "fast_send_dropped": self.c_send_dropped, "fast_send_error": self.c_send_error,
+                "fast_received": self.c_received, "fast_recv_error": self.c_recv_error,
+                "reply_wrong_family": self.c_reply_wrong_family, "reply_by_name": self.c_reply_by_name,
+                "reply_malformed": self.c_reply_malformed, "reply_fragment": self.c_reply_fragment,
+                "reply_too_big": self.c_reply_too_big, "route_table_full": self.c_route_full}
