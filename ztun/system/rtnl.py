@@ -9,7 +9,7 @@ attributes are skipped. A reply that does not parse is RtnlError(EBADMSG), never
 IndexError or struct.error.
 """
 
-import errno as E
+import errno
 import ipaddress
 import os
 import socket
@@ -43,8 +43,9 @@ _NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 _RECV_SIZE = 65536  # the kernel fills a dump's datagrams up to 32 KiB
 _DUMP_TRIES = 5
 
-# Each message kind: its header's struct, the header's field names, and its attributes
-# as {type: (name, decoder)}. The decoders are the names of the _decode_* functions.
+# Each message kind: its header's struct and field names, and the attributes ztun reads as
+# {type: (name, how its value is held)}: u32, u8, str (NUL-terminated), addr (4 or 16
+# bytes), linkinfo (nested, the kind only).
 _IFINFOMSG = (struct.Struct("=BxHiII"), ("family", "ifi_type", "index", "flags", "change"))
 _IFADDRMSG = (struct.Struct("=BBBBI"), ("family", "prefixlen", "flags", "scope", "index"))
 _RTMSG = (struct.Struct("=BBBBBBBBI"), ("family", "dst_len", "src_len", "tos", "table", "proto", "scope", "type", "flags"))
@@ -75,7 +76,7 @@ class RtnlError(OSError):
 
 
 def _bad(what: str) -> RtnlError:
-    return RtnlError(E.EBADMSG, f"malformed netlink reply: {what}")
+    return RtnlError(errno.EBADMSG, f"malformed netlink reply: {what}")
 
 
 # --- encoding ------------------------------------------------------------------------
@@ -195,6 +196,7 @@ def _value(name: str, decoder: str, raw: bytes):
         if len(raw) not in (4, 16):
             raise _bad(f"{name} has {len(raw)} bytes, not an IPv4 or IPv6 address")
         return str(ipaddress.ip_address(bytes(raw)))
+    assert decoder == "linkinfo", decoder
     return {_LINKINFO_ATTRS[k][0]: _value(_LINKINFO_ATTRS[k][0], _LINKINFO_ATTRS[k][1], v)
             for k, v in attributes(raw) if k in _LINKINFO_ATTRS}
 
@@ -239,11 +241,15 @@ class Rtnl:
     def __init__(self, timeout: float = 10.0):
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
         try:
-            self._sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # the kernel's reason in words, where it has one
-        except OSError:
-            pass
-        self._sock.settimeout(timeout)  # the kernel always answers; never hang if it does not
-        self._sock.bind((0, 0))
+            try:
+                self._sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # the kernel's reason in words, where it has one
+            except OSError:
+                pass  # kernels before 4.12: errors without words
+            self._sock.settimeout(timeout)  # the kernel always answers; never hang if it does not
+            self._sock.bind((0, 0))
+        except BaseException:
+            self._sock.close()
+            raise
         self._seq = 0
 
     def close(self) -> None:
@@ -268,7 +274,7 @@ class Rtnl:
                 return self._exchange(msg_type, NLM_F_REQUEST | NLM_F_DUMP, payload)
             except _Interrupted:
                 continue
-        raise RtnlError(E.EAGAIN, f"dump of message type {msg_type} changed while read, {_DUMP_TRIES} times")
+        raise RtnlError(errno.EAGAIN, f"dump of message type {msg_type} changed while read, {_DUMP_TRIES} times")
 
     def _exchange(self, msg_type: int, flags: int, payload: bytes) -> list[dict]:
         self._seq = self._seq % 0xFFFFFFFF + 1
@@ -276,7 +282,7 @@ class Rtnl:
         try:
             self._sock.send(pack(msg_type, flags, seq, payload))
         except socket.timeout:
-            raise RtnlError(E.ETIMEDOUT, "netlink send") from None
+            raise RtnlError(errno.ETIMEDOUT, "netlink send") from None
         out, interrupted = [], False
         while True:
             for kind, mflags, mseq, body in self._receive():
@@ -291,12 +297,12 @@ class Rtnl:
                 if kind == NLMSG_DONE:
                     status = struct.unpack_from("=i", body)[0] if len(body) >= 4 else 0
                     if status < 0:
-                        raise RtnlError(-status if -status <= 4095 else E.EIO, "dump")
+                        raise RtnlError(-status if -status <= 4095 else errno.EIO, "dump")
                     if interrupted:
                         raise _Interrupted()
                     return out
                 if kind == NLMSG_OVERRUN:
-                    raise RtnlError(E.ENOBUFS, "netlink overrun")
+                    raise RtnlError(errno.ENOBUFS, "netlink overrun")
                 if kind in _KINDS:
                     out.append(decode(kind, body))
                 if not mflags & NLM_F_MULTI and not flags & NLM_F_ACK:
@@ -306,9 +312,9 @@ class Rtnl:
         try:
             data, _, mflags, _ = self._sock.recvmsg(_RECV_SIZE)
         except socket.timeout:
-            raise RtnlError(E.ETIMEDOUT, "no answer from the kernel") from None
+            raise RtnlError(errno.ETIMEDOUT, "no answer from the kernel") from None
         if mflags & socket.MSG_TRUNC:
-            raise RtnlError(E.EMSGSIZE, f"netlink datagram larger than {_RECV_SIZE} bytes")
+            raise RtnlError(errno.EMSGSIZE, f"netlink datagram larger than {_RECV_SIZE} bytes")
         return split(data)
 
     # --- links -----------------------------------------------------------------------
@@ -320,7 +326,7 @@ class Rtnl:
         try:
             found = self.request(RTM_GETLINK, link_request(name=name))
         except RtnlError as e:
-            if e.errno == E.ENODEV:
+            if e.errno == errno.ENODEV:
                 return None
             raise
         return found[0]["index"] if found else None
