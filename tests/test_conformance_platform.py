@@ -27,7 +27,7 @@ ROUTERS = [("ztun.system.router_linux", "LinuxRouter"), ("ztun.system.router_dar
 def load(module: str, name: str):
     try:
         return getattr(importlib.import_module(module), name)
-    except ImportError as e:  # pyroute2 and the Linux TUN's compiled I/O exist only where they can run
+    except ImportError as e:  # the Linux router and TUN's compiled I/O exist only where they can run
         pytest.skip(f"{module} does not import on {sys.platform}: {e}")
 
 

@@ -11,35 +11,34 @@ from ztun.system import router as router_mod
 from ztun.system.route_plan import RouteSpec, plan
 from ztun.system.router import open_router
 
-linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pyroute2 router")
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux router (netlink)")
 
 
-class FakeIPRoute:
-    """Records netlink requests; `existing` holds what the system had before (adding it again gives EEXIST)."""
+class FakeRtnl:
+    """Stands in for ztun.system.rtnl.Rtnl: records requests; `existing` holds what the system had before (adding it again gives EEXIST)."""
 
     def __init__(self, existing=()):
-        from pyroute2.netlink.exceptions import NetlinkError
+        from ztun.system.rtnl import RtnlError
 
-        self.NetlinkError = NetlinkError
+        self.NetlinkError = RtnlError
         self.existing = set(existing)
         self.calls = []
         self.closed = False
 
-    def link_lookup(self, ifname):
-        return [7] if ifname == "zt0" else []
+    def link_index(self, name):
+        return 7 if name == "zt0" else None
 
-    def link(self, cmd, **kw):
-        if cmd == "get":
-            return [{"flags": 0, "IFLA_MTU": 1500}]
-        self.calls.append(("link", cmd, tuple(sorted(kw.items()))))
-        return []
+    def get_link(self, index):
+        return {"flags": 0, "IFLA_MTU": 1500}
+
+    def set_link(self, index, **kw):
+        self.calls.append(("link", "set", tuple(sorted(dict(kw, index=index).items()))))
 
     def _op(self, what, cmd, kw):
         key = (what, tuple(sorted((k, v) for k, v in kw.items())))
         if cmd == "add" and key in self.existing:
-            raise self.NetlinkError(errno.EEXIST, "File exists")
+            raise self.NetlinkError(errno.EEXIST)
         self.calls.append((what, cmd, key[1]))
-        return []
 
     def addr(self, cmd, **kw):
         return self._op("addr", cmd, kw)
@@ -65,7 +64,7 @@ def test_close_undoes_exactly_what_was_added_newest_first():
     from ztun.system.router_linux import IFA_F_NODAD, LinuxRouter
 
     pre = ("addr", (("address", "198.18.0.1"), ("index", 7), ("prefixlen", 30)))  # there before ztun
-    ipr = FakeIPRoute(existing=[pre])
+    ipr = FakeRtnl(existing=[pre])
     r = LinuxRouter(ipr)
     r.set_link("zt0", mtu=9000)
     assert r.add_address("zt0", "198.18.0.1/30") is False
@@ -98,7 +97,7 @@ def test_close_undoes_exactly_what_was_added_newest_first():
 def test_deleted_route_is_not_undone():
     from ztun.system.router_linux import LinuxRouter
 
-    ipr = FakeIPRoute()
+    ipr = FakeRtnl()
     r = LinuxRouter(ipr)
     assert r.add_route("198.19.0.0/16", iface="zt0", table=100)
     assert r.delete_route("198.19.0.0/16", iface="zt0", table=100)
@@ -106,7 +105,7 @@ def test_deleted_route_is_not_undone():
     r.close()
     assert ipr.calls == []  # nothing left to undo
     with pytest.raises(RouteError):
-        LinuxRouter(FakeIPRoute()).add_route("198.19.0.0/16", iface="nope0")
+        LinuxRouter(FakeRtnl()).add_route("198.19.0.0/16", iface="nope0")
 
 
 @linux
@@ -114,14 +113,14 @@ def test_route_kinds_checked():
     from ztun.system.router_linux import LinuxRouter
 
     with pytest.raises(RouteError, match="route kind"):
-        LinuxRouter(FakeIPRoute()).add_route("198.19.0.0/16", kind="blackhole-ish")
+        LinuxRouter(FakeRtnl()).add_route("198.19.0.0/16", kind="blackhole-ish")
 
 
 @linux
 def test_routes_and_rules_carry_ztuns_protocol_number():
     from ztun.system.router_linux import ZTUN_PROTO, LinuxRouter
 
-    ipr = FakeIPRoute()
+    ipr = FakeRtnl()
     r = LinuxRouter(ipr)
     p = plan(RouteSpec(iface="zt0", inet4="198.18.0.1/30", routes=["198.19.0.0/16"], exclude_routes=["198.19.5.0/24"],
                        table=3033, rule_priority=8000, fwmark=0x2022))
@@ -133,25 +132,29 @@ def test_routes_and_rules_carry_ztuns_protocol_number():
     assert len(ipr.calls) == 2 * (len(p.routes) + len(p.rules))
 
 
-class DumpingIPRoute(FakeIPRoute):
-    """FakeIPRoute whose dumps return `rules` and `routes` (dicts standing in for pyroute2 messages); `refuse` is del's errno."""
+class DumpingRtnl(FakeRtnl):
+    """FakeRtnl whose dumps return `rules` and `routes` (dicts as rtnl decodes them); `refuse` is del's errno."""
 
     def __init__(self, rules=(), routes=(), attached=(), refuse=None):
         super().__init__()
-        self.rules, self.routes, self.attached, self.refuse = list(rules), list(routes), set(attached), refuse
+        self.rules_, self.routes_, self.attached, self.refuse = list(rules), list(routes), set(attached), refuse
 
-    def link_lookup(self, ifname):
-        return [7 if ifname == "zt0" else 8] if ifname in ("zt0", "zt1") else []
+    def link_index(self, name):
+        return {"zt0": 7, "zt1": 8}.get(name)
 
-    def link(self, cmd, **kw):
-        name = {7: "zt0", 8: "zt1"}[kw["index"]]
-        return [{"flags": 1, "IFLA_LINKINFO": {"IFLA_INFO_KIND": "tun"}, "IFLA_CARRIER": int(name in self.attached)}]
+    def get_link(self, index):
+        name = {7: "zt0", 8: "zt1"}[index]
+        return {"flags": 1, "IFLA_LINKINFO": {"IFLA_INFO_KIND": "tun"}, "IFLA_CARRIER": int(name in self.attached)}
+
+    def rules(self, family):
+        return [m for m in self.rules_ if m["family"] == family]
+
+    def routes(self, family):
+        return [m for m in self.routes_ if m["family"] == family]
 
     def _op(self, what, cmd, kw):
-        if cmd == "dump":
-            return [m for m in (self.rules if what == "rule" else self.routes) if m["family"] == kw["family"]]
         if cmd == "del" and self.refuse:
-            raise self.NetlinkError(self.refuse, "Operation not permitted")
+            raise self.NetlinkError(self.refuse)
         return super()._op(what, cmd, kw)
 
 
@@ -183,7 +186,7 @@ def test_leftovers_are_found_by_tag_and_a_running_ztuns_are_kept():
     routes = [route_msg("198.19.5.0", 3033, tag), route_msg("198.19.6.0", 4044, tag),
               route_msg("198.19.7.0", 4044, tag, oif=8), route_msg("198.19.8.0", 2022, 4),
               route_msg("198.19.9.0", 5055, 4)]
-    ipr = DumpingIPRoute(rules, routes, attached={"zt1"})
+    ipr = DumpingRtnl(rules, routes, attached={"zt1"})
     assert LinuxRouter(ipr).remove_leftovers(2022, range(9000, 9010)) == 6
     gone = {(what, dict(kw).get("priority") or dict(kw)["dst"]) for what, cmd, kw in ipr.calls if cmd == "del"}
     assert gone == {("rule", 8001), ("rule", 8002), ("rule", 8009), ("rule", 9004),
@@ -194,7 +197,7 @@ def test_leftovers_are_found_by_tag_and_a_running_ztuns_are_kept():
 def test_leftovers_without_privilege_are_one_plain_line():
     from ztun.system.router_linux import ZTUN_PROTO, LinuxRouter
 
-    ipr = DumpingIPRoute([rule_msg(9001, 0, action=2, FRA_IIFNAME="zt0", FRA_GOTO=9009, FRA_SRC="198.18.0.0", src_len=30),
+    ipr = DumpingRtnl([rule_msg(9001, 0, action=2, FRA_IIFNAME="zt0", FRA_GOTO=9009, FRA_SRC="198.18.0.0", src_len=30),
                           rule_msg(8005, ZTUN_PROTO)], refuse=errno.EPERM)
     with pytest.raises(RouteError) as e:
         LinuxRouter(ipr).remove_leftovers(2022, range(9000, 9010))

@@ -80,7 +80,7 @@ def test_cleanup_without_privilege_is_one_line(netns, who):
         user = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
     else:  # runs wherever root does: uid 0 whose bounding set lacks CAP_NET_ADMIN, so its exec has none
         user = ("setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin")
-    probe = netns.run(*user, sys.executable, "-c", "import ztun.appliance.cli, pyroute2", check=False)
+    probe = netns.run(*user, sys.executable, "-c", "import ztun.appliance.cli, ztun.system.router_linux", check=False)
     if probe.returncode != 0:
         pytest.skip(f"{who} cannot run this Python/checkout: {(probe.stderr.strip().splitlines() or ['?'])[-1]}")
     netns.ip("rule", "add", "priority", "8005", "nop", "protocol", str(ZTUN_PROTO))

@@ -152,8 +152,9 @@ class _Stop(BaseException):
 class _Interrupts:
     """Signal handlers for the time the loop does not run: they only record the request.
 
-    Raising from the handler is unsafe: it can land inside pyroute2's own asyncio loop (which
-    then loses its netlink transport and hangs) or in a GC callback (where it is swallowed).
+    Raising from the handler is unsafe: it can land between a netlink request the kernel carried
+    out and its undo record (a route added, never removed) or in a GC callback (where it is
+    swallowed).
     The setup checks `requested` between its steps instead; it takes a fraction of a second.
     """
 

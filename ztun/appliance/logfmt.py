@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-NOISY = ("pyroute2", "asyncio")  # their DEBUG is every netlink message / event-loop detail
 
 # The attributes every LogRecord has: anything else on a record came in through extra=.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
@@ -45,15 +44,12 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text", stream=None) -> None:
-    """Log to stderr at level ("DEBUG".."ERROR") as text or JSON; quiet pyroute2's and asyncio's debug."""
+    """Log to stderr at level ("DEBUG".."ERROR") as text or JSON."""
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
-    # ztun's own DEBUG is what is asked for, not every netlink message.
-    for noisy in NOISY:
-        logging.getLogger(noisy).setLevel(max(logging.getLogger().level, logging.WARNING))
 
 
 # Drops that are not faults: "pending" is a client's retransmitted SYN (or any packet) of a flow

@@ -1,4 +1,4 @@
-"""The Linux Router: links, addresses, routes and policy rules over netlink with pyroute2 (IPRoute, no shelling out).
+"""The Linux Router: links, addresses, routes and policy rules over netlink (ztun's own rtnl client, no shelling out).
 
 Each change that was made (not one that found its target already in place) is pushed on
 an undo log; close() replays it backwards, so ztun removes exactly what it added. Every
@@ -13,28 +13,26 @@ import logging
 import os
 import socket
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from ..errors import RouteError
 from .route_plan import MAIN_TABLE, Route, Rule
+from .rtnl import (FR_ACT_GOTO, FR_ACT_NOP, FR_ACT_TO_TBL, FR_ACT_UNREACHABLE, IFA_F_NODAD, IFF_UP, RTN_THROW,
+                   RTN_UNICAST, RTN_UNREACHABLE, Rtnl)
 from .undo import UndoLog
 
 log = logging.getLogger("ztun.router")
 
-IFA_F_NODAD = 0x02
 # The routing protocol number of ztun's routes (rtm_protocol) and rules (FRA_PROTOCOL): one
 # that iproute2's rt_protos and FRR's rt_protos.d leave free. `ip` shows it as "proto 122".
 ZTUN_PROTO = 122
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
-_ROUTE_TYPES = {"unicast": 1, "unreachable": 7, "throw": 9}
-_RULE_ACTIONS = {"lookup": "FR_ACT_TO_TBL", "goto": "FR_ACT_GOTO", "nop": "FR_ACT_NOP", "unreachable": "FR_ACT_UNREACHABLE"}
+_ROUTE_TYPES = {"unicast": RTN_UNICAST, "unreachable": RTN_UNREACHABLE, "throw": RTN_THROW}
+_RULE_ACTIONS = {"lookup": FR_ACT_TO_TBL, "goto": FR_ACT_GOTO, "nop": FR_ACT_NOP, "unreachable": FR_ACT_UNREACHABLE}
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL)
 _FAMILY_NAMES = {socket.AF_INET: "ip", socket.AF_INET6: "ip -6"}
 
 
-def _code(e: NetlinkError) -> int:
-    return e.code if isinstance(e.code, int) else errno.EIO
+def _code(e: OSError) -> int:
+    return e.errno if isinstance(e.errno, int) else errno.EIO
 
 
 class LinuxRouter:
@@ -42,9 +40,9 @@ class LinuxRouter:
 
     policy_routing = True
 
-    def __init__(self, ipr: IPRoute | None = None):
+    def __init__(self, rtnl: Rtnl | None = None):
         try:
-            self._ipr = ipr or IPRoute()
+            self._nl = rtnl or Rtnl()
         except OSError as e:
             raise RouteError("cannot open a netlink socket", e.errno) from None
         self._undo = UndoLog(log)
@@ -52,17 +50,17 @@ class LinuxRouter:
     # --- interfaces ----------------------------------------------------------------
 
     def get_interface_index(self, name: str) -> int:
-        found = self._call(f"look up interface {name}", self._ipr.link_lookup, ifname=name)
-        if not found:
+        found = self._call(f"look up interface {name}", self._nl.link_index, name)
+        if found is None:
             raise RouteError(f"no interface named {name}", errno.ENODEV)
-        return found[0]
+        return found
 
     def tun_attached(self, name: str) -> bool:
         """Whether name is a TUN device some process holds open (the kernel turns its carrier on while a queue is attached)."""
-        found = self._call(f"look up interface {name}", self._ipr.link_lookup, ifname=name)
-        if not found:
+        found = self._call(f"look up interface {name}", self._nl.link_index, name)
+        if found is None:
             return False
-        link = self._call(f"read link {name}", self._ipr.link, "get", index=found[0])[0]
+        link = self._call(f"read link {name}", self._nl.get_link, found)
         info = link.get("IFLA_LINKINFO")
         return info is not None and info.get("IFLA_INFO_KIND") == "tun" and bool(link.get("IFLA_CARRIER"))
 
@@ -72,28 +70,28 @@ class LinuxRouter:
         The effective value is max(conf/all, conf/IFACE); 2 (loose) is fine for ztun.
         """
         out = []
-        for msg in self._call("list addresses", self._ipr.get_addr, family=socket.AF_INET):
-            name = msg.get_attr("IFA_LABEL") or ""
+        for msg in self._call("list addresses", self._nl.addresses, socket.AF_INET):
+            name = msg.get("IFA_LABEL") or ""
             dev = name.split(":")[0]
             if not dev or dev in (skip, "lo"):
                 continue
             if max(_rp_filter("all"), _rp_filter(dev)) == 1:
-                out.append(ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")))
+                out.append(ipaddress.ip_address(msg.get("IFA_ADDRESS")))
         return tuple(out)
 
     def set_link(self, iface: str, *, up: bool | None = None, mtu: int | None = None) -> None:
         idx = self.get_interface_index(iface)
-        link = self._call(f"read link {iface}", self._ipr.link, "get", index=idx)[0]
-        was_up = bool(link["flags"] & 1)
+        link = self._call(f"read link {iface}", self._nl.get_link, idx)
+        was_up = bool(link["flags"] & IFF_UP)
         old_mtu = link.get("IFLA_MTU")
         if mtu is not None and mtu != old_mtu:
-            self._call(f"set MTU {mtu} on {iface}", self._ipr.link, "set", index=idx, mtu=mtu)
-            self._record(f"restore MTU {old_mtu} on {iface}", self._ipr.link, "set", index=idx, mtu=old_mtu)
+            self._call(f"set MTU {mtu} on {iface}", self._nl.set_link, idx, mtu=mtu)
+            self._record(f"restore MTU {old_mtu} on {iface}", self._nl.set_link, idx, mtu=old_mtu)
             log.info("set MTU %d on %s", mtu, iface)
         if up is not None and up != was_up:
             state = "up" if up else "down"
-            self._call(f"set {iface} {state}", self._ipr.link, "set", index=idx, state=state)
-            self._record(f"set {iface} {'down' if up else 'up'}", self._ipr.link, "set", index=idx, state="down" if up else "up")
+            self._call(f"set {iface} {state}", self._nl.set_link, idx, up=up)
+            self._record(f"set {iface} {'down' if up else 'up'}", self._nl.set_link, idx, up=not up)
             log.info("set %s %s", iface, state)
 
     def add_address(self, iface: str, cidr) -> bool:
@@ -102,18 +100,19 @@ class LinuxRouter:
         kw = dict(index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen)
         if addr.version == 6:
             kw["flags"] = IFA_F_NODAD  # a TUN has no neighbours to collide with; usable at once
-        if not self._add(f"add address {addr} to {iface}", self._ipr.addr, **kw):
+        if not self._add(f"add address {addr} to {iface}", self._nl.addr, **kw):
             log.info("address %s already on %s; left as it is", addr, iface)
             return False
-        self._record(f"delete address {addr} from {iface}", self._ipr.addr, "del", index=idx, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+        self._record(f"delete address {addr} from {iface}", self._nl.addr, "del", index=idx, address=str(addr.ip),
+                     prefixlen=addr.network.prefixlen)
         log.info("added address %s to %s", addr, iface)
         return True
 
     # --- routes --------------------------------------------------------------------
 
     def _route_kw(self, route: Route) -> dict:
-        kw = dict(family=_AF[route.family], dst=str(route.cidr), table=route.table, type=_ROUTE_TYPES[route.kind],
-                  proto=ZTUN_PROTO)
+        kw = dict(family=_AF[route.family], dst=str(route.cidr.network_address), dst_len=route.cidr.prefixlen,
+                  table=route.table, type=_ROUTE_TYPES[route.kind], proto=ZTUN_PROTO)
         if route.iface:
             kw["oif"] = self.get_interface_index(route.iface)
         if route.gateway is not None:
@@ -176,7 +175,7 @@ class LinuxRouter:
         kw.pop("protocol", None)
         try:
             call("del", **kw)
-        except NetlinkError as e:
+        except OSError as e:
             if _code(e) in _GONE:
                 return False
             raise RouteError(f"delete {item}", _code(e)) from None
@@ -185,8 +184,8 @@ class LinuxRouter:
 
     def _target(self, item):
         if isinstance(item, Rule):
-            return self._ipr.rule, self._rule_kw(item)
-        return self._ipr.route, self._route_kw(item)
+            return self._nl.rule, self._rule_kw(item)
+        return self._nl.route, self._route_kw(item)
 
     # --- crash leftovers ---------------------------------------------------------------
 
@@ -201,8 +200,8 @@ class LinuxRouter:
         is left alone; a TUN this process holds is the caller's own, so its rules are
         leftovers (a restart after a crash, with the same name).
         """
-        rules = {fam: self._call("list rules", self._ipr.rule, "dump", family=fam) for fam in _AF.values()}
-        routes = {fam: self._call("list routes", self._ipr.route, "dump", family=fam) for fam in _AF.values()}
+        rules = {fam: self._call("list rules", self._nl.rules, fam) for fam in _AF.values()}
+        routes = {fam: self._call("list routes", self._nl.routes, fam) for fam in _AF.values()}
         live_priorities, live_tables = self._running(rules, routes)
         removed = 0
         for family in _AF.values():
@@ -264,7 +263,7 @@ class LinuxRouter:
                 kw[key] = msg.get(nla)
         if "src" in kw:
             kw["src_len"] = msg["src_len"]
-        return self._delete_leftover(f"{_FAMILY_NAMES[family]} rule {prio}", self._ipr.rule, **kw)
+        return self._delete_leftover(f"{_FAMILY_NAMES[family]} rule {prio}", self._nl.rule, **kw)
 
     def _remove_route(self, family, msg) -> bool:
         in_table = _table(msg)
@@ -274,13 +273,13 @@ class LinuxRouter:
                 kw[key] = msg.get(nla)
         dst = kw.get("dst", "0.0.0.0" if family == socket.AF_INET else "::")
         return self._delete_leftover(f"{_FAMILY_NAMES[family]} route {dst}/{msg['dst_len']} table {in_table}",
-                                     self._ipr.route, **kw)
+                                     self._nl.route, **kw)
 
     def _delete_leftover(self, what: str, call, **kw) -> bool:
         """Delete one leftover; False if it went meanwhile. what names it in plain words for the log and errors."""
         try:
             call("del", **kw)
-        except NetlinkError as e:
+        except OSError as e:
             if _code(e) in _GONE:
                 return False
             if _code(e) == errno.EPERM:
@@ -293,18 +292,15 @@ class LinuxRouter:
 
     def _call(self, what, call, *args, **kw):
         try:
-            result = call(*args, **kw)
-            return list(result) if not isinstance(result, (list, tuple)) else result
-        except NetlinkError as e:
-            raise RouteError(what, _code(e)) from None
+            return call(*args, **kw)
         except OSError as e:
-            raise RouteError(what, e.errno) from None
+            raise RouteError(what, _code(e)) from None
 
     def _add(self, what, call, **kw) -> bool:
         try:
             call("add", **kw)
             return True
-        except NetlinkError as e:
+        except OSError as e:
             if _code(e) == errno.EEXIST:
                 return False
             if _code(e) == errno.EPERM:
@@ -317,7 +313,7 @@ class LinuxRouter:
     def close(self) -> None:
         """Undo every recorded change, newest first; what is already gone is fine. Idempotent."""
         if self._undo.close():
-            self._ipr.close()
+            self._nl.close()
 
     def __enter__(self):
         return self
