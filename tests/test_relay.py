@@ -343,3 +343,29 @@ def test_a_pipe_given_back_after_the_pool_closed_is_closed():
     for fd in (*kept[:2], *late[:2]):
         with pytest.raises(OSError):
             os.fstat(fd)
+
+
+def test_capacity_is_a_bound_and_ended_slots_come_back(engine_module):
+    """A full engine refuses a relay (ENFILE, both sockets closed); an ended relay's place serves the next."""
+    import errno
+    loop = Loop()
+    engine = engine_module.RelayEngine(loop, lambda *a: None, capacity=2)
+    pairs = []
+    try:
+        def relay():
+            a, b = socket.socketpair()
+            c, d = socket.socketpair()
+            pairs.extend((a, d))
+            return engine.add(None, b, c, 30.0, False)
+
+        first, _ = relay(), relay()
+        with pytest.raises(OSError) as refused:
+            relay()
+        assert refused.value.errno == errno.ENFILE
+        assert engine.end(first) == (0, 0)
+        assert relay() not in (0, None)  # the ended relay's place
+    finally:
+        engine.stop()
+        loop.close()
+        for s in pairs:
+            s.close()

@@ -166,6 +166,32 @@ cdef struct Sock:
     uint8_t fake[16]
 
 
+cdef struct Pool:
+    # Ids 0..capacity-1: fresh ones in order, then the returned ones (a stack). Nothing is written
+    # before an id is first used, so a table's untouched capacity costs no memory.
+    int32_t *returned
+    uint32_t nreturned, fresh, capacity
+
+
+cdef inline int32_t _take(Pool *p) noexcept nogil:
+    if p.nreturned:
+        p.nreturned -= 1
+        return p.returned[p.nreturned]
+    if p.fresh < p.capacity:
+        p.fresh += 1
+        return p.fresh - 1
+    return -1
+
+
+cdef inline void _give(Pool *p, int32_t k) noexcept nogil:
+    p.returned[p.nreturned] = k
+    p.nreturned += 1
+
+
+cdef inline uint32_t _in_use(Pool *p) noexcept nogil:
+    return p.fresh - p.nreturned
+
+
 cdef inline uint64_t _mix(uint64_t h, uint64_t v) noexcept nogil:
     h ^= v
     h *= 0x100000001b3ULL
@@ -195,12 +221,10 @@ cdef class UdpTable:
     cdef Session *sessions
     cdef Route *routes
     cdef Sock *socks
-    cdef int32_t *buckets
-    cdef int32_t *free_sessions
-    cdef int32_t *free_routes
-    cdef int32_t *free_socks
+    cdef int32_t *buckets  # a route's id + 1 (0: empty), so the calloc'ed array needs no filling
+    cdef Pool session_ids, route_ids, sock_ids
     cdef readonly uint32_t session_capacity, route_capacity, socket_capacity
-    cdef uint32_t n_free_sessions, n_free_routes, n_free_socks, mask
+    cdef uint32_t mask
     cdef uint64_t seed
     cdef int epfd
     cdef uint16_t ip_id
@@ -228,20 +252,13 @@ cdef class UdpTable:
         self.routes = <Route *>calloc(self.route_capacity, sizeof(Route))
         self.socks = <Sock *>calloc(self.socket_capacity, sizeof(Sock))
         self.buckets = <int32_t *>calloc(m, sizeof(int32_t))
-        self.free_sessions = <int32_t *>calloc(self.session_capacity, sizeof(int32_t))
-        self.free_routes = <int32_t *>calloc(self.route_capacity, sizeof(int32_t))
-        self.free_socks = <int32_t *>calloc(self.socket_capacity, sizeof(int32_t))
-        if not (self.sessions and self.routes and self.socks and self.buckets and self.free_sessions
-                and self.free_routes and self.free_socks):
+        self.session_ids.returned = <int32_t *>calloc(self.session_capacity, sizeof(int32_t))
+        self.route_ids.returned = <int32_t *>calloc(self.route_capacity, sizeof(int32_t))
+        self.sock_ids.returned = <int32_t *>calloc(self.socket_capacity, sizeof(int32_t))
+        self.session_ids.capacity, self.route_ids.capacity, self.sock_ids.capacity = sessions, routes, sockets
+        if not (self.sessions and self.routes and self.socks and self.buckets and self.session_ids.returned
+                and self.route_ids.returned and self.sock_ids.returned):
             raise MemoryError("UDP session table")
-        memset(self.buckets, 0xFF, m * sizeof(int32_t))
-        for k in range(self.session_capacity):
-            self.free_sessions[k] = self.session_capacity - 1 - k
-        for k in range(self.route_capacity):
-            self.free_routes[k] = self.route_capacity - 1 - k
-        for k in range(self.socket_capacity):
-            self.free_socks[k] = self.socket_capacity - 1 - k
-        self.n_free_sessions, self.n_free_routes, self.n_free_socks = sessions, routes, sockets
         self.seed = int.from_bytes(os.urandom(8), "little")
         self.ip_id = int.from_bytes(os.urandom(2), "little")
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
@@ -259,9 +276,9 @@ cdef class UdpTable:
         free(self.routes)
         free(self.socks)
         free(self.buckets)
-        free(self.free_sessions)
-        free(self.free_routes)
-        free(self.free_socks)
+        free(self.session_ids.returned)
+        free(self.route_ids.returned)
+        free(self.sock_ids.returned)
 
     def close(self):
         """Stop watching the sockets (they stay open: their flows own them). Idempotent."""
@@ -282,10 +299,9 @@ cdef class UdpTable:
         cdef Session *s
         if (version != 4 or client.shape[0] != 4) and (version != 6 or client.shape[0] != 16):
             raise ValueError("client must be 4 bytes for version 4, 16 for version 6")
-        if self.n_free_sessions == 0:
+        sid = _take(&self.session_ids)
+        if sid < 0:
             return -1
-        self.n_free_sessions -= 1
-        sid = self.free_sessions[self.n_free_sessions]
         s = &self.sessions[sid]
         memset(s, 0, sizeof(Session))
         s.used = 1
@@ -309,8 +325,7 @@ cdef class UdpTable:
         while s.routes >= 0:
             self._unroute(s.routes)
         s.used = 0
-        self.free_sessions[self.n_free_sessions] = sid
-        self.n_free_sessions += 1
+        _give(&self.session_ids, sid)
 
     def touch(self, int32_t sid, double now, int up_packets=0, int up_bytes=0, int down_packets=0, int down_bytes=0):
         """Activity of a session outside the table (its datagrams through Python)."""
@@ -333,7 +348,7 @@ cdef class UdpTable:
         """Ids of the sessions whose last activity was before `before` (at most `most`)."""
         cdef uint32_t k
         out = []
-        for k in range(self.session_capacity):
+        for k in range(self.session_ids.fresh):
             if self.sessions[k].used and self.sessions[k].last < before:
                 out.append(k)
                 if len(out) >= most:
@@ -342,11 +357,11 @@ cdef class UdpTable:
 
     @property
     def sessions_open(self) -> int:
-        return self.session_capacity - self.n_free_sessions
+        return _in_use(&self.session_ids)
 
     @property
     def routes_open(self) -> int:
-        return self.route_capacity - self.n_free_routes
+        return _in_use(&self.route_ids)
 
     # -- sockets and routes -------------------------------------------------------
 
@@ -365,18 +380,18 @@ cdef class UdpTable:
             raise ValueError("fake must be an address of the session's family")
         if fd < 0:
             raise ValueError("the socket is closed")
-        if self.n_free_socks == 0 or self.epfd < 0:
+        if self.epfd < 0:
             return -1
-        self.n_free_socks -= 1
-        k = self.free_socks[self.n_free_socks]
+        k = _take(&self.sock_ids)
+        if k < 0:
+            return -1
         x = &self.socks[k]
         memset(x, 0, sizeof(Sock))
         ev.events = EPOLLIN
         ev.data.u32 = <uint32_t>k
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
             err = errno
-            self.free_socks[self.n_free_socks] = k
-            self.n_free_socks += 1
+            _give(&self.sock_ids, k)
             raise OSError(err, f"UDP table: watch socket: {os.strerror(err)}")
         x.used = 1
         x.kind = kind
@@ -414,8 +429,7 @@ cdef class UdpTable:
         if self.epfd >= 0:
             epoll_ctl(self.epfd, EPOLL_CTL_DEL, x.fd, NULL)
         x.used = 0
-        self.free_socks[self.n_free_socks] = k
-        self.n_free_socks += 1
+        _give(&self.sock_ids, k)
 
     def route(self, int32_t sid, const uint8_t[::1] dst, uint16_t dport, int32_t sock_id, to=None, prefix=None) -> bool:
         """Send the session's datagrams to (dst, dport) from an attached socket from now on, without
@@ -439,11 +453,10 @@ cdef class UdpTable:
         r = self._find(s.version, s.client, s.cport, &dst[0], dport)
         if r >= 0:
             self._unroute(r)
-        if self.n_free_routes == 0:
+        r = _take(&self.route_ids)
+        if r < 0:
             self.c_route_full += 1
             return False
-        self.n_free_routes -= 1
-        r = self.free_routes[self.n_free_routes]
         e = &self.routes[r]
         memset(e, 0, sizeof(Route) - _PREFIX)
         e.used = 1
@@ -460,8 +473,8 @@ cdef class UdpTable:
             e.prefix_len = len(prefix)
             memcpy(e.prefix, <const char *>prefix, len(prefix))
         h = _hash(self.seed, s.version, s.client, s.cport, e.dst, dport) & self.mask
-        e.hnext = self.buckets[h]
-        self.buckets[h] = r
+        e.hnext = self.buckets[h] - 1
+        self.buckets[h] = r + 1
         e.snext = s.routes
         s.routes = r
         return True
@@ -469,7 +482,7 @@ cdef class UdpTable:
     cdef int32_t _find(self, int version, const uint8_t *client, uint16_t cport, const uint8_t *dst,
                        uint16_t dport) noexcept nogil:
         cdef int alen = 4 if version == 4 else 16
-        cdef int32_t r = self.buckets[_hash(self.seed, version, client, cport, dst, dport) & self.mask]
+        cdef int32_t r = self.buckets[_hash(self.seed, version, client, cport, dst, dport) & self.mask] - 1
         cdef Route *e
         cdef Session *s
         while r >= 0:
@@ -485,19 +498,22 @@ cdef class UdpTable:
         cdef Route *e = &self.routes[r]
         cdef Session *s = &self.sessions[e.session]
         cdef uint64_t h = _hash(self.seed, s.version, s.client, s.cport, e.dst, e.dport) & self.mask
-        cdef int32_t *link = &self.buckets[h]
-        while link[0] >= 0 and link[0] != r:
-            link = &self.routes[link[0]].hnext
-        if link[0] == r:
-            link[0] = e.hnext
+        cdef int32_t *link
+        if self.buckets[h] - 1 == r:
+            self.buckets[h] = e.hnext + 1
+        else:
+            link = &self.routes[self.buckets[h] - 1].hnext
+            while link[0] >= 0 and link[0] != r:
+                link = &self.routes[link[0]].hnext
+            if link[0] == r:
+                link[0] = e.hnext
         link = &s.routes
         while link[0] >= 0 and link[0] != r:
             link = &self.routes[link[0]].snext
         if link[0] == r:
             link[0] = e.snext
         e.used = 0
-        self.free_routes[self.n_free_routes] = r
-        self.n_free_routes += 1
+        _give(&self.route_ids, r)
 
     # -- the datagrams --------------------------------------------------------------
 

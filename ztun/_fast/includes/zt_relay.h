@@ -90,7 +90,7 @@ typedef struct {
     uint32_t capacity, live;
     uint32_t top;           /* slots at and above it were never used */
     zt_relay *slots;
-    uint32_t *free_slots;   /* a stack of free slot numbers */
+    uint32_t *free_slots;   /* a stack of the slot numbers below top given back */
     uint32_t nfree;
     zt_end *ends;           /* ended relays not yet collected */
     uint32_t nends, ends_cap;
@@ -407,9 +407,7 @@ static zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_e
     e->again = calloc(ZT_RELAY_EVENTS, sizeof *e->again);
     if (e->slots == NULL || e->free_slots == NULL || e->again == NULL)
         goto fail;
-    for (k = 0; k < capacity; k++)
-        e->free_slots[k] = capacity - 1 - k;  /* slot 0 first */
-    e->nfree = capacity;
+    e->nfree = 0;  /* slots are taken from top until they run out: untouched capacity costs no memory */
     e->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (e->epoll_fd < 0 || e->wake_fd < 0)
@@ -483,13 +481,13 @@ static uint64_t zt_engine_add(zt_engine *e, int client, int remote, double idle,
     struct epoll_event ev;
     zt_pipe p;
     int k, err;
-    if (e->stop || e->nfree == 0) {
+    if (e->stop || (e->nfree == 0 && e->top >= e->capacity)) {
         zt_abort_fd(client);
         zt_abort_fd(remote);
         errno = e->stop ? ESHUTDOWN : ENFILE;
         return 0;
     }
-    uint32_t slot = e->free_slots[--e->nfree];
+    uint32_t slot = e->nfree ? e->free_slots[--e->nfree] : e->top;
     zt_relay *r = &e->slots[slot];
     if (slot >= e->top)
         e->top = slot + 1;
