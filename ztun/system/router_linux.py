@@ -28,6 +28,7 @@ IFA_F_NODAD = 0x02
 ZTUN_PROTO = 122
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _ROUTE_TYPES = {"unicast": 1, "unreachable": 7, "throw": 9}
+_KIND_NAMES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 _RULE_ACTIONS = {"lookup": "FR_ACT_TO_TBL", "goto": "FR_ACT_GOTO", "nop": "FR_ACT_NOP", "unreachable": "FR_ACT_UNREACHABLE"}
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL)
 _FAMILY_NAMES = {socket.AF_INET: "ip", socket.AF_INET6: "ip -6"}
@@ -118,6 +119,8 @@ class LinuxRouter:
             kw["oif"] = self.get_interface_index(route.iface)
         if route.gateway is not None:
             kw["gateway"] = str(route.gateway)
+        if route.metric is not None:
+            kw["priority"] = route.metric
         return kw
 
     def _route(self, cidr, gateway, iface, table, kind) -> Route:
@@ -130,6 +133,21 @@ class LinuxRouter:
 
     def delete_route(self, cidr, gateway=None, iface=None, *, table=None, kind="unicast") -> bool:
         return self.delete(self._route(cidr, gateway, iface, table, kind))
+
+    def main_routes(self) -> tuple:
+        """The main table's routes, IPv4 and IPv6, as route_plan.Route (a multipath route by its first hop)."""
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in self._call("list links", self._ipr.get_links)}
+        out = []
+        for family in _AF.values():
+            for msg in self._call("list routes", self._ipr.route, "dump", family=family):
+                if _table(msg) != MAIN_TABLE:
+                    continue
+                hop = (msg.get("RTA_MULTIPATH") or [msg])[0]
+                oif, gateway = hop.get("oif") or msg.get("RTA_OIF"), hop.get("RTA_GATEWAY") or msg.get("RTA_GATEWAY")
+                dst = msg.get("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
+                kind = _KIND_NAMES.get(msg["type"], str(msg["type"]))
+                out.append(Route.of(f"{dst}/{msg['dst_len']}", gateway, names.get(oif), kind=kind))
+        return tuple(out)
 
     # --- rules ---------------------------------------------------------------------
 
@@ -149,6 +167,12 @@ class LinuxRouter:
             kw["fwmask"] = 0xFFFFFFFF if rule.fwmask is None else rule.fwmask
         if rule.suppress_prefixlength is not None:
             kw["suppress_prefixlen"] = rule.suppress_prefixlength
+        if rule.dst is not None:
+            kw["dst"], kw["dst_len"] = str(rule.dst.network_address), rule.dst.prefixlen
+        if rule.ipproto is not None:
+            kw["ip_proto"] = rule.ipproto
+        if rule.dport is not None:
+            kw["dport_range"] = f"{rule.dport}:{rule.dport}"
         return kw
 
     def add_rule(self, rule: Rule) -> bool:
@@ -259,11 +283,14 @@ class LinuxRouter:
         kw = {"family": family, "priority": prio, "action": msg["action"]}
         for nla, key in (("FRA_TABLE", "table"), ("FRA_GOTO", "goto"), ("FRA_IIFNAME", "iifname"),
                          ("FRA_FWMARK", "fwmark"), ("FRA_FWMASK", "fwmask"), ("FRA_SRC", "src"),
-                         ("FRA_SUPPRESS_PREFIXLEN", "suppress_prefixlen"), ("FRA_PROTOCOL", "protocol")):
+                         ("FRA_SUPPRESS_PREFIXLEN", "suppress_prefixlen"), ("FRA_PROTOCOL", "protocol"),
+                         ("FRA_DST", "dst"), ("FRA_IP_PROTO", "ip_proto"), ("FRA_DPORT_RANGE", "dport_range")):
             if msg.get(nla) is not None:
                 kw[key] = msg.get(nla)
         if "src" in kw:
             kw["src_len"] = msg["src_len"]
+        if "dst" in kw:
+            kw["dst_len"] = msg["dst_len"]
         return self._delete_leftover(f"{_FAMILY_NAMES[family]} rule {prio}", self._ipr.rule, **kw)
 
     def _remove_route(self, family, msg) -> bool:
