@@ -113,9 +113,10 @@ def test_sigkill_fails_closed_then_run_replaces_and_cleanup_removes(gateway_lan,
     need("curl", "curl")
     lan, gw, host = gateway_lan, gateway_lan.client, gateway_lan.host
     lan.server.server("http", 8080)
+    lan.server.ip("addr", "add", "198.19.5.1/32", "dev", "lo")  # excluded: main's route to 198.19.0.0/16 reaches it
     pin_neighbours(lan)
     before = gw.snapshot()
-    extra = ("--enable-forwarding", *MODES[mode])
+    extra = ("--enable-forwarding", "--exclude-route", "198.19.5.0/24", *MODES[mode])
     app = lan.appliance(*extra)
     assert "fail-closed: what is routed into zt-tun0 stays unreachable" in app.log and ", fail-closed" in app.log, app.log
     assert connect(gw, *TARGETS)[0][0] == "connected" and connect(host, *TARGETS)[0][0] == "connected"
@@ -123,13 +124,14 @@ def test_sigkill_fails_closed_then_run_replaces_and_cleanup_removes(gateway_lan,
     curl = download_in_flight(gw, tmp_path)
     app.send(signal.SIGKILL)
     assert app.wait() == -signal.SIGKILL
-    with capture(gw, "zt-c0", *ROUTED) as seen:
+    with capture(gw, "zt-c0", f"{Lan.SERVER4}/32", f"{Lan.SERVER6}/128") as seen:
         # Each connect fails with an unreachable, not a timeout: the gateway's at once, the host's by the gateway's
         # ICMP unreachable (IPv6's at the SYN's first retransmission, ~1 s, seen here). One each from the host: an
         # ICMPv6 error that arrives while connect() still holds the socket is, likely, only a soft error (the 1 s).
         for ns, targets in ((gw, TARGETS * 2), (host, TARGETS)):
             outcomes = connect(ns, *targets)
             assert {o for o, _ in outcomes} <= UNREACHABLE, (ns.name, outcomes)
+        assert connect(gw, "198.19.5.1:8080")[0][0] == "connected"  # the excluded prefix still bypasses
         if mode == "auto-strict":  # the LAN stays reachable: a directly connected subnet, not routed into ztun
             assert connect(gw, "198.18.10.2:8080")[0][0] == "connected"
         curl.wait(60)
