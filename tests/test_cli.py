@@ -214,3 +214,10 @@ def test_check_outbounds_first_round_passes_with_nothing_to_probe():
         health = HealthCheck(loop, lambda: {"block": BlockOutbound(loop)}, 60)
         cli._first_round(loop, health, Interrupts())  # returns at once: the loop never runs
         health.close()
+
+
+def test_fail_closed_is_on_by_default_and_the_flag_turns_it_off():
+    parser = cli.build_parser()
+    assert cli.load_config(parser.commands["run"], parser.parse_args(["run"])).tun.fail_closed is True
+    args = parser.parse_args(["run", "--no-fail-closed"])
+    assert cli.load_config(parser.commands["run"], args).tun.fail_closed is False

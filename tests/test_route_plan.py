@@ -92,3 +92,52 @@ def test_strict_rp_filter_sources_resolve_through_main():
     assert "ip rule 9001: from 198.18.10.1/32 iif lo goto 9009" in rules
     assert not any("iif lo" in r for r in rules if r.startswith("ip -6"))  # IPv6 has no rp_filter
     assert rules.index("ip rule 9001: from 198.18.10.1/32 iif lo goto 9009") > rules.index("ip rule 9009: from all nop")
+
+
+MAIN = (Route.of("198.18.3.0/24", None, "eth0"), Route.of("0.0.0.0/0", "198.18.3.2", "eth0"),
+        Route.of("198.19.77.0/24", "198.18.3.9", "eth0"), Route.of("fd00:3::/64", None, "eth0"),
+        Route.of("fd00:77::/64", "fd00:3::9", "eth0"), Route.of("198.18.0.0/30", None, "zt0"))
+
+
+def test_fail_closed_route_mode_keeps_an_unreachable_twin_of_each_route():
+    routes, rules = lines(plan(RouteSpec(**BASE, routes=["198.19.0.0/16"], exclude_routes=["198.19.5.0/24"], fail_closed=True)))
+    assert routes == ["198.19.0.0/16 dev zt0 table 100", "unreachable 198.19.0.0/16 table 100 metric 65535",
+                      "throw 198.19.5.0/24 table 100"]
+    assert "ip rule 502: from all lookup 100" in rules  # the rules are route mode's, unchanged
+
+
+def test_fail_closed_auto_route_looks_up_given_routes_by_prefix_not_with_suppress():
+    # T's unreachable default would fail a `lookup T suppress_prefixlength 0` before the suppress is looked at,
+    # after a crash refusing the LAN too: the given routes get a rule each instead.
+    p = plan(RouteSpec(**dict(BASE, inet6=None), auto_route=True, routes=["198.19.0.0/16"], fail_closed=True))
+    routes, rules = lines(p)
+    assert "unreachable 0.0.0.0/0 table 100 metric 65535" in routes and "0.0.0.0/0 dev zt0 table 100" in routes
+    assert "ip rule 502: from all to 198.19.0.0/16 lookup 100" in rules
+    assert not any("lookup 100 suppress_prefixlength" in r for r in rules)
+    assert "ip rule 503: from all lookup main suppress_prefixlength 0" in rules
+
+
+def test_strict_route_lets_only_connected_prefixes_and_the_tun_prefix_reach_main():
+    p = plan(RouteSpec(**BASE, auto_route=True, strict_route=True, fail_closed=True, main_routes=MAIN))
+    rules = [r for r in lines(p)[1] if r.split(":")[0].endswith("503")]
+    assert rules == ["ip rule 503: from all to 198.18.3.0/24 lookup main", "ip rule 503: from all to 198.18.0.0/30 lookup main",
+                     "ip -6 rule 503: from all to fd00:3::/64 lookup main", "ip -6 rule 503: from all to fd00:18::/126 lookup main"]
+
+
+def test_hijack_dns_sends_port_53_into_the_tun_before_main_under_auto_route_only():
+    rules = lines(plan(RouteSpec(**dict(BASE, inet6=None), auto_route=True, hijack_dns=True)))[1]
+    assert [r for r in rules if "dport" in r] == ["ip rule 502: from all ipproto udp dport 53 lookup 100", "ip rule 502: from all ipproto tcp dport 53 lookup 100"]
+    assert not any("dport" in r for r in lines(plan(RouteSpec(**BASE, routes=["198.19.0.0/16"], hijack_dns=True)))[1])
+
+
+def test_bypassing_names_main_routes_and_strict_keeps_only_connected_ones():
+    from ztun.system.route_plan import bypassing, through_tun
+
+    spec = RouteSpec(**BASE, auto_route=True, main_routes=MAIN)
+    assert [str(r) for r in bypassing(spec)] == ["198.18.3.0/24 dev eth0", "198.19.77.0/24 via 198.18.3.9 dev eth0",
+                                                 "fd00:3::/64 dev eth0", "fd00:77::/64 via fd00:3::9 dev eth0"]
+    strict = RouteSpec(**BASE, auto_route=True, strict_route=True, main_routes=MAIN)
+    assert [str(r) for r in bypassing(strict)] == ["198.18.3.0/24 dev eth0", "fd00:3::/64 dev eth0"]
+    assert [str(r) for r in through_tun(strict)] == ["198.19.77.0/24 via 198.18.3.9 dev eth0", "fd00:77::/64 via fd00:3::9 dev eth0"]
+    assert bypassing(RouteSpec(**BASE, routes=["198.19.0.0/16"], main_routes=MAIN)) == ()
+    assert [r.family for r in bypassing(RouteSpec(**dict(BASE, inet6=None), auto_route=True, main_routes=MAIN))] == [4, 4]

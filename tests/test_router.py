@@ -203,3 +203,27 @@ def test_leftovers_without_privilege_are_one_plain_line():
         LinuxRouter(ipr).remove_leftovers(2022, range(9000, 9010))
     assert "needs root or CAP_NET_ADMIN" in str(e.value) and e.value.errno == errno.EPERM
     assert "{" not in str(e.value) and "\n" not in str(e.value)
+
+
+@linux
+def test_fail_closed_twins_strict_and_dns_rules_reach_netlink_exactly():
+    from ztun.system.route_plan import Route
+    from ztun.system.router_linux import LinuxRouter
+
+    ipr = FakeRtnl()
+    r = LinuxRouter(ipr)
+    main = (Route.of("198.18.3.0/24", None, "eth0"),)
+    p = plan(RouteSpec(iface="zt0", inet4="198.18.0.1/30", inet6=None, auto_route=True, strict_route=True, fail_closed=True,
+                       hijack_dns=True, routes=["198.19.0.0/16"], main_routes=main, table=3033, rule_priority=8000,
+                       fwmark=0x2022))
+    for item in p.routes + p.rules:
+        r.add(item)
+    sent = [dict(kw) for what, cmd, kw in ipr.calls if cmd == "add"]
+    assert {"dst": "0.0.0.0", "dst_len": 0, "type": 7, "priority": 0xFFFF, "table": 3033}.items() <= sent[3].items(), sent[3]
+    assert "oif" not in sent[3]
+    assert any(kw.get("ip_proto") == 17 and kw.get("dport_range") == (53, 53) and kw["table"] == 3033 for kw in sent)
+    assert any(kw.get("dst") == "198.18.3.0" and kw.get("dst_len") == 24 and kw.get("priority") == 8003 for kw in sent)
+    assert any(kw.get("dst") == "198.19.0.0" and kw.get("dst_len") == 16 and kw.get("priority") == 8002 for kw in sent)
+    r.close()
+    deleted = [dict(kw) for what, cmd, kw in ipr.calls if cmd == "del"]
+    assert sorted(map(sorted, map(dict.items, deleted))) == sorted(map(sorted, map(dict.items, sent)))  # exactly undone

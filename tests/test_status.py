@@ -438,3 +438,14 @@ def test_outbound_health_is_shown():
             "  other unknown (not checked yet)\n"
             "  proxy failing (checked 00:01:05 ago): socks5 proxy 192.0.2.1:1080: connect: Connection refused") in text
     assert "health" in status.SNAPSHOT_KEYS
+
+
+def test_format_status_says_fail_closed_and_what_bypasses():
+    snap = {"routing": {"fail_closed": True, "auto_route": True, "strict_route": False,
+                        "bypassing": ["198.18.3.0/24 dev eth0", "198.19.77.0/24 via 198.18.3.9 dev eth0"],
+                        "excluded": ["203.0.113.5/32"]}}
+    lines = format_status(snap).splitlines()
+    assert lines[1:6] == ["routing: auto-route, fail-closed", "bypassing the TUN (main table): 2",
+                         "  198.18.3.0/24 dev eth0", "  198.19.77.0/24 via 198.18.3.9 dev eth0", "excluded: 203.0.113.5/32"]
+    off = {"routing": {"fail_closed": False, "auto_route": False, "bypassing": [], "excluded": []}}
+    assert format_status(off).splitlines()[1:3] == ["routing: routes, fail-open", "drops: none"]

@@ -44,9 +44,12 @@ def tun_options(config, outbounds: dict):
         net = ipaddress.ip_network(ob.proxy_address[0])
         if net not in excludes:
             excludes.append(net)
-    if excludes == list(tun.exclude_routes) and routes == list(tun.routes):
+    # With ztun answering DNS, queries to a resolver on a directly connected subnet (which auto-route
+    # leaves to the main table) go into the TUN too: no DNS leaves the host around ztun.
+    hijack_dns = tun.auto_route and config.dns.mode != "off"
+    if excludes == list(tun.exclude_routes) and routes == list(tun.routes) and hijack_dns == tun.hijack_dns:
         return tun
-    return dataclasses.replace(tun, exclude_routes=tuple(excludes), routes=tuple(routes))
+    return dataclasses.replace(tun, exclude_routes=tuple(excludes), routes=tuple(routes), hijack_dns=hijack_dns)
 
 
 def build_outbounds(loop, config, resolved: dict | None = None) -> dict:
@@ -184,6 +187,7 @@ class Snapshot:
             "outbounds": fwd.outbound_counters(),
             # name -> {state: unknown|ok|failing, error, checked (unix time)} of each outbound that is probed
             "health": {name: dict(o.health) for name, o in fwd.outbounds.items() if getattr(o, "health", None)},
+            "routing": gw.routing(),
         }
         if include_flows:
             snap["flows"] = fwd.snapshot_flows()

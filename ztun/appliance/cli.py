@@ -57,7 +57,12 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--route", dest="routes", action="append", metavar="CIDR", help="route CIDR into the TUN (repeatable; replaces tun.routes)")
     p.add_argument("--exclude-route", dest="exclude_routes", action="append", metavar="CIDR", help="keep CIDR out of the TUN (repeatable; replaces tun.exclude_routes)")
     p.add_argument("--auto-route", action=bool_flag, help="send all traffic through the TUN but ztun's own, loopback and excluded")
-    p.add_argument("--strict-route", action=bool_flag, help="with --auto-route: make a family with no TUN address unreachable")
+    p.add_argument("--strict-route", action=bool_flag,
+                   help="with --auto-route: only directly connected subnets (and exclusions) bypass the TUN; "
+                        "a family with no TUN address becomes unreachable")
+    p.add_argument("--fail-closed", action=bool_flag,
+                   help="keep what is routed into the TUN unreachable if ztun dies, until the next run or cleanup "
+                        "(default on)")
     p.add_argument("--fwmark", type=_int, metavar="N", help="fwmark of ztun's own sockets, skipped by its rules (default 0x2022)")
     p.add_argument("--offload", choices=("auto", "on", "off"), metavar="auto|on|off",
                    help="IFF_VNET_HDR with checksum and TCP segmentation offload: TCP moves as 64 KiB "

@@ -50,6 +50,8 @@ class Gateway:
         self.router = None
         self.stack = None
         self.napi = None  # NapiThreads, for a device opened with IFF_NAPI
+        self.bypassing: tuple = ()  # route_plan.Route: main-table routes auto-route leaves out of the TUN
+        self.fail_closed = False  # whether unreachable twins keep the routed traffic in after a crash
 
     def open(self) -> "Gateway":
         opts = self.options
@@ -58,9 +60,12 @@ class Gateway:
             self.device = open_tun(opts)
             self.router = open_router()
             name = self.device.name
+            policy = self.router.policy_routing
+            main = self.router.main_routes() if opts.auto_route and policy else ()
             spec = route_plan.RouteSpec(iface=name, inet4=opts.inet4, inet6=opts.inet6, routes=opts.routes,
                                         exclude_routes=opts.exclude_routes, auto_route=opts.auto_route,
-                                        strict_route=opts.strict_route, table=opts.table,
+                                        strict_route=opts.strict_route, fail_closed=opts.fail_closed,
+                                        hijack_dns=opts.hijack_dns, main_routes=main, table=opts.table,
                                         rule_priority=opts.rule_priority, fwmark=opts.fwmark)
             rp_sources = ()
             if opts.routes or opts.auto_route:
@@ -77,6 +82,9 @@ class Gateway:
                 self.router.set_link(name, up=True)
             for item in plan.routes + plan.rules:
                 self.router.add(item)
+            self.fail_closed = any(r.kind == "unreachable" for r in plan.routes)
+            self.bypassing = route_plan.bypassing(spec)
+            self._log_routing(spec)
             if self.device.napi and self.device.created:  # not one adopted or attached
                 self.napi = NapiThreads(name, self.device.if_index, opts.napi,
                                         reads=lambda: (self.stack.packets_read, self.stack.batches_read))
@@ -86,6 +94,44 @@ class Gateway:
             self.close()
             raise
         return self
+
+    def _log_routing(self, spec) -> None:
+        """Say what is routed how: fail-closed or not, and every main-table route auto-route leaves out of the TUN."""
+        opts = self.options
+        if not (opts.routes or opts.auto_route):
+            return
+        if self.fail_closed:
+            log.info("fail-closed: what is routed into %s stays unreachable if ztun dies, until the next run or "
+                     "`ztun-appliance cleanup`", spec.iface)
+        elif opts.fail_closed:
+            log.warning("fail-closed is not available here (it needs Linux policy routing): if ztun dies, traffic "
+                        "routed into %s takes the other routes", spec.iface)
+        else:
+            log.warning("fail-closed is off (tun.fail_closed = false): if ztun dies, traffic routed into %s takes "
+                        "the other routes, unproxied, until the next run or cleanup", spec.iface)
+        if not opts.auto_route:
+            return
+        which = "directly connected (strict_route)" if opts.strict_route else "more specific than the default"
+        if self.bypassing:
+            log.info("auto-route: %d main-table route%s %s bypass %s: %s", len(self.bypassing),
+                     "s" * (len(self.bypassing) != 1), which, spec.iface, "; ".join(map(str, self.bypassing)))
+        else:
+            log.info("auto-route: no main-table route bypasses %s", spec.iface)
+        if opts.exclude_routes:
+            log.info("auto-route: excluded (bypass %s): %s", spec.iface, ", ".join(map(str, opts.exclude_routes)))
+        if spec.hijack_dns:
+            log.info("auto-route: DNS (port 53) to any address goes into %s, a resolver on the LAN's too", spec.iface)
+        through = route_plan.through_tun(spec)
+        if through:
+            log.info("strict_route: main-table routes via a gateway that go through %s instead: %s", spec.iface,
+                     "; ".join(map(str, through)))
+
+    def routing(self) -> dict:
+        """For status: whether fail-closed is in force, and what bypasses the TUN (main routes, exclusions)."""
+        opts = self.options
+        return {"fail_closed": self.fail_closed, "auto_route": opts.auto_route, "strict_route": opts.strict_route,
+                "bypassing": [str(r) for r in self.bypassing],
+                "excluded": [str(n) for n in opts.exclude_routes]}
 
     def _check_lan(self) -> None:
         """Serving LAN hosts needs forwarding on for every family ztun routes: check it, or turn it on."""
@@ -132,6 +178,8 @@ class Gateway:
             parts.append("excluding " + ",".join(map(str, o.exclude_routes)))
         if o.auto_route:
             parts.append("auto-route" + (" strict" if o.strict_route else ""))
+        if o.routes or o.auto_route:
+            parts.append("fail-closed" if self.fail_closed else "fail-open")
         if self.napi is not None:
             parts.append(f"threaded NAPI {o.napi}")
         if (o.routes or o.auto_route) and self.router.policy_routing:

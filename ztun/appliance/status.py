@@ -57,6 +57,8 @@ SNAPSHOT_KEYS = {
     "outbounds": "dict outbound name -> {event: count}",
     "health": "dict outbound name -> {state: unknown|ok|failing, error, checked (unix time or null)}, probed ones only",
     "flows": "list of dicts: proto, source, destination, domain, outbound, state, bytes_up, bytes_down, age_s",
+    "routing": "dict: fail_closed, auto_route, strict_route (bools); bypassing (main-table routes that bypass the TUN), "
+               "excluded (prefixes kept out of it)",
 }
 
 Snapshot = Callable[..., dict]
@@ -381,6 +383,7 @@ def format_status(snap: dict) -> str:
     device = snap.get("device") or {}
     if device:
         lines.append("device: " + " ".join(f"{k}={_plain(v)}" for k, v in device.items()))
+    lines += _routing(snap.get("routing"))
     lines += _section("counters", snap.get("counters"))
     lines += _section("gauges", snap.get("gauges"))
     lines += _section("drops", snap.get("drops"), empty="none")
@@ -406,6 +409,21 @@ def format_status(snap: dict) -> str:
         lines.append(f"flows: {len(flows)}")
         lines += ["  " + format_flow(f) for f in flows]
     return "\n".join(lines)
+
+
+def _routing(routing) -> list:
+    """fail-closed or not, and what bypasses the TUN (one line each), from the snapshot's routing."""
+    if not isinstance(routing, dict):
+        return []
+    mode = "auto-route" + (" strict" if routing.get("strict_route") else "") if routing.get("auto_route") else "routes"
+    lines = [f"routing: {mode}, {'fail-closed' if routing.get('fail_closed') else 'fail-open'}"]
+    bypassing, excluded = routing.get("bypassing") or [], routing.get("excluded") or []
+    if routing.get("auto_route"):
+        lines.append(f"bypassing the TUN (main table): {len(bypassing) or 'none'}")
+        lines += [f"  {r}" for r in bypassing]
+    if excluded:
+        lines.append("excluded: " + ", ".join(map(str, excluded)))
+    return lines
 
 
 def format_flow(f: dict) -> str:

@@ -10,7 +10,13 @@ ztun's own sockets to an interface):
 
 Table T holds the routes given (dev TUN), a default route when auto-route is on, and a
 `throw` route for every excluded prefix: a lookup that lands on it falls through to the
-next rule, so excluded traffic ends in the main table.
+next rule, so excluded traffic ends in the main table. With fail_closed, T also holds an
+`unreachable` twin of each route into the TUN at metric FAIL_CLOSED_METRIC: while the TUN
+lives its own route (metric 0, 1024 for IPv6) wins; when the process dies the kernel
+deletes the TUN and every route out of it, the twins (no device) and the rules stay, and
+whatever was routed into the TUN now fails with EHOSTUNREACH (the host's sockets) or an
+ICMP unreachable (a LAN host's packets) until `run` or `cleanup` removes them. Throw routes
+are more specific than the twins they cut into, so exclusions keep bypassing.
 
     P+0  fwmark M goto NOP              ztun's own sockets skip every ztun rule: no loops
     P+1  iif TUN goto NOP               what the stack writes back is never sent back in
@@ -22,9 +28,21 @@ next rule, so excluded traffic ends in the main table.
                                         is dropped
     P+2  lookup T                       the routes given (route mode)
     P+2  lookup T suppress_prefixlength 0   the same, without T's default (auto-route)
+    P+2  to ROUTE lookup T              (auto-route with fail_closed) the same, one rule per
+                                        given route: a lookup that found T's unreachable
+                                        default fails before suppress_prefixlength is
+                                        looked at, so after a crash the rule above would
+                                        refuse everything, the LAN included
+    P+2  ipproto udp|tcp dport 53 lookup T   (auto-route, hijack_dns) DNS to any server,
+                                        one on a directly connected subnet too, goes into
+                                        the TUN, where ztun answers it
   auto-route only:
     P+3  lookup main suppress_prefixlength 0   main's specific routes win: the LAN, the
-                                        uplink's subnets, the TUN's own prefix
+                                        uplink's subnets, the TUN's own prefix, and any
+                                        route via a gateway (bypassing(): logged, status)
+    P+3  to PREFIX lookup main          (strict_route, instead) only main's directly
+                                        connected prefixes (no gateway) and the TUN's own
+                                        win; a route via a gateway in main goes into the TUN
     P+4  iif lo from PREFIX lookup T    local sockets bound to the TUN's address
     P+5  iif lo from 0.0.0.0 lookup T   (IPv4) local sockets with no source address yet
     P+6  iif lo goto NOP                (IPv4) local sockets bound to another address:
@@ -38,7 +56,8 @@ next rule, so excluded traffic ends in the main table.
 
 Loopback never reaches these rules (the local table's rule 0 comes first). With
 strict-route, a family with no address on the TUN gets `P+0 fwmark M goto NOP`,
-`P+1 unreachable` and the nop, so it fails instead of leaking around the TUN.
+`P+1 unreachable` and the nop, so it fails instead of leaking around the TUN. strict_route
+reads main's connected prefixes once, at start: a subnet that appears later goes into the TUN.
 """
 
 import errno
@@ -49,6 +68,11 @@ from ..errors import RouteError
 
 MAIN_TABLE = 254
 FAMILIES = (4, 6)
+# The metric of the unreachable twins: above the TUN routes' (0 for IPv4, 1024 for IPv6, the
+# kernel's default for a route given none), so they only answer once those are gone.
+FAIL_CLOSED_METRIC = 0xFFFF
+DNS_PORT = 53
+IPPROTO_NAMES = {6: "tcp", 17: "udp"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,8 +82,13 @@ class RouteSpec:
     inet4/inet6: the TUN's own address with its prefix (None: that family stays off the
     TUN). routes: the prefixes sent into it; exclude_routes are cut out of them (or out of
     everything, with auto_route). strict_route: a family without an address on the TUN is
-    made unreachable. table, rule_priority and fwmark: ztun's routing table, the first of
-    its ten rule priorities, and the mark of its own sockets (Linux policy routing).
+    made unreachable, and under auto_route only main's directly connected prefixes bypass
+    the TUN. fail_closed: what is routed into the TUN stays unreachable after a crash (an
+    unreachable twin of each route). hijack_dns: under auto_route, DNS (port 53) to any
+    address goes into the TUN. main_routes: the main table's routes (Route, as
+    Router.main_routes() reads them), for strict_route and bypassing(). table, rule_priority
+    and fwmark: ztun's routing table, the first of its ten rule priorities, and the mark of
+    its own sockets (Linux policy routing).
     """
 
     iface: str
@@ -69,6 +98,9 @@ class RouteSpec:
     exclude_routes: tuple = ()
     auto_route: bool = False
     strict_route: bool = False
+    fail_closed: bool = False
+    hijack_dns: bool = False
+    main_routes: tuple = ()
     table: int
     rule_priority: int
     fwmark: int
@@ -88,13 +120,17 @@ class RouteSpec:
 
 @dataclass(frozen=True)
 class Route:
-    """One route: to cidr out of iface (and/or via gateway) in table; kind unicast, throw or unreachable."""
+    """One route: to cidr out of iface (and/or via gateway) in table; kind unicast, throw or unreachable.
+
+    metric: its priority (None: the kernel's default, 0 for IPv4 and 1024 for IPv6).
+    """
 
     cidr: ipaddress.IPv4Network | ipaddress.IPv6Network
     iface: str | None = None
     table: int = MAIN_TABLE
     kind: str = "unicast"
     gateway: object = None
+    metric: int | None = None
 
     @classmethod
     def of(cls, cidr, gateway=None, iface: str | None = None, *, table: int | None = None, kind: str = "unicast") -> "Route":
@@ -106,17 +142,26 @@ class Route:
     def family(self) -> int:
         return self.cidr.version
 
+    @property
+    def connected(self) -> bool:
+        """Whether this is a directly connected prefix: unicast out of a device with no gateway (IPv4 scope link)."""
+        return self.kind == "unicast" and self.gateway is None and self.iface is not None
+
     def __str__(self):
         head = "" if self.kind == "unicast" else f"{self.kind} "
         via = f" via {self.gateway}" if self.gateway is not None else ""
         dev = f" dev {self.iface}" if self.iface else ""
         table = "" if self.table == MAIN_TABLE else f" table {self.table}"  # as `ip route` shows main
-        return f"{head}{self.cidr}{via}{dev}{table}"
+        metric = "" if self.metric is None else f" metric {self.metric}"
+        return f"{head}{self.cidr}{via}{dev}{table}{metric}"
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One policy rule. action: lookup (table), goto (target priority), nop or unreachable."""
+    """One policy rule. action: lookup (table), goto (target priority), nop or unreachable.
+
+    Selectors: iif, src, dst (`to`), fwmark/fwmask, ipproto with dport (one port).
+    """
 
     family: int
     priority: int
@@ -128,9 +173,18 @@ class Rule:
     fwmark: int | None = None
     fwmask: int | None = None
     suppress_prefixlength: int | None = None
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    ipproto: int | None = None
+    dport: int | None = None
 
     def __str__(self):
         parts = [f"{self.priority}:", f"from {self.src}" if self.src is not None else "from all"]
+        if self.dst is not None:
+            parts.append(f"to {self.dst}")
+        if self.ipproto is not None:
+            parts.append(f"ipproto {IPPROTO_NAMES.get(self.ipproto, self.ipproto)}")
+        if self.dport is not None:
+            parts.append(f"dport {self.dport}")
         if self.fwmark is not None:
             parts.append(f"fwmark {self.fwmark:#x}" + (f"/{self.fwmask:#x}" if self.fwmask not in (None, 0xFFFFFFFF) else ""))
         if self.iif:
@@ -160,7 +214,8 @@ def plan(spec: RouteSpec, rp_sources=(), *, policy_routing: bool = True) -> Rout
     """The routes and rules that route spec into the TUN, for a router with or without policy routing.
 
     rp_sources: IPv4 addresses of interfaces with strict rp_filter (see the module docstring).
-    Without policy routing, auto_route and exclude_routes raise RouteError.
+    Without policy routing, auto_route and exclude_routes raise RouteError (and fail_closed
+    has nothing to keep: the TUN's routes are the main table's).
     """
     if not policy_routing:
         return _main_table_plan(spec)
@@ -173,22 +228,33 @@ def plan(spec: RouteSpec, rp_sources=(), *, policy_routing: bool = True) -> Rout
         given = [r for r in spec.routes if r.version == fam]
         routed = prefix is not None and (given or spec.auto_route)
         if routed:
-            routes += [Route(net, iface, T) for net in given]
+            into = list(given)
             if spec.auto_route:
-                routes.append(Route(_net("0.0.0.0/0" if fam == 4 else "::/0"), iface, T))
+                into.append(_net("0.0.0.0/0" if fam == 4 else "::/0"))
+            routes += [Route(net, iface, T) for net in into]
+            if spec.fail_closed:
+                routes += [Route(net, None, T, "unreachable", metric=FAIL_CLOSED_METRIC) for net in into]
             routes += [Route(net, None, T, "throw") for net in spec.exclude_routes if net.version == fam]
             rules += [
                 Rule(fam, P, "goto", goto=nop, fwmark=M, fwmask=0xFFFFFFFF),
                 Rule(fam, P + 1, "goto", goto=nop, iif=iface),
-                Rule(fam, P + 2, "lookup", table=T, suppress_prefixlength=0 if spec.auto_route else None),
             ]
+            if not spec.auto_route:
+                rules.append(Rule(fam, P + 2, "lookup", table=T))
+            elif spec.fail_closed:
+                rules += [Rule(fam, P + 2, "lookup", table=T, dst=net) for net in given if net.prefixlen]
+            else:
+                rules.append(Rule(fam, P + 2, "lookup", table=T, suppress_prefixlength=0))
             rules += [Rule(fam, P + 1, "goto", goto=nop, iif="lo", src=ipaddress.ip_network(a))
                       for a in rp_sources if ipaddress.ip_address(a).version == fam]
             if spec.auto_route:
-                rules += [
-                    Rule(fam, P + 3, "lookup", table=MAIN_TABLE, suppress_prefixlength=0),
-                    Rule(fam, P + 4, "lookup", table=T, iif="lo", src=prefix.network),
-                ]
+                if spec.hijack_dns:
+                    rules += [Rule(fam, P + 2, "lookup", table=T, ipproto=proto, dport=DNS_PORT) for proto in (17, 6)]
+                if spec.strict_route:
+                    rules += [Rule(fam, P + 3, "lookup", table=MAIN_TABLE, dst=net) for net in _connected(spec, fam)]
+                else:
+                    rules.append(Rule(fam, P + 3, "lookup", table=MAIN_TABLE, suppress_prefixlength=0))
+                rules.append(Rule(fam, P + 4, "lookup", table=T, iif="lo", src=prefix.network))
                 if fam == 4:
                     rules += [
                         Rule(fam, P + 5, "lookup", table=T, iif="lo", src=_net("0.0.0.0/32")),
@@ -210,6 +276,42 @@ def plan(spec: RouteSpec, rp_sources=(), *, policy_routing: bool = True) -> Rout
     # The nop targets go in first, so no goto is ever left pointing nowhere.
     rules.sort(key=lambda r: r.action != "nop")
     return RoutePlan(tuple(routes), tuple(rules))
+
+
+def _connected(spec: RouteSpec, fam: int) -> list:
+    """The prefixes strict_route lets main route: its directly connected ones of family fam, and the TUN's own."""
+    nets = [r.cidr for r in spec.main_routes if r.family == fam and r.connected and r.cidr.prefixlen and r.iface != spec.iface]
+    nets.append(spec.prefix(fam).network)
+    return list(dict.fromkeys(nets))
+
+
+def bypassing(spec: RouteSpec) -> tuple:
+    """The main table's routes whose traffic auto-route leaves out of the TUN (main routes it), as Routes.
+
+    Without auto_route: none (the given routes win over main). With it, every route of a
+    family on the TUN more specific than a default route; with strict_route only the
+    directly connected ones. Exclusions (spec.exclude_routes) bypass too and are not listed
+    here. ztun's own sockets (fwmark) and loopback always bypass.
+    """
+    if not spec.auto_route:
+        return ()
+    out = []
+    for r in spec.main_routes:
+        if spec.prefix(r.family) is None or not r.cidr.prefixlen or r.iface == spec.iface:
+            continue
+        if spec.strict_route and not r.connected:
+            continue
+        if r not in out:
+            out.append(r)
+    return tuple(out)
+
+
+def through_tun(spec: RouteSpec) -> tuple:
+    """With strict_route, the main table's specific routes via a gateway that now go into the TUN (for the log)."""
+    if not (spec.auto_route and spec.strict_route):
+        return ()
+    return tuple(r for r in spec.main_routes
+                 if spec.prefix(r.family) is not None and r.cidr.prefixlen and not r.connected and r.iface != spec.iface)
 
 
 def _main_table_plan(spec: RouteSpec) -> RoutePlan:

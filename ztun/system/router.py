@@ -60,6 +60,13 @@ class Router(Protocol):
     def delete(self, item) -> bool:
         """Delete a route_plan.Route or Rule; False if there was none."""
 
+    def main_routes(self) -> tuple:
+        """The main table's routes (IPv4 and IPv6) as route_plan.Route: prefix, gateway, device, kind.
+
+        What auto-route leaves out of the TUN is read from these; a router without policy
+        routing (no auto-route) returns ().
+        """
+
     def remove_leftovers(self, table: int, priorities: range) -> int:
         """Remove what a crashed run left behind; return how many.
 

@@ -26,6 +26,7 @@ log = logging.getLogger("ztun.router")
 ZTUN_PROTO = 122
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
 _ROUTE_TYPES = {"unicast": RTN_UNICAST, "unreachable": RTN_UNREACHABLE, "throw": RTN_THROW}
+_KIND_NAMES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
 _RULE_ACTIONS = {"lookup": FR_ACT_TO_TBL, "goto": FR_ACT_GOTO, "nop": FR_ACT_NOP, "unreachable": FR_ACT_UNREACHABLE}
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL)
 _FAMILY_NAMES = {socket.AF_INET: "ip", socket.AF_INET6: "ip -6"}
@@ -117,6 +118,8 @@ class LinuxRouter:
             kw["oif"] = self.get_interface_index(route.iface)
         if route.gateway is not None:
             kw["gateway"] = str(route.gateway)
+        if route.metric is not None:
+            kw["priority"] = route.metric
         return kw
 
     def _route(self, cidr, gateway, iface, table, kind) -> Route:
@@ -129,6 +132,21 @@ class LinuxRouter:
 
     def delete_route(self, cidr, gateway=None, iface=None, *, table=None, kind="unicast") -> bool:
         return self.delete(self._route(cidr, gateway, iface, table, kind))
+
+    def main_routes(self) -> tuple:
+        """The main table's routes, IPv4 and IPv6, as route_plan.Route (a multipath route by its first hop)."""
+        names = {link["index"]: link.get("IFLA_IFNAME") for link in self._call("list links", self._nl.links)}
+        out = []
+        for family in _AF.values():
+            for msg in self._call("list routes", self._nl.routes, family):
+                if _table(msg) != MAIN_TABLE:
+                    continue
+                hop = msg.get("RTA_MULTIPATH") or {}  # a multipath route: its first hop
+                oif, gateway = hop.get("oif") or msg.get("RTA_OIF"), hop.get("RTA_GATEWAY") or msg.get("RTA_GATEWAY")
+                dst = msg.get("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
+                kind = _KIND_NAMES.get(msg["type"], str(msg["type"]))
+                out.append(Route.of(f"{dst}/{msg['dst_len']}", gateway, names.get(oif), kind=kind))
+        return tuple(out)
 
     # --- rules ---------------------------------------------------------------------
 
@@ -148,6 +166,12 @@ class LinuxRouter:
             kw["fwmask"] = 0xFFFFFFFF if rule.fwmask is None else rule.fwmask
         if rule.suppress_prefixlength is not None:
             kw["suppress_prefixlen"] = rule.suppress_prefixlength
+        if rule.dst is not None:
+            kw["dst"], kw["dst_len"] = str(rule.dst.network_address), rule.dst.prefixlen
+        if rule.ipproto is not None:
+            kw["ip_proto"] = rule.ipproto
+        if rule.dport is not None:
+            kw["dport_range"] = (rule.dport, rule.dport)
         return kw
 
     def add_rule(self, rule: Rule) -> bool:
@@ -258,11 +282,14 @@ class LinuxRouter:
         kw = {"family": family, "priority": prio, "action": msg["action"]}
         for nla, key in (("FRA_TABLE", "table"), ("FRA_GOTO", "goto"), ("FRA_IIFNAME", "iifname"),
                          ("FRA_FWMARK", "fwmark"), ("FRA_FWMASK", "fwmask"), ("FRA_SRC", "src"),
-                         ("FRA_SUPPRESS_PREFIXLEN", "suppress_prefixlen"), ("FRA_PROTOCOL", "protocol")):
+                         ("FRA_SUPPRESS_PREFIXLEN", "suppress_prefixlen"), ("FRA_PROTOCOL", "protocol"),
+                         ("FRA_DST", "dst"), ("FRA_IP_PROTO", "ip_proto"), ("FRA_DPORT_RANGE", "dport_range")):
             if msg.get(nla) is not None:
                 kw[key] = msg.get(nla)
         if "src" in kw:
             kw["src_len"] = msg["src_len"]
+        if "dst" in kw:
+            kw["dst_len"] = msg["dst_len"]
         return self._delete_leftover(f"{_FAMILY_NAMES[family]} rule {prio}", self._nl.rule, **kw)
 
     def _remove_route(self, family, msg) -> bool:

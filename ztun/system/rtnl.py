@@ -56,15 +56,18 @@ _LINK_ATTRS = {3: ("IFLA_IFNAME", "str"), 4: ("IFLA_MTU", "u32"), 18: ("IFLA_LIN
 _LINKINFO_ATTRS = {1: ("IFLA_INFO_KIND", "str")}
 _ADDR_ATTRS = {1: ("IFA_ADDRESS", "addr"), 2: ("IFA_LOCAL", "addr"), 3: ("IFA_LABEL", "str"), 8: ("IFA_FLAGS", "u32")}
 _ROUTE_ATTRS = {1: ("RTA_DST", "addr"), 4: ("RTA_OIF", "u32"), 5: ("RTA_GATEWAY", "addr"), 6: ("RTA_PRIORITY", "u32"),
-                7: ("RTA_PREFSRC", "addr"), 15: ("RTA_TABLE", "u32")}
-_RULE_ATTRS = {2: ("FRA_SRC", "addr"), 3: ("FRA_IIFNAME", "str"), 4: ("FRA_GOTO", "u32"), 6: ("FRA_PRIORITY", "u32"),
-               10: ("FRA_FWMARK", "u32"), 14: ("FRA_SUPPRESS_PREFIXLEN", "u32"), 15: ("FRA_TABLE", "u32"),
-               16: ("FRA_FWMASK", "u32"), 21: ("FRA_PROTOCOL", "u8")}
+                7: ("RTA_PREFSRC", "addr"), 9: ("RTA_MULTIPATH", "nexthop"), 15: ("RTA_TABLE", "u32")}
+_RULE_ATTRS = {1: ("FRA_DST", "addr"), 2: ("FRA_SRC", "addr"), 3: ("FRA_IIFNAME", "str"), 4: ("FRA_GOTO", "u32"),
+               6: ("FRA_PRIORITY", "u32"), 10: ("FRA_FWMARK", "u32"), 14: ("FRA_SUPPRESS_PREFIXLEN", "u32"),
+               15: ("FRA_TABLE", "u32"), 16: ("FRA_FWMASK", "u32"), 21: ("FRA_PROTOCOL", "u8"),
+               22: ("FRA_IP_PROTO", "u8"), 24: ("FRA_DPORT_RANGE", "ports")}
+_RTNEXTHOP = struct.Struct("=HBBi")  # len, flags, hops, ifindex
 _KINDS = {RTM_NEWLINK: (_IFINFOMSG, _LINK_ATTRS), RTM_NEWADDR: (_IFADDRMSG, _ADDR_ATTRS),
           RTM_NEWROUTE: (_RTMSG, _ROUTE_ATTRS), RTM_NEWRULE: (_FIBRULEHDR, _RULE_ATTRS)}
 _BY_NAME = {name: (num, decoder) for attrs in (_LINK_ATTRS, _ADDR_ATTRS, _ROUTE_ATTRS, _RULE_ATTRS)
             for num, (name, decoder) in attrs.items()}
 _INTS = {"u32": struct.Struct("=I"), "u8": struct.Struct("=B")}
+_PORTS = struct.Struct("=HH")  # struct fib_rule_port_range: start, end
 
 
 class RtnlError(OSError):
@@ -90,6 +93,8 @@ def attr(kind: str, value) -> bytes:
         data = value.encode() + b"\0"
     elif decoder == "addr":
         data = ipaddress.ip_address(value).packed
+    elif decoder == "ports":
+        data = _PORTS.pack(*value)
     else:
         raise ValueError(f"{kind} cannot be encoded")
     return _NLATTR.pack(_NLATTR.size + len(data), num) + data + b"\0" * (-len(data) % 4)
@@ -144,13 +149,16 @@ def route_request(*, family: int, dst: str | None = None, dst_len: int = 0, tabl
 def rule_request(*, family: int, action: int, priority: int | None = None, table: int | None = None,
                  goto: int | None = None, iifname: str | None = None, src: str | None = None, src_len: int = 0,
                  fwmark: int | None = None, fwmask: int | None = None, suppress_prefixlen: int | None = None,
-                 protocol: int | None = None) -> bytes:
-    """fib_rule_hdr + attributes; None leaves a field out (on delete: matches any)."""
+                 protocol: int | None = None, dst: str | None = None, dst_len: int = 0, ip_proto: int | None = None,
+                 dport_range: tuple | None = None) -> bytes:
+    """fib_rule_hdr + attributes; None leaves a field out (on delete: matches any). dport_range: (first, last)."""
     head_table = table if table is not None and table < 256 else RT_TABLE_UNSPEC
-    body = _header(_FIBRULEHDR, family=family, src_len=src_len if src is not None else 0, table=head_table, action=action)
+    body = _header(_FIBRULEHDR, family=family, src_len=src_len if src is not None else 0,
+                   dst_len=dst_len if dst is not None else 0, table=head_table, action=action)
     for kind, value in (("FRA_PRIORITY", priority), ("FRA_TABLE", table), ("FRA_GOTO", goto), ("FRA_IIFNAME", iifname),
-                        ("FRA_SRC", src), ("FRA_FWMARK", fwmark), ("FRA_FWMASK", fwmask),
-                        ("FRA_SUPPRESS_PREFIXLEN", suppress_prefixlen), ("FRA_PROTOCOL", protocol)):
+                        ("FRA_SRC", src), ("FRA_DST", dst), ("FRA_FWMARK", fwmark), ("FRA_FWMASK", fwmask),
+                        ("FRA_SUPPRESS_PREFIXLEN", suppress_prefixlen), ("FRA_PROTOCOL", protocol),
+                        ("FRA_IP_PROTO", ip_proto), ("FRA_DPORT_RANGE", dport_range)):
         if value is not None:
             body += attr(kind, value)
     return body
@@ -196,6 +204,21 @@ def _value(name: str, decoder: str, raw: bytes):
         if len(raw) not in (4, 16):
             raise _bad(f"{name} has {len(raw)} bytes, not an IPv4 or IPv6 address")
         return str(ipaddress.ip_address(bytes(raw)))
+    if decoder == "ports":
+        if len(raw) != _PORTS.size:
+            raise _bad(f"{name} has {len(raw)} bytes, not {_PORTS.size}")
+        return _PORTS.unpack(raw)
+    if decoder == "nexthop":  # the first hop of a multipath route: {"oif": index, "RTA_GATEWAY": address?}
+        if len(raw) < _RTNEXTHOP.size:
+            raise _bad(f"{name} has {len(raw)} bytes, too short for a next hop")
+        length, _, _, index = _RTNEXTHOP.unpack_from(raw)
+        if length < _RTNEXTHOP.size or length > len(raw):
+            raise _bad(f"{name}'s next hop of length {length} in {len(raw)} bytes")
+        hop = {"oif": index}
+        for kind, value in attributes(raw[:length], _RTNEXTHOP.size):
+            if kind == 5:
+                hop["RTA_GATEWAY"] = _value("RTA_GATEWAY", "addr", value)
+        return hop
     assert decoder == "linkinfo", decoder
     return {_LINKINFO_ATTRS[k][0]: _value(_LINKINFO_ATTRS[k][0], _LINKINFO_ATTRS[k][1], v)
             for k, v in attributes(raw) if k in _LINKINFO_ATTRS}
@@ -366,6 +389,10 @@ class Rtnl:
             self.request(delete, body)
         else:
             raise ValueError(f"cmd must be 'add' or 'del', got {cmd!r}")
+
+    def links(self) -> list[dict]:
+        """Every link: index, flags, IFLA_IFNAME, ..."""
+        return self.dump(RTM_GETLINK, _header(_IFINFOMSG))
 
     def addresses(self, family: int) -> list[dict]:
         return self.dump(RTM_GETADDR, _header(_IFADDRMSG, family=family))

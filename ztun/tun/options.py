@@ -76,7 +76,10 @@ class TunOptions:
     selected by policy rules at priorities rule_priority..rule_priority+9 that skip
     sockets marked with `fwmark`; exclude_routes are cut out of them. auto_route sends
     all traffic through the TUN (see ztun.system.route_plan); strict_route makes a family
-    without an address on the TUN unreachable. file_descriptor adopts an already open TUN
+    without an address on the TUN unreachable and lets only directly connected subnets
+    bypass it. fail_closed keeps what is routed into the TUN unreachable after a crash
+    (until the next run or cleanup). hijack_dns (not a key: the appliance sets it with DNS
+    on) sends port 53 to any address into the TUN under auto_route. file_descriptor adopts an already open TUN
     (Android VpnService, systemd) instead of opening /dev/net/tun. offload sets
     IFF_VNET_HDR: each packet carries a virtio_net_hdr in its slot's headroom. napi
     (Linux, a device ztun creates) is "off", "on" or "auto": see ztun.tun.napi.
@@ -90,6 +93,8 @@ class TunOptions:
     exclude_routes: tuple = ()
     auto_route: bool = False
     strict_route: bool = False
+    fail_closed: bool = True
+    hijack_dns: bool = False
     table: int = 2022
     rule_priority: int = 9000
     fwmark: int = 0x2022
@@ -119,7 +124,7 @@ class TunOptions:
         if self.inet6 is not None and mtu < MIN_MTU6:
             _fail("mtu", f"{mtu} is below {MIN_MTU6}, the IPv6 minimum; raise it or leave inet6 unset")
 
-        for field in ("auto_route", "strict_route", "multi_queue", "offload"):
+        for field in ("auto_route", "strict_route", "fail_closed", "hijack_dns", "multi_queue", "offload"):
             if not isinstance(getattr(self, field), bool):
                 _fail(field, f"must be true or false, got {getattr(self, field)!r}")
 

@@ -41,6 +41,7 @@ def format_config(config: AppConfig) -> str:
         ("inet6", _toml(str(t.inet6) if t.inet6 is not None else "none")),
         ("routes", _toml([str(r) for r in t.routes])), ("exclude_routes", _toml([str(r) for r in t.exclude_routes])),
         ("auto_route", _toml(t.auto_route)), ("strict_route", _toml(t.strict_route)),
+        ("fail_closed", _toml(t.fail_closed)),
         ("table", _toml(t.table)), ("rule_priority", _toml(t.rule_priority)), ("fwmark", hex(t.fwmark)),
         ("offload", _toml("on" if t.offload else "off")), ("napi", _toml(t.napi)),
     ])

@@ -129,7 +129,7 @@ class AppConfig:
 
 # The keys of each table, in the order they are documented and printed.
 TUN_KEYS = ("name", "mtu", "inet4", "inet6", "routes", "exclude_routes", "auto_route", "strict_route",
-            "table", "rule_priority", "fwmark", "offload", "napi")
+            "fail_closed", "table", "rule_priority", "fwmark", "offload", "napi")
 KEYS = {
     "": ("tun", "flows", "gateway", "log", "outbounds", "route", "dns", "health", "metrics", "control"),
     "tun": TUN_KEYS,
@@ -158,6 +158,7 @@ FLAGS = {
     "exclude_routes": ("tun.exclude_routes", "--exclude-route"),
     "auto_route": ("tun.auto_route", "--auto-route"),
     "strict_route": ("tun.strict_route", "--strict-route"),
+    "fail_closed": ("tun.fail_closed", "--fail-closed"),
     "table": ("tun.table", "--table"),
     "rule_priority": ("tun.rule_priority", "--rule-priority"),
     "fwmark": ("tun.fwmark", "--fwmark"),
