@@ -65,6 +65,26 @@ def test_rule_round_trip_with_each_field():
         "FRA_FWMARK": 0x2022, "FRA_FWMASK": 0xFFFF, "FRA_SUPPRESS_PREFIXLEN": 0, "FRA_PROTOCOL": 122}
 
 
+def test_rule_round_trip_by_destination_protocol_and_port():
+    """The fail-closed and DNS rules: `to PREFIX`, `ipproto udp dport 53`."""
+    body = R.rule_request(family=V4, action=R.FR_ACT_TO_TBL, priority=8004, table=3033, dst="198.18.3.0", dst_len=24,
+                          ip_proto=17, dport_range=(53, 53), protocol=122)
+    msg = R.decode(R.RTM_NEWRULE, body)
+    assert (msg["dst_len"], msg["FRA_DST"], msg["FRA_IP_PROTO"], msg["FRA_DPORT_RANGE"]) == (24, "198.18.3.0", 17, (53, 53))
+    with pytest.raises(R.RtnlError):  # a port range of the wrong size
+        R.decode(R.RTM_NEWRULE, R.rule_request(family=V4, action=1) + struct.pack("=HH", 6, 24) + b"\x35\x00\x00\x00")
+
+
+def test_multipath_first_hop():
+    gateway = struct.pack("=HH", 8, 5) + bytes([198, 18, 0, 9])
+    hop = struct.pack("=HBBi", 8 + len(gateway), 0, 0, 4) + gateway
+    body = R.route_request(family=V4, dst="198.19.0.0", dst_len=16) + struct.pack("=HH", 4 + len(hop), 9) + hop
+    assert R.decode(R.RTM_NEWROUTE, body)["RTA_MULTIPATH"] == {"oif": 4, "RTA_GATEWAY": "198.18.0.9"}
+    short = struct.pack("=HBBi", 64, 0, 0, 4)  # a hop longer than the attribute
+    with pytest.raises(R.RtnlError):
+        R.decode(R.RTM_NEWROUTE, R.route_request(family=V4) + struct.pack("=HH", 4 + len(short), 9) + short)
+
+
 def test_rule_action_numbers_are_the_kernels():
     assert (R.FR_ACT_TO_TBL, R.FR_ACT_GOTO, R.FR_ACT_NOP, R.FR_ACT_UNREACHABLE) == (1, 2, 3, 7)  # <linux/fib_rules.h>
     assert R.decode(R.RTM_NEWRULE, R.rule_request(family=V4, action=R.FR_ACT_NOP, priority=5))["table"] == 0
