@@ -31,6 +31,7 @@ cdef struct Flow:
     double last_seen
     uint64_t pout, bout, pin, bin
     uint64_t hash
+    uint32_t isn  # the client's initial sequence number: a SYN with another is a new connection
     uint16_t sport, dport, nat_port, nat_index
     uint8_t version, proto, state, fins, decision, in_use
 
@@ -217,7 +218,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
             i = (i + 1) & self.mask
 
     cdef int32_t _alloc(self, uint64_t h, int version, int proto, const uint8_t *src, uint16_t sport,
-                        const uint8_t *dst, uint16_t dport, double now) noexcept nogil:
+                        const uint8_t *dst, uint16_t dport, double now, uint32_t isn) noexcept nogil:
         """A new flow (decision pending), or a negative drop reason."""
         cdef int lo, hi, idx
         cdef uint32_t port = 0
@@ -256,6 +257,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         f.version = version
         f.proto = proto
         f.hash = h
+        f.isn = isn
         f.nat_index = idx
         f.nat_port = port
         f.state = ST_SYN_SENT
@@ -312,7 +314,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         h = self._hash(version, proto, s, sport, t, dport)
         if self._find(h, version, proto, s, sport, t, dport) >= 0:
             raise ValueError("flow exists")
-        fid = self._alloc(h, version, proto, s, sport, t, dport, now)
+        fid = self._alloc(h, version, proto, s, sport, t, dport, now, 0)
         if fid < 0:
             self.dcount[-fid] += 1
             raise (NatTableFull if -fid == TABLE_FULL else NatPortsExhausted)(d.REASON_NAMES[-fid])
@@ -476,15 +478,21 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         h = self._hash(version, proto, m.src, m.src_port, m.dst, m.dst_port)
         fid = self._find(h, version, proto, m.src, m.src_port, m.dst, m.dst_port)
         syn_only = (flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_SYN
-        if fid >= 0 and syn_only and (self.flows[fid].state == ST_CLOSING or self.flows[fid].state == ST_RESET):
-            self._delete(fid)  # the client reuses its port: a new connection
+        if fid >= 0 and syn_only and (self.flows[fid].state == ST_CLOSING or self.flows[fid].state == ST_RESET
+                                      or self.flows[fid].isn != m.seq):
+            # The client reuses its port: a new connection. A SYN is a retransmission only with the
+            # flow's first sequence number; with another, the connection the flow was made for is
+            # gone for the client (though maybe not for the NAT: a lost reset, a half-open flood
+            # flow), and rewritten onto the old flow's NAT port it would reach the kernel as a
+            # second connection that no outbound connect was made for.
+            self._delete(fid)
             fid = -1
         verdict = V_WRITE
         if fid < 0:
             if not syn_only:
                 reason[0] = NO_FLOW
                 return V_DROP
-            fid = self._alloc(h, version, proto, m.src, m.src_port, m.dst, m.dst_port, now)
+            fid = self._alloc(h, version, proto, m.src, m.src_port, m.dst, m.dst_port, now, m.seq)
             if fid < 0:
                 reason[0] = -fid
                 return V_DROP
