@@ -272,7 +272,8 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         self.rev[idx * self.n_ports + (port - self.port_min)] = fid + 1
         return fid
 
-    cdef void _delete(self, int32_t fid) noexcept nogil:
+    cdef void _delete(self, int32_t fid, bint rest=True) noexcept nogil:
+        """Remove flow fid; its port goes to the back of its ring to rest, or (rest False) to the front, rested."""
         cdef Flow *f = &self.flows[fid]
         cdef uint64_t i = f.hash & self.mask, j, k
         cdef int idx = f.nat_index
@@ -290,9 +291,14 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
             i = j
         self.slots[i] = -1
         self.rev[idx * self.n_ports + (f.nat_port - self.port_min)] = 0
-        k = idx * self.n_ports + (self.ring_head[idx] + self.ring_count[idx]) % self.n_ports
+        if rest:
+            k = idx * self.n_ports + (self.ring_head[idx] + self.ring_count[idx]) % self.n_ports
+            self.rested[k] = _rest_until(f.last_seen, self.port_rest)
+        else:
+            self.ring_head[idx] = (self.ring_head[idx] + self.n_ports - 1) % self.n_ports
+            k = idx * self.n_ports + self.ring_head[idx]
+            self.rested[k] = 0
         self.rings[k] = f.nat_port
-        self.rested[k] = _rest_until(f.last_seen, self.port_rest)
         self.ring_count[idx] += 1
         f.in_use = 0
         self.free_ids[self.n_free] = fid
@@ -342,6 +348,14 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         """Remove flow fid and free its NAT port (to the back of the queue: reused last)."""
         self._get(fid)
         self._delete(<int32_t>fid)
+
+    def release(self, Py_ssize_t fid):
+        """Remove flow fid, none of whose packets reached the kernel (its SYN was held, then refused or
+        dropped): its NAT port has no TIME_WAIT to wait out and is handed out next. ValueError if allowed."""
+        cdef Flow *f = self._get(fid)
+        if f.decision == D_ALLOW:
+            raise ValueError(f"flow {fid} was allowed: its port must rest (delete it)")
+        self._delete(<int32_t>fid, False)
 
     def flow(self, Py_ssize_t fid):
         cdef Flow *f = self._get(fid)

@@ -95,6 +95,15 @@ class NatTable:
         self._flows[fid] = None
         self._free.append(fid)
 
+    def release(self, fid: int) -> None:
+        """Remove flow fid, none of whose packets reached the kernel (its SYN was held, then refused or
+        dropped): its NAT port has no TIME_WAIT to wait out and is handed out next. ValueError if allowed."""
+        f = self._flow(fid)
+        if f.decision == d.D_ALLOW:
+            raise ValueError(f"flow {fid} was allowed: its port must rest (delete it)")
+        self.delete(fid)
+        self._ports[f.nat_index].appendleft(self._ports[f.nat_index].pop()[:1] + (0,))
+
     def _flow(self, fid):
         fid = index(fid)
         f = self._flows[fid] if 0 <= fid < self.capacity else None

@@ -360,12 +360,13 @@ class SystemStack:
             self.counters["tcp_allowed"] += 1
         elif verdict == Verdict.REJECT:
             self.out.reset(batch, i)  # from the parse row: the client's original SYN
-            self.nat.delete(fid)
+            self.nat.release(fid)  # its SYN never reached the kernel: the port needs no rest
             self.counters["tcp_rejected"] += 1
         else:
             # The SYN is dropped and its flow forgotten: nothing was opened for it (the handler's
-            # limits), and the client's retransmitted SYN is a new flow, asked about again.
-            self.nat.delete(fid)
+            # limits), and the client's retransmitted SYN is a new flow, asked about again. A flood
+            # of such SYNs costs no NAT ports: each one's port is handed out again at once.
+            self.nat.release(fid)
             self.counters["tcp_dropped"] += 1
 
     def _decided(self, flow, verdict):
