@@ -255,7 +255,8 @@ class Forwarder:
     def _limited(self, reason, flow):
         self.counters[reason] += 1
         now = time.monotonic()
-        if now - self._warned.get(reason, -LIMIT_WARN_INTERVAL) >= LIMIT_WARN_INTERVAL:
+        last = self._warned.get(reason)
+        if last is None or now - last >= LIMIT_WARN_INTERVAL:
             self._warned[reason] = now
             log.warning("%s from %s dropped: %s (%d pending connects, %d from this client, descriptors %s); "
                         "%d dropped so far for this reason", PROTO_NAMES.get(flow.proto, flow.proto), flow.source[0],
