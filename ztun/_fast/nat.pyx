@@ -31,6 +31,7 @@ cdef struct Flow:
     double last_seen
     uint64_t pout, bout, pin, bin
     uint64_t hash
+    uint32_t isn  # the client's initial sequence number: a SYN with another is a new connection
     uint16_t sport, dport, nat_port, nat_index
     uint8_t version, proto, state, fins, decision, in_use
 
@@ -217,7 +218,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
             i = (i + 1) & self.mask
 
     cdef int32_t _alloc(self, uint64_t h, int version, int proto, const uint8_t *src, uint16_t sport,
-                        const uint8_t *dst, uint16_t dport, double now) noexcept nogil:
+                        const uint8_t *dst, uint16_t dport, double now, uint32_t isn) noexcept nogil:
         """A new flow (decision pending), or a negative drop reason."""
         cdef int lo, hi, idx
         cdef uint32_t port = 0
@@ -256,6 +257,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         f.version = version
         f.proto = proto
         f.hash = h
+        f.isn = isn
         f.nat_index = idx
         f.nat_port = port
         f.state = ST_SYN_SENT
@@ -270,7 +272,8 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         self.rev[idx * self.n_ports + (port - self.port_min)] = fid + 1
         return fid
 
-    cdef void _delete(self, int32_t fid) noexcept nogil:
+    cdef void _delete(self, int32_t fid, bint rest=True) noexcept nogil:
+        """Remove flow fid; its port goes to the back of its ring to rest, or (rest False) to the front, rested."""
         cdef Flow *f = &self.flows[fid]
         cdef uint64_t i = f.hash & self.mask, j, k
         cdef int idx = f.nat_index
@@ -288,9 +291,14 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
             i = j
         self.slots[i] = -1
         self.rev[idx * self.n_ports + (f.nat_port - self.port_min)] = 0
-        k = idx * self.n_ports + (self.ring_head[idx] + self.ring_count[idx]) % self.n_ports
+        if rest:
+            k = idx * self.n_ports + (self.ring_head[idx] + self.ring_count[idx]) % self.n_ports
+            self.rested[k] = _rest_until(f.last_seen, self.port_rest)
+        else:
+            self.ring_head[idx] = (self.ring_head[idx] + self.n_ports - 1) % self.n_ports
+            k = idx * self.n_ports + self.ring_head[idx]
+            self.rested[k] = 0
         self.rings[k] = f.nat_port
-        self.rested[k] = _rest_until(f.last_seen, self.port_rest)
         self.ring_count[idx] += 1
         f.in_use = 0
         self.free_ids[self.n_free] = fid
@@ -312,7 +320,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         h = self._hash(version, proto, s, sport, t, dport)
         if self._find(h, version, proto, s, sport, t, dport) >= 0:
             raise ValueError("flow exists")
-        fid = self._alloc(h, version, proto, s, sport, t, dport, now)
+        fid = self._alloc(h, version, proto, s, sport, t, dport, now, 0)
         if fid < 0:
             self.dcount[-fid] += 1
             raise (NatTableFull if -fid == TABLE_FULL else NatPortsExhausted)(d.REASON_NAMES[-fid])
@@ -340,6 +348,14 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         """Remove flow fid and free its NAT port (to the back of the queue: reused last)."""
         self._get(fid)
         self._delete(<int32_t>fid)
+
+    def release(self, Py_ssize_t fid):
+        """Remove flow fid, none of whose packets reached the kernel (its SYN was held, then refused or
+        dropped): its NAT port has no TIME_WAIT to wait out and is handed out next. ValueError if allowed."""
+        cdef Flow *f = self._get(fid)
+        if f.decision == D_ALLOW:
+            raise ValueError(f"flow {fid} was allowed: its port must rest (delete it)")
+        self._delete(<int32_t>fid, False)
 
     def flow(self, Py_ssize_t fid):
         cdef Flow *f = self._get(fid)
@@ -476,15 +492,21 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         h = self._hash(version, proto, m.src, m.src_port, m.dst, m.dst_port)
         fid = self._find(h, version, proto, m.src, m.src_port, m.dst, m.dst_port)
         syn_only = (flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) == TCP_SYN
-        if fid >= 0 and syn_only and (self.flows[fid].state == ST_CLOSING or self.flows[fid].state == ST_RESET):
-            self._delete(fid)  # the client reuses its port: a new connection
+        if fid >= 0 and syn_only and (self.flows[fid].state == ST_CLOSING or self.flows[fid].state == ST_RESET
+                                      or self.flows[fid].isn != m.seq):
+            # The client reuses its port: a new connection. A SYN is a retransmission only with the
+            # flow's first sequence number; with another, the connection the flow was made for is
+            # gone for the client (though maybe not for the NAT: a lost reset, a half-open flood
+            # flow), and rewritten onto the old flow's NAT port it would reach the kernel as a
+            # second connection that no outbound connect was made for.
+            self._delete(fid)
             fid = -1
         verdict = V_WRITE
         if fid < 0:
             if not syn_only:
                 reason[0] = NO_FLOW
                 return V_DROP
-            fid = self._alloc(h, version, proto, m.src, m.src_port, m.dst, m.dst_port, now)
+            fid = self._alloc(h, version, proto, m.src, m.src_port, m.dst, m.dst_port, now, m.seq)
             if fid < 0:
                 reason[0] = -fid
                 return V_DROP

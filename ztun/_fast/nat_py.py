@@ -19,10 +19,11 @@ from .typed_args import check_count, check_meta, index, real, uint
 
 
 class _Flow:
-    __slots__ = ("key", "nat_index", "nat_port", "state", "fins", "decision", "created", "last_seen", "pout", "bout", "pin", "bin")
+    __slots__ = ("key", "isn", "nat_index", "nat_port", "state", "fins", "decision", "created", "last_seen", "pout", "bout", "pin", "bin")
 
-    def __init__(self, key, nat_index, nat_port, now):
+    def __init__(self, key, nat_index, nat_port, now, isn=0):
         self.key = key  # (version, proto, src16, sport, dst16, dport)
+        self.isn = isn  # the client's initial sequence number: a SYN with another is a new connection
         self.nat_index = nat_index
         self.nat_port = nat_port
         self.state = d.ST_SYN_SENT
@@ -63,7 +64,7 @@ class NatTable:
 
     # -- allocation ---------------------------------------------------------
 
-    def _alloc(self, key, now):
+    def _alloc(self, key, now, isn=0):
         """A new flow for key, or a negative drop reason."""
         if not self._free:
             return -d.TABLE_FULL
@@ -80,7 +81,7 @@ class NatTable:
         else:
             return -d.NO_PORT
         fid = self._free.pop()
-        self._flows[fid] = _Flow(key, idx, port, now)
+        self._flows[fid] = _Flow(key, idx, port, now, isn)
         self._index[key] = fid
         self._rev[(idx, port)] = fid
         return fid
@@ -93,6 +94,15 @@ class NatTable:
         self._ports[f.nat_index].append((f.nat_port, _rest_until(f.last_seen, self._rest)))
         self._flows[fid] = None
         self._free.append(fid)
+
+    def release(self, fid: int) -> None:
+        """Remove flow fid, none of whose packets reached the kernel (its SYN was held, then refused or
+        dropped): its NAT port has no TIME_WAIT to wait out and is handed out next. ValueError if allowed."""
+        f = self._flow(fid)
+        if f.decision == d.D_ALLOW:
+            raise ValueError(f"flow {fid} was allowed: its port must rest (delete it)")
+        self.delete(fid)
+        self._ports[f.nat_index].appendleft(self._ports[f.nat_index].pop()[:1] + (0,))
 
     def _flow(self, fid):
         fid = index(fid)
@@ -229,14 +239,15 @@ class NatTable:
         key = (version, proto, src, sport, dst, dport)
         fid = self._index.get(key, -1)
         syn_only = flags & (d.TCP_SYN | d.TCP_ACK | d.TCP_RST | d.TCP_FIN) == d.TCP_SYN
-        if fid >= 0 and syn_only and self._flows[fid].state in (d.ST_CLOSING, d.ST_RESET):
-            self.delete(fid)  # the client reuses its port: a new connection
+        if fid >= 0 and syn_only and (self._flows[fid].state in (d.ST_CLOSING, d.ST_RESET)
+                                      or self._flows[fid].isn != int(m["seq"])):
+            self.delete(fid)  # the client reuses its port: a new connection (a retransmission has the flow's ISN; nat.pyx)
             fid = -1
         verdict = d.V_WRITE
         if fid < 0:
             if not syn_only:
                 return d.V_DROP, d.NO_FLOW, -1
-            fid = self._alloc(key, now)
+            fid = self._alloc(key, now, int(m["seq"]))
             if fid < 0:
                 return d.V_DROP, -fid, -1
             verdict = d.V_NEW_FLOW

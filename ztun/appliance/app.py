@@ -18,7 +18,8 @@ from ..net import split_host_port
 from ..outbound.block import BlockOutbound
 from ..outbound.direct import DirectOutbound
 from ..outbound.relay import engine_stats
-from .forwarder import BLOCK, Forwarder
+from .forwarder import BLOCK, LIMIT_DROPS, Forwarder
+from .limits import DescriptorBudget, raise_nofile_limit
 from .rules import Rules
 from .status import split_stats
 
@@ -117,7 +118,20 @@ def build_handler(loop, config) -> Forwarder:
     outbounds = build_outbounds(loop, config)
     rules = Rules(config.route)
     dns = build_dns(loop, config, outbounds, rules)
-    return Forwarder(loop, outbounds, rules, dns=dns, tcp_idle_timeout=config.flows.tcp_idle_timeout)
+    fc = config.flows
+    return Forwarder(loop, outbounds, rules, dns=dns, tcp_idle_timeout=fc.tcp_idle_timeout,
+                     max_pending=fc.max_pending_connects, max_pending_per_client=fc.max_pending_per_client,
+                     descriptors=descriptor_budget())
+
+
+def descriptor_budget() -> DescriptorBudget | None:
+    """The soft descriptor limit raised to the hard one, and the flows' budget within it (None: no limit known)."""
+    limit = raise_nofile_limit()
+    if not limit:
+        return None
+    budget = DescriptorBudget(limit)
+    log.info("descriptors: limit %d, %d of them for flows (new flows are refused beyond)", limit, budget.budget)
+    return budget
 
 
 def reload(forwarder: Forwarder, loop, old, new) -> list:
@@ -162,7 +176,9 @@ class Snapshot:
         gw, fwd = self.gateway, self.forwarder
         stack = gw.stack
         counters, gauges, drops = split_stats(stack.stats()) if stack is not None else ({}, {}, {})
-        counters.update({f"flows_{k}": v for k, v in fwd.counters.items()})
+        drops.update(fwd.limit_drops())  # flows refused by a limit, before anything was opened for them
+        gauges.update(fwd.gauges())
+        counters.update({f"flows_{k}": v for k, v in fwd.counters.items() if k not in LIMIT_DROPS})
         counters["bytes_up"], counters["bytes_down"] = fwd.bytes_total()
         if fwd.dns is not None:
             counters.update({f"dns_{k}": v for k, v in fwd.dns.counters.items()})

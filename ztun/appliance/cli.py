@@ -78,6 +78,10 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--udp-timeout", type=_seconds, metavar="SECONDS", help="idle timeout of a UDP session (default 60)")
     p.add_argument("--connect-timeout", type=_seconds, metavar="SECONDS", help="outbound TCP connect timeout (default 10)")
     p.add_argument("--tcp-idle-timeout", type=_seconds, metavar="SECONDS", help="idle timeout of a relayed TCP connection (default 7200)")
+    p.add_argument("--max-pending-connects", type=_int, metavar="N",
+                   help="outbound TCP connects not yet relayed, in all (default 4096): beyond it new SYNs are dropped")
+    p.add_argument("--max-pending-per-client", type=_int, metavar="N",
+                   help="outbound TCP connects not yet relayed, per client address (default 512)")
     p.add_argument("--outbound", metavar="URL",
                    help="socks5://[user:password@]host[:port] (port 1080 if left out): defines outbound 'proxy' "
                         "and makes it the default route; "

@@ -20,9 +20,10 @@ import time
 
 from ..net import abort, endpoint_text
 from ..outbound.block import BlockOutbound
-from ..outbound.relay import Relay
+from ..outbound.relay import COPY, HAVE_SPLICE, Relay
 from ..stack.handler import Verdict
-from .flows import FlowTable, describe
+from . import limits
+from .flows import PROTO_NAMES, FlowTable, describe
 from .udp_relay import UdpRelay
 
 log = logging.getLogger("ztun.flows")
@@ -30,14 +31,32 @@ log = logging.getLogger("ztun.flows")
 CLAIM_TIMEOUT = 30.0  # a connected outbound socket whose client never completes its handshake is closed
 BLOCK = "block"  # the built-in outbound that refuses every flow
 DNS_PORT = 53
+MAX_PENDING = 4096  # outbound TCP connects not yet relayed, in all (FlowsConfig.max_pending_connects)
+MAX_PENDING_PER_CLIENT = 512  # the same per client address (FlowsConfig.max_pending_per_client)
+CALIBRATE_INTERVAL = 1.0  # seconds between measurements of the descriptors open
+LIMIT_WARN_INTERVAL = 10.0  # a limit that keeps refusing flows is logged at most this often
+# Why a new flow was dropped before anything was opened for it (snapshot "drops", counters)
+LIMIT_DROPS = ("tcp_pending_limit", "tcp_client_pending_limit", "tcp_descriptor_budget", "udp_descriptor_budget")
 
 
 class Forwarder:
     """Relays TCP and UDP flows through the outbounds chosen by the rules."""
 
-    def __init__(self, loop, outbounds: dict, rules, *, dns=None, tcp_idle_timeout: float = 7200.0):
+    def __init__(self, loop, outbounds: dict, rules, *, dns=None, tcp_idle_timeout: float = 7200.0,
+                 max_pending: int = MAX_PENDING, max_pending_per_client: int = MAX_PENDING_PER_CLIENT,
+                 descriptors: "limits.DescriptorBudget | None" = None):
         self.loop = loop
         self.tcp_idle_timeout = tcp_idle_timeout
+        # Pending connects: flows from prepare() (the outbound connect starts) until relayed, failed
+        # or unclaimed; each holds a descriptor or two. Flow -> its client address, and per address.
+        self.max_pending, self.max_pending_per_client = max_pending, max_pending_per_client
+        self._pending: dict = {}
+        self._pending_by_client: dict = {}
+        self.relaying = 0  # relays this forwarder started that have not ended
+        self.descriptors = descriptors
+        self._relay_cost = limits.RELAY_COST_SPLICE if HAVE_SPLICE and not COPY else limits.RELAY_COST_COPY
+        self._calibrate_timer = None
+        self._warned: dict = {}  # limit drop reason -> when it was last logged
         self.outbounds: dict = {}
         self.rules = None
         self.dns = dns
@@ -52,7 +71,9 @@ class Forwarder:
                          "udp_sessions": 0, "udp_blocked": 0, "udp_send_failed": 0, "udp_unresolved": 0, "udp_reply_by_name": 0, "dns_tcp": 0,
                          "udp_fake_flows_evicted": 0,
                          "udp_routes_compiled": 0,  # destinations of a UDP session handed to the compiled table
-                         "fake_ip_unknown": 0}
+                         "fake_ip_unknown": 0, **dict.fromkeys(LIMIT_DROPS, 0)}
+        if descriptors is not None:
+            self._calibrate()
 
     def configure(self, outbounds: dict, rules) -> None:
         """Use these outbounds and rules for new flows (a reload); open flows keep theirs.
@@ -94,6 +115,10 @@ class Forwarder:
         if self.dns_intercepts(flow.destination):
             flow.outbound = "dns"
             return Verdict.ALLOW  # answered by the DNS service in handle_tcp
+        refused = self._admit_tcp(flow.source[0])
+        if refused is not None:  # nothing is opened; the client's SYN is dropped and it retries
+            self._limited(refused, flow)
+            return Verdict.DROP
         outbound, flow.domain, known = self.choose("tcp", flow.source, flow.destination)
         if not known:
             self.counters["fake_ip_unknown"] += 1
@@ -108,6 +133,7 @@ class Forwarder:
             return Verdict.REJECT
         flow.state = "connecting"
         self.flows.add(flow)
+        self._pending_add(flow)
         if flow.domain is not None and not outbound.resolves_names:
             self._resolve_then_connect(flow, outbound)
         else:
@@ -118,6 +144,7 @@ class Forwarder:
         """The outcome of a flow's outbound connect: the flow is released to the client, or refused."""
         flow.pending = None
         if error is not None:
+            self._pending_end(flow)
             self.flows.forget(flow)
             self.counters["tcp_failed"] += 1
             log.info("%s: %s", describe(flow), error.strerror or error)
@@ -182,6 +209,7 @@ class Forwarder:
             self._discard(flow)
 
     def _discard(self, flow):
+        self._pending_end(flow)
         remote, flow.remote = flow.remote, None
         if remote is not None:
             remote.close()
@@ -197,14 +225,91 @@ class Forwarder:
             abort(sock)  # the outbound side is gone (claim timeout): tell the client at once
             return
         self._claims.pop(flow, None)
+        self._pending_end(flow)
         flow.state = "relaying"  # sock comes with TCP_NODELAY (PacketHandler.handle_tcp)
         try:
-            flow.carrier = Relay(self.loop, sock, remote, on_close=lambda relay, reason: self.flows.ended(flow, reason),
+            flow.carrier = Relay(self.loop, sock, remote, on_close=lambda relay, reason: self._relay_ended(flow, reason),
                                  idle_timeout=self.tcp_idle_timeout)
         except OSError as e:  # the engine is full or out of pipes: both sockets were closed with a reset
             self.counters["tcp_relay_failed"] += 1
             log.warning("%s: relay not started: %s", describe(flow), e.strerror or e)
             self.flows.ended(flow, "reset")
+            return
+        self.relaying += 1
+
+    def _relay_ended(self, flow, reason):
+        self.relaying -= 1
+        self.flows.ended(flow, reason)
+
+    # -- limits -------------------------------------------------------------------------
+
+    def _admit_tcp(self, client):
+        """None if a new TCP flow from client may start its connect, else the reason it may not."""
+        if len(self._pending) >= self.max_pending:
+            return "tcp_pending_limit"
+        if self._pending_by_client.get(client, 0) >= self.max_pending_per_client:
+            return "tcp_client_pending_limit"
+        if self.descriptors is not None and not self.descriptors.allows(self.held_descriptors(), limits.PENDING_COST):
+            return "tcp_descriptor_budget"
+        return None
+
+    def _limited(self, reason, flow):
+        self.counters[reason] += 1
+        now = time.monotonic()
+        last = self._warned.get(reason)
+        if last is None or now - last >= LIMIT_WARN_INTERVAL:
+            self._warned[reason] = now
+            log.warning("%s from %s dropped: %s (%d pending connects, %d from this client, descriptors %s); "
+                        "%d dropped so far for this reason", PROTO_NAMES.get(flow.proto, flow.proto), flow.source[0],
+                        reason.replace("_", " "), len(self._pending), self._pending_by_client.get(flow.source[0], 0),
+                        self._descriptors_text(), self.counters[reason])
+
+    def _descriptors_text(self):
+        d = self.descriptors
+        if d is None:
+            return "not budgeted"
+        return f"~{d.overhead + self.held_descriptors()} of budget {d.budget} (limit {d.limit})"
+
+    def _pending_add(self, flow):
+        client = flow.source[0]
+        self._pending[flow] = client
+        self._pending_by_client[client] = self._pending_by_client.get(client, 0) + 1
+
+    def _pending_end(self, flow):
+        client = self._pending.pop(flow, None)
+        if client is None:
+            return
+        left = self._pending_by_client[client] - 1
+        if left:
+            self._pending_by_client[client] = left
+        else:
+            del self._pending_by_client[client]
+
+    def held_descriptors(self) -> int:
+        """The descriptors the flows hold by the budget's reckoning (limits.py)."""
+        return (len(self._pending) * limits.PENDING_COST + self.relaying * self._relay_cost
+                + len(self.udp) * limits.UDP_COST)
+
+    def _calibrate(self):
+        self._calibrate_timer = None
+        self.descriptors.calibrate(self.held_descriptors())
+        self._calibrate_timer = self.loop.call_later(CALIBRATE_INTERVAL, self._calibrate)
+
+    def gauges(self) -> dict:
+        """The pending connects and, where budgeted, the descriptors: open now (measured), the limit and the budget."""
+        out = {"tcp_pending": len(self._pending), "tcp_pending_clients": len(self._pending_by_client)}
+        d = self.descriptors
+        if d is not None:
+            now = limits.open_descriptors()
+            if now is not None:
+                out["descriptors_open"] = now
+            out["descriptors_limit"] = d.limit
+            out["descriptors_budget"] = d.budget
+        return out
+
+    def limit_drops(self) -> dict:
+        """Flows dropped by a limit, by reason (counters)."""
+        return {k: self.counters[k] for k in LIMIT_DROPS if self.counters[k]}
 
     # -- UDP and ICMP -------------------------------------------------------------------
 
@@ -222,6 +327,9 @@ class Forwarder:
             self.counters["udp_blocked"] += 1
             outbound.counters["udp_refused"] += 1
             return Verdict.REJECT
+        if self.descriptors is not None and not self.descriptors.allows(self.held_descriptors(), limits.UDP_COST):
+            self._limited("udp_descriptor_budget", flow)
+            return Verdict.DROP
         return Verdict.ALLOW
 
     def handle_udp(self, session):
@@ -256,6 +364,9 @@ class Forwarder:
 
     def close(self) -> None:
         """Close every relay, pending outbound connect and UDP flow. Idempotent."""
+        if self._calibrate_timer is not None:
+            self._calibrate_timer.cancel()
+            self._calibrate_timer = None
         for flow in list(self.flows.open):
             if flow.pending is not None:
                 flow.pending.cancel()
@@ -271,6 +382,8 @@ class Forwarder:
         for session in list(self.udp):
             session.close()
         self.flows.open.clear()  # what is left never carried a byte (connects cancelled above)
+        self._pending.clear()
+        self._pending_by_client.clear()
         if self.dns is not None:
             self.dns.close()
         for outbound in self.outbounds.values():

@@ -51,7 +51,7 @@ SNAPSHOT_KEYS = {
     "uptime_s": "seconds since the appliance started",
     "device": "dict: name, mtu, addresses, ... (shown as given)",
     "counters": "dict name -> monotonic count (packets_in, bytes_in, ...)",
-    "gauges": "optional dict name -> current value (tcp_flows, udp_sessions, ...)",
+    "gauges": "optional dict name -> current value (tcp_flows, udp_sessions, tcp_pending, descriptors_open, ...)",
     "drops": "dict reason -> count",
     "flows_by_state": "dict state -> number of flows now",
     "outbounds": "dict outbound name -> {event: count}",
@@ -384,6 +384,11 @@ def format_status(snap: dict) -> str:
     if device:
         lines.append("device: " + " ".join(f"{k}={_plain(v)}" for k, v in device.items()))
     lines += _routing(snap.get("routing"))
+    gauges = snap.get("gauges") or {}
+    if "descriptors_limit" in gauges:
+        lines.append(f"descriptors: {gauges.get('descriptors_open', '?')} open, limit {gauges['descriptors_limit']}, "
+                     f"budget for flows {gauges.get('descriptors_budget', '?')}; "
+                     f"pending connects {gauges.get('tcp_pending', 0)}")
     lines += _section("counters", snap.get("counters"))
     lines += _section("gauges", snap.get("gauges"))
     lines += _section("drops", snap.get("drops"), empty="none")

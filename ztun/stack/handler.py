@@ -14,7 +14,7 @@ class Verdict(enum.IntEnum):
     """What to do with a new flow."""
 
     ALLOW = 1  # accept it and hand it to handle_tcp / handle_udp
-    DROP = 2  # silently drop its packets (until the flow idles out)
+    DROP = 2  # silently drop its packets (UDP: until the flow idles out; TCP: this SYN, a retransmission asks again)
     REJECT = 3  # TCP reset, or ICMP unreachable (administratively prohibited) for UDP
     DEFER = 4  # TCP only: the handler calls flow.decide(verdict) later; the client's SYN waits until then
 

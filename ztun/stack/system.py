@@ -366,11 +366,14 @@ class SystemStack:
             self.counters["tcp_allowed"] += 1
         elif verdict == Verdict.REJECT:
             self.out.reset(batch, i)  # from the parse row: the client's original SYN
-            self.nat.delete(fid)
+            self.nat.release(fid)  # its SYN never reached the kernel: the port needs no rest
             self.counters["tcp_rejected"] += 1
         else:
-            self.nat.block(fid)
-            self.counters["tcp_blocked"] += 1
+            # The SYN is dropped and its flow forgotten: nothing was opened for it (the handler's
+            # limits), and the client's retransmitted SYN is a new flow, asked about again. A flood
+            # of such SYNs costs no NAT ports: each one's port is handed out again at once.
+            self.nat.release(fid)
+            self.counters["tcp_dropped"] += 1
 
     def _decided(self, flow, verdict):
         """The handler's later decision about a deferred flow (Flow.decide)."""
@@ -451,6 +454,7 @@ class SystemStack:
         # held SYN was counted a new flow, not a drop); a counter: it never goes down
         out["dropped"] = (int(v[d.V_DROP]) + int(v[d.V_OTHER])
                           + self.counters["icmp_dropped"] + self.counters["icmp6_link_local"] + udp_dropped
+                          + self.counters["tcp_dropped"]
                           + out["write_failed"])
         out.update({k: v for k, v in nat.counters().items() if v})
         out.update({k: c for k, c in self.counters.items() if k != "echo_answered"})

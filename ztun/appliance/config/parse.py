@@ -92,7 +92,7 @@ def _flows(ctx, raw: dict) -> FlowsConfig:
     t = _table(ctx, ("flows",), raw, "flows")
     kw = {}
     for k, v in t.items():
-        if k == "udp_max_sessions":
+        if k in ("udp_max_sessions", "max_pending_connects", "max_pending_per_client"):
             kw[k] = _int(ctx, ("flows", k), v, 1, 1 << 20)
         else:
             kw[k] = _seconds(ctx, ("flows", k), v, MAX_IDLE_SECONDS if k == "tcp_idle_timeout" else MAX_SECONDS)

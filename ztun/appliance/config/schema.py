@@ -27,6 +27,10 @@ class FlowsConfig:
     connect_timeout: float = 10.0
     tcp_idle_timeout: float = 7200.0
     udp_max_sessions: int = 16384
+    # Outbound TCP connects under way or connected and not yet relayed (each holds a descriptor):
+    # beyond either bound a new SYN is dropped (its client retries) and no connect is made.
+    max_pending_connects: int = 4096
+    max_pending_per_client: int = 512  # per client source address
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,8 @@ TUN_KEYS = ("name", "mtu", "inet4", "inet6", "routes", "exclude_routes", "auto_r
 KEYS = {
     "": ("tun", "flows", "gateway", "log", "outbounds", "route", "dns", "health", "metrics", "control"),
     "tun": TUN_KEYS,
-    "flows": ("udp_timeout", "connect_timeout", "tcp_idle_timeout", "udp_max_sessions"),
+    "flows": ("udp_timeout", "connect_timeout", "tcp_idle_timeout", "udp_max_sessions", "max_pending_connects",
+              "max_pending_per_client"),
     "gateway": ("lan_interfaces", "enable_forwarding"),
     "log": ("level", "format"),
     "outbounds": ("name", "type", "url", "server", "port", "username", "password"),
@@ -169,6 +174,8 @@ FLAGS = {
     "udp_timeout": ("flows.udp_timeout", "--udp-timeout"),
     "connect_timeout": ("flows.connect_timeout", "--connect-timeout"),
     "tcp_idle_timeout": ("flows.tcp_idle_timeout", "--tcp-idle-timeout"),
+    "max_pending_connects": ("flows.max_pending_connects", "--max-pending-connects"),
+    "max_pending_per_client": ("flows.max_pending_per_client", "--max-pending-per-client"),
     "log_level": ("log.level", "--log-level"),
     "log_format": ("log.format", "--log-format"),
     "outbound": ("outbound", "--outbound"),
