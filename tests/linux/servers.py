@@ -2,7 +2,8 @@
 
 http: GET /bytes/N sends N bytes of random.Random(N); POST /upload answers the body's sha256.
 halfclose: reads until EOF, then sends back what it read.
-udp-echo: sends every datagram back, from the address it was sent to (as DNS servers do).
+udp-echo: sends every datagram back, from the address it was sent to (as DNS servers do); one
+  that starts with b"GROW" and a 4-byte length is answered with that many bytes of it, repeated.
 dns ADDRESS: a DNS server over UDP on ADDRESS: A records for web.example (198.19.0.1) and direct.example
 (198.19.1.1), a TXT record "ztun-test" for any name, NXDOMAIN otherwise.
 hostile-socks MODE: a SOCKS5 server that misbehaves: bad-version (answers the greeting as
@@ -101,6 +102,8 @@ def udp_echo(port: int):
         while True:
             data, anc, _, addr = s.recvmsg(65535, 256)
             info = [reply_info(d) for lvl, t, d in anc if lvl == level and t == kind]
+            if data[:4] == b"GROW" and len(data) >= 8:  # "GROW" + length: that many bytes back (a reply larger than the ask)
+                data = (data * (int.from_bytes(data[4:8], "big") // len(data) + 1))[:int.from_bytes(data[4:8], "big")]
             s.sendmsg([data], [(level, kind, info[0])] if info else [], 0, addr)
 
     # IPv4: send from in_pktinfo.addr (the header's destination), any interface
