@@ -308,3 +308,39 @@ def test_the_loop_is_told(mod):
         loop.close()
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("host, family, client", [("127.0.0.1", socket.AF_INET, CLIENT4), ("::1", socket.AF_INET6, CLIENT6)],
+                         ids=["ipv4", "ipv6"])
+def test_a_closed_port_becomes_an_unreachable_to_the_client(rig, mod, host, family, client):
+    """The destination's ICMP port unreachable (IP_RECVERR) goes to the client as one of its own, quoting its datagram."""
+    if not hasattr(socket, "MSG_ERRQUEUE"):
+        pytest.skip("no error queue on this platform")
+    t = rig.table
+    closed = socket.socket(family, socket.SOCK_DGRAM)
+    closed.bind((host, 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    out_sock = rig.udp(host, family)
+    dst = ipaddress.ip_address(host).packed
+    sid = t.open(4 if family == socket.AF_INET else 6, ipaddress.ip_address(client).packed, 5000, 1.0)
+    k = t.attach(sid, out_sock, mod.DIRECT)
+    assert t.route(sid, dst, port, k, to=(dst, port))
+    assert t.send_batch(client_batch((client, 5000, host, port, b"anyone?")), 1, 2.0) == 1
+    rig.ready(out_sock)
+    out = PacketBatch(4)
+    assert t.receive(out, 0, 3.0) == 1
+    pkt = packet_of(out, 0)
+    if family == socket.AF_INET:
+        assert (pkt[9], pkt[12:16], pkt[16:20], pkt[20], pkt[21]) == (1, dst, ipaddress.ip_address(client).packed, 3, 3)
+        assert checksum(pkt[:20]) == 0 and checksum(pkt[20:]) == 0
+        quote = pkt[28:]
+        assert (quote[9], quote[12:16], quote[16:20]) == (17, ipaddress.ip_address(client).packed, dst)
+        assert struct.unpack("!HH", quote[20:24]) == (5000, port)
+    else:
+        assert (pkt[6], pkt[8:24], pkt[24:40], pkt[40], pkt[41]) == (58, dst, ipaddress.ip_address(client).packed, 1, 4)
+        assert checksum(pkt[40:], pseudo_sum(dst, ipaddress.ip_address(client).packed, 58, len(pkt) - 40)) == 0
+        quote = pkt[48:]
+        assert (quote[6], quote[8:24], quote[24:40]) == (17, ipaddress.ip_address(client).packed, dst)
+        assert struct.unpack("!HH", quote[40:44]) == (5000, port)
+    assert t.stats()["unreachable_to_client"] == 1

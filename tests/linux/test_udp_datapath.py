@@ -135,3 +135,33 @@ def test_reply_larger_than_the_lan_mtu_reaches_a_gateway_client(gateway_lan):
     r = g.host.python(UDP_GROW, Lan.SERVER4, "9007", "3000", timeout=60)
     assert r.stdout.strip() == "3000", r.stdout + r.stderr + app.log
     assert app.stop() == 0, app.log
+
+
+# A connected UDP socket sends to a port nothing listens on, twice (the first datagram goes to the
+# handler, the second through the table): prints what each recv raised.
+UDP_CLOSED = r"""
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((host, port))
+s.settimeout(3)
+out = []
+for _ in range(2):
+    s.send(b"anyone?")
+    try:
+        s.recv(100)
+        out.append("answered")
+    except OSError as e:
+        out.append(type(e).__name__)
+print(" ".join(out))
+"""
+
+
+@pytest.mark.parametrize("server", [Lan.SERVER4, Lan.SERVER6], ids=["ipv4", "ipv6"])
+def test_a_closed_port_is_refused(lan, server):
+    """The destination's ICMP port unreachable reaches the client: its connected socket sees ECONNREFUSED."""
+    app = lan.appliance()
+    r = lan.client.python(UDP_CLOSED, server, "9999", timeout=30)
+    assert r.stdout.split() == ["ConnectionRefusedError", "ConnectionRefusedError"], r.stdout + r.stderr + app.log
+    assert app.stop() == 0, app.log
+    assert app.stats()["udp_unreachable_to_client"] == 2

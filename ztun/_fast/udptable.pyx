@@ -115,7 +115,47 @@ cdef extern from *:
         }
         return 0;
     }
+    #include <linux/errqueue.h>
+    /* Take one entry of fd's error queue (IP_RECVERR / IPV6_RECVERR). 1: an ICMP error, its type and
+       code, and the destination of the datagram that caused it (into addr, port, in the family of
+       want); 2: an entry that is none of that (taken, ignored); 0: the queue is empty; -1: an error. */
+    static int zt_icmp_error(int fd, int want, unsigned char *addr, unsigned short *port, unsigned char *type,
+                             unsigned char *code) {
+        unsigned char name[28], control[256], byte;
+        struct iovec iov = {&byte, 1};
+        struct msghdr m;
+        struct cmsghdr *c;
+        memset(&m, 0, sizeof m);
+        m.msg_name = name;
+        m.msg_namelen = sizeof name;
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        m.msg_control = control;
+        m.msg_controllen = sizeof control;
+        if (recvmsg(fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+            return errno == EAGAIN ? 0 : -1;
+        for (c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c)) {
+            if ((c->cmsg_level == SOL_IP && c->cmsg_type == IP_RECVERR)
+                    || (c->cmsg_level == SOL_IPV6 && c->cmsg_type == IPV6_RECVERR)) {
+                struct sock_extended_err *e = (struct sock_extended_err *)CMSG_DATA(c);
+                if (e->ee_origin != SO_EE_ORIGIN_ICMP && e->ee_origin != SO_EE_ORIGIN_ICMP6)
+                    return 2;
+                *type = e->ee_type;
+                *code = e->ee_code;
+                return zt_sender(name, m.msg_namelen, want, addr, port) ? 1 : 2;
+            }
+        }
+        return 2;
+    }
+    /* Ask for the socket's ICMP errors in its error queue (family 4 or 6); 0 or -1. */
+    static int zt_recverr(int fd, int version) {
+        int on = 1;
+        return version == 4 ? setsockopt(fd, SOL_IP, IP_RECVERR, &on, sizeof on)
+                            : setsockopt(fd, SOL_IPV6, IPV6_RECVERR, &on, sizeof on);
+    }
     """
+    int zt_icmp_error(int fd, int want, uint8_t *addr, uint16_t *port, uint8_t *type, uint8_t *code) nogil
+    int zt_recverr(int fd, int version) nogil
     unsigned int zt_sockaddr(uint8_t *buf, const uint8_t *addr, int alen, uint16_t port) nogil
     int zt_sender(const uint8_t *buf, unsigned int len, int want, uint8_t *addr, uint16_t *port) nogil
     const uint8_t zt_mapped[12]
@@ -232,6 +272,7 @@ cdef class UdpTable:
     cdef object on_ready
     cdef uint64_t c_datagrams, c_sent, c_send_dropped, c_send_error, c_received, c_recv_error, c_reply_wrong_family
     cdef uint64_t c_reply_by_name, c_reply_malformed, c_reply_fragment, c_reply_too_big, c_route_full
+    cdef uint64_t c_unreachable, c_icmp_other
     cdef mmsghdr msgs[_BATCH]
     cdef iovec iovs[2 * _BATCH]
     cdef uint8_t names[_BATCH * 28]
@@ -393,6 +434,8 @@ cdef class UdpTable:
             err = errno
             _give(&self.sock_ids, k)
             raise OSError(err, f"UDP table: watch socket: {os.strerror(err)}")
+        if kind == _DIRECT:  # a destination's ICMP errors become unreachables to the client
+            zt_recverr(fd, s.version)
         x.used = 1
         x.kind = kind
         x.fd = fd
@@ -656,6 +699,8 @@ cdef class UdpTable:
             if r <= 0:
                 if r < 0 and errno != EAGAIN and errno != EINTR:
                     self.c_recv_error += 1  # e.g. ICMP unreachable for an earlier datagram: the flow lives on
+                    if x.kind == _DIRECT:
+                        slot = self._errors(x, s, data, lengths, verdicts, slot, slots, vnet)
                 break
             got += r
             for j in range(r):
@@ -697,6 +742,91 @@ cdef class UdpTable:
             if r < want:
                 break
         return slot
+
+    cdef Py_ssize_t _errors(self, Sock *x, Session *s, uint8_t[:, ::1] data, int[::1] lengths, uint8_t[::1] verdicts,
+                            Py_ssize_t slot, Py_ssize_t slots, bint vnet) noexcept nogil:
+        """The socket's queued ICMP errors: a destination unreachable becomes one to the client, from the
+        destination (or the fake address it used), quoting the client's datagram as it sent it."""
+        cdef int alen = 4 if s.version == 4 else 16, k, got
+        cdef uint8_t dst[16]
+        cdef uint16_t dport
+        cdef uint8_t itype, icode
+        for k in range(8):
+            if slot >= slots:
+                break
+            got = zt_icmp_error(x.fd, alen, dst, &dport, &itype, &icode)
+            if got <= 0:
+                break
+            if got != 1 or itype != (3 if s.version == 4 else 1):
+                self.c_icmp_other += 1  # not a destination unreachable (time exceeded, too big): the flow lives on
+                continue
+            if x.has_fake:
+                memcpy(dst, x.fake, alen)
+            lengths[slot] = self._unreachable(&data[slot, HEADROOM], s, dst, dport, itype, icode)
+            if vnet:
+                memset(&data[slot, HEADROOM - VNET_HDR_LEN], 0, VNET_HDR_LEN)
+            verdicts[slot] = V_WRITE
+            self.c_unreachable += 1
+            slot += 1
+        return slot
+
+    cdef int _unreachable(self, uint8_t *p, Session *s, const uint8_t *dst, uint16_t dport, uint8_t itype,
+                          uint8_t icode) noexcept nogil:
+        """An ICMP / ICMPv6 destination unreachable (itype, icode) from dst to the client at p, quoting an
+        IP header and UDP header of the client's datagram to dst:dport; its length."""
+        cdef uint8_t *icmp
+        cdef uint8_t *q
+        cdef uint16_t cs
+        if s.version == 4:
+            memset(p, 0, 56)
+            p[0] = 0x45
+            zt_put16(p + 2, 56)
+            self.ip_id += 1
+            zt_put16(p + 4, self.ip_id)
+            p[8] = _HOP
+            p[9] = PROTO_ICMP
+            memcpy(p + 12, dst, 4)
+            memcpy(p + 16, s.client, 4)
+            zt_put16(p + 10, <uint16_t>~zt_sum(p, 20, 0))
+            icmp = p + 20
+            icmp[0] = itype
+            icmp[1] = icode
+            q = icmp + 8  # the quoted datagram: IPv4 header, then its UDP header
+            q[0] = 0x45
+            zt_put16(q + 2, 28)
+            q[8] = _HOP
+            q[9] = PROTO_UDP
+            memcpy(q + 12, s.client, 4)
+            memcpy(q + 16, dst, 4)
+            zt_put16(q + 10, <uint16_t>~zt_sum(q, 20, 0))
+            zt_put16(q + 20, s.cport)
+            zt_put16(q + 22, dport)
+            zt_put16(q + 24, 8)
+            zt_put16(icmp + 2, <uint16_t>~zt_sum(icmp, 36, 0))
+            return 56
+        memset(p, 0, 96)
+        p[0] = 0x60
+        zt_put16(p + 4, 56)
+        p[6] = PROTO_ICMPV6
+        p[7] = _HOP
+        memcpy(p + 8, dst, 16)
+        memcpy(p + 24, s.client, 16)
+        icmp = p + 40
+        icmp[0] = itype
+        icmp[1] = icode
+        q = icmp + 8  # the quoted datagram: IPv6 header, then its UDP header
+        q[0] = 0x60
+        zt_put16(q + 4, 8)
+        q[6] = PROTO_UDP
+        q[7] = _HOP
+        memcpy(q + 8, s.client, 16)
+        memcpy(q + 24, dst, 16)
+        zt_put16(q + 40, s.cport)
+        zt_put16(q + 42, dport)
+        zt_put16(q + 44, 8)
+        cs = <uint16_t>~zt_sum(icmp, 56, zt_pseudo(dst, s.client, 16, PROTO_ICMPV6, 56))
+        zt_put16(icmp + 2, cs)
+        return 96
 
     cdef int _socks_header(self, const uint8_t *u, uint32_t n, int alen, uint8_t *src, uint16_t *sport) noexcept nogil:
         """The length of the RFC 1928 UDP header at u (its sender into src, sport), or -1 (counted)."""
@@ -769,4 +899,5 @@ cdef class UdpTable:
                 "fast_received": self.c_received, "fast_recv_error": self.c_recv_error,
                 "reply_wrong_family": self.c_reply_wrong_family, "reply_by_name": self.c_reply_by_name,
                 "reply_malformed": self.c_reply_malformed, "reply_fragment": self.c_reply_fragment,
-                "reply_too_big": self.c_reply_too_big, "route_table_full": self.c_route_full}
+                "reply_too_big": self.c_reply_too_big, "route_table_full": self.c_route_full,
+                "unreachable_to_client": self.c_unreachable, "icmp_error_other": self.c_icmp_other}

@@ -21,6 +21,11 @@ _PREFIX_MAX = 264
 _PER_SOCKET = 32
 _HOP_LIMIT = 64
 _MAPPED = b"\0" * 10 + b"\xff\xff"
+# <linux/in.h>, <linux/in6.h>, <linux/errqueue.h>: a socket's ICMP errors in its error queue
+_IP_RECVERR, _IPV6_RECVERR = 11, 25
+_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6 = 2, 3
+_EXTENDED_ERR = struct.Struct("=IBBBBII")  # ee_errno, ee_origin, ee_type, ee_code, ee_pad, ee_info, ee_data
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0)  # Linux only: elsewhere nothing is asked, nothing read
 
 
 class _Session:
@@ -60,7 +65,8 @@ class UdpTable:
         self._closed = False
         self._stats = dict.fromkeys(("datagrams", "fast_sent", "fast_send_dropped", "fast_send_error", "fast_received", "fast_recv_error",
                                      "reply_wrong_family", "reply_by_name", "reply_malformed",
-                                     "reply_fragment", "reply_too_big", "route_table_full"), 0)
+                                     "reply_fragment", "reply_too_big", "route_table_full", "unreachable_to_client",
+                                     "icmp_error_other"), 0)
 
     def close(self):
         if not self._closed:
@@ -134,6 +140,12 @@ class UdpTable:
         if not self._free_socks or self._closed:
             return -1
         k = self._free_socks.pop()
+        if kind == DIRECT and _MSG_ERRQUEUE:  # a destination's ICMP errors become unreachables to the client
+            level, name = (socket.SOL_IP, _IP_RECVERR) if s.version == 4 else (socket.IPPROTO_IPV6, _IPV6_RECVERR)
+            try:
+                sock.setsockopt(level, name, 1)
+            except OSError:
+                pass
         x = self._socks[k] = _Sock(sock, kind, None if fake is None else bytes(fake), sid)
         s.socks.add(k)
         if self.loop is not None:
@@ -265,6 +277,8 @@ class UdpTable:
                 break
             except OSError:
                 self._stats["fast_recv_error"] += 1
+                if x.kind == DIRECT:
+                    slot = self._errors(x, s, out, slot, slots)
                 break
             got += 1
             if len(data) > limit + guess:
@@ -293,6 +307,53 @@ class UdpTable:
             self._stats["fast_received"] += 1
             slot += 1
         return slot
+
+    def _errors(self, x, s, out, slot, slots):
+        """As udptable.pyx: each queued destination unreachable becomes one to the client."""
+        v4 = s.version == 4
+        for _ in range(8):
+            if slot >= slots or not _MSG_ERRQUEUE:
+                break
+            try:
+                _, anc, _, name = x.sock.recvmsg(1, 256, _MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            except OSError:
+                break
+            err = [data for level, kind, data in anc if (level, kind) in ((socket.SOL_IP, _IP_RECVERR),
+                                                                          (socket.IPPROTO_IPV6, _IPV6_RECVERR))]
+            if not err or len(err[0]) < _EXTENDED_ERR.size:
+                self._stats["icmp_error_other"] += 1
+                continue
+            _, origin, itype, icode, _, _, _ = _EXTENDED_ERR.unpack_from(err[0])
+            dst = _sender(name, v4) if name else None
+            if origin not in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6) or itype != (3 if v4 else 1) or dst is None:
+                self._stats["icmp_error_other"] += 1
+                continue
+            address = x.fake if x.fake is not None else dst[0]
+            self._put_unreachable(out, slot, s, address, dst[1], itype, icode)
+            self._stats["unreachable_to_client"] += 1
+            slot += 1
+        return slot
+
+    def _put_unreachable(self, out, slot, s, dst, dport, itype, icode):
+        udp = struct.pack("!HHHH", s.cport, dport, 8, 0)
+        if s.version == 4:
+            q = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 0, 0, _HOP_LIMIT, d.PROTO_UDP, 0, s.client, dst))
+            struct.pack_into("!H", q, 10, checksum(q))
+            icmp = bytearray(struct.pack("!BBHI", itype, icode, 0, 0) + bytes(q) + udp)
+            struct.pack_into("!H", icmp, 2, checksum(icmp))
+            self._ip_id = (self._ip_id + 1) & 0xFFFF
+            h = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), self._ip_id, 0, _HOP_LIMIT, d.PROTO_ICMP, 0,
+                                      dst, s.client))
+            struct.pack_into("!H", h, 10, checksum(h))
+        else:
+            q = struct.pack("!IHBB16s16s", 6 << 28, 8, d.PROTO_UDP, _HOP_LIMIT, s.client, dst)
+            icmp = bytearray(struct.pack("!BBHI", itype, icode, 0, 0) + q + udp)
+            struct.pack_into("!H", icmp, 2, checksum(icmp, pseudo_sum(dst, s.client, d.PROTO_ICMPV6, len(icmp))))
+            h = struct.pack("!IHBB16s16s", 6 << 28, len(icmp), d.PROTO_ICMPV6, _HOP_LIMIT, dst, s.client)
+        out.set_packet(slot, bytes(h) + bytes(icmp))
+        if out.vnet_hdr:
+            out.data[slot, out.headroom - d.VNET_HDR_LEN : out.headroom] = 0
+        out.verdicts[slot] = d.V_WRITE
 
     def _socks_header(self, u, v4):
         if len(u) < 4 or u[0] or u[1]:

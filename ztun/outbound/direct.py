@@ -12,6 +12,8 @@ UDP_READS_PER_EVENT = 64  # bounded per readiness event so other fds get their t
 _SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux: non-blocking from creation, no extra ioctl
+_MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0)  # Linux: ICMP errors queued on a socket (IP_RECVERR)
+_IP_RECVERR, _IPV6_RECVERR = 11, 25  # <linux/in.h>, <linux/in6.h>
 
 
 class Connecting:
@@ -95,18 +97,32 @@ def connect(loop, address: tuple, on_done, *, fwmark: int = 0, timeout: float = 
         raise
 
 
-def udp_socket(family: int, fwmark: int = 0) -> socket.socket:
-    """A non-blocking UDP socket with large buffers and the fwmark, for one UDP session."""
+def udp_socket(family: int, fwmark: int = 0, recverr: bool = False) -> socket.socket:
+    """A non-blocking UDP socket with large buffers and the fwmark, for one UDP session. recverr: the
+    destinations' ICMP errors are queued on it (IP_RECVERR), for the session's table to answer the
+    client with (from the first datagram on: the table takes the socket over after it)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         _buffers(sock, UDP_BUFFER)
         if fwmark:
             mark_socket(sock, fwmark)
+        if recverr and _MSG_ERRQUEUE:
+            level, name = (socket.SOL_IP, _IP_RECVERR) if family == socket.AF_INET else (socket.IPPROTO_IPV6, _IPV6_RECVERR)
+            sock.setsockopt(level, name, 1)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _drop_errors(sock: socket.socket) -> None:
+    """Empty the socket's error queue (its entries use the receive buffer's room)."""
+    for _ in range(64):
+        try:
+            sock.recvmsg(1, 256, _MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except OSError:
+            return
 
 
 class DirectUdpFlow:
@@ -116,7 +132,7 @@ class DirectUdpFlow:
         self.loop = outbound.loop
         self.counters = outbound.counters
         self.on_datagram, self.on_close = on_datagram, on_close  # on_close: a direct flow never dies by itself
-        self.sock = udp_socket(family, outbound.fwmark)
+        self.sock = udp_socket(family, outbound.fwmark, recverr=True)
         self.closed = False
         self._detach = None  # set once the socket is handed over to a session's table
         self.loop.add_reader(self.sock.fileno(), self._readable)
@@ -142,6 +158,8 @@ class DirectUdpFlow:
                 return
             except OSError:
                 self.counters["udp_recv_error"] += 1  # e.g. port unreachable for an earlier send: not fatal
+                if _MSG_ERRQUEUE:
+                    _drop_errors(self.sock)
                 continue
             self.on_datagram(data, (addr[0], addr[1]))
 
