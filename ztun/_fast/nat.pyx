@@ -97,8 +97,8 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
     cdef Flow *flows
     cdef int32_t *slots
     cdef uint64_t mask
-    cdef int32_t *free_ids
-    cdef Py_ssize_t n_free, n_used
+    cdef int32_t *free_ids  # ids given back, a stack; ids at and above fresh_ids were never used
+    cdef Py_ssize_t n_free, n_used, fresh_ids
     cdef int32_t *rev
     cdef uint16_t *rings  # per next address, the freed ports, oldest first
     cdef uint32_t *rested  # per ring slot: the second (rounded up) its port may be reused from
@@ -150,10 +150,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         if not (self.flows and self.slots and self.free_ids and self.rev and self.rings and self.rested
                 and self.fresh and self.ring_head and self.ring_count and self.next_addr):
             raise MemoryError(f"NAT table of capacity {self.capacity}")
-        memset(self.slots, 0xFF, m * sizeof(int32_t))
-        for i in range(self.capacity):
-            self.free_ids[i] = <int32_t>(self.capacity - 1 - i)
-        self.n_free = self.capacity
+        self.n_free = self.fresh_ids = 0  # ids come fresh (0 first) until given back: untouched capacity costs no memory
         for k in range(self.n_next):
             a = nxt[k]
             memcpy(self.next_addr + 16 * k, <const char *>a, len(a))
@@ -208,7 +205,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         cdef int32_t fid
         cdef Flow *f
         while True:
-            fid = self.slots[i]
+            fid = self.slots[i] - 1  # slots hold id + 1, so the calloc'ed table needs no filling
             if fid < 0:
                 return -1
             f = &self.flows[fid]
@@ -225,7 +222,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         cdef int32_t fid
         cdef uint64_t i
         cdef Flow *f
-        if self.n_free == 0:
+        if self.n_free == 0 and self.fresh_ids >= self.capacity:
             return -TABLE_FULL
         lo = 0 if version == 4 else self.n4
         hi = self.n4 if version == 4 else self.n_next
@@ -245,8 +242,12 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
             idx += 1
         if idx >= hi:
             return -NO_PORT
-        self.n_free -= 1
-        fid = self.free_ids[self.n_free]
+        if self.n_free:
+            self.n_free -= 1
+            fid = self.free_ids[self.n_free]
+        else:
+            fid = <int32_t>self.fresh_ids
+            self.fresh_ids += 1
         self.n_used += 1
         f = &self.flows[fid]
         memset(f, 0, sizeof(Flow))
@@ -266,9 +267,9 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         f.last_seen = now
         f.in_use = 1
         i = h & self.mask
-        while self.slots[i] >= 0:
+        while self.slots[i] > 0:
             i = (i + 1) & self.mask
-        self.slots[i] = fid
+        self.slots[i] = fid + 1
         self.rev[idx * self.n_ports + (port - self.port_min)] = fid + 1
         return fid
 
@@ -277,19 +278,19 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         cdef Flow *f = &self.flows[fid]
         cdef uint64_t i = f.hash & self.mask, j, k
         cdef int idx = f.nat_index
-        while self.slots[i] != fid:
+        while self.slots[i] != fid + 1:
             i = (i + 1) & self.mask
         j = i
         while True:  # backward-shift delete: no tombstones
             j = (j + 1) & self.mask
-            if self.slots[j] < 0:
+            if self.slots[j] == 0:
                 break
-            k = self.flows[self.slots[j]].hash & self.mask
+            k = self.flows[self.slots[j] - 1].hash & self.mask
             if (k <= j and (i < k or i > j)) or (k > j and i > j and i < k):
                 continue  # entry at j lies between its home k and i: it stays
             self.slots[i] = self.slots[j]
             i = j
-        self.slots[i] = -1
+        self.slots[i] = 0
         self.rev[idx * self.n_ports + (f.nat_port - self.port_min)] = 0
         if rest:
             k = idx * self.n_ports + (self.ring_head[idx] + self.ring_count[idx]) % self.n_ports
