@@ -9,7 +9,12 @@ With --topology gateway the load comes from a third namespace, a host whose gate
 client namespace (forwarding on): "kernel" is then plain forwarding, the limit of a gateway.
 Configurations alternate round by round (A B C A B C ...) because this machine drifts.
 UDP runs at each --udp-rates rate both ways (down: iperf3 -R, the replies ztun writes to the
-TUN, coalesced into USO packets unless ZTUN_UDP_GRO=0: config ztun-mtu1500-nogro).
+TUN, coalesced into USO packets unless ZTUN_UDP_GRO=0: config ztun-mtu1500-nogro). Metric
+udpmax searches each way for the highest iperf3 -u rate that loses under 1% (doubling from
+100 Mbit/s, then halving the gap, ten runs at most): with 1400-byte datagrams (udp_max_*, Mbit/s)
+and with 64-byte ones (udp_pps_64_*, datagrams per second). Metric udpsessions: 10,000 client
+ports each send a 64-byte datagram every 100 ms for 20 s to an echo server (bench/udp_sessions.c,
+built with cc): the share answered, ztun's CPU and RSS.
 Prints one `name value unit` line per metric (medians over rounds), then ratios to kernel.
 Needs iperf3, ab (apache2-utils) and nginx (nginx-light); the SOCKS5 configurations microsocks,
 and the redsocks reference redsocks and iptables.
@@ -34,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 SERVER4 = "198.19.0.1"
 TUN_ARGS = ["--tun-name", "zt-bench0", "--inet4", "198.18.0.1/28", "--inet6", "fd00:18::1/124",
             "--route", "198.19.0.0/16", "--route", "fd00:19::/64"]
-METRICS = ("tcp", "cps", "rtt", "udp", "rss")
+METRICS = ("tcp", "cps", "rtt", "udp", "udpmax", "udpsessions", "rss")
 CONFIGS = {
     "kernel": None,
     "ztun": {"mtu": "65535"},  # the defaults: offload on, NAPI off (the kernel's receive work inline in the TUN writes)
@@ -48,6 +53,7 @@ CONFIGS = {
     "ztun-mtu1500-nogro": {"mtu": "1500", "env": {"ZTUN_UDP_GRO": "0"}},  # offload, but UDP replies written one by one
     "ztun-python": {"mtu": "65535", "env": {"ZTUN_NO_EXTENSIONS": "1"}},
     "ztun-relay-loop": {"mtu": "65535", "env": {"ZTUN_RELAY": "loop"}},
+    "ztun-udp-python": {"mtu": "65535", "env": {"ZTUN_UDP": "python"}},  # the UDP table's twin: Python per datagram
     "ztun-nopoll": {"mtu": "65535", "env": {"ZTUN_RELAY_POLL": "0"}},  # the relay engine's twin: relays on the loop
     # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the
     # proxy (the client knows nothing of it), and the client speaking SOCKS5 to microsocks itself.
@@ -293,6 +299,10 @@ class Bench:
         conf.write_text(NGINX_CONF.format(tmp=self.tmp))
         self.spawn(s, "nginx", "-c", str(conf), "-g", "daemon off;")
         self.spawn(s, "iperf3", "-s", "-B", SERVER4, "-p", "5201", "--forceflush", ready="listening")
+        if "udpsessions" in self.metrics:  # bench/udp_sessions.c: the echo server and the many-sessions client
+            self.udp_tool = self.tmp / "udp_sessions"
+            subprocess.run(["cc", "-O2", "-o", str(self.udp_tool), str(REPO / "bench" / "udp_sessions.c")], check=True)
+            self.spawn(s, str(self.udp_tool), "-e", "9009", ready="ready")
         self.spawn(s, sys.executable, "-c", ECHO_SERVER, ready="ready")
         if self.socks:
             self.microsocks, _ = self.spawn(s, "microsocks", "-i", PROXY.split(":")[0], "-p", PROXY.split(":")[1])
@@ -340,9 +350,19 @@ class Bench:
     # -- metrics --------------------------------------------------------------------
 
     def iperf(self, *extra):
-        r = self.ns(self.load, "iperf3", "-c", SERVER4, "-p", "5201", "-J", "-t", str(self.seconds), *extra,
-                    timeout=self.seconds + 60)
-        result = json.loads(r.stdout)
+        for attempt in range(10):
+            r = self.ns(self.load, "iperf3", "-c", SERVER4, "-p", "5201", "-J", "-t", str(self.seconds), *extra,
+                        timeout=self.seconds + 60)
+            result = json.loads(r.stdout)
+            error = result.get("error", "")
+            if "busy" in error:  # the server still ends the run before
+                time.sleep(0.5)
+                continue
+            if "control message" in error and attempt < 3:  # the server dropped a run's control connection: again
+                print(f"  iperf3 {' '.join(extra)}: {error}; again", file=sys.stderr)
+                time.sleep(2)
+                continue
+            break
         if "error" in result:
             raise RuntimeError(f"iperf3 {' '.join(extra)}: {result['error']}")
         return result["end"]
@@ -406,9 +426,48 @@ class Bench:
                 tun1 = self.tun_counts()
                 if tun0 and tun1 and tun1[1] > tun0[1]:
                     out["tun_bytes_per_packet_udp"] = ((tun1[0] - tun0[0]) / (tun1[1] - tun0[1]), "bytes")
+        if "udpmax" in want:
+            for name, extra in (("up", ()), ("down", ("-R",))):
+                c0, t1 = _cpu(pid), time.monotonic()
+                out[f"udp_max_{name}"] = (self.udp_max(1400, extra) / 1e6, "Mbit/s")
+                out[f"udp_pps_64_{name}"] = (self.udp_max(64, extra) / (64 * 8), "datagrams/s")
+                if pid:
+                    out[f"cpu_during_udpmax_{name}"] = ((_cpu(pid) - c0) / (time.monotonic() - t1) * 100, "%")
+        if "udpsessions" in want:  # 10,000 client ports, each a datagram every 100 ms for 20 s
+            c0, t1 = _cpu(pid), time.monotonic()
+            r = self.ns(self.load, str(self.udp_tool), SERVER4, "9009", "10000", "100", "20", timeout=120)
+            sent, received = map(int, r.stdout.split())
+            out["udp_sessions_10k_answered"] = (received / max(sent, 1) * 100, "%")
+            out["udp_sessions_10k_sent"] = (sent, "datagrams")
+            if pid:
+                out["cpu_during_udp_sessions_10k"] = ((_cpu(pid) - c0) / (time.monotonic() - t1) * 100, "%")
+                out["rss_udp_sessions_10k"] = (_rss(pid) / 1024, "MiB")
         if pid:
             out["rss"] = (_rss(pid) / 1024, "MiB")
         return out
+
+    def udp_max(self, size, extra, loss=1.0, runs=10):
+        """The highest offered rate (bit/s of payload) with under loss % lost, by a bounded search."""
+        def ok(rate):
+            try:
+                end = self.iperf("-u", "-b", str(int(rate)), "-l", str(size), *extra)
+            except (RuntimeError, ValueError) as e:  # a run the load broke (its control connection): not carried
+                print(f"  udp {size} B {' '.join(extra)} at {rate / 1e6:.0f} Mbit/s: {e}", file=sys.stderr)
+                time.sleep(1)
+                return False
+            return end["sum"]["lost_percent"] < loss
+
+        good, bad, rate = 0.0, None, 100e6 if size >= 1000 else 20e6
+        for _ in range(runs):
+            if ok(rate):
+                good = rate
+                rate = rate * 2 if bad is None else (rate + bad) / 2
+            else:
+                bad = rate
+                rate = (good + bad) / 2 if good else rate / 4
+            if bad is not None and good and bad - good < 0.05 * bad:
+                break
+        return good
 
     def measure_socks(self, pid, via):
         """The SOCKS5 path with one Python load tool: TCP each way and HTTP connections per second;
@@ -536,8 +595,10 @@ def main():
     ap.add_argument("--topology", choices=("local", "gateway"), default="local",
                     help="local: the load runs where ztun runs; gateway: on a host routed through it")
     ap.add_argument("--udp-rates", default="300M,1G", help="iperf3 -b rates of the UDP runs (each up and down)")
-    ap.add_argument("--metrics", default=",".join(METRICS),
-                    help=f"comma-separated, of {', '.join(METRICS)} (fewer: a faster run while iterating)")
+    ap.add_argument("--metrics", default=",".join(m for m in METRICS if m not in ("udpmax", "udpsessions")),
+                    help=f"comma-separated, of {', '.join(METRICS)} (default: all but udpmax, a search of "
+                         "about two minutes a configuration, and udpsessions, 10,000 UDP sessions for 20 s "
+                         "(needs cc); fewer: a faster run while iterating)")
     ap.add_argument("--baseline", metavar="DIR",
                     help="another checkout of ztun, built in place (e.g. `git worktree add DIR REV` and "
                          "`python setup.py build_ext --inplace` there): each ztun configuration also runs "
