@@ -1,8 +1,8 @@
 /* UDP sessions load for bench/e2e_throughput.py (metric udpsessions): N connected UDP sockets,
  * each sending one 64-byte datagram every INTERVAL_MS to HOST:PORT (an echo server) for SECONDS,
  * the sends spread evenly over each interval; then a second to collect late echoes.
- * Prints: sent received. `udp_sessions -e PORT` is the echo server (IPv4 and IPv6, recvmmsg and
- * sendmmsg, until killed). Built by the benchmark with the machine's cc; no dependencies. */
+ * Prints: sent received. `udp_sessions -e PORT [ADDRESS4]` is the echo server (IPv4 on
+ * ADDRESS4 or any, IPv6 on any; recvmmsg and sendmmsg; until killed). Built by the benchmark with the machine's cc; no dependencies. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -22,11 +22,13 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec / 1e9;
 }
 
-static int echo(int port) {
+static int echo(int port, const char *addr4) {
     int ep = epoll_create1(0), fds[2];
     for (int k = 0; k < 2; k++) {
         struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_port = htons(port), .sin6_addr = in6addr_any};
         struct sockaddr_in a4 = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = INADDR_ANY};
+        if (addr4)  /* replies leave from the address asked, as a connected client expects */
+            inet_pton(AF_INET, addr4, &a4.sin_addr);
         int one = 1, size = 8 << 20;
         fds[k] = socket(k ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
         if (k)
@@ -74,8 +76,8 @@ static int echo(int port) {
 }
 
 int main(int argc, char **argv) {
-    if (argc == 3 && strcmp(argv[1], "-e") == 0)
-        return echo(atoi(argv[2]));
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "-e") == 0)
+        return echo(atoi(argv[2]), argc == 4 ? argv[3] : NULL);
     if (argc != 6) {
         fprintf(stderr, "usage: %s HOST PORT SOCKETS INTERVAL_MS SECONDS\n", argv[0]);
         return 2;
