@@ -222,14 +222,19 @@ def veth(a: Netns, a_dev: str, a_addrs: tuple, b: Netns, b_dev: str, b_addrs: tu
         ns.ip("link", "set", dev, "up")
 
 
-@contextlib.contextmanager
 def netns_hosts(ns: "Netns", text: str):
-    """ns's own /etc/hosts while the block runs (`ip netns exec` mounts /etc/netns/NAME/hosts)."""
+    """ns's own /etc/hosts while the block runs."""
+    return netns_etc(ns, "hosts", text)
+
+
+@contextlib.contextmanager
+def netns_etc(ns: "Netns", name: str, text: str):
+    """ns's own /etc/NAME (hosts, resolv.conf) while the block runs (`ip netns exec` mounts /etc/netns/NS/NAME)."""
     etc = f"/etc/netns/{ns.name}"
     made_parent = not os.path.isdir("/etc/netns")
     os.makedirs(etc)
     try:
-        with open(f"{etc}/hosts", "w") as f:
+        with open(f"{etc}/{name}", "w") as f:
             f.write(text)
         yield
     finally:

@@ -9,15 +9,13 @@ capture.py (an AF_PACKET counter: no tcpdump needed).
 
 import contextlib
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import HERE, Lan, namespaces, need
+from conftest import HERE, Lan, namespaces, need, netns_etc
 from test_socks5_servers import DANTED_CONF, PROXY, wait_port
 
 pytestmark = pytest.mark.linux_root
@@ -250,23 +248,9 @@ socket = "{control}"
 """
 
 
-@contextlib.contextmanager
 def resolv_conf(ns, text):
-    """ns's own /etc/resolv.conf while the block runs (`ip netns exec` mounts /etc/netns/NAME/resolv.conf)."""
-    etc = f"/etc/netns/{ns.name}"
-    made_parent = not os.path.isdir("/etc/netns")
-    os.makedirs(etc)
-    try:
-        with open(f"{etc}/resolv.conf", "w") as f:
-            f.write(text)
-        yield
-    finally:
-        shutil.rmtree(etc, ignore_errors=True)
-        if made_parent:
-            try:
-                os.rmdir("/etc/netns")
-            except OSError:
-                pass  # another test's namespace uses it now
+    """ns's own /etc/resolv.conf while the block runs."""
+    return netns_etc(ns, "resolv.conf", text)
 
 
 @pytest.mark.parametrize("mode", ["fake-ip", "forward"])
