@@ -85,23 +85,18 @@ class UdpRelay:
     def _shortcut(self, key, flow, destination, target, domain):
         """From now on the session's table sends what goes to destination (sent to target) and reads the
         flow's replies, without Python. Where it cannot (not ready, no room) datagrams keep coming here."""
-        sock_id = self.handed.get(key)
-        if sock_id is None:
-            fake = key[1]
-            taken = []
-
+        if key not in self.handed:
             def attach(sock, kind):
-                k = self.session.attach(sock, kind, fake)
+                k = self.session.attach(sock, kind, key[1])  # a fake-IP flow's replies come from key[1]
                 if k < 0:
                     return None
-                taken.append(k)
+                self.handed[key] = k
                 return lambda: self.session.detach(k)
 
-            if not flow.hand_over(attach) or not taken:
+            if not flow.hand_over(attach) or key not in self.handed:
                 return
-            sock_id = self.handed[key] = taken[0]
         to, prefix = flow.route_for(target, domain)
-        if self.session.route(destination, sock_id, to, prefix):
+        if self.session.route(destination, self.handed[key], to, prefix):
             self.fwd.counters["udp_routes_compiled"] += 1
 
     def _make_room(self):

@@ -116,6 +116,17 @@ def udp_socket(family: int, fwmark: int = 0, recverr: bool = False) -> socket.so
     return sock
 
 
+def give_socket(loop, sock: socket.socket, kind: int, reader, attach):
+    """Hand a UDP flow's socket to a session's table (UdpFlow.hand_over): the loop stops watching it
+    first (the table may watch it on this loop too), and again with reader when the table cannot
+    take it. attach's detach callable, or None."""
+    loop.remove_reader(sock.fileno())
+    detach = attach(sock, kind)
+    if detach is None:
+        loop.add_reader(sock.fileno(), reader)
+    return detach
+
+
 def _drop_errors(sock: socket.socket) -> None:
     """Empty the socket's error queue (its entries use the receive buffer's room)."""
     for _ in range(64):
@@ -165,17 +176,9 @@ class DirectUdpFlow:
 
     def hand_over(self, attach) -> bool:
         """The session's table reads the socket's replies from now on (see UdpFlow)."""
-        if self._detach is not None:
-            return True
-        if self.closed:
-            return False
-        self.loop.remove_reader(self.sock.fileno())  # first: the table may watch it on this loop too
-        detach = attach(self.sock, udptable.DIRECT)
-        if detach is None:
-            self.loop.add_reader(self.sock.fileno(), self._readable)
-            return False
-        self._detach = detach
-        return True
+        if self._detach is None and not self.closed:
+            self._detach = give_socket(self.loop, self.sock, udptable.DIRECT, self._readable, attach)
+        return self._detach is not None
 
     def route_for(self, destination: tuple, domain: str | None = None) -> tuple:
         """Straight to the destination's address (domain is ignored, as in send)."""

@@ -19,7 +19,7 @@ from collections import deque
 from .._fast import udptable
 from ..errors import ZtunError
 from ..net import endpoint_text, host_port, is_host
-from .direct import connect, udp_socket
+from .direct import connect, give_socket, udp_socket
 
 log = logging.getLogger("ztun.socks5")
 
@@ -479,17 +479,9 @@ class Socks5UdpFlow:
 
     def hand_over(self, attach) -> bool:
         """Once the association is ready, the session's table reads the relay's datagrams (see UdpFlow)."""
-        if self._detach is not None:
-            return True
-        if self.closed or self.udp is None:
-            return False
-        self.loop.remove_reader(self.udp.fileno())  # first: the table may watch it on this loop too
-        detach = attach(self.udp, udptable.SOCKS5)
-        if detach is None:
-            self.loop.add_reader(self.udp.fileno(), self._udp_readable)
-            return False
-        self._detach = detach
-        return True
+        if self._detach is None and not self.closed and self.udp is not None:
+            self._detach = give_socket(self.loop, self.udp, udptable.SOCKS5, self._udp_readable, attach)
+        return self._detach is not None
 
     def route_for(self, destination: tuple, domain: str | None = None) -> tuple:
         """To the relay, each datagram behind the UDP request header for destination (by domain if given)."""

@@ -34,7 +34,8 @@ class OutQueue:
         self.coalesced = 0  # datagrams that went out inside another's super-packet
         self._flush_due = False  # a flush waits for the end of the loop iteration
 
-    def _slot(self) -> int:
+    def room(self) -> int:
+        """The first free slot of the batch (flushed first when it is full)."""
         if self.n == self.batch.slots:
             self.flush()
         return self.n
@@ -43,27 +44,21 @@ class OutQueue:
         if not length:
             self.too_big += 1
             return False
-        self.n += 1
+        self.filled(self.n + 1)
+        return True
+
+    def filled(self, end: int) -> None:
+        """Slots from room() to end were built in place (verdict V_WRITE): queued to be written."""
+        if end <= self.n:
+            return
+        self.n = end
         if not self._flush_due:
             # Before the loop's next poll: a released SYN's answer is then in the TUN for it.
             try:
                 self.loop.call_at_end(self._flush_at_end)
             except RuntimeError:  # the loop is closed: the stack's stop() flushes what is left
-                return True
+                return
             self._flush_due = True
-        return True
-
-    def room(self) -> int:
-        """The first free slot of the batch (flushed first when it is full), for filled()."""
-        if self.n == self.batch.slots:
-            self.flush()
-        return self.n
-
-    def filled(self, end: int) -> None:
-        """Slots from room() to end were built in place (verdict V_WRITE): queued to be written."""
-        if end > self.n:
-            self.n = end - 1
-            self._added(1)
 
     def _flush_at_end(self) -> None:
         self._flush_due = False
@@ -71,25 +66,25 @@ class OutQueue:
 
     def udp(self, src: bytes, sport: int, dst: bytes, dport: int, payload) -> bool:
         """Queue a UDP datagram src:sport -> dst:dport (addresses packed, 4 or 16 bytes)."""
-        return self._added(build.udp_packet(self.batch, self._slot(), src, sport, dst, dport, payload))
+        return self._added(build.udp_packet(self.batch, self.room(), src, sport, dst, dport, payload))
 
     def packet(self, raw: bytes, length: int) -> bool:
         """Queue a packet of length bytes as raw holds it (its virtio_net_hdr first where the batch has them)."""
         front = len(raw) - length
         if not 0 <= front <= self.batch.headroom or length > self.batch.max_packet:
             return self._added(0)
-        i = self._slot()
+        i = self.room()
         self.batch.set_packet(i, raw, front)
         self.batch.verdicts[i] = d.V_WRITE
         return self._added(length)
 
     def reset(self, batch, i: int) -> bool:
         """Queue the TCP RST answering slot i of batch."""
-        return self._added(build.tcp_reset(batch, i, self.batch, self._slot()))
+        return self._added(build.tcp_reset(batch, i, self.batch, self.room()))
 
     def unreachable(self, batch, i: int, code: int = 3) -> bool:
         """Queue an ICMP destination unreachable (code 3 port, 13 prohibited) for slot i of batch."""
-        return self._added(build.icmp_unreachable(batch, i, self.batch, self._slot(), code))
+        return self._added(build.icmp_unreachable(batch, i, self.batch, self.room(), code))
 
     def flush(self) -> None:
         n, self.n = self.n, 0

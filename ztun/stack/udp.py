@@ -47,14 +47,6 @@ class NatUdpSession:
     def bytes_down(self) -> int:
         return self._counts()[3]
 
-    @property
-    def packets_up(self) -> int:
-        return self._counts()[0]
-
-    @property
-    def packets_down(self) -> int:
-        return self._counts()[2]
-
     def send(self, payload, from_address) -> bool:
         """Send payload to the client as if from from_address; False if dropped (closed, wrong family, too big)."""
         if self.closed:
