@@ -21,6 +21,7 @@ try:
 except ImportError:  # not built here (not Linux, or no compiler): only the twin runs
     relay_native = None
 
+NEAR = os.environ.get("ZTUN_RELAY_POLL", "1") != "0"  # new relays start on the loop's thread
 MODES = [pytest.param(True, id="splice", marks=pytest.mark.skipif(not HAVE_SPLICE, reason="no os.splice on this platform")), pytest.param(False, id="copy")]
 ENGINES = [pytest.param(relay_native, id="native", marks=pytest.mark.skipif(relay_native is None, reason="the compiled relay engine is not built here")),
            pytest.param(relay_py, id="twin")]
@@ -130,6 +131,33 @@ def test_bulk_both_ways_and_half_close(rig_factory, splice):
     assert hashlib.sha256(rc["value"]).digest() == hashlib.sha256(down).digest()
     assert rig.closed == ["done"]
     assert (rig.relay.bytes_up, rig.relay.bytes_down) == (len(up), len(down))
+    if rig.engine.__class__.__module__.endswith("relay"):  # the compiled engine: bulk is its thread's
+        assert rig.engine.stats()["promoted"] == (1 if NEAR else 0)
+
+
+@pytest.mark.skipif(relay_native is None, reason="the compiled relay engine is not built here")
+@pytest.mark.skipif(not NEAR, reason="ZTUN_RELAY_POLL=0: every relay is the engine thread's")
+@pytest.mark.parametrize("splice", MODES)
+def test_request_and_answer_stay_on_the_loops_thread(splice):
+    """A relay that moves little is pumped by the loop's thread (its near set), so a round trip
+    does not wake the engine's thread; it still goes both ways at once."""
+    rig = Rig(splice, relay_native)
+    try:
+        before = rig.engine.stats()
+        for i in range(200):
+            rig.app_client.sendall(b"ping %d" % i)
+            rig.run_until(lambda: select.select([rig.app_server], [], [], 0)[0])
+            assert rig.app_server.recv(100) == b"ping %d" % i
+            rig.app_server.sendall(b"pong %d" % i)
+            rig.run_until(lambda: select.select([rig.app_client], [], [], 0)[0])
+            assert rig.app_client.recv(100) == b"pong %d" % i
+        after = rig.engine.stats()
+        assert after["promoted"] == 0
+        assert after["events"] - before["events"] >= 400  # taken on the loop's thread
+        # the thread woke for its idle sweep at most (once a second), not per round trip
+        assert after["wakeups"] - before["wakeups"] < 50, (before, after)
+    finally:
+        rig.close()
 
 
 @pytest.mark.parametrize("splice", MODES)

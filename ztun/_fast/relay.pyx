@@ -1,9 +1,11 @@
 """The relay engine (zt_relay.h), compiled; relay_py.py is the twin (relays on the loop).
 
-Established TCP relays leave the loop: a native thread with its own epoll moves their
-bytes (splice through pipes, or recv/send through a buffer) and reports only their ends,
-in batches, through a pipe the loop reads. Python is called once per relay at its start
-(add) and once at its end (on_close).
+Established TCP relays leave Python: compiled pumps move their bytes (splice through pipes,
+or recv/send through a buffer). A relay starts in the near set, pumped on the loop's thread
+when its sockets are ready (one compiled call for all of them, no Python per relay); once it
+moves bulk it goes over to the far set, served by a native thread with its own epoll. Ends
+are reported in batches through a pipe the loop reads. Python is called once per relay at
+its start (add) and once at its end (on_close).
 """
 import logging
 import operator
@@ -42,9 +44,10 @@ cdef extern from "zt_relay.h" nogil:
         zt_end *ends
         uint32_t nends, ends_cap
         int notified
-        uint64_t events, pumps, wakeups
+        int near_fd
+        uint64_t events, pumps, wakeups, promoted
 
-    zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every)
+    zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every, int near_on)
     void zt_engine_stop(zt_engine *e)
     void zt_engine_free(zt_engine *e)
     uint64_t zt_engine_add(zt_engine *e, int client, int remote, double idle, int use_splice)
@@ -86,6 +89,7 @@ Relays between pairs of connected sockets on a native thread, off the loop.
     cdef dict tokens  # relay id -> token
     cdef int notify_r, notify_w
     cdef bint piped
+    cdef bint near
 
     def __cinit__(self, loop, on_close, capacity=65536, double sweep_every=1.0):
         self.e = NULL
@@ -102,13 +106,16 @@ Relays between pairs of connected sockets on a native thread, off the loop.
         os.set_blocking(w, False)
         self.notify_r, self.notify_w = r, w
         self.piped = True
-        self.e = zt_engine_new(<uint32_t>capacity, w, sweep_every)
+        # ZTUN_RELAY_POLL=0: every relay on the engine's thread, none pumped on the loop's
+        self.near = os.environ.get("ZTUN_RELAY_POLL", "1") != "0"
+        self.e = zt_engine_new(<uint32_t>capacity, w, sweep_every, self.near)
         if self.e == NULL:
             err = errno
             self._close_pipe()
             raise OSError(err, f"relay engine: {os.strerror(err)}")
         loop.add_reader(r, self.collect)
-        if os.environ.get("ZTUN_RELAY_POLL", "1") != "0":
+        if self.near:
+            loop.add_reader(self.e.near_fd, self.poll)
             loop.call_every_iteration(self.poll)
 
     cdef _close_pipe(self):
@@ -123,10 +130,12 @@ Relays between pairs of connected sockets on a native thread, off the loop.
         return self.e.live if self.e != NULL else 0
 
     def stats(self) -> dict:
-        """The engine thread's wake-ups, the socket events it took, the relays it pumped (counters)."""
+        """Counters: the engine thread's wake-ups, the socket events taken and the relay pumps (on
+        either thread), the relays that went over to the thread's set."""
         if self.e == NULL:
-            return {"wakeups": 0, "events": 0, "pumps": 0}
-        return {"wakeups": self.e.wakeups, "events": self.e.events, "pumps": self.e.pumps}
+            return {"wakeups": 0, "events": 0, "pumps": 0, "promoted": 0}
+        return {"wakeups": self.e.wakeups, "events": self.e.events, "pumps": self.e.pumps,
+                "promoted": self.e.promoted}
 
     def add(self, token, client, remote, double idle_timeout=300.0, bint splice=True) -> int:
         """Relay client and remote (connected sockets) until they end; the engine owns both from
@@ -198,9 +207,9 @@ Relays between pairs of connected sockets on a native thread, off the loop.
         return up, down
 
     def poll(self) -> int:
-        """Move what is ready now, on the caller's thread, without waiting: the loop calls this at
-        the end of each iteration, so bytes its TUN writes just delivered to a relay's socket move
-        on without waiting for the engine's thread to wake. The number of socket events taken."""
+        """Pump the near relays that are ready now, on the loop's thread, without waiting: the loop
+        calls this when their epoll is readable and at the end of each iteration (the bytes its TUN
+        writes just delivered move on at once). The number of socket events taken."""
         cdef int n = 0
         if self.e == NULL or self.e.live == 0:
             return 0
@@ -249,7 +258,9 @@ Relays between pairs of connected sockets on a native thread, off the loop.
             zt_engine_stop(self.e)
         self.collect()
         self.loop.remove_reader(self.notify_r)
-        self.loop.remove_every_iteration(self.poll)
+        if self.near:
+            self.loop.remove_reader(self.e.near_fd)
+            self.loop.remove_every_iteration(self.poll)
         with nogil:
             zt_engine_free(self.e)
         self.e = NULL

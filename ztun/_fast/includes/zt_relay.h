@@ -16,8 +16,16 @@
  * closes both with a reset (SO_LINGER 0) so both peers learn at once; a relay that moved
  * nothing for its idle timeout is closed with a reset too.
  *
+ * Two sets of relays, each with its epoll. A new relay joins the near set, which the loop's
+ * thread pumps (zt_engine_poll: when near_fd is readable and after each loop iteration's TUN
+ * writes): a request and its answer then cost the loop's wake-up alone, not also the engine
+ * thread's and the hand-offs between them. A relay that moves ZT_RELAY_NEAR_BYTES both ways,
+ * or keeps moving for ZT_RELAY_ROUNDS rounds of one pump, goes over to the far set, which the
+ * engine's thread serves on its own core (a bulk transfer does not hold the loop). With
+ * near_on 0 (ZTUN_RELAY_POLL=0) every relay starts in the far set.
+ *
  * The engine's mutex is held while the thread handles a batch of events, and by the
- * caller's thread for add, close and collect; it is released while the thread waits in
+ * caller's thread for add, poll, close and collect; it is released while the thread waits in
  * epoll_wait. Ended relays are queued as (id, reason, bytes up, bytes down) and one byte
  * is written to notify_fd when ZT_RELAY_NOTIFY_BATCH of them wait uncollected, or the
  * oldest has waited ZT_RELAY_NOTIFY_DELAY: under a storm of short connections the loop is
@@ -49,6 +57,7 @@ enum { ZT_END_DONE = 1, ZT_END_RESET = 2, ZT_END_IDLE = 3, ZT_END_CLOSED = 4 };
 #define ZT_RELAY_WAKE UINT64_MAX
 #define ZT_RELAY_NOTIFY_BATCH 64
 #define ZT_RELAY_NOTIFY_DELAY 0.01
+#define ZT_RELAY_NEAR_BYTES (256 * 1024)
 
 typedef struct {
     int src, dst;
@@ -64,6 +73,7 @@ typedef struct {
 typedef struct {
     uint32_t gen;        /* bumped when the slot is freed */
     uint8_t used, queued;
+    uint8_t far;         /* in the engine thread's set (else the near set, pumped by the loop) */
     zt_dir d[2];         /* 0: client -> remote (up), 1: remote -> client (down) */
     double idle;         /* seconds; 0: never */
     double last;         /* last time it moved bytes (the engine's clock) */
@@ -86,6 +96,7 @@ typedef struct {
     pthread_t thread;
     int thread_started;
     int epoll_fd, wake_fd, notify_fd;
+    int near_fd, near_on;   /* the near set's epoll (the loop's thread waits on it); in use */
     int stop;
     uint32_t capacity, live;
     uint32_t top;           /* slots at and above it were never used */
@@ -101,7 +112,7 @@ typedef struct {
     zt_pipe pipes[ZT_RELAY_KEEP_PIPES];
     uint32_t npipes;
     double now, next_sweep, sweep_every;
-    uint64_t events, pumps, wakeups;  /* statistics */
+    uint64_t events, pumps, wakeups, promoted;  /* statistics */
 } zt_engine;
 
 static double zt_relay_clock(void) {
@@ -219,7 +230,29 @@ static int zt_relay_end(zt_engine *e, zt_relay *r, int reason, int report) {
     return 0;
 }
 
+static void zt_engine_wake(zt_engine *e);
+
 static inline int zt_again(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == EINTR; }
+
+/* Register both sockets of r, edge-triggered, in the epoll set fd. */
+static int zt_relay_watch(zt_engine *e, zt_relay *r, int fd) {
+    struct epoll_event ev;
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.u64 = zt_relay_id(e, (uint32_t)(r - e->slots));
+    if (epoll_ctl(fd, EPOLL_CTL_ADD, r->d[0].src, &ev) < 0 || epoll_ctl(fd, EPOLL_CTL_ADD, r->d[1].src, &ev) < 0)
+        return -1;
+    return 0;
+}
+
+/* Move r from the near set to the engine thread's; adding a ready socket reports it there at
+ * once, so no edge is lost. -1 (errno set) if the far set would not take it. */
+static int zt_relay_promote(zt_engine *e, zt_relay *r) {
+    epoll_ctl(e->near_fd, EPOLL_CTL_DEL, r->d[0].src, NULL);
+    epoll_ctl(e->near_fd, EPOLL_CTL_DEL, r->d[1].src, NULL);
+    r->far = 1;
+    e->promoted++;
+    return zt_relay_watch(e, r, e->epoll_fd);
+}
 
 /* One step of one direction: write what is held, then read more if there is room.
  * 1 if bytes moved (or EOF was seen), 0 if nothing could, -errno on a socket error. */
@@ -273,6 +306,10 @@ static int zt_dir_step(zt_dir *d) {
 static int zt_relay_pump(zt_engine *e, zt_relay *r) {
     int round, k, rc, moved;
     e->pumps++;
+    if (!r->far && r->d[0].bytes + r->d[1].bytes >= ZT_RELAY_NEAR_BYTES && zt_relay_promote(e, r) < 0) {
+        zt_relay_end(e, r, ZT_END_RESET, 1);
+        return -1;
+    }
     for (round = 0; round < ZT_RELAY_ROUNDS; round++) {
         moved = 0;
         for (k = 0; k < 2; k++) {
@@ -290,6 +327,10 @@ static int zt_relay_pump(zt_engine *e, zt_relay *r) {
         if (!moved)
             return 1;
         r->last = e->now;
+    }
+    if (!r->far && zt_relay_promote(e, r) < 0) {  /* it keeps moving: the thread's from here */
+        zt_relay_end(e, r, ZT_END_RESET, 1);
+        return -1;
     }
     return 0;
 }
@@ -311,15 +352,19 @@ static void zt_relay_sweep(zt_engine *e) {
     e->next_sweep = e->now + e->sweep_every;
 }
 
-/* Pump the relays of n events (and those set aside by the last batch). With the lock held. */
-static void zt_engine_handle(zt_engine *e, struct epoll_event *ev, int n) {
+/* Pump the relays of n events; on the engine's thread, also those set aside by the last batch
+ * (set aside relays are far ones: a near relay that keeps moving is promoted). With the lock held. */
+static void zt_engine_handle(zt_engine *e, struct epoll_event *ev, int n, int thread) {
     uint32_t k, again[ZT_RELAY_EVENTS];
     uint64_t wake;
     int i;
+    uint32_t nagain = 0, before = e->nagain;
     /* The relays set aside by the last batch: pump them first, with these events. */
-    uint32_t nagain = e->nagain;
-    memcpy(again, e->again, nagain * sizeof *again);
-    e->nagain = 0;
+    if (thread) {
+        nagain = e->nagain;
+        memcpy(again, e->again, nagain * sizeof *again);
+        e->nagain = 0;
+    }
     for (i = 0; i < n; i++) {
         uint64_t id = ev[i].data.u64;
         if (id == ZT_RELAY_WAKE) {
@@ -336,6 +381,8 @@ static void zt_engine_handle(zt_engine *e, struct epoll_event *ev, int n) {
             e->again[e->nagain++] = (uint32_t)(r - e->slots);
         }
     }
+    if (!thread && e->nagain > before)
+        zt_engine_wake(e);  /* promoted while moving: the thread pumps it on */
     for (k = 0; k < nagain; k++) {
         zt_relay *r = &e->slots[again[k]];
         r->queued = 0;
@@ -348,17 +395,18 @@ static void zt_engine_handle(zt_engine *e, struct epoll_event *ev, int n) {
     }
 }
 
-/* From the caller's thread, with the lock held: take the events ready now, without waiting (the
- * loop calls this after its TUN writes: the bytes they delivered move on without waiting for the
- * engine's thread to wake). The number of events taken. */
+/* From the loop's thread, with the lock held: pump the near relays whose events are ready now,
+ * without waiting. The number of events taken. */
 static int zt_engine_poll(zt_engine *e) {
     struct epoll_event ev[ZT_RELAY_EVENTS];
-    int n = epoll_wait(e->epoll_fd, ev, ZT_RELAY_EVENTS, 0);
-    if (n <= 0 && !e->nagain)
+    if (!e->near_on)
+        return 0;
+    int n = epoll_wait(e->near_fd, ev, ZT_RELAY_EVENTS, 0);
+    if (n <= 0)
         return 0;
     e->now = zt_relay_clock();
-    zt_engine_handle(e, ev, n < 0 ? 0 : n);
-    return n < 0 ? 0 : n;
+    zt_engine_handle(e, ev, n, 0);
+    return n;
 }
 
 static void *zt_relay_thread(void *arg) {
@@ -378,7 +426,7 @@ static void *zt_relay_thread(void *arg) {
         pthread_mutex_lock(&e->lock);
         e->now = zt_relay_clock();
         e->wakeups++;
-        zt_engine_handle(e, ev, n < 0 ? 0 : n);
+        zt_engine_handle(e, ev, n < 0 ? 0 : n, 1);
         if (e->now >= e->next_sweep)
             zt_relay_sweep(e);
         if (e->nends && !e->notified && e->now - e->first_end >= ZT_RELAY_NOTIFY_DELAY)
@@ -390,14 +438,15 @@ static void *zt_relay_thread(void *arg) {
 
 static void zt_engine_free(zt_engine *e);
 
-static zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every) {
+static zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every, int near_on) {
     zt_engine *e = calloc(1, sizeof *e);
     struct epoll_event ev;
     uint32_t k;
     if (e == NULL)
         return NULL;
-    e->epoll_fd = e->wake_fd = -1;
+    e->epoll_fd = e->wake_fd = e->near_fd = -1;
     e->notify_fd = notify_fd;
+    e->near_on = near_on;
     e->capacity = capacity;
     e->sweep_every = sweep_every;
     pthread_mutex_init(&e->lock, NULL);
@@ -410,7 +459,8 @@ static zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_e
     e->nfree = 0;  /* slots are taken from top until they run out: untouched capacity costs no memory */
     e->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (e->epoll_fd < 0 || e->wake_fd < 0)
+    e->near_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (e->epoll_fd < 0 || e->wake_fd < 0 || e->near_fd < 0)
         goto fail;
     ev.events = EPOLLIN;
     ev.data.u64 = ZT_RELAY_WAKE;
@@ -466,6 +516,8 @@ static void zt_engine_free(zt_engine *e) {
         close(e->epoll_fd);
     if (e->wake_fd >= 0)
         close(e->wake_fd);
+    if (e->near_fd >= 0)
+        close(e->near_fd);
     free(e->slots);
     free(e->free_slots);
     free(e->again);
@@ -475,10 +527,9 @@ static void zt_engine_free(zt_engine *e) {
 }
 
 /* Relay client and remote (connected, non-blocking; the engine owns them from here, also on
- * failure). Called with the lock held. The id (> 0), or 0 with errno set. The first pump runs
- * here: a client's first bytes usually came with its handshake. */
+ * failure). Called with the lock held, on the loop's thread. The id (> 0), or 0 with errno set.
+ * The first pump runs here: a client's first bytes usually came with its handshake. */
 static uint64_t zt_engine_add(zt_engine *e, int client, int remote, double idle, int use_splice) {
-    struct epoll_event ev;
     zt_pipe p;
     int k, err;
     if (e->stop || (e->nfree == 0 && e->top >= e->capacity)) {
@@ -524,10 +575,8 @@ static uint64_t zt_engine_add(zt_engine *e, int client, int remote, double idle,
             d->cap = ZT_RELAY_COPY_SIZE;
         }
     }
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    ev.data.u64 = zt_relay_id(e, slot);
-    if (epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, client, &ev) < 0 ||
-        epoll_ctl(e->epoll_fd, EPOLL_CTL_ADD, remote, &ev) < 0)
+    r->far = !e->near_on;
+    if (zt_relay_watch(e, r, r->far ? e->epoll_fd : e->near_fd) < 0)
         goto fail;
     uint64_t id = zt_relay_id(e, slot);
     /* may end it at once (reported like any end), or leave it moving: the thread goes on */
