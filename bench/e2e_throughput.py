@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -315,6 +316,19 @@ class Bench:
     def namespaces(self):
         return [n for n in (self.client, self.server, self.host) if n]
 
+    def everyone_cpu(self) -> float:
+        """CPU seconds so far of every process in the benchmark's namespaces (ztun, the servers,
+        the proxy) and of the load tools this process ran and reaped (ab, the SOCKS5 load tool)."""
+        total = 0.0
+        for name in self.namespaces():
+            for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split():
+                try:
+                    total += _cpu(int(pid))
+                except (FileNotFoundError, ProcessLookupError):
+                    pass  # ended meanwhile
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return total + ru.ru_utime + ru.ru_stime
+
     def teardown(self):
         for p in self.procs:
             if p.poll() is None:
@@ -393,11 +407,14 @@ class Bench:
             if tun0 and tun1 and tun1[1] > tun0[1]:
                 out["tun_bytes_per_packet"] = ((tun1[0] - tun0[0]) / (tun1[1] - tun0[1]), "bytes")
         if "cps" in want:
-            cpu1, t1 = _cpu(pid), time.monotonic()
+            cpu1, t1, all1 = _cpu(pid), time.monotonic(), self.everyone_cpu()
             r = self.ns(self.load, "ab", "-q", "-n", "20000", "-c", "32", "-s", "10", f"http://{SERVER4}:8080/", timeout=120)
             out["http_conn_per_s"] = (float(re.search(r"Requests per second:\s+([\d.]+)", r.stdout).group(1)), "conn/s")
             failed = int(re.search(r"Failed requests:\s+(\d+)", r.stdout).group(1))
             out["http_failed"] = (failed, "requests")
+            # every process's CPU per connection: the load tool's, the server's, ztun's (the bound on
+            # connections/s when the cores are the limit)
+            out["cpu_all_us_per_conn"] = ((self.everyone_cpu() - all1) / 20000 * 1e6, "us")
             if pid:
                 spent = _cpu(pid) - cpu1
                 out["cpu_during_cps"] = (spent / (time.monotonic() - t1) * 100, "%")
@@ -412,6 +429,7 @@ class Bench:
             out["rtt_p99"] = (p99, "us")
             if pid:
                 out["cpu_during_rtt"] = ((_cpu(pid) - cpu1) / (time.monotonic() - t1) * 100, "%")
+                out["cpu_us_per_round_trip"] = ((_cpu(pid) - cpu1) / 3200 * 1e6, "us")  # 200 warm-up ones too
         if "udp" in want:
             cpu0, tun0, t0 = _cpu(pid), (self.tun_counts() if pid else None), time.monotonic()
             for rate in self.udp_rates:
@@ -683,7 +701,7 @@ def main():
         for name in configs:
             if name == "kernel" or (CONFIGS[name] or {}).get("socks"):
                 continue
-            for metric in ("tcp_up", "tcp_down", "tcp_4streams", "http_conn_per_s"):
+            for metric in ("tcp_up", "tcp_down", "tcp_4streams", "http_conn_per_s", "cpu_all_us_per_conn"):
                 if metric in results[name]:
                     k = statistics.median(results["kernel"][metric][0])
                     print(f"ratio_{name}_{metric} {statistics.median(results[name][metric][0]) / k:.3f} of-kernel")
