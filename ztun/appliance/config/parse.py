@@ -236,7 +236,7 @@ def _api(ctx, raw) -> ApiConfig:
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             ctx.fail(path, f"must be a list of origins (\"https://host[:port]\" or \"*\"), got {_kind(v)}")
         for origin in v:
-            if origin != "*" and not _ORIGIN.fullmatch(origin):
+            if origin != "*" and not _ORIGIN.fullmatch(origin.rstrip("/")):
                 ctx.fail(path, f"{origin!r} is not an origin: expected scheme://host[:port] without a path, or \"*\"")
         kw["allow_origins"] = tuple(dict.fromkeys(o.rstrip("/") for o in v))
     if "listen" in t:

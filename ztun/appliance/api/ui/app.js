@@ -94,7 +94,7 @@ function drawSide(summary) {
   }
   $("#outbounds tbody").replaceWith(ob);
   const drops = document.createElement("tbody");
-  const entries = Object.entries(summary.drops).sort((a, b) => b[1] - a[1]);
+  const entries = Object.entries(summary.drops).filter((e) => e[1] > 0).sort((a, b) => b[1] - a[1]);
   if (!entries.length) cell(drops.insertRow(), "none");
   for (const [reason, count] of entries) {
     const row = drops.insertRow();
@@ -140,9 +140,9 @@ function drawGraph() {
       if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
     });
     ctx.stroke();
-    const item = document.createElement("span");
-    item.innerHTML = `<i style="background:${colors[name]}"></i>`;
-    item.append(name + " " + bytes(points[points.length - 1] || 0) + "/s");
+    const item = document.createElement("span"), swatch = document.createElement("i");
+    swatch.style.background = colors[name];  // a property, not an inline style attribute: the page's CSP allows it
+    item.append(swatch, name + " " + bytes(points[points.length - 1] || 0) + "/s");
     legend.appendChild(item);
   }
 }
