@@ -142,7 +142,8 @@ function drawGraph() {
     ctx.stroke();
     const item = document.createElement("span"), swatch = document.createElement("i");
     swatch.style.background = colors[name];  // a property, not an inline style attribute: the page's CSP allows it
-    item.append(swatch, name + " " + bytes(points[points.length - 1] || 0) + "/s");
+    const recent = points.slice(-5);  // the legend's rate: the last 5 s (a relay moves in bursts)
+    item.append(swatch, name + " " + bytes(recent.reduce((a, b) => a + b, 0) / Math.max(1, recent.length)) + "/s");
     legend.appendChild(item);
   }
 }
