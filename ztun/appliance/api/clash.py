@@ -21,7 +21,7 @@ from importlib import resources
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .server import Answer, Pending, Stream
-from .view import CLASH_LEVELS
+from .view import CLASH_LEVELS, connections
 
 MUTATING = ("DELETE", "PATCH", "PUT", "POST")
 LOG_KEPT = 1000  # log lines kept for /logs streams (a client that falls further behind skips some)
@@ -75,6 +75,7 @@ class ClashApi:
         self.secret = secret
         self.allow_origins = tuple(allow_origins)
         self.logs = logs
+        self._encoded = (None, "")  # (view seq, /connections as JSON): one encoding a view, however many ask
 
     # -- the gate ---------------------------------------------------------------------------
 
@@ -233,17 +234,31 @@ class ClashApi:
         return self._each_view(lambda view: view.get("traffic", {"up": 0, "down": 0}))
 
     def _connections(self, query):
-        def make(view):
-            self.view.want_flows()  # a stream keeps the flow list coming
-            return None if view.get("connections") is None else _connections_doc(view)
+        last = [0]
 
-        return self._each_view(make)
+        def poll():
+            self.view.want_flows()  # a stream keeps the flow list coming
+            view = self.latest()[1]
+            if view.get("seq", 0) == last[0] or view.get("connections") is None:
+                return []
+            last[0] = view["seq"]
+            return [self._connections_json(view)]
+
+        return poll
 
     def _connections_once(self):
         view = self.latest()[1]
         if view.get("connections") is None:
             return None  # the loop makes the list from its next view on
-        return _json(200, _connections_doc(view))
+        return Answer(200, {"Content-Type": "application/json", "Cache-Control": "no-store"},
+                      self._connections_json(view).encode())
+
+    def _connections_json(self, view) -> str:
+        seq, text = self._encoded
+        if seq != view["seq"]:
+            text = json.dumps(_connections_doc(view), separators=(",", ":"))
+            self._encoded = (view["seq"], text)
+        return text
 
     def _log_lines(self, query):
         wanted = (query.get("level") or ["info"])[0].lower()
@@ -310,4 +325,4 @@ class ClashApi:
 
 def _connections_doc(view) -> dict:
     return {"downloadTotal": view.get("download_total", 0), "uploadTotal": view.get("upload_total", 0),
-            "connections": view["connections"], "memory": 0}
+            "connections": connections(view["connections"]), "memory": 0}

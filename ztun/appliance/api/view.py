@@ -46,6 +46,7 @@ class ApiView:
         self.seq = 0
         self._last = None  # (monotonic, up, down) of the previous view: the rate between the two
         self._rules = (None, [])  # (Rules object, its Clash list): remade only after a reload
+        self._fixed: dict = {}  # Flow -> its connection dict but the byte counts (made once; never changed after)
 
     def want_flows(self) -> None:
         self.flows_wanted_until = time.monotonic() + FLOWS_WANTED
@@ -65,6 +66,7 @@ class ApiView:
         totals = {name: list(v) for name, v in fwd.flows.ended_by_outbound.items()}
         flows = [] if now < self.flows_wanted_until else None
         offset = wall - now  # monotonic -> unix time
+        fixed, kept = self._fixed, {}
         for f in list(fwd.flows.open):
             f_up, f_down = f.bytes_up, f.bytes_down
             t = totals.get(f.outbound)
@@ -73,7 +75,13 @@ class ApiView:
             t[0] += f_up
             t[1] += f_down
             if flows is not None:
-                flows.append(_connection(f, f_up, f_down, offset))
+                # The loop pays a look-up a flow; the API's thread joins counts and the rest (connections()).
+                c = fixed.get(f)
+                if c is None or c["state"] != f.state:
+                    c = _connection(f, offset)
+                kept[f] = c
+                flows.append((c, f_up, f_down))
+        self._fixed = kept
         return {
             "seq": self.seq,
             "taken": wall,
@@ -114,8 +122,13 @@ class ApiView:
         return self._rules[1]
 
 
-def _connection(f, up: int, down: int, offset: float) -> dict:
-    """One flow in the Clash API's shape (sing-box's and mihomo's /connections)."""
+def connections(flows) -> list:
+    """The view's (fixed part, up, down) of each flow as the Clash API's connection objects (on the API's thread)."""
+    return [{**c, "upload": up, "download": down} for c, up, down in flows]
+
+
+def _connection(f, offset: float) -> dict:
+    """One flow in the Clash API's shape (sing-box's and mihomo's /connections), but its byte counts."""
     src, dst = f.source, f.destination
     kind, payload = f.rule or ("", "")
     return {
@@ -126,8 +139,6 @@ def _connection(f, up: int, down: int, offset: float) -> dict:
                      "host": f.domain or "", "dnsMode": "fakeip" if f.domain else "normal",
                      "processPath": "", "inboundIP": "", "inboundPort": "", "inboundName": "tun", "inboundUser": "",
                      "sniffHost": "", "specialProxy": "", "specialRules": "", "remoteDestination": ""},
-        "upload": up,
-        "download": down,
         "start": rfc3339(f.started + offset),
         "chains": [f.outbound or ""],
         "rule": kind,
