@@ -397,3 +397,20 @@ def test_rule_descriptions():
     rc = config.RuleConfig(outbound="x", cidr=tuple(f"198.18.{i}.0/24" for i in range(6)), protocol=frozenset({"udp"}))
     assert describe_rule(rc) == ("AND", "(IPCIDR,198.18.0.0/24/198.18.1.0/24/198.18.2.0/24/198.18.3.0/24 +2 more),(Network,udp)")
     assert describe_rule(config.RuleConfig(outbound="x", port=((80, 80), (8000, 8080)))) == ("DstPort", "80/8000-8080")
+
+
+def test_the_flow_list_is_made_only_while_asked():
+    """No per-flow dicts on the loop unless a client asked for /connections in the last FLOWS_WANTED seconds."""
+    from ztun.appliance.api.view import ApiView
+
+    fwd = Forwarder()
+    f = Flow(17, ("198.18.0.2", 5353), ("198.19.0.1", 53), id=1)
+    f.outbound, f.state, f.carrier = "direct", "open", Carrier()
+    fwd.flows.add(f)
+    view = ApiView(Snapshot(fwd), "x")
+    assert view()["connections"] is None
+    view.want_flows()
+    (c,) = view()["connections"]
+    assert c[0]["metadata"]["network"] == "udp" and c[0]["rule"] == "" and c[1:] == (0, 0)
+    f.carrier.bytes_up = 9
+    assert view()["connections"][0][0] is c[0] and view()["connections"][0][1] == 9  # fixed part kept, counts fresh
