@@ -250,6 +250,13 @@ def test_403_for_a_change_without_a_secret(open_app):
     assert open_app.fwd.closed == []
 
 
+def test_without_a_secret_only_a_loopback_host_is_answered(open_app):
+    for host in ("127.0.0.1:9090", "localhost", "[::1]:9090", "127.1.2.3"):
+        assert open_app.request("GET", "/version", {"Host": host})[0] == 200, host
+    for host in ("evil.example:9090", "198.18.0.1", "", "[fd00::1]:9090"):  # a rebound name; the LAN address
+        assert open_app.request("GET", "/connections", {"Host": host})[0] == 403, host
+
+
 def test_cors_preflight_and_headers(app):
     pre = {"Origin": "http://dash.example", "Access-Control-Request-Method": "DELETE",
            "Access-Control-Request-Headers": "authorization", "Access-Control-Request-Private-Network": "true"}
