@@ -290,7 +290,7 @@ def test_proxies_rules_configs(app):
     assert app.request("GET", "/proxies/nope", AUTH)[0] == 404
     rules = app.get("/rules", AUTH)["rules"]
     assert [(r["type"], r["payload"], r["proxy"]) for r in rules] == [
-        ("DomainSuffix", "example.com", "proxy"), ("AND", "(IPCIDR,198.19.9.0/24),(DstPort,25)", "block"),
+        ("DomainSuffix", "example.com", "proxy"), ("AND", "((IPCIDR,198.19.9.0/24) && (DstPort,25))", "block"),
         ("Match", "", "direct")]
     cfg = app.get("/configs", AUTH)
     assert cfg["mode"] == "rule" and cfg["log-level"] in ("debug", "info", "warning", "error", "silent")
@@ -402,7 +402,7 @@ def test_api_flags_name_themselves():
 
 def test_rule_descriptions():
     rc = config.RuleConfig(outbound="x", cidr=tuple(f"198.18.{i}.0/24" for i in range(6)), protocol=frozenset({"udp"}))
-    assert describe_rule(rc) == ("AND", "(IPCIDR,198.18.0.0/24/198.18.1.0/24/198.18.2.0/24/198.18.3.0/24 +2 more),(Network,udp)")
+    assert describe_rule(rc) == ("AND", "((IPCIDR,198.18.0.0/24/198.18.1.0/24/198.18.2.0/24/198.18.3.0/24 +2 more) && (Network,udp))")
     assert describe_rule(config.RuleConfig(outbound="x", port=((80, 80), (8000, 8080)))) == ("DstPort", "80/8000-8080")
 
 

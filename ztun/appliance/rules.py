@@ -139,7 +139,7 @@ PAYLOAD_ITEMS = 4  # values of one matcher shown before "+N more" (a country lis
 
 def describe_rule(rc) -> tuple:
     """(type, payload) of a RuleConfig as the Clash API shows a rule: one matcher is its own type;
-    several are "AND" with each "(Type,values)" in the payload."""
+    several are "AND" with the payload "((Type,values) && (Type,values))", as mihomo shows them."""
     parts = []
     for key, kind in _CLASH_TYPES:
         values = getattr(rc, key)
@@ -154,7 +154,7 @@ def describe_rule(rc) -> tuple:
         parts.append((kind, text))
     if len(parts) == 1:
         return parts[0]
-    return "AND", ",".join(f"({kind},{text})" for kind, text in parts)
+    return "AND", "(" + " && ".join(f"({kind},{text})" for kind, text in parts) + ")"
 
 
 def _ip(address):
