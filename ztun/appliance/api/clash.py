@@ -5,7 +5,8 @@ Authorization (decided here, documented in the README):
     needs it, as `Authorization: Bearer SECRET` or `?token=SECRET` (browsers cannot set headers
     on a WebSocket): missing or wrong is 401.
   - without a secret (loopback only), reads are open and every change (DELETE, PATCH) is 403:
-    nothing could say who asks for it.
+    nothing could say who asks for it. A request whose Host is not a loopback name or address is
+    403 too: a web page that rebinds its own name to 127.0.0.1 (DNS rebinding) reads nothing.
 Changes reach the loop as calls queued with loop.call_soon_threadsafe; nothing here touches the
 appliance's objects.
 """
@@ -13,6 +14,7 @@ appliance's objects.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import threading
@@ -85,6 +87,8 @@ class ClashApi:
         cors = self._cors(request)
         if request.method == "OPTIONS":
             return self._preflight(request, cors)
+        if self.secret is None and not _loopback_host(request.headers.get("host", "")):
+            return _message(403, "without api.secret only a loopback Host (127.0.0.1, [::1], localhost) is answered")
         if path == "/ui" or path.startswith("/ui/"):
             return self._ui(request, path)
         denied = self._authorize(request, query)
@@ -321,6 +325,17 @@ class ClashApi:
                 "traffic": view.get("traffic"), "uploadTotal": view.get("upload_total", 0),
                 "downloadTotal": view.get("download_total", 0), "drops": status.get("drops") or {},
                 "flows_by_state": status.get("flows_by_state") or {}, "outbounds": outbounds}
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a Host header names this host's loopback: localhost, 127.x.y.z or [::1], with or without a port."""
+    name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _connections_doc(view) -> dict:
