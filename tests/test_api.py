@@ -421,3 +421,40 @@ def test_the_flow_list_is_made_only_while_asked():
     assert c[0]["metadata"]["network"] == "udp" and c[0]["rule"] == "" and c[1:] == (0, 0)
     f.carrier.bytes_up = 9
     assert view()["connections"][0][0] is c[0] and view()["connections"][0][1] == 9  # fixed part kept, counts fresh
+
+
+def test_a_stream_that_is_not_read_is_closed_not_buffered(app):
+    """A /logs client that never reads is closed once MAX_BUFFERED bytes wait for it; a /traffic one
+    that has not read meanwhile stays open."""
+    def silent(path):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect((app.host, app.port))
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {SECRET}\r\n\r\n".encode())
+        return s
+
+    logs, traffic = silent("/logs?level=warning"), silent("/traffic")
+    try:
+        line = "x" * 4000
+        log = logging.getLogger("ztun.test.flood")
+        for _ in range(100):  # bounded: at most 100 x 100 lines of 4 kB
+            for _ in range(100):
+                log.warning(line)
+            if app.server.counters["slow_streams_closed"]:
+                break
+            time.sleep(0.02)
+        assert app.server.counters["slow_streams_closed"] == 1
+        traffic.settimeout(0.5)
+        received = b""
+        try:
+            while True:
+                data = traffic.recv(65536)
+                assert data, "the /traffic stream was closed"
+                received += data
+        except TimeoutError:
+            pass
+        assert received.startswith(b"HTTP/1.1 200") and b'"up"' in received
+    finally:
+        logs.close()
+        traffic.close()

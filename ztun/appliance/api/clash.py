@@ -169,11 +169,13 @@ class ClashApi:
             return self._get(method) or _json(200, {"version": f"ztun {self.latest()[1].get('version', '')}".strip(),
                                                     "premium": True, "meta": True})
         if top == "traffic" and len(parts) == 1:
-            return self._get(method) or self._stream(websocket, self._traffic())
+            return self._get(method) or self._stream(websocket, self._traffic(), latest_only=True)
         if top == "connections":
             if len(parts) == 1 and method == "GET":
                 self.view.want_flows()
-                return self._stream(websocket, self._connections(query)) if websocket else Pending(self._connections_once)
+                if websocket:
+                    return self._stream(websocket, self._connections(query), latest_only=True)
+                return Pending(self._connections_once)
             if len(parts) == 1 and method == "DELETE":
                 self.call(self.forwarder.close_flows, None)
                 return Answer(204)
@@ -216,8 +218,8 @@ class ClashApi:
         return _message(405, "method not allowed", {"Allow": allow})
 
     @staticmethod
-    def _stream(websocket: bool, poll) -> Stream:
-        return Stream(poll, websocket=websocket)
+    def _stream(websocket: bool, poll, latest_only: bool = False) -> Stream:
+        return Stream(poll, websocket=websocket, latest_only=latest_only)
 
     def _each_view(self, make):
         """A poll giving make(view) once per new view."""

@@ -65,11 +65,13 @@ class Stream:
     """Messages for as long as the client stays: poll() gives the text messages due now (maybe none).
 
     websocket: sent as WebSocket text messages (after the upgrade); else as chunks of one chunked
-    HTTP answer with headers, one message a line.
+    HTTP answer with headers, one message a line. latest_only: each message supersedes the one
+    before (a snapshot), so a client still taking the last one is not polled: it gets the newest
+    when it has caught up, and never holds more than one message.
     """
 
-    def __init__(self, poll, *, websocket: bool, headers: dict | None = None):
-        self.poll, self.websocket, self.headers = poll, websocket, headers or {}
+    def __init__(self, poll, *, websocket: bool, headers: dict | None = None, latest_only: bool = False):
+        self.poll, self.websocket, self.headers, self.latest_only = poll, websocket, headers or {}, latest_only
 
 
 class _Conn:
@@ -185,7 +187,7 @@ class ApiHttpServer:
                     answer = Answer(503, {"Content-Type": "application/json"}, b'{"message":"no data yet"}')
                 if answer is not None:
                     self._answer(sel, conn, answer.encode())
-            elif conn.state in ("stream", "websocket"):
+            elif conn.state in ("stream", "websocket") and not (conn.out and conn.job.latest_only):
                 self._push(sel, conn, conn.job.poll())
         except OSError:
             self._drop(sel, conn)
@@ -284,11 +286,10 @@ class ApiHttpServer:
             else:
                 data += b"\n"
                 conn.out += b"%x\r\n%s\r\n" % (len(data), data)
-        if len(conn.out) > MAX_BUFFERED:
+        self._flush(sel, conn)
+        if len(conn.out) > MAX_BUFFERED and not conn.job.latest_only:
             self.counters["slow_streams_closed"] += 1
             self._drop(sel, conn)
-            return
-        self._flush(sel, conn)
 
     def _flush(self, sel, conn: _Conn) -> None:
         if conn.out:
