@@ -484,3 +484,31 @@ def test_a_relay_the_engine_cannot_take_ends_the_flow_counted(caplog):
         fwd.close()
         for sock in (peer, a, d):
             sock.close()
+
+
+def test_the_api_closes_flows_by_id_whatever_their_state():
+    """close_flows (DELETE /connections[/id]): a connecting flow's client is refused, a connected one's
+    outbound socket closed (its client gets a reset when it comes), a UDP session ended; other ids stay."""
+    with Loop() as loop:
+        fwd, proxy, _ = setup(loop)
+        proxy.open_tcp = lambda destination, on_done, domain=None: SimpleNamespace(cancel=lambda: cancelled.append(1))
+        cancelled, decisions = [], []
+        connecting = Flow(6, C, ("198.19.0.1", 80), id=1, on_decide=lambda f, v: decisions.append(v))
+        assert fwd.prepare(connecting) == Verdict.DEFER
+        accepting = Flow(6, C, ("198.19.1.1", 80), id=2, on_decide=lambda f, v: None)
+        fwd.prepare(accepting)
+        run(loop)
+        assert accepting.state == "accepting" and accepting.remote is not None
+        remote = accepting.remote
+        s = FakeSession(C, ("198.19.0.1", 9))
+        s.flow.id = 3
+        fwd.prepare(s.flow)
+        s.flow.carrier = s
+        fwd.handle_udp(s)
+        assert connecting.rule == ("Match", "") and accepting.rule == ("IPCIDR", "198.19.1.0/24")
+        assert fwd.close_flows({2, 99}) == 1
+        assert remote.fileno() == -1 and [f["id"] for f in fwd.snapshot_flows()] == [1, 3]
+        assert fwd.close_flows(None) == 2
+        assert decisions == [Verdict.REJECT] and cancelled == [1]
+        assert fwd.snapshot_flows() == [] and fwd.udp == {} and fwd.gauges()["tcp_pending"] == 0
+        fwd.close()

@@ -218,6 +218,13 @@ class Loop:
         self._ready.append(h)
         return h
 
+    def call_soon_threadsafe(self, callback, *args) -> Handle:
+        """call_soon from another thread: the loop wakes up for it (deque appends are atomic)."""
+        h = Handle(time.monotonic(), callback, args)
+        self._ready.append(h)
+        self.wakeup()
+        return h
+
     def call_at_end(self, callback) -> None:
         """Run callback() once, after the callbacks of this iteration (of the next one, called outside).
 

@@ -97,6 +97,13 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    help="a socks5 outbound failing its probe at start-up is fatal: exit 1 before ready")
     p.add_argument("--log-format", metavar="FORMAT", help="text or json (default text)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="serve Prometheus metrics there (default off)")
+    p.add_argument("--api-listen", metavar="HOST:PORT",
+                   help="serve the web view (/ui/) and the Clash-compatible API there (default off; "
+                        "beyond loopback it needs --api-secret)")
+    p.add_argument("--api-secret", metavar="TOKEN",
+                   help="the API's Bearer token (better in the file: a flag shows in ps); required for changes")
+    p.add_argument("--api-allow-origin", dest="api_allow_origins", action="append", metavar="ORIGIN",
+                   help="a browser origin allowed to call the API, e.g. http://yacd.example (repeatable; '*' for any)")
     p.add_argument("--control-socket", metavar="PATH",
                    help="unix socket of `ztun-appliance status` (default /run/ztun/TUN-NAME.sock)")
 
@@ -204,7 +211,7 @@ def _run(config: AppConfig, reread=None) -> int:
     check_privilege(config.tun)  # before anything is touched: a run without privilege says so, in one line
     _check_lan_interfaces(config)
     interrupts = _Interrupts()
-    loop = gateway = forwarder = control = metrics = drops = health = None
+    loop = gateway = forwarder = control = metrics = api = drops = health = None
     state = {"config": config}
     try:
         loop = Loop()
@@ -235,6 +242,11 @@ def _run(config: AppConfig, reread=None) -> int:
             from .metrics import MetricsServer
 
             metrics = MetricsServer(loop, config.metrics.listen, snapshot)
+        if config.api.listen:
+            from .api import ApiServer
+
+            api = ApiServer(loop, config.api.listen, snapshot, secret=config.api.secret,
+                            allow_origins=config.api.allow_origins)
         drops = DropWarner(loop, lambda: split_stats(gateway.stack.stats())[2] if gateway.stack is not None else {})
         if log.isEnabledFor(logging.DEBUG):
             _log_stats_every(loop, gateway, STATS_INTERVAL)
@@ -251,7 +263,7 @@ def _run(config: AppConfig, reread=None) -> int:
         # Nothing may interrupt the teardown: a second signal just waits for it.
         interrupts.tearing_down = True
         sdnotify.stopping()
-        for part in (drops, metrics, control, health):
+        for part in (drops, api, metrics, control, health):
             if part is not None:
                 part.close()
         if forwarder is not None:

@@ -31,6 +31,7 @@ class FlowTable:
     def __init__(self):
         self.open: dict = {}  # Flow -> None: an ordered set
         self.ended_up = self.ended_down = 0
+        self.ended_by_outbound: dict = {}  # outbound name -> [up, down] of its ended flows (counters)
 
     def __len__(self):
         return len(self.open)
@@ -50,6 +51,11 @@ class FlowTable:
         up, down = flow.bytes_up, flow.bytes_down
         self.ended_up += up
         self.ended_down += down
+        totals = self.ended_by_outbound.get(flow.outbound)
+        if totals is None:
+            totals = self.ended_by_outbound[flow.outbound] = [0, 0]
+        totals[0] += up
+        totals[1] += down
         if log.isEnabledFor(logging.INFO):
             now = time.monotonic()
             duration = now - flow.started

@@ -93,15 +93,20 @@ class Forwarder:
 
     # -- choosing -----------------------------------------------------------------
 
-    def choose(self, proto: str, source: tuple, destination: tuple) -> tuple:
+    def choose(self, proto: str, source: tuple, destination: tuple, flow=None) -> tuple:
         """(outbound, domain, known) for a flow of proto ("tcp", "udp", "icmp") to destination: the
         outbound its rules pick, the name behind a fake-IP destination, and known False for a
-        fake-IP address with no name (an expired mapping; the rules saw no domain)."""
+        fake-IP address with no name (an expired mapping; the rules saw no domain). A flow given
+        keeps the (type, payload) of the rule that chose (flow.rule)."""
         domain, known = None, True
         if self.dns is not None and self.dns.is_fake(destination[0]):
             domain = self.dns.domain_for(destination[0])
             known = domain is not None
-        return self.outbounds[self.rules.match(proto, source, destination, domain)], domain, known
+        rules = self.rules
+        index = rules.match_index(proto, source, destination, domain)
+        if flow is not None:
+            flow.rule = rules.described[index]
+        return self.outbounds[rules.rules[index].outbound if index < len(rules.rules) else rules.default], domain, known
 
     def dns_intercepts(self, destination) -> bool:
         """Port 53 to any address is answered by the DNS service (when there is one)."""
@@ -119,7 +124,7 @@ class Forwarder:
         if refused is not None:  # nothing is opened; the client's SYN is dropped and it retries
             self._limited(refused, flow)
             return Verdict.DROP
-        outbound, flow.domain, known = self.choose("tcp", flow.source, flow.destination)
+        outbound, flow.domain, known = self.choose("tcp", flow.source, flow.destination, flow)
         if not known:
             self.counters["fake_ip_unknown"] += 1
             log.info("tcp %s -> %s: a fake-IP address with no domain (expired mapping?): refused",
@@ -318,7 +323,7 @@ class Forwarder:
         if self.dns_intercepts(flow.destination):
             flow.outbound = "dns"
             return Verdict.ALLOW
-        outbound, flow.domain, known = self.choose("udp", flow.source, flow.destination)
+        outbound, flow.domain, known = self.choose("udp", flow.source, flow.destination, flow)
         if not known:
             self.counters["fake_ip_unknown"] += 1
             return Verdict.REJECT
@@ -358,6 +363,34 @@ class Forwarder:
 
     def snapshot_flows(self) -> list:
         return self.flows.snapshot()
+
+    def close_flows(self, ids=None) -> int:
+        """Close the open flows whose id is in ids (None: all) at once, each client told with a reset
+        (TCP) or its session ended (UDP); the number closed. For the API's DELETE /connections."""
+        closed = 0
+        sessions = None
+        for flow in [f for f in list(self.flows.open) if ids is None or f.id in ids]:
+            closed += 1
+            if flow.proto != socket.IPPROTO_TCP:
+                if sessions is None:
+                    sessions = {s.flow: s for s in self.udp}
+                session = sessions.get(flow)
+                if session is not None:
+                    session.close()
+            elif flow.carrier is not None:
+                flow.carrier.close("closed by the API", reset=True)  # its closing line and bytes go to the table
+            elif flow in self._claims:  # connected, the client's handshake not done: its connection gets a reset
+                del self._claims[flow]
+                self._discard(flow)
+            elif flow.pending is not None:  # connecting: the client's SYN gets a reset
+                flow.pending.cancel()
+                flow.pending = None
+                self._pending_end(flow)
+                self.flows.forget(flow)
+                flow.decide(Verdict.REJECT)
+            else:
+                closed -= 1
+        return closed
 
     def outbound_counters(self) -> dict:
         return {name: dict(o.counters) for name, o in self.outbounds.items()}

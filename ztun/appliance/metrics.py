@@ -65,17 +65,18 @@ def parse_listen(text: str) -> tuple[str, int]:
 class PublishedSnapshot:
     """The latest copy of snapshot(include_flows=False), refreshed on the loop, readable from any thread."""
 
-    def __init__(self, loop, snapshot: Callable[..., dict], interval: float = INTERVAL):
+    def __init__(self, loop, snapshot: Callable[..., dict], interval: float = INTERVAL, copy: bool = True):
         self.loop = loop
         self._snapshot = snapshot
         self.interval = interval
+        self._copy = _copy if copy else _same  # copy=False: snapshot() makes a fresh dict that nothing changes later
         self.latest: tuple[float, dict] = (time.monotonic(), {})  # (taken at, copy): replaced whole, never mutated
         self._timer = None
         self._refresh()
 
     def _refresh(self) -> None:
         try:
-            self.latest = (time.monotonic(), _copy(self._snapshot(include_flows=False)))
+            self.latest = (time.monotonic(), self._copy(self._snapshot(include_flows=False)))
         except Exception:
             log.exception("metrics: snapshot failed; serving the previous one")
         self._timer = self.loop.call_later(self.interval, self._refresh)
@@ -95,6 +96,10 @@ def _copy(value):
         return {k: _copy(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_copy(v) for v in value]
+    return value
+
+
+def _same(value):
     return value
 
 

@@ -96,22 +96,30 @@ class Rules:
     def __init__(self, route_config):
         self.rules = tuple(Rule.from_config(rc) for rc in route_config.rules)
         self.default = route_config.default
+        # (type, payload) of each rule in the Clash API's words, and of the default last: made once,
+        # so a flow keeps the one that chose its outbound at no cost (Flow.rule)
+        self.described = tuple(describe_rule(rc) for rc in route_config.rules) + (("Match", ""),)
 
     def match(self, proto, source: tuple, destination: tuple, domain: str | None = None) -> str:
         """The outbound for a flow: proto is "tcp"/"udp"/"icmp" or the IP protocol number.
 
         source and destination are (address, port) with the address as text or an ipaddress object.
         """
+        index = self.match_index(proto, source, destination, domain)
+        return self.rules[index].outbound if index < len(self.rules) else self.default
+
+    def match_index(self, proto, source: tuple, destination: tuple, domain: str | None = None) -> int:
+        """The index of the first rule that matches (len(rules): none did, the default applies)."""
         if not self.rules:
-            return self.default
+            return 0
         proto = PROTOCOLS.get(proto, proto)
         src = (_ip(source[0]), source[1])
         dst = (_ip(destination[0]), destination[1])
         domain = _domain(domain) if domain else None
-        for rule in self.rules:
+        for i, rule in enumerate(self.rules):
             if rule.matches(proto, src, dst, domain):
-                return rule.outbound
-        return self.default
+                return i
+        return len(self.rules)
 
     def may_choose(self, proto: str, outbound: str) -> bool:
         """Whether some flow of proto could be sent to outbound (e.g. may an ICMP echo be blocked?)."""
@@ -121,6 +129,32 @@ class Rules:
     def outbounds(self) -> set:
         """Every outbound name the rules can choose."""
         return {r.outbound for r in self.rules} | {self.default}
+
+
+# A matcher's Clash rule type (mihomo's names), in the order the payload lists them
+_CLASH_TYPES = (("domain", "Domain"), ("domain_suffix", "DomainSuffix"), ("domain_keyword", "DomainKeyword"),
+                ("cidr", "IPCIDR"), ("source", "SrcIPCIDR"), ("port", "DstPort"), ("protocol", "Network"))
+PAYLOAD_ITEMS = 4  # values of one matcher shown before "+N more" (a country list has thousands)
+
+
+def describe_rule(rc) -> tuple:
+    """(type, payload) of a RuleConfig as the Clash API shows a rule: one matcher is its own type;
+    several are "AND" with the payload "((Type,values) && (Type,values))", as mihomo shows them."""
+    parts = []
+    for key, kind in _CLASH_TYPES:
+        values = getattr(rc, key)
+        if not values:
+            continue
+        if key == "port":
+            values = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in values]
+        elif key == "protocol":
+            values = sorted(values)
+        values = [str(v) for v in values]
+        text = "/".join(values[:PAYLOAD_ITEMS]) + (f" +{len(values) - PAYLOAD_ITEMS} more" if len(values) > PAYLOAD_ITEMS else "")
+        parts.append((kind, text))
+    if len(parts) == 1:
+        return parts[0]
+    return "AND", "(" + " && ".join(f"({kind},{text})" for kind, text in parts) + ")"
 
 
 def _ip(address):

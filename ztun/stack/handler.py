@@ -24,13 +24,13 @@ class Flow:
 
     The stack sets the first fields; the handler fills in the rest as it goes:
     domain (the name behind a fake-IP destination), outbound (the name of the outbound its
-    rules chose), state (the handler's word for where the flow is), remote (a connected
+    rules chose), rule (what chose it: the handler's (type, payload), shown by the API), state (the handler's word for where the flow is), remote (a connected
     outbound socket waiting for the client's connection), pending (an outbound connect in
     progress: cancel()able) and carrier (what moves its bytes, with bytes_up/bytes_down:
     the relay, or the UDP session).
     """
 
-    __slots__ = ("id", "proto", "source", "destination", "domain", "started", "outbound", "state",
+    __slots__ = ("id", "proto", "source", "destination", "domain", "started", "outbound", "rule", "state",
                  "remote", "pending", "carrier", "_on_decide", "held")
 
     def __init__(self, proto: int, source: tuple, destination: tuple, domain: str | None = None, *,
@@ -38,7 +38,7 @@ class Flow:
         self.id = id  # the stack's number for it (unique per stack), for status and logs
         self.proto, self.source, self.destination, self.domain = proto, source, destination, domain
         self.started = time.monotonic()
-        self.outbound = self.state = None
+        self.outbound = self.rule = self.state = None
         self.remote = self.pending = self.carrier = None
         self._on_decide = on_decide  # the stack's: on_decide(flow, verdict)
         self.held = None  # the stack's: the client's SYN while the handler decides

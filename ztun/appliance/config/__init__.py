@@ -17,12 +17,12 @@ from .locate import config_error, key_name
 from .parse import build, read
 from .render import format_config
 from .schema import (BUILTIN_OUTBOUNDS, FLAGS, KEYS, MATCHERS, MAX_IDLE_SECONDS, MAX_SECONDS, MIN_FAKE_POOL, OUTBOUND_TYPES,
-                     PROTOCOLS, REDACTED, SUN_PATH_MAX, TUN_KEYS, AppConfig, ControlConfig, DnsConfig, FlowsConfig,
+                     PROTOCOLS, REDACTED, SUN_PATH_MAX, TUN_KEYS, ApiConfig, AppConfig, ControlConfig, DnsConfig, FlowsConfig,
                      GatewayConfig, HealthConfig, LogConfig, MetricsConfig, OutboundConfig, RouteConfig, RuleConfig,
                      control_socket)
 
 __all__ = [
-    "AppConfig", "ControlConfig", "DnsConfig", "FlowsConfig", "GatewayConfig", "HealthConfig", "LogConfig", "MetricsConfig",
+    "ApiConfig", "AppConfig", "ControlConfig", "DnsConfig", "FlowsConfig", "GatewayConfig", "HealthConfig", "LogConfig", "MetricsConfig",
     "OutboundConfig", "RouteConfig", "RuleConfig",
     "BUILTIN_OUTBOUNDS", "FLAGS", "KEYS", "MATCHERS", "MAX_IDLE_SECONDS", "MAX_SECONDS", "MIN_FAKE_POOL", "OUTBOUND_TYPES",
     "PROTOCOLS", "REDACTED", "SUN_PATH_MAX", "TUN_KEYS",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 
@@ -11,11 +12,12 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from ...errors import ConfigError
+from ...net import split_host_port
 from ...tun.napi import MODES as NAPI_MODES
 from ...tun.options import IFNAMSIZ, MIN_MTU6, TunOptions
 from .locate import _Context
 from .routing import _outbounds, _route
-from .schema import (MAX_DEPTH, MAX_FILE_BYTES, MAX_IDLE_SECONDS, MAX_SECONDS, MIN_FAKE_POOL, SUN_PATH_MAX, AppConfig,
+from .schema import (MAX_DEPTH, MAX_FILE_BYTES, MAX_IDLE_SECONDS, MAX_SECONDS, MIN_FAKE_POOL, SUN_PATH_MAX, ApiConfig, AppConfig,
                      ControlConfig, DnsConfig, FlowsConfig, GatewayConfig, HealthConfig, LogConfig, MetricsConfig,
                      control_socket)
 from .values import _address, _bool, _choice, _int, _kind, _network, _seconds, _str, _table
@@ -218,6 +220,47 @@ def _metrics(ctx, raw) -> MetricsConfig:
     return MetricsConfig(listen=_address(ctx, ("metrics", "listen"), t["listen"]))
 
 
+def _api(ctx, raw) -> ApiConfig:
+    t = _table(ctx, ("api",), raw, "api")
+    kw = {}
+    if "secret" in t:
+        path, v = ("api", "secret"), t["secret"]
+        secret = _str(ctx, path, v, "a token string")
+        if not 0 < len(secret) <= 256 or any(c.isspace() or not c.isprintable() for c in secret):
+            ctx.fail(path, "must be 1..256 printable characters without spaces (it is sent as `Authorization: Bearer SECRET`)")
+        kw["secret"] = secret
+    if "allow_origins" in t:
+        path, v = ("api", "allow_origins"), t["allow_origins"]
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            ctx.fail(path, f"must be a list of origins (\"https://host[:port]\" or \"*\"), got {_kind(v)}")
+        for origin in v:
+            if origin != "*" and not _ORIGIN.fullmatch(origin.rstrip("/")):
+                ctx.fail(path, f"{origin!r} is not an origin: expected scheme://host[:port] without a path, or \"*\"")
+        kw["allow_origins"] = tuple(dict.fromkeys(o.rstrip("/") for o in v))
+    if "listen" in t:
+        path = ("api", "listen")
+        kw["listen"] = listen = _address(ctx, path, t["listen"])
+        host = split_host_port(listen)[0]
+        if not _loopback(host) and "secret" not in kw:
+            ctx.fail(path, f"{listen} is reachable beyond this host: the API shows every flow and can close them, so it "
+                           f"needs {ctx.setting(path, 'api.secret', 'TOKEN')} (or listen on 127.0.0.1 / [::1])")
+    return ApiConfig(**kw)
+
+
+_ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s?#]+")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _control(ctx, raw, tun: TunOptions) -> ControlConfig:
     t = _table(ctx, ("control",), raw, "control")
     if "socket" not in t:
@@ -249,6 +292,7 @@ def build(data: dict, *, source: str | None = None, text: str = "", flags: dict 
         dns=_dns(ctx, top.get("dns", {}), names, tun),
         health=_health(ctx, top.get("health", {})),
         metrics=_metrics(ctx, top.get("metrics", {})),
+        api=_api(ctx, top.get("api", {})),
         control=_control(ctx, top.get("control", {}), tun),
         source=source,
         flags=tuple(ctx.flags.items()),

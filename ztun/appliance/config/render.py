@@ -83,5 +83,9 @@ def format_config(config: AppConfig) -> str:
     ])
     section("[health]", [(k, _toml(getattr(config.health, k))) for k in KEYS["health"]])
     section("[metrics]", [("listen", None if config.metrics.listen is None else _toml(config.metrics.listen))])
+    a = config.api
+    section("[api]", [("listen", None if a.listen is None else _toml(a.listen)),
+                      ("secret", None if a.secret is None else _toml(REDACTED)),
+                      ("allow_origins", _toml(list(a.allow_origins)))])
     section("[control]", [("socket", _toml(config.control.socket))])
     return "\n".join(lines).rstrip() + "\n"

@@ -97,6 +97,13 @@ class MetricsConfig:
     listen: str | None = None  # "host:port"
 
 
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str | None = None  # "host:port": the web view and the Clash-compatible API; off when None
+    secret: str | None = None  # the Bearer token; required beyond loopback and for any change
+    allow_origins: tuple = ()  # origins (scheme://host[:port], or "*") allowed to call it from a browser page
+
+
 def control_socket(tun_name: str) -> str:
     """The default control socket of the appliance whose TUN is tun_name: one per TUN, so that two
     appliances on one host (in two network namespaces, say) do not take each other's."""
@@ -119,6 +126,7 @@ class AppConfig:
     dns: DnsConfig = DnsConfig()
     health: HealthConfig = HealthConfig()
     metrics: MetricsConfig = MetricsConfig()
+    api: ApiConfig = ApiConfig()
     control: ControlConfig = ControlConfig()
     source: str | None = None  # the file it was read from
     flags: tuple = field(default=(), compare=False, repr=False)  # (key, flag) of each value a flag set, for errors found later
@@ -135,7 +143,7 @@ class AppConfig:
 TUN_KEYS = ("name", "mtu", "inet4", "inet6", "routes", "exclude_routes", "auto_route", "strict_route",
             "fail_closed", "table", "rule_priority", "fwmark", "offload", "napi")
 KEYS = {
-    "": ("tun", "flows", "gateway", "log", "outbounds", "route", "dns", "health", "metrics", "control"),
+    "": ("tun", "flows", "gateway", "log", "outbounds", "route", "dns", "health", "metrics", "api", "control"),
     "tun": TUN_KEYS,
     "flows": ("udp_timeout", "connect_timeout", "tcp_idle_timeout", "udp_max_sessions", "max_pending_connects",
               "max_pending_per_client"),
@@ -147,6 +155,7 @@ KEYS = {
     "dns": ("mode", "fake_ip4", "fake_ip6", "capacity", "ttl", "upstream", "outbound"),
     "health": ("interval", "check_outbounds"),
     "metrics": ("listen",),
+    "api": ("listen", "secret", "allow_origins"),
     "control": ("socket",),
 }
 MATCHERS = KEYS["route.rules"][1:]
@@ -186,5 +195,8 @@ FLAGS = {
     "health_interval": ("health.interval", "--health-interval"),
     "check_outbounds": ("health.check_outbounds", "--check-outbounds"),
     "metrics_listen": ("metrics.listen", "--metrics-listen"),
+    "api_listen": ("api.listen", "--api-listen"),
+    "api_secret": ("api.secret", "--api-secret"),
+    "api_allow_origins": ("api.allow_origins", "--api-allow-origin"),
     "control_socket": ("control.socket", "--control-socket"),
 }
