@@ -19,6 +19,8 @@ ICMP unreachable (a LAN host's packets) until `run` or `cleanup` removes them. T
 are more specific than the twins they cut into, so exclusions keep bypassing.
 
     P+0  fwmark M goto NOP              ztun's own sockets skip every ztun rule: no loops
+    P+0  oif IF goto NOP                (instead, with outbound_interface) the same for its
+                                        sockets bound to IF, the uplink (moved with it)
     P+1  iif TUN goto NOP               what the stack writes back is never sent back in
     P+1  iif lo from ADDR goto NOP      (IPv4, one per address of an interface with strict
                                         rp_filter) the reverse-path check of a reply to
@@ -88,7 +90,8 @@ class RouteSpec:
     address goes into the TUN. main_routes: the main table's routes (Route, as
     Router.main_routes() reads them), for strict_route and bypassing(). table, rule_priority
     and fwmark: ztun's routing table, the first of its ten rule priorities, and the mark of
-    its own sockets (Linux policy routing).
+    its own sockets (Linux policy routing); outbound_interface: the interface its own sockets
+    are bound to instead (the resolved name, not "auto"), which P+0 then matches.
     """
 
     iface: str
@@ -104,6 +107,7 @@ class RouteSpec:
     table: int
     rule_priority: int
     fwmark: int
+    outbound_interface: str | None = None
 
     def __post_init__(self):
         for field in ("inet4", "inet6"):
@@ -160,7 +164,8 @@ class Route:
 class Rule:
     """One policy rule. action: lookup (table), goto (target priority), nop or unreachable.
 
-    Selectors: iif, src, dst (`to`), fwmark/fwmask, ipproto with dport (one port).
+    Selectors: iif, oif (a socket bound to that interface), src, dst (`to`), fwmark/fwmask, ipproto with
+    dport (one port).
     """
 
     family: int
@@ -176,6 +181,7 @@ class Rule:
     dst: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     ipproto: int | None = None
     dport: int | None = None
+    oif: str | None = None
 
     def __str__(self):
         parts = [f"{self.priority}:", f"from {self.src}" if self.src is not None else "from all"]
@@ -189,6 +195,8 @@ class Rule:
             parts.append(f"fwmark {self.fwmark:#x}" + (f"/{self.fwmask:#x}" if self.fwmask not in (None, 0xFFFFFFFF) else ""))
         if self.iif:
             parts.append(f"iif {self.iif}")
+        if self.oif:
+            parts.append(f"oif {self.oif}")
         if self.action == "lookup":
             parts.append(f"lookup {'main' if self.table == MAIN_TABLE else self.table}")
         elif self.action == "goto":
@@ -220,7 +228,7 @@ def plan(spec: RouteSpec, rp_sources=(), *, policy_routing: bool = True) -> Rout
     if not policy_routing:
         return _main_table_plan(spec)
     iface = spec.iface
-    T, P, M = spec.table, spec.rule_priority, spec.fwmark
+    T, P = spec.table, spec.rule_priority
     nop = P + 9
     routes, rules = [], []
     for fam in FAMILIES:
@@ -236,7 +244,7 @@ def plan(spec: RouteSpec, rp_sources=(), *, policy_routing: bool = True) -> Rout
                 routes += [Route(net, None, T, "unreachable", metric=FAIL_CLOSED_METRIC) for net in into]
             routes += [Route(net, None, T, "throw") for net in spec.exclude_routes if net.version == fam]
             rules += [
-                Rule(fam, P, "goto", goto=nop, fwmark=M, fwmask=0xFFFFFFFF),
+                own_sockets(spec, fam),
                 Rule(fam, P + 1, "goto", goto=nop, iif=iface),
             ]
             if not spec.auto_route:
@@ -269,13 +277,23 @@ def plan(spec: RouteSpec, rp_sources=(), *, policy_routing: bool = True) -> Rout
             rules.append(Rule(fam, nop, "nop"))
         elif prefix is None and spec.strict_route:
             rules += [
-                Rule(fam, P, "goto", goto=nop, fwmark=M, fwmask=0xFFFFFFFF),
+                own_sockets(spec, fam),
                 Rule(fam, P + 1, "unreachable"),
                 Rule(fam, nop, "nop"),
             ]
     # The nop targets go in first, so no goto is ever left pointing nowhere.
     rules.sort(key=lambda r: r.action != "nop")
     return RoutePlan(tuple(routes), tuple(rules))
+
+
+def own_sockets(spec: RouteSpec, fam: int, interface: str | None = None) -> Rule:
+    """P+0, the rule that lets ztun's own sockets skip every ztun rule: by their fwmark, or (with
+    outbound_interface) by the interface they are bound to (interface, when it moved, else the spec's)."""
+    nop = spec.rule_priority + 9
+    oif = interface or spec.outbound_interface
+    if oif:
+        return Rule(fam, spec.rule_priority, "goto", goto=nop, oif=oif)
+    return Rule(fam, spec.rule_priority, "goto", goto=nop, fwmark=spec.fwmark, fwmask=0xFFFFFFFF)
 
 
 def _connected(spec: RouteSpec, fam: int) -> list:
