@@ -86,8 +86,13 @@ def darwin_default(skip: str | None = None, route_socket=None, index_to_name=Non
 
 
 def windows_default(skip: str | None = None, api=None):
-    """(alias, index) of the interface of the lowest-metric 0.0.0.0/0 (then ::/0) route but skip's, or None."""
+    """(alias, index) of the interface of the lowest-metric 0.0.0.0/0 (then ::/0) route but skip's, or None.
+
+    By the route's own metric: Windows adds the interface metric to it when it chooses, which
+    this does not read (two default routes of equal route metric: the first listed wins).
+    """
     from .iphlpapi import Iphlpapi
+    from .iphlpapi_types import AF_INET, AF_INET6
 
     api = api or Iphlpapi()
     skip_index = None
@@ -96,7 +101,7 @@ def windows_default(skip: str | None = None, api=None):
             skip_index = api.luid_to_index(api.alias_to_luid(skip))
         except RouteError:
             skip_index = None
-    for family in (socket.AF_INET, 23):  # AF_INET6 is 23 on Windows
+    for family in (AF_INET, AF_INET6):
         rows = [r for r in api.default_routes(family) if r[0] != skip_index]
         if rows:
             index, _metric = min(rows, key=lambda r: r[1])
