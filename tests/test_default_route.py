@@ -2,6 +2,7 @@
 that follows it from the loop; Linux's real route-event socket where it exists."""
 
 import errno
+import ipaddress
 import socket
 import sys
 
@@ -46,6 +47,13 @@ def test_linux_picks_main_tables_lowest_metric_default_and_never_the_tun():
     assert dr.linux_default(None, FakeRtnl(LINKS, routes)) == ("ztun0", 4)
 
 
+def test_linux_uplinks_carry_the_gateway():
+    routes = {socket.AF_INET: [dict(r(oif=2), RTA_GATEWAY="198.18.10.2")], socket.AF_INET6: [r(oif=3)]}
+    assert dr.linux_uplinks("ztun0", FakeRtnl(LINKS, routes)) == [dr.Uplink(4, "eth0", 2, "198.18.10.2"),
+                                                                  dr.Uplink(6, "wlan0", 3, None)]
+    assert str(dr.Uplink(4, "eth0", 2, "198.18.10.2").route()) == "0.0.0.0/0 via 198.18.10.2 dev eth0"
+
+
 def test_linux_falls_back_to_ipv6_and_reads_multipath_and_none():
     routes = {socket.AF_INET6: [r(multipath=2, metric=1024)]}
     assert dr.linux_default("ztun0", FakeRtnl(LINKS, routes)) == ("eth0", 2)
@@ -61,13 +69,15 @@ class FakeRouteSocket:
         answer = self.answers[len(self.asked) - 1]
         if isinstance(answer, Exception):
             raise answer
-        return rs.RouteMessage(rs.RTM_GET, index=answer)
+        return rs.RouteMessage(rs.RTM_GET, index=answer, addrs={rs.RTAX_GATEWAY: ipaddress.ip_address("fe80::1")})
 
 
 def test_darwin_asks_for_the_exact_default_and_falls_back_to_ipv6():
     sock = FakeRouteSocket([RouteError("no route", errno.ESRCH), 7])
     names = {7: "en0", 9: "utun3"}
     assert dr.darwin_default("utun3", sock, names.get) == ("en0", 7)
+    assert dr.darwin_uplinks("utun3", FakeRouteSocket([RouteError("no route", errno.ESRCH), 7]), names.get) == [
+        dr.Uplink(6, "en0", 7, ipaddress.ip_address("fe80::1"))]
     first = sock.asked[0]
     # a netmask makes it an exact look-up: auto-route's 0/1 and 128/1 into the utun never answer it
     assert first.type == rs.RTM_GET and str(first.dst) == "0.0.0.0" and rs.RTAX_NETMASK in first.addrs
@@ -97,9 +107,11 @@ class FakeWindowsApi:
 
 
 def test_windows_picks_the_lowest_metric_default_but_the_tun():
-    api = FakeWindowsApi({2: [(40, 0), (13, 50), (12, 25)]})
+    gw = ipaddress.ip_address("192.168.1.1")
+    api = FakeWindowsApi({2: [(40, 0, None), (13, 50, gw), (12, 25, gw)], 23: [(13, 5, ipaddress.ip_address("::"))]})
     assert dr.windows_default("ztun0", api) == ("Ethernet", 12)
-    assert dr.windows_default("ztun0", FakeWindowsApi({23: [(13, 5)]})) == ("Wi-Fi", 13)
+    assert dr.windows_uplinks("ztun0", api) == [dr.Uplink(4, "Ethernet", 12, gw), dr.Uplink(6, "Wi-Fi", 13, None)]
+    assert dr.windows_default("ztun0", FakeWindowsApi({23: [(13, 5, None)]})) == ("Wi-Fi", 13)
     assert dr.windows_default("ztun0", FakeWindowsApi({})) is None
 
 
@@ -109,7 +121,8 @@ def test_windows_default_rows_are_read_from_the_forward_table():
     table = (ip.MIB_IPFORWARD_ROW2 * 3)()
     for row, (index, plen, metric) in zip(table, ((5, 0, 25), (6, 24, 0), (7, 0, 10))):
         row.InterfaceIndex, row.DestinationPrefix.PrefixLength, row.Metric = index, plen, metric
-    assert ip.default_rows(table) == [(5, 25), (7, 10)]
+    table[0].NextHop.set("10.0.0.1")
+    assert ip.default_rows(table) == [(5, 25, ipaddress.ip_address("10.0.0.1")), (7, 10, None)]
 
 
 class FakeLoop:
@@ -216,3 +229,38 @@ def test_gateway_moves_the_rule_for_its_own_sockets_add_first():
     assert gw.router.calls == [("add", new[0]), ("delete", old[0]), ("add", new[1]), ("delete", old[1])]
     assert gw._own_rules == new
     assert gw.follows_default
+
+
+def test_without_policy_routing_excluded_routes_follow_the_default_route(monkeypatch):
+    """macOS and Windows: an excluded prefix (a proxy's address) goes via the uplink's gateway; when the default
+    route moves, that route moves to the new uplink (the old one removed first: one route per prefix)."""
+    from ztun.appliance import gateway as gw_mod
+    from ztun.system.route_plan import Route, RouteSpec
+    from ztun.tun.options import TunOptions
+
+    class Router:
+        def __init__(self):
+            self.calls = []
+
+        def add(self, item):
+            self.calls.append(("add", str(item)))
+            return True
+
+        def delete(self, item):
+            self.calls.append(("delete", str(item)))
+            return True
+
+    gw = gw_mod.Gateway(TunOptions(name="utun7", auto_route=True, exclude_routes=("203.0.113.7/32",)),
+                        egress=Egress(binding=True, platform="darwin"))
+    gw.router = Router()
+    gw._spec = RouteSpec(iface="utun7", inet4="198.18.0.1/30", auto_route=True, exclude_routes=("203.0.113.7/32",),
+                         table=1, rule_priority=1, fwmark=1)
+    gw._excluded = [Route.of("203.0.113.7/32", "192.168.1.1", "en0")]
+    monkeypatch.setattr(gw_mod, "find_uplinks", lambda skip: [dr.Uplink(4, "en1", 5, ipaddress.ip_address("10.1.0.1"))])
+    gw._moved("en0", "en1")
+    assert gw.router.calls == [("delete", "203.0.113.7/32 via 192.168.1.1 dev en0"),
+                               ("add", "203.0.113.7/32 via 10.1.0.1 dev en1")]
+    assert [str(r) for r in gw._excluded] == ["203.0.113.7/32 via 10.1.0.1 dev en1"]
+    gw.router.calls.clear()
+    gw._moved("en1", "en1")  # the same uplink again: nothing to do
+    assert gw.router.calls == []

@@ -6,7 +6,7 @@ import socket
 
 from ..errors import RouteError
 from ..system import route_plan
-from ..system.default_route import DefaultRouteMonitor, find_default
+from ..system.default_route import DefaultRouteMonitor, find_default, find_uplinks
 from ..system.router import open_router
 from ..system.sockopt import Egress
 from ..tun import offload
@@ -64,6 +64,8 @@ class Gateway:
         self.egress = egress if egress is not None else Egress(options.fwmark)
         self.monitor = None  # DefaultRouteMonitor, with outbound_interface "auto"
         self._own_rules: list = []  # the plan's rules for ztun's own sockets (P+0): moved with the interface
+        self._spec = None  # the RouteSpec of the plan in force
+        self._excluded: list = []  # without policy routing: the excluded prefixes' routes via the uplink, moved with it
 
     def open(self) -> "Gateway":
         opts = self.options
@@ -75,12 +77,15 @@ class Gateway:
             policy = self.router.policy_routing
             main = self.router.main_routes() if opts.auto_route and policy else ()
             self._bind_egress(name)
+            # Without policy routing, excluded prefixes are routed via the default route's gateway.
+            uplinks = tuple(u.route() for u in find_uplinks(skip=name)) if not policy and opts.exclude_routes else ()
             spec = route_plan.RouteSpec(iface=name, inet4=opts.inet4, inet6=opts.inet6, routes=opts.routes,
                                         exclude_routes=opts.exclude_routes, auto_route=opts.auto_route,
                                         strict_route=opts.strict_route, fail_closed=opts.fail_closed,
                                         hijack_dns=opts.hijack_dns, main_routes=main, table=opts.table,
                                         rule_priority=opts.rule_priority, fwmark=opts.fwmark,
-                                        outbound_interface=self.egress.interface if self.egress.binding else None)
+                                        outbound_interface=self.egress.interface if self.egress.binding else None,
+                                        uplinks=uplinks)
             rp_sources = ()
             if opts.routes or opts.auto_route:
                 rp_sources = self.router.strict_rp_filter_sources(skip=name)
@@ -98,6 +103,8 @@ class Gateway:
                 self.router.add(item)
             self._own_rules = [r for r in plan.rules if r.priority == opts.rule_priority and r.action == "goto"
                                and (r.oif or r.fwmark is not None)]
+            self._spec = spec
+            self._excluded = [r for r in plan.routes if r.iface != name] if not policy else []
             self.fail_closed = any(r.kind == "unreachable" for r in plan.routes)
             self.bypassing = route_plan.bypassing(spec)
             self._log_routing(spec)
@@ -151,6 +158,28 @@ class Gateway:
                 again = rule
             moved.append(again)
         self._own_rules = moved
+        if self._excluded:
+            self._move_exclusions()
+
+    def _move_exclusions(self) -> None:
+        """Without policy routing: route the excluded prefixes via the new default route's gateway."""
+        try:
+            uplinks = tuple(u.route() for u in find_uplinks(skip=self._spec.iface))
+            families = [fam for fam in route_plan.FAMILIES if any(r.family == fam for r in self._excluded)]
+            fresh = [r for fam in families for r in route_plan.excluded_routes(self._spec, fam, uplinks)]
+        except (OSError, RouteError) as e:
+            log.error("excluded routes stay via the old uplink: %s", e)
+            return
+        for old, new in zip(self._excluded, fresh):
+            if old == new:
+                continue
+            try:
+                self.router.delete(old)  # one prefix cannot have both routes in the main table
+                self.router.add(new)
+                log.info("excluded %s now via %s", new.cidr, new.iface)
+            except RouteError as e:
+                log.error("could not move the excluded route %s: %s", old, e)
+        self._excluded = fresh
 
     def _log_routing(self, spec) -> None:
         """Say what is routed how: fail-closed or not, and every main-table route auto-route leaves out of the TUN."""

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import socket
 import sys
+from typing import NamedTuple
 
 from ..errors import RouteError
 
@@ -23,37 +24,63 @@ log = logging.getLogger("ztun.default_route")
 READS_PER_EVENT = 64  # event datagrams drained per readiness event; a burst needs one look-up
 
 
-def linux_default(skip: str | None = None, rtnl=None):
-    """(name, index) of the main table's best default route's interface but skip, or None (Linux)."""
+class Uplink(NamedTuple):
+    """One family's default route: out of interface name (index), via gateway (None: on-link)."""
+
+    family: int  # 4 or 6
+    name: str
+    index: int
+    gateway: object = None
+
+    def route(self):
+        """As a route_plan.Route to 0.0.0.0/0 or ::/0."""
+        from .route_plan import Route
+
+        return Route.of("0.0.0.0/0" if self.family == 4 else "::/0", self.gateway, self.name)
+
+
+def _first(uplinks):
+    return (uplinks[0].name, uplinks[0].index) if uplinks else None
+
+
+def linux_uplinks(skip: str | None = None, rtnl=None) -> list:
+    """Each family's best default route in the main table (lowest metric) but skip's, IPv4 first (Linux)."""
     from .rtnl import RT_TABLE_MAIN, RTN_UNICAST, Rtnl
 
     own = rtnl is None
     nl = Rtnl() if own else rtnl
     try:
         names = {link["index"]: link.get("IFLA_IFNAME") for link in nl.links()}
-        for family in (socket.AF_INET, socket.AF_INET6):
+        out = []
+        for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
             best = None
             for msg in nl.routes(family):
                 table = msg.get("RTA_TABLE", msg.get("table"))
                 if table != RT_TABLE_MAIN or msg.get("dst_len") or msg.get("type") != RTN_UNICAST:
                     continue
-                oif = (msg.get("RTA_MULTIPATH") or {}).get("oif") or msg.get("RTA_OIF")
+                hop = msg.get("RTA_MULTIPATH") or {}
+                oif = hop.get("oif") or msg.get("RTA_OIF")
                 name = names.get(oif)
                 if not name or name == skip:
                     continue
                 metric = msg.get("RTA_PRIORITY", 0)
                 if best is None or metric < best[0]:
-                    best = (metric, name, oif)
+                    best = (metric, Uplink(version, name, oif, hop.get("RTA_GATEWAY") or msg.get("RTA_GATEWAY")))
             if best is not None:
-                return best[1], best[2]
-        return None
+                out.append(best[1])
+        return out
     finally:
         if own:
             nl.close()
 
 
-def darwin_default(skip: str | None = None, route_socket=None, index_to_name=None):
-    """(name, index) of the interface of the exact default route (RTM_GET of 0.0.0.0/0, then ::/0), or None.
+def linux_default(skip: str | None = None, rtnl=None):
+    """(name, index) of the main table's best default route's interface but skip, or None (Linux)."""
+    return _first(linux_uplinks(skip, rtnl))
+
+
+def darwin_uplinks(skip: str | None = None, route_socket=None, index_to_name=None) -> list:
+    """The exact default routes (RTM_GET of 0.0.0.0/0, then ::/0) but skip's (macOS).
 
     The exact look-up (a netmask given) skips auto-route's 0/1 and 128/1 routes into the utun.
     """
@@ -64,6 +91,7 @@ def darwin_default(skip: str | None = None, route_socket=None, index_to_name=Non
     own = route_socket is None
     sock = rs.RouteSocket() if own else route_socket
     try:
+        out = []
         for version, dst in ((4, "0.0.0.0"), (6, "::")):
             msg = rs.RouteMessage(rs.RTM_GET, rs.RTF_UP | rs.RTF_GATEWAY | rs.RTF_STATIC,
                                   {rs.RTAX_DST: ipaddress.ip_address(dst),
@@ -78,15 +106,21 @@ def darwin_default(skip: str | None = None, route_socket=None, index_to_name=Non
                 continue
             name = index_to_name(reply.index)
             if name != skip:
-                return name, reply.index
-        return None
+                gateway = reply.gateway if isinstance(reply.gateway, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else None
+                out.append(Uplink(version, name, reply.index, gateway))
+        return out
     finally:
         if own:
             sock.close()
 
 
-def windows_default(skip: str | None = None, api=None):
-    """(alias, index) of the interface of the lowest-metric 0.0.0.0/0 (then ::/0) route but skip's, or None.
+def darwin_default(skip: str | None = None, route_socket=None, index_to_name=None):
+    """(name, index) of the interface of the exact default route, IPv4's else IPv6's, or None (macOS)."""
+    return _first(darwin_uplinks(skip, route_socket, index_to_name))
+
+
+def windows_uplinks(skip: str | None = None, api=None) -> list:
+    """Each family's lowest-metric default route but skip's (Windows).
 
     By the route's own metric: Windows adds the interface metric to it when it chooses, which
     this does not read (two default routes of equal route metric: the first listed wins).
@@ -101,23 +135,35 @@ def windows_default(skip: str | None = None, api=None):
             skip_index = api.luid_to_index(api.alias_to_luid(skip))
         except RouteError:
             skip_index = None
-    for family in (AF_INET, AF_INET6):
+    out = []
+    for version, family in ((4, AF_INET), (6, AF_INET6)):
         rows = [r for r in api.default_routes(family) if r[0] != skip_index]
         if rows:
-            index, _metric = min(rows, key=lambda r: r[1])
-            return api.index_to_alias(index), index
-    return None
+            index, _metric, gateway = min(rows, key=lambda r: r[1])
+            unspecified = gateway is None or gateway.is_unspecified
+            out.append(Uplink(version, api.index_to_alias(index), index, None if unspecified else gateway))
+    return out
+
+
+def windows_default(skip: str | None = None, api=None):
+    """(alias, index) of the interface of the lowest-metric default route, IPv4's else IPv6's, or None."""
+    return _first(windows_uplinks(skip, api))
+
+
+def find_uplinks(skip: str | None = None, platform: str = sys.platform) -> list:
+    """This platform's default routes but skip's (the TUN), as Uplinks, IPv4 first."""
+    if platform.startswith("linux"):
+        return linux_uplinks(skip)
+    if platform == "darwin":
+        return darwin_uplinks(skip)
+    if platform == "win32":
+        return windows_uplinks(skip)
+    raise RouteError(f"no default-route look-up for platform {platform!r}")
 
 
 def find_default(skip: str | None = None, platform: str = sys.platform):
     """This platform's default interface but skip (the TUN), as (name, index), or None."""
-    if platform.startswith("linux"):
-        return linux_default(skip)
-    if platform == "darwin":
-        return darwin_default(skip)
-    if platform == "win32":
-        return windows_default(skip)
-    raise RouteError(f"no default-route look-up for platform {platform!r}")
+    return _first(find_uplinks(skip, platform))
 
 
 class RtnlRouteEvents:

@@ -35,8 +35,8 @@ IF_MAX_STRING_SIZE = 256
 
 
 def default_rows(rows) -> list:
-    """(interface index, route metric) of each default route (prefix length 0) among rows."""
-    return [(r.InterfaceIndex, r.Metric) for r in rows if r.DestinationPrefix.PrefixLength == 0]
+    """(interface index, route metric, next hop address or None) of each default route (prefix length 0) among rows."""
+    return [(r.InterfaceIndex, r.Metric, r.NextHop.get()) for r in rows if r.DestinationPrefix.PrefixLength == 0]
 
 
 def route_error(what: str, code: int) -> RouteError:
@@ -126,7 +126,7 @@ class Iphlpapi:
         return self._lib.SetIpInterfaceEntry(byref(row))
 
     def default_routes(self, family: int) -> list:
-        """(interface index, route metric) of every default route of family (AF_INET or AF_INET6)."""
+        """(interface index, route metric, next hop) of every default route of family (AF_INET or AF_INET6)."""
         table = POINTER(MIB_IPFORWARD_TABLE2)()
         code = self._lib.GetIpForwardTable2(family, byref(table))
         if code:

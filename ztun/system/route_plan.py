@@ -91,7 +91,9 @@ class RouteSpec:
     Router.main_routes() reads them), for strict_route and bypassing(). table, rule_priority
     and fwmark: ztun's routing table, the first of its ten rule priorities, and the mark of
     its own sockets (Linux policy routing); outbound_interface: the interface its own sockets
-    are bound to instead (the resolved name, not "auto"), which P+0 then matches.
+    are bound to instead (the resolved name, not "auto"), which P+0 then matches. uplinks:
+    the default routes (Route to 0.0.0.0/0 or ::/0 via a gateway out of an interface) that a
+    router without policy routing sends excluded prefixes by.
     """
 
     iface: str
@@ -108,6 +110,7 @@ class RouteSpec:
     rule_priority: int
     fwmark: int
     outbound_interface: str | None = None
+    uplinks: tuple = ()
 
     def __post_init__(self):
         for field in ("inet4", "inet6"):
@@ -338,17 +341,37 @@ def _main_table_plan(spec: RouteSpec) -> RoutePlan:
     The own prefix is for macOS: a utun is point-to-point, its address brings no prefix
     route, and the kernel's replies to the stack's "next" address B must go into the TUN
     (where the address did bring one, as on Windows, adding it again changes nothing).
+    auto_route routes the two halves of the address space (0.0.0.0/1 and 128.0.0.0/1,
+    ::/1 and 8000::/1) into the TUN: more specific than any default route, so they win
+    without replacing it, and ztun's own sockets, bound to the uplink (IP_BOUND_IF,
+    IP_UNICAST_IF), still take the uplink's. Each excluded prefix gets a route via its
+    family's uplink (spec.uplinks; followed when the default route moves). strict_route
+    and hijack_dns need policy rules: strict_route is refused, hijack_dns does nothing.
     """
-    for field in ("auto_route", "exclude_routes"):
-        if getattr(spec, field):
-            raise RouteError(f"{field} needs Linux policy routing for now; this platform's router has none "
-                             "(route chosen prefixes with routes)", errno.EOPNOTSUPP)
+    if spec.strict_route:
+        raise RouteError("strict_route needs Linux policy routing; this platform's router has none", errno.EOPNOTSUPP)
     routes = []
     for fam in FAMILIES:
         prefix = spec.prefix(fam)
         given = [r for r in spec.routes if r.version == fam]
-        if prefix is None or not given:
+        if prefix is None or not (given or spec.auto_route):
             continue
-        own = [prefix.network] if not any(prefix.network.subnet_of(net) for net in given) else []
-        routes += [Route(net, spec.iface, MAIN_TABLE) for net in given + own]
+        halves = [_net("0.0.0.0/1"), _net("128.0.0.0/1")] if fam == 4 else [_net("::/1"), _net("8000::/1")]
+        into = given + (halves if spec.auto_route else [])
+        own = [prefix.network] if not any(prefix.network.subnet_of(net) for net in into) else []
+        routes += [Route(net, spec.iface, MAIN_TABLE) for net in into + own]
+        routes += excluded_routes(spec, fam)
     return RoutePlan(tuple(routes), ())
+
+
+def excluded_routes(spec: RouteSpec, fam: int, uplinks: tuple | None = None) -> list:
+    """Without policy routing: a route for each excluded prefix of family fam via that family's uplink
+    (uplinks, else spec.uplinks); RouteError if there is none to send it by."""
+    nets = [net for net in spec.exclude_routes if net.version == fam]
+    if not nets:
+        return []
+    up = next((u for u in (spec.uplinks if uplinks is None else uplinks) if u.family == fam), None)
+    if up is None:
+        raise RouteError(f"exclude_routes {', '.join(map(str, nets))}: no IPv{fam} default route to send "
+                         f"{'it' if len(nets) == 1 else 'them'} by", errno.ENETUNREACH)
+    return [Route(net, up.iface, MAIN_TABLE, gateway=up.gateway) for net in nets]
