@@ -143,3 +143,17 @@ def test_binding_is_linuxs_choice_and_everywhere_elses_default():
     assert not egress_for(TunOptions(), "linux").binding and egress_for(TunOptions(), "linux").fwmark == 0x2022
     assert egress_for(TunOptions(outbound_interface="auto"), "linux").binding
     assert egress_for(TunOptions(), "darwin").binding and egress_for(TunOptions(), "win32").binding
+
+
+def test_a_proxy_on_loopback_is_not_excluded_from_the_tun_routes():
+    """A remote proxy's address is excluded from the TUN's routes; one on loopback is not (routing it via the
+    uplink's gateway, as a main-table router would, is wrong)."""
+    from types import SimpleNamespace
+
+    from ztun.appliance.app import tun_options
+    from ztun.tun.options import TunOptions
+
+    config = SimpleNamespace(tun=TunOptions(routes=("198.19.0.0/16",)), dns=SimpleNamespace(mode="off"))
+    outbounds = {"local": SimpleNamespace(proxy_address=("127.0.0.1", 1080)),
+                 "remote": SimpleNamespace(proxy_address=("198.19.7.7", 1080)), "direct": SimpleNamespace(proxy_address=None)}
+    assert [str(n) for n in tun_options(config, outbounds).exclude_routes] == ["198.19.7.7/32"]

@@ -42,8 +42,8 @@ def tun_options(config, outbounds: dict):
     # Nothing routed into the TUN: no proxy address to keep out of it (the configuration says so of a
     # socks5 outbound it defines; an exclusion alone would fail TunOptions' check about exclude_routes).
     for ob in outbounds.values() if routes or tun.auto_route else ():
-        if ob.proxy_address is None:
-            continue
+        if ob.proxy_address is None or ipaddress.ip_address(ob.proxy_address[0]).is_loopback:
+            continue  # a proxy on loopback is never routed anywhere else (and a main-table router must not try)
         net = ipaddress.ip_network(ob.proxy_address[0])
         if net not in excludes:
             excludes.append(net)
