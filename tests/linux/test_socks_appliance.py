@@ -392,7 +392,7 @@ def dig(lan, *args) -> list:
     return lan.client.run("dig", "+short", "+time=3", "+tries=1", "@198.19.0.53", *args).stdout.split()
 
 
-def test_fake_ip_routed_direct_is_resolved_upstream_and_other_types_are_forwarded(slan):
+def test_fake_ip_routed_direct_is_resolved_upstream_and_other_types_are_forwarded(slan, egress_mode):
     need("dig", "dnsutils")
     slan.server.server("dns", 53, "198.19.1.1")
     slan.microsocks()
@@ -404,16 +404,20 @@ def test_fake_ip_routed_direct_is_resolved_upstream_and_other_types_are_forwarde
     slan.fetch(f"http://{fake[0]}:8080/bytes/{MB}", out)  # direct: ztun looks the name up upstream
     assert sha(out.read_bytes()) == sha(body(MB))
     assert app.stop() == 0, app.log
+    check_egress(app, egress_mode)
     assert f"{fake[0]}:8080 [direct.example] via direct up" in app.log, app.log
 
 
-def test_dns_forward_mode(slan):
+def test_dns_forward_mode(slan, egress_mode):
+    """Every query goes to the upstream through the direct outbound: its socket keeps out of the TUN (marked
+    or bound), though the upstream's address is routed into it."""
     need("dig", "dnsutils")
     slan.server.server("dns", 53, "198.19.1.1")
     app = slan.start(DNS_DIRECT.format(url=f"socks5://{PROXY}:1080", mode="forward"))
     assert dig(slan, "web.example", "A") == [Lan.SERVER4]  # the upstream's real answer
     assert dig(slan, "+tcp", "direct.example", "A") == ["198.19.1.1"]
     assert app.stop() == 0, app.log
+    check_egress(app, egress_mode)
 
 
 def test_systemd_notify_metrics_and_json_logs(slan, monkeypatch):
