@@ -264,3 +264,26 @@ def test_without_policy_routing_excluded_routes_follow_the_default_route(monkeyp
     gw.router.calls.clear()
     gw._moved("en1", "en1")  # the same uplink again: nothing to do
     assert gw.router.calls == []
+
+
+def test_macos_route_events_count_route_changes_not_arp_entries():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    events = dr.RouteSocketEvents(a)
+    try:
+        def send(type_, flags=0):
+            b.send(rs.encode(rs.RouteMessage(type_, flags, {rs.RTAX_DST: ipaddress.ip_address("0.0.0.0")})))
+
+        send(rs.RTM_ADD)  # a route: counts
+        send(rs.RTM_ADD, 0x400)  # RTF_LLINFO: an ARP entry, no
+        send(rs.RTM_GET)  # someone's query, no
+        send(0xE)  # RTM_IFINFO: an interface went up or down, counts
+        assert events.drain() == 2
+        assert events.drain() == 0
+        mon = dr.DefaultRouteMonitor(FakeLoop(), Egress(binding=True), find=lambda skip: pytest.fail("looked up"),
+                                     events=events)
+        send(rs.RTM_ADD, 0x400)
+        mon._readable()  # only ARP noise: no look-up
+        assert mon.counters["default_lookups"] == 0
+    finally:
+        events.close()
+        b.close()

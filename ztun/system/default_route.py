@@ -202,13 +202,39 @@ class RtnlRouteEvents:
 
 
 class RouteSocketEvents(RtnlRouteEvents):
-    """macOS: a PF_ROUTE socket; the kernel copies every routing message to it."""
+    """macOS: a PF_ROUTE socket; the kernel copies every routing message to it. Only route and
+    interface changes count (not the ARP/ND entries it also reports as they come and go)."""
+
+    # rt_msghdr's rtm_type: RTM_ADD, RTM_DELETE, RTM_CHANGE, RTM_NEWADDR, RTM_DELADDR, RTM_IFINFO
+    CHANGES = frozenset((0x1, 0x2, 0x3, 0xC, 0xD, 0xE))
+    LLINFO = 0x400  # RTF_LLINFO: a link-layer (ARP, ND) entry
 
     def __init__(self, sock=None):
         from .route_socket import PF_ROUTE
 
         self.sock = sock if sock is not None else socket.socket(PF_ROUTE, socket.SOCK_RAW, socket.AF_UNSPEC)
         self.sock.setblocking(False)
+
+    def drain(self) -> int:
+        """Read what is queued (bounded); the number of route and interface changes among it."""
+        n = 0
+        for _ in range(READS_PER_EVENT):
+            try:
+                msg = self.sock.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                n += 1  # lost messages: look again
+                continue
+            if len(msg) < 4 or msg[3] not in self.CHANGES:
+                continue
+            # rt_msghdr: msglen u16, version u8, type u8, index u16, (pad), flags int at offset 8
+            if msg[3] <= 0x3 and len(msg) >= 12 and int.from_bytes(msg[8:12], "little") & self.LLINFO:
+                continue
+            n += 1
+        return n
 
 
 class WindowsRouteEvents(RtnlRouteEvents):
@@ -277,10 +303,13 @@ class DefaultRouteMonitor:
 
     def _readable(self) -> None:
         try:
-            self.counters["route_events"] += self.events.drain()
+            n = self.events.drain()
         except OSError as e:
             log.warning("route events: %s", e)
-        self.check()
+            n = 1
+        self.counters["route_events"] += n
+        if n:  # nothing that concerns routes (macOS reports ARP entries too): no look-up
+            self.check()
 
     def check(self) -> bool:
         """Look the default route up; move egress if its interface changed. True if it moved."""
