@@ -8,6 +8,8 @@ is not bound to the uplink loops into the TUN (and fails).
 """
 
 import hashlib
+import json
+import sys
 import time
 
 import pytest
@@ -79,6 +81,13 @@ def test_new_flows_follow_the_default_route_to_the_other_uplink(uplinks, tmp_pat
     wait_for(app, "default route now via zt-c0 (index")
     moved = fetch_through(client, server, tmp_path, size)
     assert moved["zt-s0"] >= size and moved["zt-s1"] < size // 8, moved
+
+    control = app.proc.args[app.proc.args.index("--control-socket") + 1]
+    status = json.loads(client.run(sys.executable, "-m", "ztun.appliance", "status", "--control-socket", control,
+                                   "--json").stdout)
+    routing = status["routing"]
+    assert routing["own_sockets"] == "bound to zt-c0" and routing["outbound_interface_moves"] == 2, routing
+    assert routing["default_route"]["default_moves"] == 2 and routing["default_route"]["route_events"] >= 2, routing
 
     assert app.stop() == 0, app.log
     assert (client.ip("rule"), client.ip("-6", "rule")) == rules_before

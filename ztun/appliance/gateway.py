@@ -218,7 +218,9 @@ class Gateway:
         return {"fail_closed": self.fail_closed, "auto_route": opts.auto_route, "strict_route": opts.strict_route,
                 "bypassing": [str(r) for r in self.bypassing],
                 "excluded": [str(n) for n in opts.exclude_routes],
-                "own_sockets": self.egress.describe(), "outbound_interface_moves": self.egress.moves}
+                "own_sockets": self.egress.describe(), "outbound_interface_moves": self.egress.moves,
+                # the monitor's counters: route events read, look-ups made, moves, failed look-ups
+                "default_route": dict(self.monitor.counters) if self.monitor is not None else None}
 
     def _check_lan(self) -> None:
         """Serving LAN hosts needs forwarding on for every family ztun routes: check it, or turn it on."""
