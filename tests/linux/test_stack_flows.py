@@ -241,12 +241,14 @@ def test_no_fd_leak_over_1000_connections(lan, relay_mode):
     assert app.stop() == 0, app.log
 
 
-def test_strict_rp_filter_everywhere(lan):
+@pytest.mark.parametrize("bound", [False, True], ids=["fwmark", "bound"])
+def test_strict_rp_filter_everywhere(lan, bound):
+    """Replies to ztun's own sockets pass a strict reverse-path check, marked or bound to the uplink alike."""
     c = lan.client
     for key in ("all", "default", "lo", "zt-c0"):
         c.run("sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=1")
     lan.server.server("http", 8080)
-    app = lan.appliance()
+    app = lan.appliance(*(PORTABLE if bound else ()))
     assert c.run("sysctl", "-n", "net.ipv4.conf.zt-tun0.rp_filter").stdout.strip() == "1"
     size = 4 * MB
     r = c.python(f"import hashlib, urllib.request; print(hashlib.sha256(urllib.request.urlopen('http://{lan.SERVER4}:8080/bytes/{size}', timeout=30).read()).hexdigest())", check=False, timeout=60)
