@@ -86,6 +86,23 @@ def test_every_run_flag_has_a_config_key():
         assert flag in run._option_string_actions and run._option_string_actions[flag].dest == dest
 
 
+def test_outbound_interface_flag_file_key_and_check_config(tmp_path, capsys):
+    parser = cli.build_parser()
+    args = parser.parse_args(["run", "--outbound-interface", "auto"])
+    assert cli.load_config(parser.commands["run"], args).tun.outbound_interface == "auto"
+    path = tmp_path / "c.toml"
+    path.write_text('[tun]\noutbound_interface = "wlan0"\n')
+    assert cli.main(["check-config", str(path)]) == 0
+    assert 'outbound_interface = "wlan0"' in capsys.readouterr().out
+    path.write_text('[tun]\noutbound_interface = "eth 0"\n')
+    assert cli.main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "tun.outbound_interface" in err and "not a valid interface name" in err, err
+    path.write_text("[tun]\nmtu = 1500\n")
+    assert cli.main(["check-config", str(path)]) == 0
+    assert "# outbound_interface: not set" in capsys.readouterr().out
+
+
 def test_check_config_touches_nothing(tmp_path, monkeypatch, capsys):
     """check-config neither opens a device nor a netlink socket: it validates and prints."""
     from ztun.appliance import gateway

@@ -17,7 +17,7 @@ PACKAGE = ROOT / "ztun"
 LAYERS = (
     ("base", ("ztun", "ztun.errors", "ztun.net")),
     ("fast", ("ztun._fast",)),
-    ("loop", ("ztun.loop",)),
+    ("loop", ("ztun.loop", "ztun.wsapoll")),
     ("system", ("ztun.system",)),
     ("tun", ("ztun.tun",)),
     ("stack", ("ztun.stack",)),

@@ -141,3 +141,12 @@ def test_bypassing_names_main_routes_and_strict_keeps_only_connected_ones():
     assert [str(r) for r in through_tun(strict)] == ["198.19.77.0/24 via 198.18.3.9 dev eth0", "fd00:77::/64 via fd00:3::9 dev eth0"]
     assert bypassing(RouteSpec(**BASE, routes=["198.19.0.0/16"], main_routes=MAIN)) == ()
     assert [r.family for r in bypassing(RouteSpec(**dict(BASE, inet6=None), auto_route=True, main_routes=MAIN))] == [4, 4]
+
+
+def test_outbound_interface_replaces_the_fwmark_rule_with_oif():
+    """With ztun's sockets bound to the uplink, P+0 matches that interface instead of the mark, in every family
+    (strict_route's family without an address too)."""
+    spec = RouteSpec(**dict(BASE, inet6=None), auto_route=True, strict_route=True, outbound_interface="eth0")
+    rules = [str(r) for r in plan(spec).rules if r.priority == 500]
+    assert rules == ["ip rule 500: from all oif eth0 goto 509", "ip -6 rule 500: from all oif eth0 goto 509"]
+    assert not any(r.fwmark for r in plan(spec).rules)

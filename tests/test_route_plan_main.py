@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 
 from ztun.errors import RouteError
-from ztun.system.route_plan import RouteSpec, plan
+from ztun.system.route_plan import Route, RouteSpec, plan
 
 BASE = dict(iface="utun7", inet4="198.18.0.1/30", inet6="fd00:18::1/126", table=2022, rule_priority=9000, fwmark=0x2022)
 
@@ -31,11 +31,25 @@ def test_nothing_routed_nothing_planned():
     assert main_plan().routes == () and main_plan(inet6=None, routes=["fd00:19::/64"]).routes == ()
 
 
-@pytest.mark.parametrize("kw", [dict(auto_route=True), dict(routes=["198.19.0.0/16"], exclude_routes=["198.19.5.0/24"])])
-def test_auto_route_and_exclusions_need_policy_routing(kw):
-    field = "auto_route" if "auto_route" in kw else "exclude_routes"
-    with pytest.raises(RouteError, match=f"{field} needs Linux policy routing for now"):
-        main_plan(**kw)
+UPLINKS = (Route.of("0.0.0.0/0", "192.168.1.1", "en0"), Route.of("::/0", "fe80::1", "en1"))
+
+
+def test_auto_route_takes_both_halves_and_exclusions_go_by_the_uplink():
+    p = main_plan(auto_route=True, exclude_routes=["203.0.113.7/32", "2001:db8::/64"], uplinks=UPLINKS)
+    assert p.rules == ()
+    assert [str(r) for r in p.routes] == [
+        "0.0.0.0/1 dev utun7", "128.0.0.0/1 dev utun7", "203.0.113.7/32 via 192.168.1.1 dev en0",
+        "::/1 dev utun7", "8000::/1 dev utun7", "2001:db8::/64 via fe80::1 dev en1"]  # the halves hold the TUN's prefix
+
+
+def test_an_exclusion_without_its_familys_uplink_and_strict_route_are_refused():
+    with pytest.raises(RouteError, match="exclude_routes 2001:db8::/64: no IPv6 default route"):
+        main_plan(auto_route=True, exclude_routes=["2001:db8::/64"], uplinks=UPLINKS[:1])
+    with pytest.raises(RouteError, match="strict_route needs Linux policy routing"):
+        main_plan(auto_route=True, strict_route=True)
+    # an exclusion of a family the TUN does not carry needs no route
+    assert [str(r) for r in main_plan(inet6=None, auto_route=True, exclude_routes=["2001:db8::/64"]).routes] == [
+        "0.0.0.0/1 dev utun7", "128.0.0.0/1 dev utun7"]
 
 
 def test_the_spec_parses_plain_strings():

@@ -295,3 +295,10 @@ def test_a_datagram_too_large_and_a_reply_that_does_not_parse():
 def test_unknown_command():
     with pytest.raises(ValueError, match="'add' or 'del'"):
         client(lambda seq, n: []).route("replace", family=V4)
+
+
+def test_rule_round_trip_by_output_interface():
+    """ztun's own sockets bound to an interface (outbound_interface): `oif NAME goto`."""
+    body = R.rule_request(family=V4, action=R.FR_ACT_GOTO, priority=9000, goto=9009, oifname="wlan0", protocol=122)
+    msg = R.decode(R.RTM_NEWRULE, body)
+    assert (msg["FRA_OIFNAME"], msg["FRA_GOTO"]) == ("wlan0", 9009) and "FRA_FWMARK" not in msg

@@ -59,6 +59,10 @@ def test_values_are_normalised():
     (dict(rule_priority=32760), "rule_priority", "..32755"),
     (dict(fwmark=0), "fwmark", "1..4294967295"),
     (dict(file_descriptor=-1), "file_descriptor", "0.."),
+    (dict(outbound_interface=""), "outbound_interface", "\"auto\" or an interface name"),
+    (dict(outbound_interface="eth0/1"), "outbound_interface", "not a valid interface name"),
+    (dict(outbound_interface="x" * 16), "outbound_interface", "not a valid interface name"),
+    (dict(outbound_interface="ztun0"), "outbound_interface", "the TUN itself"),
 ])
 def test_bad_values_name_field_and_reason(kw, field, words):
     with pytest.raises(ConfigError) as e:

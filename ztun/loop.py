@@ -1,4 +1,5 @@
-"""ztun's readiness loop: one thread, epoll (Linux) or `selectors` (kqueue elsewhere), timers, signals through a self-pipe.
+"""ztun's readiness loop: one thread, epoll (Linux), WSAPoll (Windows) or `selectors` (kqueue on macOS), timers, signals
+through a self-pipe.
 
 The TUN device, and later the stack's listeners and relayed sockets, register readers
 and writers here; callbacks must never block. On Linux the loop drives `select.epoll`
@@ -14,6 +15,7 @@ import select
 import selectors
 import signal
 import socket
+import sys
 import time
 from collections import deque
 
@@ -93,9 +95,17 @@ class Handle:
 class Loop:
     """Readers, writers, timers and signal handlers, run by run() until stop()."""
 
-    def __init__(self, selector: selectors.BaseSelector | None = None):
-        if selector is None and hasattr(select, "epoll"):
+    def __init__(self, selector: selectors.BaseSelector | None = None, *, poller=None):
+        # poller: an epoll-shaped poller to use instead (tests run the WSAPoll one over a stand-in)
+        self._epoll = selector is None and poller is None and hasattr(select, "epoll")
+        if poller is not None:
+            self._poller = poller
+        elif self._epoll:
             self._poller = select.epoll()
+        elif selector is None and sys.platform == "win32":
+            from .wsapoll import WSAPollPoller  # select() stops at 512 sockets there
+
+            self._poller = WSAPollPoller()
         else:
             self._poller = _SelectorPoller(selector or selectors.DefaultSelector())
         self._fds: dict = {}  # fd -> [reader Handle | None, writer Handle | None]
@@ -126,7 +136,7 @@ class Loop:
         if self._sockq is None:
             if self._closed:
                 return socket_queue(self, inline=True)
-            epoll_fd = -1 if isinstance(self._poller, _SelectorPoller) else self._poller.fileno()
+            epoll_fd = self._poller.fileno() if self._epoll else -1
             self._sockq = socket_queue(self, epoll_fd=epoll_fd)
         return self._sockq
 
@@ -198,7 +208,7 @@ class Loop:
         entry = self._fds.get(fd)
         if entry is None:
             return
-        if not isinstance(self._poller, _SelectorPoller):
+        if self._epoll:
             del self._fds[fd]
             for h in entry:
                 if h is not None:

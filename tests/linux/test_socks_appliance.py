@@ -27,7 +27,7 @@ name = "zt-tun0"
 inet4 = "198.18.0.1/30"
 inet6 = "fd00:18::1/126"
 routes = ["198.19.0.0/16", "fd00:19::/64"]
-
+{tun_extra}
 [flows]
 connect_timeout = 3
 
@@ -104,10 +104,11 @@ class SocksLan(Lan):
         server.ip("addr", "add", "198.19.2.1/32", "dev", "lo")
         self.tmp = tmp
         self.control = tmp / "ztun.sock"
+        self.tun_extra = ""  # more [tun] keys (the portable mode's outbound_interface)
 
     def config(self, text: str, name="ztun.toml") -> Path:
         path = self.tmp / name
-        path.write_text(BASE.format(control=self.control) + text)
+        path.write_text(BASE.format(control=self.control, tun_extra=self.tun_extra) + text)
         return path
 
     def start(self, text: str, *extra):
@@ -141,6 +142,24 @@ def slan(tmp_path):
         yield lan
 
 
+@pytest.fixture(params=["fwmark", "portable"])
+def egress_mode(request, slan, monkeypatch):
+    """How the appliance's own sockets (to the proxy, direct, DNS upstream) stay out of the TUN: the
+    fwmark (Linux's default), or portable: bound to the uplink (tun.outbound_interface) with the
+    copy relay, the path macOS and Windows run."""
+    if request.param == "portable":
+        monkeypatch.setenv("ZTUN_RELAY", "copy")
+        slan.tun_extra = 'outbound_interface = "zt-c0"\n'
+    return request.param
+
+
+def check_egress(app, mode):
+    if mode == "portable":
+        assert "own sockets bound to zt-c0" in app.log and "oif zt-c0" in app.log, app.log
+    else:
+        assert "fwmark 0x2022" in app.log and "own sockets bound" not in app.log, app.log
+
+
 PROXIED = """
 [[outbounds]]
 name = "proxy"
@@ -153,7 +172,7 @@ default = "proxy"
 
 
 @pytest.mark.parametrize("auth", [False, True], ids=["noauth", "userpass"])
-def test_tcp_through_microsocks_20mb(slan, auth):
+def test_tcp_through_microsocks_20mb(slan, auth, egress_mode):
     user, password = ("ztun", "s3cret pass") if auth else (None, None)
     slan.microsocks(user=user, password=password)
     url = f"socks5://ztun:s3cret%20pass@{PROXY}:1080" if auth else f"socks5://{PROXY}:1080"
@@ -163,6 +182,7 @@ def test_tcp_through_microsocks_20mb(slan, auth):
     slan.fetch(f"http://{Lan.SERVER4}:8080/bytes/{20 * MB}", out)
     assert sha(out.read_bytes()) == sha(body(20 * MB))
     assert app.stop() == 0, app.log
+    check_egress(app, egress_mode)
     assert " via proxy up " in app.log, app.log  # the per-connection line names the outbound
     assert slan.client.snapshot() == before
 
@@ -188,13 +208,14 @@ def test_proxy_down_fails_fast_then_recovers(slan):
     assert app.stop() == 0, app.log
 
 
-def test_udp_through_danted(slan):
+def test_udp_through_danted(slan, egress_mode):
     slan.danted()
     slan.server.server("udp-echo", 9007)
     app = slan.start(PROXIED.format(url=f"socks5://{PROXY}:1081"))
     r = slan.client.python(UDP_ECHO, Lan.SERVER4, "1000", timeout=120)
     assert r.stdout.split() == ["1000", "0"], r.stdout + r.stderr + app.log
     assert app.stop() == 0, app.log
+    check_egress(app, egress_mode)
 
 
 RULES = PROXIED + """
@@ -208,7 +229,7 @@ outbound = "block"
 """
 
 
-def test_rules_direct_proxied_blocked(slan):
+def test_rules_direct_proxied_blocked(slan, egress_mode):
     slan.microsocks()
     app = slan.start(RULES.format(url=f"socks5://{PROXY}:1080"))
     for host, via in (("198.19.1.1", "direct"), (Lan.SERVER4, "proxy")):
@@ -221,6 +242,7 @@ def test_rules_direct_proxied_blocked(slan):
     r = slan.client.python(UDP_BLOCKED)
     assert r.stdout.split() == ["EHOSTUNREACH", "EHOSTUNREACH"], r.stdout + app.log
     assert app.stop() == 0, app.log
+    check_egress(app, egress_mode)
     assert "198.19.1.1:8080 via direct up" in app.log and "198.19.0.1:8080 via proxy up" in app.log, app.log
     assert "198.19.2.1:8080 via block: blocked" in app.log, app.log
 
@@ -237,7 +259,7 @@ outbound = "block"
 """
 
 
-def test_fake_ip_dns_connects_by_name_through_the_proxy(slan):
+def test_fake_ip_dns_connects_by_name_through_the_proxy(slan, egress_mode):
     need("dig", "dnsutils")
     # The SOCKS server resolves the names itself, from its namespace's own hosts file.
     with netns_hosts(slan.server, f"127.0.0.1 localhost\n{Lan.SERVER4} web.example\n"):
@@ -258,6 +280,7 @@ def test_fake_ip_dns_connects_by_name_through_the_proxy(slan):
         r = slan.client.python(CONNECT, blocked[0], "80")
         assert r.stdout.split()[0] == "ConnectionRefusedError", r.stdout + app.log
         assert app.stop() == 0, app.log
+        check_egress(app, egress_mode)
         assert f"{fake}:8080 [web.example] via proxy up" in app.log, app.log
 
 
@@ -369,7 +392,7 @@ def dig(lan, *args) -> list:
     return lan.client.run("dig", "+short", "+time=3", "+tries=1", "@198.19.0.53", *args).stdout.split()
 
 
-def test_fake_ip_routed_direct_is_resolved_upstream_and_other_types_are_forwarded(slan):
+def test_fake_ip_routed_direct_is_resolved_upstream_and_other_types_are_forwarded(slan, egress_mode):
     need("dig", "dnsutils")
     slan.server.server("dns", 53, "198.19.1.1")
     slan.microsocks()
@@ -381,16 +404,20 @@ def test_fake_ip_routed_direct_is_resolved_upstream_and_other_types_are_forwarde
     slan.fetch(f"http://{fake[0]}:8080/bytes/{MB}", out)  # direct: ztun looks the name up upstream
     assert sha(out.read_bytes()) == sha(body(MB))
     assert app.stop() == 0, app.log
+    check_egress(app, egress_mode)
     assert f"{fake[0]}:8080 [direct.example] via direct up" in app.log, app.log
 
 
-def test_dns_forward_mode(slan):
+def test_dns_forward_mode(slan, egress_mode):
+    """Every query goes to the upstream through the direct outbound: its socket keeps out of the TUN (marked
+    or bound), though the upstream's address is routed into it."""
     need("dig", "dnsutils")
     slan.server.server("dns", 53, "198.19.1.1")
     app = slan.start(DNS_DIRECT.format(url=f"socks5://{PROXY}:1080", mode="forward"))
     assert dig(slan, "web.example", "A") == [Lan.SERVER4]  # the upstream's real answer
     assert dig(slan, "+tcp", "direct.example", "A") == ["198.19.1.1"]
     assert app.stop() == 0, app.log
+    check_egress(app, egress_mode)
 
 
 def test_systemd_notify_metrics_and_json_logs(slan, monkeypatch):

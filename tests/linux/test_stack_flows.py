@@ -85,13 +85,31 @@ for _ in range(int(sys.argv[2])):
 """
 
 
-@pytest.fixture(params=["engine", "copy", "loop"])
-def relay_mode(request, monkeypatch):
+PORTABLE = ("--outbound-interface", "zt-c0")  # ztun's sockets bound to the uplink, no fwmark
+
+
+def portable(lan, monkeypatch):
+    """Make lan's appliances run the path of macOS and Windows: the copy relay and ztun's own sockets
+    bound to the uplink (--outbound-interface) instead of marked."""
+    monkeypatch.setenv("ZTUN_RELAY", "copy")
+    lan.APPLIANCE = (*type(lan).APPLIANCE, *PORTABLE)
+
+
+def assert_bound(app):
+    """The appliance bound its sockets to the uplink, and its rule for them matches the interface, not a mark."""
+    assert "own sockets bound to zt-c0" in app.log and "oif zt-c0" in app.log, app.log
+
+
+@pytest.fixture(params=["engine", "copy", "loop", "portable"])
+def relay_mode(request, monkeypatch, lan):
     """The relay each appliance of the test runs: the compiled engine with splice (the default), the
-    engine's copy mode (ZTUN_RELAY=copy, the path of platforms without splice), or the twin on the
-    loop (ZTUN_RELAY=loop)."""
+    engine's copy mode (ZTUN_RELAY=copy, the path of platforms without splice), the twin on the
+    loop (ZTUN_RELAY=loop), or the copy mode with ztun's sockets bound to the uplink instead of
+    marked (portable: the whole path macOS and Windows run)."""
     if request.param == "engine":
         monkeypatch.delenv("ZTUN_RELAY", raising=False)
+    elif request.param == "portable":
+        portable(lan, monkeypatch)
     else:
         monkeypatch.setenv("ZTUN_RELAY", request.param)
     return request.param
@@ -125,6 +143,8 @@ def test_http_50mb_each_way_and_200_concurrent(lan, tmp_path, relay_mode):
     r = lan.client.python(CONCURRENT, lan.SERVER4, "200", str(64 * 1024), timeout=180)
     assert r.stdout.strip() == "200", r.stdout + r.stderr + app.log
     assert app.stop() == 0, app.log
+    if relay_mode == "portable":
+        assert_bound(app)
     stats = app.stats()
     assert stats["tcp_allowed"] >= 202 and stats.get("write_failed", 0) == 0, stats
     assert lan.client.snapshot() == before  # device, addresses, routes, rules: all gone
@@ -155,14 +175,17 @@ def test_unreachable_destination_is_reset_within_the_connect_timeout(lan):
     assert app.stop() == 0, app.log
 
 
-@pytest.fixture(params=["compiled", "python"])
-def udp_mode(request, monkeypatch):
-    """The UDP session table each appliance of the test runs: the compiled one (the default) or its
-    twin (ZTUN_UDP=python: every datagram through Python, the path of platforms without it)."""
-    if request.param == "compiled":
-        monkeypatch.delenv("ZTUN_UDP", raising=False)
-    else:
+@pytest.fixture(params=["compiled", "python", "portable"])
+def udp_mode(request, monkeypatch, lan):
+    """The UDP session table each appliance of the test runs: the compiled one (the default), its
+    twin (ZTUN_UDP=python: every datagram through Python, the path of platforms without it), or
+    the compiled one with ztun's sockets bound to the uplink (portable, see relay_mode)."""
+    if request.param == "python":
         monkeypatch.setenv("ZTUN_UDP", request.param)
+    else:
+        monkeypatch.delenv("ZTUN_UDP", raising=False)
+        if request.param == "portable":
+            portable(lan, monkeypatch)
     return request.param
 
 
@@ -173,6 +196,8 @@ def test_udp_echo_10000_datagrams_and_session_expiry(lan, server, maxsize, udp_m
     r = lan.client.python(UDP_ECHO, server, "10000", str(maxsize), timeout=180)
     time.sleep(3)  # > 1 s idle: the session expires
     assert app.stop() == 0, app.log
+    if udp_mode == "portable":
+        assert_bound(app)
     stats = app.stats()
     ok, lost, bad = map(int, r.stdout.split())
     nst = [ns.run("sh", "-c", "nstat -az | grep -E 'Udp|Reasm|Frag|Icmp(Out|In)(Dest|Time)' | grep -v ' 0 '").stdout for ns in (lan.client, lan.server)]
@@ -216,12 +241,14 @@ def test_no_fd_leak_over_1000_connections(lan, relay_mode):
     assert app.stop() == 0, app.log
 
 
-def test_strict_rp_filter_everywhere(lan):
+@pytest.mark.parametrize("bound", [False, True], ids=["fwmark", "bound"])
+def test_strict_rp_filter_everywhere(lan, bound):
+    """Replies to ztun's own sockets pass a strict reverse-path check, marked or bound to the uplink alike."""
     c = lan.client
     for key in ("all", "default", "lo", "zt-c0"):
         c.run("sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=1")
     lan.server.server("http", 8080)
-    app = lan.appliance()
+    app = lan.appliance(*(PORTABLE if bound else ()))
     assert c.run("sysctl", "-n", "net.ipv4.conf.zt-tun0.rp_filter").stdout.strip() == "1"
     size = 4 * MB
     r = c.python(f"import hashlib, urllib.request; print(hashlib.sha256(urllib.request.urlopen('http://{lan.SERVER4}:8080/bytes/{size}', timeout=30).read()).hexdigest())", check=False, timeout=60)

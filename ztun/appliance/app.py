@@ -1,7 +1,7 @@
 """From an AppConfig to running parts: the outbounds, the rules, the DNS service and the Forwarder.
 
 Also what the configuration implies for the TUN's routes: a SOCKS5 proxy's own address (the
-one its outbound resolved and connects to) is always excluded from them (its connections carry the fwmark anyway; the exclusion keeps
+one its outbound resolved and connects to) is always excluded from them (its connections are marked or bound anyway; the exclusion keeps
 unmarked traffic to it, e.g. from other programs, off the TUN too), and with fake-IP DNS the
 fake pools are routed into the TUN so connections to fake addresses reach ztun.
 """
@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import ipaddress
 import logging
+import sys
 import time
 
 from .. import __version__, _fast
@@ -18,6 +19,7 @@ from ..net import split_host_port
 from ..outbound.block import BlockOutbound
 from ..outbound.direct import DirectOutbound
 from ..outbound.relay import engine_stats
+from ..system.sockopt import Egress
 from .forwarder import BLOCK, LIMIT_DROPS, Forwarder
 from .limits import DescriptorBudget, raise_nofile_limit
 from .rules import Rules
@@ -40,8 +42,8 @@ def tun_options(config, outbounds: dict):
     # Nothing routed into the TUN: no proxy address to keep out of it (the configuration says so of a
     # socks5 outbound it defines; an exclusion alone would fail TunOptions' check about exclude_routes).
     for ob in outbounds.values() if routes or tun.auto_route else ():
-        if ob.proxy_address is None:
-            continue
+        if ob.proxy_address is None or ipaddress.ip_address(ob.proxy_address[0]).is_loopback:
+            continue  # a proxy on loopback is never routed anywhere else (and a main-table router must not try)
         net = ipaddress.ip_network(ob.proxy_address[0])
         if net not in excludes:
             excludes.append(net)
@@ -53,28 +55,36 @@ def tun_options(config, outbounds: dict):
     return dataclasses.replace(tun, exclude_routes=tuple(excludes), routes=tuple(routes), hijack_dns=hijack_dns)
 
 
-def build_outbounds(loop, config, resolved: dict | None = None) -> dict:
+def egress_for(tun, platform: str = sys.platform) -> Egress:
+    """How ztun's own sockets stay out of the TUN: bound to an interface with tun.outbound_interface
+    (and always off Linux, where there is no fwmark), else marked with tun.fwmark."""
+    binding = tun.outbound_interface is not None or not platform.startswith("linux")
+    return Egress(tun.fwmark, binding=binding, platform=platform)
+
+
+def build_outbounds(loop, config, resolved: dict | None = None, egress: Egress | None = None) -> dict:
     """name -> Outbound (ztun.outbound.protocol): the built-in direct and block, and those config defines.
 
     resolved: (proxy host, port) -> its address as the running outbounds found it, so that a
     reload (on the loop, with the TUN's routes in place) looks up only the proxy names that changed.
+    egress: the running outbounds' (a reload keeps it: the gateway's monitor moves it), else one for config.
     """
-    fwmark = config.tun.fwmark
+    egress = egress if egress is not None else egress_for(config.tun)
     resolved = resolved or {}
     timeout = config.flows.connect_timeout
-    outbounds = {"direct": DirectOutbound(loop, fwmark=fwmark, connect_timeout=timeout, name="direct"),
+    outbounds = {"direct": DirectOutbound(loop, egress=egress, connect_timeout=timeout, name="direct"),
                  BLOCK: BlockOutbound(loop, name=BLOCK)}
     for ob in config.outbounds:
         if ob.type == BLOCK:
             outbounds[ob.name] = BlockOutbound(loop, name=ob.name)
         elif ob.type == "direct":
-            outbounds[ob.name] = DirectOutbound(loop, fwmark=fwmark, connect_timeout=timeout, name=ob.name)
+            outbounds[ob.name] = DirectOutbound(loop, egress=egress, connect_timeout=timeout, name=ob.name)
         elif ob.type == "socks5":
             from ..outbound.socks5 import Socks5Outbound
 
             try:
                 outbounds[ob.name] = Socks5Outbound(loop, ob.host, ob.port, username=ob.username, password=ob.password,
-                                                    fwmark=fwmark, connect_timeout=timeout, name=ob.name,
+                                                    egress=egress, connect_timeout=timeout, name=ob.name,
                                                     address=resolved.get((ob.host, ob.port)))
             except ValueError as e:  # e.g. a proxy name that does not resolve
                 raise ConfigError(f"outbounds.{ob.name}: {e}") from None
@@ -149,7 +159,8 @@ def reload(forwarder: Forwarder, loop, old, new) -> list:
         warnings.append("[flows] changed: restart to apply it")
     known = {(o.host, o.proxy_address[1]): o.proxy_address[0]
              for o in forwarder.outbounds.values() if o.proxy_address is not None}
-    outbounds = build_outbounds(loop, new, known)
+    running = forwarder.outbounds.get("direct")
+    outbounds = build_outbounds(loop, new, known, getattr(running, "egress", None))
     for name, ob in outbounds.items():  # counters go on across a reload (Prometheus sees no reset)
         previous = forwarder.outbounds.get(name)
         if previous is not None and type(previous) is type(ob):

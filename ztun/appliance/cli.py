@@ -64,6 +64,9 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    help="keep what is routed into the TUN unreachable if ztun dies, until the next run or cleanup "
                         "(default on)")
     p.add_argument("--fwmark", type=_int, metavar="N", help="fwmark of ztun's own sockets, skipped by its rules (default 0x2022)")
+    p.add_argument("--outbound-interface", metavar="auto|NAME",
+                   help="bind ztun's own sockets to this interface instead of marking them: auto follows the "
+                        "default route's interface (the default on macOS and Windows; Linux uses the fwmark)")
     p.add_argument("--offload", choices=("auto", "on", "off"), metavar="auto|on|off",
                    help="IFF_VNET_HDR with checksum and TCP segmentation offload: TCP moves as 64 KiB "
                         "super-packets; auto (the default) is on with Linux TUN, off elsewhere")
@@ -222,7 +225,8 @@ def _run(config: AppConfig, reread=None) -> int:
             _first_round(loop, health, interrupts)
         gateway = Gateway(tun_options(config, forwarder.outbounds), udp_timeout=config.flows.udp_timeout,
                           udp_max_sessions=config.flows.udp_max_sessions,
-                          lan_interfaces=config.gateway.lan_interfaces, enable_forwarding=config.gateway.enable_forwarding)
+                          lan_interfaces=config.gateway.lan_interfaces, enable_forwarding=config.gateway.enable_forwarding,
+                          egress=forwarder.outbounds["direct"].egress)
         snapshot = Snapshot(gateway, forwarder)
         # Before the device: a second appliance on the same socket fails before touching routes.
         if hasattr(socket, "AF_UNIX"):
@@ -297,12 +301,20 @@ def _first_round(loop, health, interrupts) -> None:
 
 
 def _check_lan_interfaces(config: AppConfig) -> None:
-    """Each LAN interface exists on this host: checked at run, not by check-config (a file may be checked elsewhere)."""
+    """Each LAN interface, and a named outbound interface, exists on this host: checked at run, not by
+    check-config (a file may be checked elsewhere)."""
     for name in config.gateway.lan_interfaces:
         try:
             socket.if_nametoindex(name)
         except OSError:
             raise config_mod.config_error(config, ("gateway", "lan_interfaces"), f"{name!r}: no such interface") from None
+    name = config.tun.outbound_interface
+    if name not in (None, "auto"):
+        try:
+            socket.if_nametoindex(name)
+        except OSError:
+            raise config_mod.config_error(config, ("tun", "outbound_interface"),
+                                          f"{name!r}: no such interface (name the uplink, or \"auto\")") from None
 
 
 def _describe_flows(config: AppConfig, forwarder) -> str:

@@ -1,11 +1,14 @@
 """Gateway: the TUN device, its addresses, routes and rules, and the stack, set up in order and torn down in reverse."""
 
+import dataclasses
 import logging
 import socket
 
 from ..errors import RouteError
 from ..system import route_plan
+from ..system.default_route import DefaultRouteMonitor, find_default, find_uplinks
 from ..system.router import open_router
+from ..system.sockopt import Egress
 from ..tun import offload
 from ..tun.device import open_tun
 from ..tun.napi import NapiThreads
@@ -36,10 +39,16 @@ class Gateway:
     addresses and link up, add the routes and rules of route_plan.plan(), start the stack.
     close() undoes exactly what open() did, in reverse, also after a failed open().
     An adopted fd's device is left as its owner configured it (no MTU, address or link change).
+
+    egress: how ztun's own sockets stay out of the TUN (shared with the outbounds). When it binds
+    them to an interface, open() finds that interface (options.outbound_interface, or the
+    default route's for "auto") and the plan's first rule matches it instead of the fwmark;
+    with "auto", attach() starts a DefaultRouteMonitor that moves the binding and that rule
+    when the default route moves.
     """
 
     def __init__(self, options: TunOptions, *, udp_timeout: float = 60.0, udp_max_sessions: int = 16384,
-                 lan_interfaces=(), enable_forwarding: bool = False):
+                 lan_interfaces=(), enable_forwarding: bool = False, egress: Egress | None = None):
         self.options = options
         self.udp_timeout = udp_timeout
         self.udp_max_sessions = udp_max_sessions
@@ -52,6 +61,11 @@ class Gateway:
         self.napi = None  # NapiThreads, for a device opened with IFF_NAPI
         self.bypassing: tuple = ()  # route_plan.Route: main-table routes auto-route leaves out of the TUN
         self.fail_closed = False  # whether unreachable twins keep the routed traffic in after a crash
+        self.egress = egress if egress is not None else Egress(options.fwmark)
+        self.monitor = None  # DefaultRouteMonitor, with outbound_interface "auto"
+        self._own_rules: list = []  # the plan's rules for ztun's own sockets (P+0): moved with the interface
+        self._spec = None  # the RouteSpec of the plan in force
+        self._excluded: list = []  # without policy routing: the excluded prefixes' routes via the uplink, moved with it
 
     def open(self) -> "Gateway":
         opts = self.options
@@ -62,11 +76,16 @@ class Gateway:
             name = self.device.name
             policy = self.router.policy_routing
             main = self.router.main_routes() if opts.auto_route and policy else ()
+            self._bind_egress(name)
+            # Without policy routing, excluded prefixes are routed via the default route's gateway.
+            uplinks = tuple(u.route() for u in find_uplinks(skip=name)) if not policy and opts.exclude_routes else ()
             spec = route_plan.RouteSpec(iface=name, inet4=opts.inet4, inet6=opts.inet6, routes=opts.routes,
                                         exclude_routes=opts.exclude_routes, auto_route=opts.auto_route,
                                         strict_route=opts.strict_route, fail_closed=opts.fail_closed,
                                         hijack_dns=opts.hijack_dns, main_routes=main, table=opts.table,
-                                        rule_priority=opts.rule_priority, fwmark=opts.fwmark)
+                                        rule_priority=opts.rule_priority, fwmark=opts.fwmark,
+                                        outbound_interface=self.egress.interface if self.egress.binding else None,
+                                        uplinks=uplinks)
             rp_sources = ()
             if opts.routes or opts.auto_route:
                 rp_sources = self.router.strict_rp_filter_sources(skip=name)
@@ -82,6 +101,10 @@ class Gateway:
                 self.router.set_link(name, up=True)
             for item in plan.routes + plan.rules:
                 self.router.add(item)
+            self._own_rules = [r for r in plan.rules if r.priority == opts.rule_priority and r.action == "goto"
+                               and (r.oif or r.fwmark is not None)]
+            self._spec = spec
+            self._excluded = [r for r in plan.routes if r.iface != name] if not policy else []
             self.fail_closed = any(r.kind == "unreachable" for r in plan.routes)
             self.bypassing = route_plan.bypassing(spec)
             self._log_routing(spec)
@@ -94,6 +117,69 @@ class Gateway:
             self.close()
             raise
         return self
+
+    @property
+    def follows_default(self) -> bool:
+        """Whether ztun's sockets are bound to the default route's interface, followed as it moves."""
+        return self.egress.binding and self.options.outbound_interface in (None, "auto")
+
+    def _bind_egress(self, tun_name: str) -> None:
+        """Find the interface ztun's own sockets bind to: the one named, or the default route's."""
+        if not self.egress.binding:
+            return
+        wanted = self.options.outbound_interface
+        if self.follows_default:
+            found = find_default(skip=tun_name)
+            if found is None:
+                log.warning("outbound interface auto: no default route yet; ztun's outbound connections fail "
+                            "until one appears")
+            else:
+                self.egress.follow(*found)
+        else:
+            try:
+                self.egress.follow(wanted, self.router.get_interface_index(wanted))
+            except RouteError as e:
+                raise RouteError(f"tun.outbound_interface: no interface {wanted!r} ({e})", e.errno) from None
+        if self.egress.interface is not None:
+            log.info("ztun's own sockets are bound to %s (index %d)%s", self.egress.interface, self.egress.index,
+                     ", following the default route" if self.follows_default else "")
+
+    def _moved(self, old: str | None, new: str) -> None:
+        """The default route moved to new: the rule that lets ztun's sockets skip its rules matches new now
+        (added before the old one goes, so no socket of either is ever routed into the TUN)."""
+        moved = []
+        for rule in self._own_rules:
+            again = dataclasses.replace(rule, oif=new, fwmark=None, fwmask=None)
+            try:
+                self.router.add(again)
+                self.router.delete(rule)
+            except RouteError as e:
+                log.error("could not move the rule for ztun's own sockets to %s: %s", new, e)
+                again = rule
+            moved.append(again)
+        self._own_rules = moved
+        if self._excluded:
+            self._move_exclusions()
+
+    def _move_exclusions(self) -> None:
+        """Without policy routing: route the excluded prefixes via the new default route's gateway."""
+        try:
+            uplinks = tuple(u.route() for u in find_uplinks(skip=self._spec.iface))
+            families = [fam for fam in route_plan.FAMILIES if any(r.family == fam for r in self._excluded)]
+            fresh = [r for fam in families for r in route_plan.excluded_routes(self._spec, fam, uplinks)]
+        except (OSError, RouteError) as e:
+            log.error("excluded routes stay via the old uplink: %s", e)
+            return
+        for old, new in zip(self._excluded, fresh):
+            if old == new:
+                continue
+            try:
+                self.router.delete(old)  # one prefix cannot have both routes in the main table
+                self.router.add(new)
+                log.info("excluded %s now via %s", new.cidr, new.iface)
+            except RouteError as e:
+                log.error("could not move the excluded route %s: %s", old, e)
+        self._excluded = fresh
 
     def _log_routing(self, spec) -> None:
         """Say what is routed how: fail-closed or not, and every main-table route auto-route leaves out of the TUN."""
@@ -131,7 +217,10 @@ class Gateway:
         opts = self.options
         return {"fail_closed": self.fail_closed, "auto_route": opts.auto_route, "strict_route": opts.strict_route,
                 "bypassing": [str(r) for r in self.bypassing],
-                "excluded": [str(n) for n in opts.exclude_routes]}
+                "excluded": [str(n) for n in opts.exclude_routes],
+                "own_sockets": self.egress.describe(), "outbound_interface_moves": self.egress.moves,
+                # the monitor's counters: route events read, look-ups made, moves, failed look-ups
+                "default_route": dict(self.monitor.counters) if self.monitor is not None else None}
 
     def _check_lan(self) -> None:
         """Serving LAN hosts needs forwarding on for every family ztun routes: check it, or turn it on."""
@@ -158,6 +247,9 @@ class Gateway:
         If the device fails, the stack stops reading it and the loop is stopped (failure says why).
         """
         self.stack.start(handler, loop, on_failure=lambda error: loop.stop())
+        if self.follows_default:
+            self.monitor = DefaultRouteMonitor(loop, self.egress, skip=self.device.name, on_change=self._moved)
+            self.monitor.start()
         if self.napi is not None:
             self.napi.start(loop)
 
@@ -183,11 +275,18 @@ class Gateway:
         if self.napi is not None:
             parts.append(f"threaded NAPI {o.napi}")
         if (o.routes or o.auto_route) and self.router.policy_routing:
-            parts.append(f"table {o.table} rules {o.rule_priority}..{o.rule_priority + 9} fwmark {o.fwmark:#x}")
+            own = f"oif {self.egress.interface}" if self.egress.binding else f"fwmark {o.fwmark:#x}"
+            parts.append(f"table {o.table} rules {o.rule_priority}..{o.rule_priority + 9} {own}")
+        if self.egress.binding:
+            parts.append(f"own sockets {self.egress.describe()}" + (" (following the default route)"
+                                                                       if self.follows_default else ""))
         return ", ".join(parts)
 
     def close(self) -> None:
         """Stop the stack, undo every route, rule, address and link change, close the device. Idempotent."""
+        if self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
         if self.napi is not None:
             self.napi.close()
         if self.stack is not None:

@@ -1,11 +1,11 @@
-"""The direct outbound: connect to a flow's original destination with ztun's fwmark, never blocking."""
+"""The direct outbound: connect to a flow's original destination from ztun's own sockets (fwmark or bound), never blocking."""
 
 import errno
 import ipaddress
 import socket
 
 from .._fast import udptable
-from ..system.sockopt import mark_socket
+from ..system.sockopt import Egress
 
 UDP_BUFFER = 4 << 20  # a session's socket absorbs bursts while the loop is busy elsewhere
 UDP_READS_PER_EVENT = 64  # bounded per readiness event so other fds get their turn
@@ -66,22 +66,22 @@ class Connecting:
             self.loop.sockq.close(self.sock)
 
 
-def tcp_socket(family: int, fwmark: int = 0) -> socket.socket:
-    """A non-blocking TCP socket with TCP_NODELAY (the relay forwards what it has at once) and the fwmark."""
+def tcp_socket(family: int, egress=0) -> socket.socket:
+    """A non-blocking TCP socket with TCP_NODELAY (the relay forwards what it has at once), marked or bound
+    as egress says (an Egress, or an fwmark)."""
     sock = socket.socket(family, socket.SOCK_STREAM | _SOCK_NONBLOCK)
     try:
         if not _SOCK_NONBLOCK:
             sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if fwmark:
-            mark_socket(sock, fwmark)
+        Egress.of(egress).apply(sock, family)
     except BaseException:
         sock.close()
         raise
     return sock
 
 
-def connect(loop, address: tuple, on_done, *, fwmark: int = 0, timeout: float = 10.0) -> Connecting:
+def connect(loop, address: tuple, on_done, *, egress=0, timeout: float = 10.0) -> Connecting:
     """Start a non-blocking TCP connect to address; on_done(sock, None) or on_done(None, OSError) runs once."""
     host, port = str(address[0]), address[1]
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -89,7 +89,7 @@ def connect(loop, address: tuple, on_done, *, fwmark: int = 0, timeout: float = 
         socket.inet_pton(family, host)  # an address literal only: a name would resolve, blocking the loop
     except OSError:
         raise ValueError(f"{host!r} is not an IP address") from None
-    sock = tcp_socket(family, fwmark)
+    sock = tcp_socket(family, egress)
     try:
         return Connecting(loop, sock, (host, port), on_done, timeout)
     except (OSError, ValueError, OverflowError):
@@ -97,16 +97,15 @@ def connect(loop, address: tuple, on_done, *, fwmark: int = 0, timeout: float = 
         raise
 
 
-def udp_socket(family: int, fwmark: int = 0, recverr: bool = False) -> socket.socket:
-    """A non-blocking UDP socket with large buffers and the fwmark, for one UDP session. recverr: the
+def udp_socket(family: int, egress=0, recverr: bool = False) -> socket.socket:
+    """A non-blocking UDP socket with large buffers, marked or bound as egress says, for one UDP session. recverr: the
     destinations' ICMP errors are queued on it (IP_RECVERR), for the session's table to answer the
     client with (from the first datagram on: the table takes the socket over after it)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         _buffers(sock, UDP_BUFFER)
-        if fwmark:
-            mark_socket(sock, fwmark)
+        Egress.of(egress).apply(sock, family)
         if recverr and _MSG_ERRQUEUE:
             level, name = (socket.SOL_IP, _IP_RECVERR) if family == socket.AF_INET else (socket.IPPROTO_IPV6, _IPV6_RECVERR)
             sock.setsockopt(level, name, 1)
@@ -143,7 +142,7 @@ class DirectUdpFlow:
         self.loop = outbound.loop
         self.counters = outbound.counters
         self.on_datagram, self.on_close = on_datagram, on_close  # on_close: a direct flow never dies by itself
-        self.sock = udp_socket(family, outbound.fwmark, recverr=True)
+        self.sock = udp_socket(family, outbound.egress, recverr=True)
         self.closed = False
         self._detach = None  # set once the socket is handed over to a session's table
         self.loop.add_reader(self.sock.fileno(), self._readable)
@@ -196,16 +195,18 @@ class DirectUdpFlow:
 
 
 class DirectOutbound:
-    """Flows go straight to their destination, from sockets carrying ztun's fwmark."""
+    """Flows go straight to their destination, from sockets carrying ztun's fwmark or bound to the uplink (egress)."""
 
     blocks = False
     resolves_names = False  # a fake-IP flow's name is looked up first
     proxy_address = None
 
-    def __init__(self, loop, *, fwmark: int = 0, connect_timeout: float = 10.0, name: str = "direct"):
+    def __init__(self, loop, *, fwmark: int = 0, egress: Egress | None = None, connect_timeout: float = 10.0,
+                 name: str = "direct"):
         self.loop = loop
         self.name = name
-        self.fwmark = fwmark
+        self.egress = egress if egress is not None else Egress(fwmark)  # shared: the monitor moves its binding
+        self.fwmark = self.egress.fwmark
         self.connect_timeout = connect_timeout
         self.counters: dict[str, int] = {"tcp_ok": 0, "tcp_failed": 0, "udp_flows": 0,
                                          "udp_send_failed": 0, "udp_recv_error": 0}
@@ -217,10 +218,10 @@ class DirectOutbound:
             self.counters["tcp_ok" if error is None else "tcp_failed"] += 1
             on_done(sock, error)
 
-        return connect(self.loop, destination, done, fwmark=self.fwmark, timeout=self.connect_timeout)
+        return connect(self.loop, destination, done, egress=self.egress, timeout=self.connect_timeout)
 
     def open_udp(self, family: int, on_datagram, on_close) -> DirectUdpFlow:
-        """A UDP flow on one fwmark'ed socket of family; on_datagram(payload, (host, port)) for each reply."""
+        """A UDP flow on one socket of family (marked or bound); on_datagram(payload, (host, port)) for each reply."""
         flow = DirectUdpFlow(self, family, on_datagram, on_close)
         self.counters["udp_flows"] += 1
         return flow

@@ -19,6 +19,7 @@ from collections import deque
 from .._fast import udptable
 from ..errors import ZtunError
 from ..net import endpoint_text, host_port, is_host
+from ..system.sockopt import Egress
 from .direct import connect, give_socket, udp_socket
 
 log = logging.getLogger("ztun.socks5")
@@ -227,7 +228,7 @@ class Handshake:
         self.timer = self.loop.call_later(outbound.connect_timeout, self._timeout)
         try:  # its own timer is a second later: the overall deadline above is the one that fires
             self.connecting = connect(self.loop, outbound.proxy_address, self._connected,
-                                      fwmark=outbound.fwmark, timeout=outbound.connect_timeout + 1.0)
+                                      egress=outbound.egress, timeout=outbound.connect_timeout + 1.0)
         except (OSError, ZtunError) as e:
             err = getattr(e, "errno", None) or errno.EIO
             self.loop.call_soon(self._fail, err, "proxy_connect_failed", f"connect: {e}")
@@ -435,7 +436,7 @@ class Socks5UdpFlow:
         self.relay = (str(ip), port)
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         try:
-            udp = udp_socket(family, self.outbound.fwmark)
+            udp = udp_socket(family, self.outbound.egress)
         except (OSError, ZtunError) as e:
             self._failed("udp_socket_failed", f"UDP socket: {e}")
             return
@@ -591,7 +592,7 @@ def _resolve(host: str, port: int) -> str:
 
 
 class Socks5Outbound:
-    """Flows go through a SOCKS5 proxy: TCP with CONNECT, UDP with UDP ASSOCIATE; sockets carry ztun's fwmark.
+    """Flows go through a SOCKS5 proxy: TCP with CONNECT, UDP with UDP ASSOCIATE; sockets carry ztun's fwmark or are bound to the uplink (egress).
 
     Nothing sticks between flows: a proxy that is down fails each new flow fast (its
     connect is refused), and flows succeed again as soon as it is back.
@@ -601,7 +602,8 @@ class Socks5Outbound:
     resolves_names = True  # given a domain, it CONNECTs by name: the proxy resolves it
 
     def __init__(self, loop, host: str, port: int, *, username: str | None = None, password: str | None = None,
-                 fwmark: int = 0, connect_timeout: float = 10.0, name: str = "proxy", address: str | None = None):
+                 fwmark: int = 0, egress: Egress | None = None, connect_timeout: float = 10.0, name: str = "proxy",
+                 address: str | None = None):
         if not isinstance(port, int) or not 1 <= port <= 0xFFFF:
             raise ValueError(f"socks5 proxy port must be 1..65535, got {port!r}")
         if (username is None) != (password is None):
@@ -615,7 +617,8 @@ class Socks5Outbound:
         self._address = (ip, port)
         self.family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         self.label = host_port(ip, port)
-        self.fwmark = fwmark
+        self.egress = egress if egress is not None else Egress(fwmark)  # shared: the monitor moves its binding
+        self.fwmark = self.egress.fwmark
         self.connect_timeout = connect_timeout
         self.counters: dict[str, int] = {"tcp_ok": 0, "tcp_failed": 0}
         # The last health probe's result (ztun.appliance.health keeps it): state "unknown" (not probed

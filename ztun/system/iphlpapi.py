@@ -6,7 +6,7 @@ raise RouteError. Loading needs Windows; tests use a fake with the same methods.
 
 import ctypes
 import sys
-from ctypes import POINTER, byref, c_uint32
+from ctypes import POINTER, byref, c_int, c_size_t, c_uint16, c_uint32, c_void_p
 
 from ..errors import RouteError
 from .iphlpapi_types import (
@@ -17,6 +17,26 @@ from .iphlpapi_types import (
     NET_LUID,
 )
 from .winerror import win_error
+
+
+class MIB_IPFORWARD_TABLE2(ctypes.Structure):
+    """GetIpForwardTable2's table: NumEntries, then that many rows (declared as one; read with rows())."""
+
+    _fields_ = [("NumEntries", c_uint32), ("Table", MIB_IPFORWARD_ROW2 * 1)]
+
+    def rows(self):
+        array = (MIB_IPFORWARD_ROW2 * self.NumEntries).from_address(ctypes.addressof(self.Table))
+        return list(array)
+
+
+# PIPFORWARD_CHANGE_CALLBACK(CallerContext, Row, NotificationType): called on a system thread.
+ROUTE_CHANGE_CALLBACK = getattr(ctypes, "WINFUNCTYPE", ctypes.CFUNCTYPE)(None, c_void_p, POINTER(MIB_IPFORWARD_ROW2), c_int)
+IF_MAX_STRING_SIZE = 256
+
+
+def default_rows(rows) -> list:
+    """(interface index, route metric, next hop address or None) of each default route (prefix length 0) among rows."""
+    return [(r.InterfaceIndex, r.Metric, r.NextHop.get()) for r in rows if r.DestinationPrefix.PrefixLength == 0]
 
 
 def route_error(what: str, code: int) -> RouteError:
@@ -45,11 +65,18 @@ class Iphlpapi:
             "InitializeIpInterfaceEntry": (POINTER(MIB_IPINTERFACE_ROW),),
             "GetIpInterfaceEntry": (POINTER(MIB_IPINTERFACE_ROW),),
             "SetIpInterfaceEntry": (POINTER(MIB_IPINTERFACE_ROW),),
+            "GetIpForwardTable2": (c_uint16, POINTER(POINTER(MIB_IPFORWARD_TABLE2))),
+            "FreeMibTable": (c_void_p,),
+            "ConvertInterfaceIndexToLuid": (NET_IFINDEX, POINTER(NET_LUID)),
+            "ConvertInterfaceLuidToAlias": (POINTER(NET_LUID), ctypes.c_wchar_p, c_size_t),
+            "NotifyRouteChange2": (c_uint16, ROUTE_CHANGE_CALLBACK, c_void_p, ctypes.c_uint8, POINTER(c_void_p)),
+            "CancelMibChangeNotify2": (c_void_p,),
         }
         for name, args in sig.items():
             fn = getattr(lib, name)
             fn.argtypes = args
-            fn.restype = None if name.startswith("Initialize") else c_uint32
+            fn.restype = None if name.startswith("Initialize") or name == "FreeMibTable" else c_uint32
+        self._callbacks = {}  # notification handle -> its ctypes callback, alive until cancelled
 
     def alias_to_luid(self, name: str) -> int:
         luid = NET_LUID()
@@ -97,3 +124,40 @@ class Iphlpapi:
 
     def set_interface(self, row: MIB_IPINTERFACE_ROW) -> int:
         return self._lib.SetIpInterfaceEntry(byref(row))
+
+    def default_routes(self, family: int) -> list:
+        """(interface index, route metric, next hop) of every default route of family (AF_INET or AF_INET6)."""
+        table = POINTER(MIB_IPFORWARD_TABLE2)()
+        code = self._lib.GetIpForwardTable2(family, byref(table))
+        if code:
+            raise route_error(f"GetIpForwardTable2 family {family}", code)
+        try:
+            return default_rows(table.contents.rows())
+        finally:
+            self._lib.FreeMibTable(table)
+
+    def index_to_alias(self, index: int) -> str:
+        luid = NET_LUID()
+        code = self._lib.ConvertInterfaceIndexToLuid(index, byref(luid))
+        if code:
+            raise route_error(f"ConvertInterfaceIndexToLuid {index}", code)
+        buf = ctypes.create_unicode_buffer(IF_MAX_STRING_SIZE + 1)
+        code = self._lib.ConvertInterfaceLuidToAlias(byref(luid), buf, len(buf))
+        if code:
+            raise route_error(f"ConvertInterfaceLuidToAlias {index}", code)
+        return buf.value
+
+    def notify_route_change(self, changed) -> int:
+        """Call changed() (on a system thread) whenever an IPv4 or IPv6 route changes; a handle for cancel_notify."""
+        callback = ROUTE_CHANGE_CALLBACK(lambda context, row, kind: changed())
+        handle = c_void_p()
+        code = self._lib.NotifyRouteChange2(0, callback, None, 0, byref(handle))  # AF_UNSPEC: both families
+        if code:
+            raise route_error("NotifyRouteChange2", code)
+        self._callbacks[handle.value] = callback
+        return handle.value
+
+    def cancel_notify(self, handle: int) -> None:
+        """Stop the notification; returns once its callback no longer runs."""
+        if self._callbacks.pop(handle, None) is not None:
+            self._lib.CancelMibChangeNotify2(handle)

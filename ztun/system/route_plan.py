@@ -19,6 +19,8 @@ ICMP unreachable (a LAN host's packets) until `run` or `cleanup` removes them. T
 are more specific than the twins they cut into, so exclusions keep bypassing.
 
     P+0  fwmark M goto NOP              ztun's own sockets skip every ztun rule: no loops
+    P+0  oif IF goto NOP                (instead, with outbound_interface) the same for its
+                                        sockets bound to IF, the uplink (moved with it)
     P+1  iif TUN goto NOP               what the stack writes back is never sent back in
     P+1  iif lo from ADDR goto NOP      (IPv4, one per address of an interface with strict
                                         rp_filter) the reverse-path check of a reply to
@@ -88,7 +90,10 @@ class RouteSpec:
     address goes into the TUN. main_routes: the main table's routes (Route, as
     Router.main_routes() reads them), for strict_route and bypassing(). table, rule_priority
     and fwmark: ztun's routing table, the first of its ten rule priorities, and the mark of
-    its own sockets (Linux policy routing).
+    its own sockets (Linux policy routing); outbound_interface: the interface its own sockets
+    are bound to instead (the resolved name, not "auto"), which P+0 then matches. uplinks:
+    the default routes (Route to 0.0.0.0/0 or ::/0 via a gateway out of an interface) that a
+    router without policy routing sends excluded prefixes by.
     """
 
     iface: str
@@ -104,6 +109,8 @@ class RouteSpec:
     table: int
     rule_priority: int
     fwmark: int
+    outbound_interface: str | None = None
+    uplinks: tuple = ()
 
     def __post_init__(self):
         for field in ("inet4", "inet6"):
@@ -160,7 +167,8 @@ class Route:
 class Rule:
     """One policy rule. action: lookup (table), goto (target priority), nop or unreachable.
 
-    Selectors: iif, src, dst (`to`), fwmark/fwmask, ipproto with dport (one port).
+    Selectors: iif, oif (a socket bound to that interface), src, dst (`to`), fwmark/fwmask, ipproto with
+    dport (one port).
     """
 
     family: int
@@ -176,6 +184,7 @@ class Rule:
     dst: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     ipproto: int | None = None
     dport: int | None = None
+    oif: str | None = None
 
     def __str__(self):
         parts = [f"{self.priority}:", f"from {self.src}" if self.src is not None else "from all"]
@@ -189,6 +198,8 @@ class Rule:
             parts.append(f"fwmark {self.fwmark:#x}" + (f"/{self.fwmask:#x}" if self.fwmask not in (None, 0xFFFFFFFF) else ""))
         if self.iif:
             parts.append(f"iif {self.iif}")
+        if self.oif:
+            parts.append(f"oif {self.oif}")
         if self.action == "lookup":
             parts.append(f"lookup {'main' if self.table == MAIN_TABLE else self.table}")
         elif self.action == "goto":
@@ -220,7 +231,7 @@ def plan(spec: RouteSpec, rp_sources=(), *, policy_routing: bool = True) -> Rout
     if not policy_routing:
         return _main_table_plan(spec)
     iface = spec.iface
-    T, P, M = spec.table, spec.rule_priority, spec.fwmark
+    T, P = spec.table, spec.rule_priority
     nop = P + 9
     routes, rules = [], []
     for fam in FAMILIES:
@@ -236,7 +247,7 @@ def plan(spec: RouteSpec, rp_sources=(), *, policy_routing: bool = True) -> Rout
                 routes += [Route(net, None, T, "unreachable", metric=FAIL_CLOSED_METRIC) for net in into]
             routes += [Route(net, None, T, "throw") for net in spec.exclude_routes if net.version == fam]
             rules += [
-                Rule(fam, P, "goto", goto=nop, fwmark=M, fwmask=0xFFFFFFFF),
+                own_sockets(spec, fam),
                 Rule(fam, P + 1, "goto", goto=nop, iif=iface),
             ]
             if not spec.auto_route:
@@ -269,13 +280,23 @@ def plan(spec: RouteSpec, rp_sources=(), *, policy_routing: bool = True) -> Rout
             rules.append(Rule(fam, nop, "nop"))
         elif prefix is None and spec.strict_route:
             rules += [
-                Rule(fam, P, "goto", goto=nop, fwmark=M, fwmask=0xFFFFFFFF),
+                own_sockets(spec, fam),
                 Rule(fam, P + 1, "unreachable"),
                 Rule(fam, nop, "nop"),
             ]
     # The nop targets go in first, so no goto is ever left pointing nowhere.
     rules.sort(key=lambda r: r.action != "nop")
     return RoutePlan(tuple(routes), tuple(rules))
+
+
+def own_sockets(spec: RouteSpec, fam: int, interface: str | None = None) -> Rule:
+    """P+0, the rule that lets ztun's own sockets skip every ztun rule: by their fwmark, or (with
+    outbound_interface) by the interface they are bound to (interface, when it moved, else the spec's)."""
+    nop = spec.rule_priority + 9
+    oif = interface or spec.outbound_interface
+    if oif:
+        return Rule(fam, spec.rule_priority, "goto", goto=nop, oif=oif)
+    return Rule(fam, spec.rule_priority, "goto", goto=nop, fwmark=spec.fwmark, fwmask=0xFFFFFFFF)
 
 
 def _connected(spec: RouteSpec, fam: int) -> list:
@@ -320,17 +341,37 @@ def _main_table_plan(spec: RouteSpec) -> RoutePlan:
     The own prefix is for macOS: a utun is point-to-point, its address brings no prefix
     route, and the kernel's replies to the stack's "next" address B must go into the TUN
     (where the address did bring one, as on Windows, adding it again changes nothing).
+    auto_route routes the two halves of the address space (0.0.0.0/1 and 128.0.0.0/1,
+    ::/1 and 8000::/1) into the TUN: more specific than any default route, so they win
+    without replacing it, and ztun's own sockets, bound to the uplink (IP_BOUND_IF,
+    IP_UNICAST_IF), still take the uplink's. Each excluded prefix gets a route via its
+    family's uplink (spec.uplinks; followed when the default route moves). strict_route
+    and hijack_dns need policy rules: strict_route is refused, hijack_dns does nothing.
     """
-    for field in ("auto_route", "exclude_routes"):
-        if getattr(spec, field):
-            raise RouteError(f"{field} needs Linux policy routing for now; this platform's router has none "
-                             "(route chosen prefixes with routes)", errno.EOPNOTSUPP)
+    if spec.strict_route:
+        raise RouteError("strict_route needs Linux policy routing; this platform's router has none", errno.EOPNOTSUPP)
     routes = []
     for fam in FAMILIES:
         prefix = spec.prefix(fam)
         given = [r for r in spec.routes if r.version == fam]
-        if prefix is None or not given:
+        if prefix is None or not (given or spec.auto_route):
             continue
-        own = [prefix.network] if not any(prefix.network.subnet_of(net) for net in given) else []
-        routes += [Route(net, spec.iface, MAIN_TABLE) for net in given + own]
+        halves = [_net("0.0.0.0/1"), _net("128.0.0.0/1")] if fam == 4 else [_net("::/1"), _net("8000::/1")]
+        into = given + (halves if spec.auto_route else [])
+        own = [prefix.network] if not any(prefix.network.subnet_of(net) for net in into) else []
+        routes += [Route(net, spec.iface, MAIN_TABLE) for net in into + own]
+        routes += excluded_routes(spec, fam)
     return RoutePlan(tuple(routes), ())
+
+
+def excluded_routes(spec: RouteSpec, fam: int, uplinks: tuple | None = None) -> list:
+    """Without policy routing: a route for each excluded prefix of family fam via that family's uplink
+    (uplinks, else spec.uplinks); RouteError if there is none to send it by."""
+    nets = [net for net in spec.exclude_routes if net.version == fam]
+    if not nets:
+        return []
+    up = next((u for u in (spec.uplinks if uplinks is None else uplinks) if u.family == fam), None)
+    if up is None:
+        raise RouteError(f"exclude_routes {', '.join(map(str, nets))}: no IPv{fam} default route to send "
+                         f"{'it' if len(nets) == 1 else 'them'} by", errno.ENETUNREACH)
+    return [Route(net, up.iface, MAIN_TABLE, gateway=up.gateway) for net in nets]

@@ -158,6 +158,8 @@ class LinuxRouter:
             kw["goto"] = rule.goto
         if rule.iif:
             kw["iifname"] = rule.iif
+        if rule.oif:
+            kw["oifname"] = rule.oif
         if rule.src is not None:
             kw["src"] = str(rule.src.network_address)
             kw["src_len"] = rule.src.prefixlen

@@ -59,7 +59,8 @@ _ROUTE_ATTRS = {1: ("RTA_DST", "addr"), 4: ("RTA_OIF", "u32"), 5: ("RTA_GATEWAY"
                 7: ("RTA_PREFSRC", "addr"), 9: ("RTA_MULTIPATH", "nexthop"), 15: ("RTA_TABLE", "u32")}
 _RULE_ATTRS = {1: ("FRA_DST", "addr"), 2: ("FRA_SRC", "addr"), 3: ("FRA_IIFNAME", "str"), 4: ("FRA_GOTO", "u32"),
                6: ("FRA_PRIORITY", "u32"), 10: ("FRA_FWMARK", "u32"), 14: ("FRA_SUPPRESS_PREFIXLEN", "u32"),
-               15: ("FRA_TABLE", "u32"), 16: ("FRA_FWMASK", "u32"), 21: ("FRA_PROTOCOL", "u8"),
+               15: ("FRA_TABLE", "u32"), 16: ("FRA_FWMASK", "u32"), 17: ("FRA_OIFNAME", "str"),
+               21: ("FRA_PROTOCOL", "u8"),
                22: ("FRA_IP_PROTO", "u8"), 24: ("FRA_DPORT_RANGE", "ports")}
 _RTNEXTHOP = struct.Struct("=HBBi")  # len, flags, hops, ifindex
 _KINDS = {RTM_NEWLINK: (_IFINFOMSG, _LINK_ATTRS), RTM_NEWADDR: (_IFADDRMSG, _ADDR_ATTRS),
@@ -147,7 +148,8 @@ def route_request(*, family: int, dst: str | None = None, dst_len: int = 0, tabl
 
 
 def rule_request(*, family: int, action: int, priority: int | None = None, table: int | None = None,
-                 goto: int | None = None, iifname: str | None = None, src: str | None = None, src_len: int = 0,
+                 goto: int | None = None, iifname: str | None = None, oifname: str | None = None,
+                 src: str | None = None, src_len: int = 0,
                  fwmark: int | None = None, fwmask: int | None = None, suppress_prefixlen: int | None = None,
                  protocol: int | None = None, dst: str | None = None, dst_len: int = 0, ip_proto: int | None = None,
                  dport_range: tuple | None = None) -> bytes:
@@ -156,6 +158,7 @@ def rule_request(*, family: int, action: int, priority: int | None = None, table
     body = _header(_FIBRULEHDR, family=family, src_len=src_len if src is not None else 0,
                    dst_len=dst_len if dst is not None else 0, table=head_table, action=action)
     for kind, value in (("FRA_PRIORITY", priority), ("FRA_TABLE", table), ("FRA_GOTO", goto), ("FRA_IIFNAME", iifname),
+                        ("FRA_OIFNAME", oifname),
                         ("FRA_SRC", src), ("FRA_DST", dst), ("FRA_FWMARK", fwmark), ("FRA_FWMASK", fwmask),
                         ("FRA_SUPPRESS_PREFIXLEN", suppress_prefixlen), ("FRA_PROTOCOL", protocol),
                         ("FRA_IP_PROTO", ip_proto), ("FRA_DPORT_RANGE", dport_range)):

@@ -83,6 +83,9 @@ class TunOptions:
     (Android VpnService, systemd) instead of opening /dev/net/tun. offload sets
     IFF_VNET_HDR: each packet carries a virtio_net_hdr in its slot's headroom. napi
     (Linux, a device ztun creates) is "off", "on" or "auto": see ztun.tun.napi.
+    outbound_interface binds ztun's own sockets to an interface instead of marking them:
+    "auto" (the interface of the default route, followed as it moves) or a name; None is
+    the fwmark on Linux, "auto" elsewhere (see ztun.system.sockopt).
     """
 
     name: str = "ztun0"
@@ -102,6 +105,7 @@ class TunOptions:
     multi_queue: bool = False
     offload: bool = False
     napi: str = "off"
+    outbound_interface: str | None = None
 
     def __post_init__(self):
         def put(field, value):
@@ -149,6 +153,16 @@ class TunOptions:
             _fail("table", f"{table} is a table of the system (default 253, main 254, local 255)")
         _int("rule_priority", self.rule_priority, 1, MAX_RULE_PRIORITY)
         _int("fwmark", self.fwmark, 1, 0xFFFFFFFF)
+        out = self.outbound_interface
+        if out is not None:
+            if not isinstance(out, str) or not out:
+                _fail("outbound_interface", f"must be \"auto\" or an interface name, got {out!r}")
+            if out != "auto":
+                if len(out.encode()) >= IFNAMSIZ or out in (".", "..") or any(c in out for c in "/:%") \
+                        or any(c.isspace() for c in out):
+                    _fail("outbound_interface", f"{out!r} is not a valid interface name (or \"auto\")")
+                if out == name:
+                    _fail("outbound_interface", f"{out!r} is the TUN itself: name the uplink, or \"auto\"")
         if self.file_descriptor is not None:
             _int("file_descriptor", self.file_descriptor, 0, 1 << 30)
 

@@ -43,6 +43,7 @@ def format_config(config: AppConfig) -> str:
         ("auto_route", _toml(t.auto_route)), ("strict_route", _toml(t.strict_route)),
         ("fail_closed", _toml(t.fail_closed)),
         ("table", _toml(t.table)), ("rule_priority", _toml(t.rule_priority)), ("fwmark", hex(t.fwmark)),
+        ("outbound_interface", None if t.outbound_interface is None else _toml(t.outbound_interface)),
         ("offload", _toml("on" if t.offload else "off")), ("napi", _toml(t.napi)),
     ])
     f = config.flows

@@ -141,7 +141,7 @@ class AppConfig:
 
 # The keys of each table, in the order they are documented and printed.
 TUN_KEYS = ("name", "mtu", "inet4", "inet6", "routes", "exclude_routes", "auto_route", "strict_route",
-            "fail_closed", "table", "rule_priority", "fwmark", "offload", "napi")
+            "fail_closed", "table", "rule_priority", "fwmark", "outbound_interface", "offload", "napi")
 KEYS = {
     "": ("tun", "flows", "gateway", "log", "outbounds", "route", "dns", "health", "metrics", "api", "control"),
     "tun": TUN_KEYS,
@@ -176,6 +176,7 @@ FLAGS = {
     "table": ("tun.table", "--table"),
     "rule_priority": ("tun.rule_priority", "--rule-priority"),
     "fwmark": ("tun.fwmark", "--fwmark"),
+    "outbound_interface": ("tun.outbound_interface", "--outbound-interface"),
     "offload": ("tun.offload", "--offload"),
     "napi": ("tun.napi", "--napi"),
     "lan_interfaces": ("gateway.lan_interfaces", "--lan-interface"),
