@@ -456,3 +456,32 @@ def test_a_stream_that_is_not_read_is_closed_not_buffered(app):
     finally:
         logs.close()
         traffic.close()
+
+
+def test_a_bare_line_break_in_the_head_is_400_never_echoed():
+    """A header value with a lone LF or CR (or a NUL) is refused: the Origin a "*" CORS setting
+    echoes must not carry a header of the client's into the answer (response splitting)."""
+    a = Appliance(secret=SECRET, allow_origins=("*",))
+    try:
+        for origin in (b"http://a\nSet-Cookie: x=1", b"http://a\rSet-Cookie: x=1", b"http://a\0"):
+            with socket.create_connection((a.host, a.port), timeout=10) as s:
+                s.sendall(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + SECRET.encode()
+                          + b"\r\nOrigin: " + origin + b"\r\n\r\n")
+                answer = b""
+                while data := s.recv(65536):
+                    answer += data
+            assert answer.startswith(b"HTTP/1.1 400") and b"Set-Cookie" not in answer, answer
+        assert a.server.counters["bad_requests"] == 3
+        _, h, _ = a.request("GET", "/version", {**AUTH, "Origin": "http://any.example"})  # a clean one still works
+        assert h["access-control-allow-origin"] == "http://any.example"
+    finally:
+        a.close()
+
+
+def test_a_refused_websocket_upgrade_leaves_no_log_reader(app):
+    """An upgrade to /logs that is not a valid handshake is 400 and stops the log buffer's reader
+    it started (else every log line is copied for nobody from then on)."""
+    with socket.create_connection((app.host, app.port), timeout=10) as s:
+        s.sendall(f"GET /logs?token={SECRET} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\r\n".encode())
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    assert app.server.logs.readers == 0

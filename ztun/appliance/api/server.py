@@ -227,6 +227,13 @@ class ApiHttpServer:
             self._answer(sel, conn, Answer(431).encode())
             return
         head = conn.inbuf[:end]
+        bare = head.replace(b"\r\n", b"")
+        if b"\r" in bare or b"\n" in bare or b"\0" in bare:
+            # A lone CR or LF ends a line for some parsers and not for ours: a value that carries one
+            # (an Origin the CORS answer echoes) could add headers to the answer.
+            self.counters["bad_requests"] += 1
+            self._answer(sel, conn, Answer(400).encode())
+            return
         try:
             request = Request(head)
             length = int(request.headers.get("content-length", "0") or "0")
@@ -323,6 +330,9 @@ class ApiHttpServer:
             events = []
         if not events or not isinstance(events[0], WsRequest):
             self.counters["bad_requests"] += 1
+            on_close = getattr(stream.poll, "on_close", None)
+            if on_close is not None:  # the stream never starts: what its poll holds (a /logs reader) is let go
+                on_close()
             self._answer(sel, conn, Answer(400, {"Content-Type": "text/plain"}, b"not a WebSocket upgrade\n").encode())
             return
         conn.ws, conn.state, conn.job = ws, "websocket", stream
