@@ -485,3 +485,25 @@ def test_a_refused_websocket_upgrade_leaves_no_log_reader(app):
         s.sendall(f"GET /logs?token={SECRET} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\r\n".encode())
         assert s.recv(100).startswith(b"HTTP/1.1 400")
     assert app.server.logs.readers == 0
+
+
+def test_answered_clients_that_stay_do_not_keep_others_out(monkeypatch):
+    """At max_connections, a new client pushes out one already answered that lingers (it got all of
+    its answer and has not closed): clients that never close cannot fill the server."""
+    from ztun.appliance.api import server
+
+    monkeypatch.setattr(server, "LINGER", 60.0)  # they would stay a minute: the test never waits for it
+    a = Appliance(secret=SECRET, max_connections=4)
+    stayers = []
+    try:
+        for _ in range(4):
+            s = socket.create_connection((a.host, a.port), timeout=10)
+            stayers.append(s)
+            s.sendall(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # no secret: 401, all sent at once
+            assert s.recv(100).startswith(b"HTTP/1.1 401")
+        assert a.get("/version", AUTH)["version"]
+        assert a.server.counters["pushed_out"] >= 1 and a.server.counters["refused_busy"] == 0
+    finally:
+        for s in stayers:
+            s.close()
+        a.close()

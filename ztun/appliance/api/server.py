@@ -1,7 +1,7 @@
 """The API's HTTP server: one thread, one selector, non-blocking sockets, off the appliance's loop.
 
 Like metrics.HttpEndpoint (a deadline for the request, a cap on connections where a new client
-pushes out the oldest one still sending its request), plus what the Clash API needs: a request
+pushes out the oldest one still sending its request or only lingering after its answer), plus what the Clash API needs: a request
 body (PATCH), answers that wait for the next view (Pending), and streams that stay open:
 chunked HTTP (one JSON document a line) or WebSocket. The WebSocket protocol is wsproto's
 (sans-IO: it turns bytes into events and messages into bytes, so it runs inside this selector
@@ -162,7 +162,9 @@ class ApiHttpServer:
                 log.debug("api: accept: %s", e)
                 return
             if len(self._conns) >= self.max_connections:
-                oldest = next((c for c in self._conns.values() if c.state == "request"), None)
+                # the oldest still sending its request, or answered and only lingering (all sent)
+                oldest = next((c for c in self._conns.values()
+                               if c.state == "request" or (c.state == "answer" and not c.out)), None)
                 if oldest is None:
                     self.counters["refused_busy"] += 1
                     sock.close()
