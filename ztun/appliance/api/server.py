@@ -1,8 +1,8 @@
 """The API's HTTP server: one thread, one selector, non-blocking sockets, off the appliance's loop.
 
 Like metrics.HttpEndpoint (a deadline for the request, a cap on connections where a new client
-pushes out the oldest one still sending its request or only lingering after its answer), plus what the Clash API needs: a request
-body (PATCH), answers that wait for the next view (Pending), and streams that stay open:
+pushes out the oldest one still sending its request or only lingering after its answer), plus
+what the Clash API needs: a request body (PATCH), answers that wait for the next view (Pending), and streams that stay open:
 chunked HTTP (one JSON document a line) or WebSocket. The WebSocket protocol is wsproto's
 (sans-IO: it turns bytes into events and messages into bytes, so it runs inside this selector
 loop as it is; no thread or asyncio of its own).
