@@ -507,3 +507,14 @@ def test_answered_clients_that_stay_do_not_keep_others_out(monkeypatch):
         for s in stayers:
             s.close()
         a.close()
+
+
+def test_the_page_cannot_be_framed_nor_talk_elsewhere(app):
+    """The page keeps the secret and has close buttons: no other site may frame it (clickjacking),
+    and its script may connect to its own origin only (the page polls with fetch, no WebSocket)."""
+    for name in ("", "app.js"):
+        _, h, _ = app.request("GET", f"/ui/{name}")
+        csp = dict(part.strip().split(" ", 1) for part in h["content-security-policy"].split(";"))
+        assert csp["frame-ancestors"] == "'none'" and h["x-frame-options"] == "DENY"
+        assert csp["connect-src"] == "'self'" and csp["default-src"] == "'self'"
+        assert "unsafe" not in h["content-security-policy"]

@@ -30,6 +30,10 @@ LOG_KEPT = 1000  # log lines kept for /logs streams (a client that falls further
 UI_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
             "style.css": "text/css; charset=utf-8"}
 LEVEL_ORDER = ("debug", "info", "warning", "error")
+# The page's scripts and styles are its own files; it fetches from its own origin only; no other
+# site may frame it (it holds the secret and has close buttons: clickjacking)
+UI_CSP = ("default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+          "form-action 'none'")
 
 
 def _json(status: int, value, headers: dict | None = None) -> Answer:
@@ -153,9 +157,8 @@ class ClashApi:
         if name not in UI_FILES:
             return Answer(404, {"Content-Type": "text/plain"}, b"not found\n")
         data = resources.files(__package__).joinpath("ui", name).read_bytes()
-        return Answer(200, {"Content-Type": UI_FILES[name], "Cache-Control": "no-cache",
-                            "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:",
-                            "X-Content-Type-Options": "nosniff"}, data)
+        return Answer(200, {"Content-Type": UI_FILES[name], "Cache-Control": "no-cache", "Content-Security-Policy": UI_CSP,
+                            "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff"}, data)
 
     # -- endpoints ------------------------------------------------------------------------
 
