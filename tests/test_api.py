@@ -518,3 +518,15 @@ def test_the_page_cannot_be_framed_nor_talk_elsewhere(app):
         assert csp["frame-ancestors"] == "'none'" and h["x-frame-options"] == "DENY"
         assert csp["connect-src"] == "'self'" and csp["default-src"] == "'self'"
         assert "unsafe" not in h["content-security-policy"]
+
+
+def test_connection_metadata_has_the_fields_typed_dashboards_read(app):
+    """mihomo's metadata (constant/metadata.go): dnsMode "fake-ip" (its DNSMode text), a numeric uid
+    and a process string, which metacubexd's types declare; ztun cannot know them, so 0 and ""."""
+    (c,) = app.get("/connections", AUTH)["connections"]
+    m = c["metadata"]
+    assert m["dnsMode"] == "fake-ip"  # the flow's destination is a fake-IP name (host is set)
+    assert m["uid"] == 0 and m["process"] == "" and m["processPath"] == ""
+    for key in ("inboundIP", "inboundPort", "inboundName", "inboundUser", "sniffHost", "specialProxy", "specialRules",
+                "remoteDestination"):
+        assert isinstance(m[key], str), key
