@@ -530,3 +530,18 @@ def test_connection_metadata_has_the_fields_typed_dashboards_read(app):
     for key in ("inboundIP", "inboundPort", "inboundName", "inboundUser", "sniffHost", "specialProxy", "specialRules",
                 "remoteDestination"):
         assert isinstance(m[key], str), key
+
+
+def test_config_secret_is_ascii_and_any_origin_needs_it():
+    """The secret travels in an HTTP header (latin-1 on the wire; a browser's fetch refuses anything
+    beyond it) and in ?token= (UTF-8): only printable ASCII means the same both ways. allow_origins
+    "*" lets every web page a browser on this host opens read the flows: it needs the secret."""
+    with pytest.raises(ConfigError, match=r"api\.secret.*ASCII"):
+        config.build({"api": {"secret": "pässwörd"}})
+    with pytest.raises(ConfigError, match=r"api\.allow_origins: \"\*\".*--api-secret"):
+        config.build({"api": {"listen": "127.0.0.1:9090", "allow_origins": ["*"]}})
+    with pytest.raises(ConfigError, match="--api-secret"):
+        config.load(None, {"api.listen": ("127.0.0.1:1", "--api-listen"), "api.allow_origins": (["*"], "--api-allow-origin")})
+    c = config.build({"api": {"listen": "127.0.0.1:9090", "allow_origins": ["*"], "secret": SECRET}})
+    assert c.api.allow_origins == ("*",)
+    assert config.build({"api": {"listen": "127.0.0.1:9090", "allow_origins": ["http://d.example"]}}).api.secret is None
