@@ -545,3 +545,33 @@ def test_config_secret_is_ascii_and_any_origin_needs_it():
     c = config.build({"api": {"listen": "127.0.0.1:9090", "allow_origins": ["*"], "secret": SECRET}})
     assert c.api.allow_origins == ("*",)
     assert config.build({"api": {"listen": "127.0.0.1:9090", "allow_origins": ["http://d.example"]}}).api.secret is None
+
+
+def test_a_failing_stream_costs_its_connection_not_the_server():
+    """Whatever a handler's stream raises on its first poll (inside the server's read path) closes
+    that connection and is counted; the server thread goes on answering."""
+    from ztun.appliance.api.server import Answer, ApiHttpServer, Stream
+
+    def broken():
+        raise RuntimeError("a poll that fails")
+
+    def handler(request, body):
+        if request.target == "/broken":
+            return Stream(broken, websocket=False)
+        return Answer(200, {}, b"fine")
+
+    server = ApiHttpServer("127.0.0.1", 0, handler)
+    try:
+        for _ in range(2):
+            c = http.client.HTTPConnection(*server.address, timeout=10)
+            c.request("GET", "/broken")
+            with pytest.raises((http.client.HTTPException, ConnectionError)):
+                c.getresponse().read()
+            c.close()
+        c = http.client.HTTPConnection(*server.address, timeout=10)
+        c.request("GET", "/other")
+        assert c.getresponse().read() == b"fine"
+        c.close()
+        assert server.counters["errors"] == 2
+    finally:
+        server.close()

@@ -210,6 +210,10 @@ class ApiHttpServer:
                 self._flush(sel, conn)
         except OSError:
             self._drop(sel, conn)
+        except Exception:  # a stream's first poll, wsproto: this connection's end, not the server's
+            self.counters["errors"] += 1
+            log.exception("api: a connection failed")
+            self._drop(sel, conn)
 
     def _received(self, sel, conn: _Conn, data: bytes) -> None:
         if conn.state == "request":
