@@ -575,3 +575,31 @@ def test_a_failing_stream_costs_its_connection_not_the_server():
         assert server.counters["errors"] == 2
     finally:
         server.close()
+
+
+def test_a_stream_client_that_takes_nothing_for_write_timeout_is_closed():
+    """A snapshot stream holds one message at most for a client that stops reading, but that client
+    is closed once nothing of it was taken for write_timeout: it does not keep its connection (one
+    of max_connections) and its message for ever."""
+    from ztun.appliance.api.server import ApiHttpServer, Stream
+
+    big = ["x" * (16 << 20)]  # more than the kernel's buffers on both sides take
+
+    def handler(request, body):
+        return Stream(lambda: big, websocket=False, latest_only=True)
+
+    server = ApiHttpServer("127.0.0.1", 0, handler, write_timeout=0.5)
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect(server.address)
+        s.sendall(b"GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        for _ in range(200):  # bounded: 20 s at most, against a hang
+            if server.counters["slow_streams_closed"]:
+                break
+            time.sleep(0.1)
+        assert server.counters["slow_streams_closed"] == 1
+    finally:
+        s.close()
+        server.close()

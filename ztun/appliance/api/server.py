@@ -7,8 +7,9 @@ chunked HTTP (one JSON document a line) or WebSocket. The WebSocket protocol is 
 (sans-IO: it turns bytes into events and messages into bytes, so it runs inside this selector
 loop as it is; no thread or asyncio of its own).
 
-A stream's client that does not read falls behind: beyond MAX_BUFFERED unsent bytes it is
-closed, so it costs bounded memory, and never a wait.
+A stream's client that does not read falls behind: beyond MAX_BUFFERED unsent bytes, or when it
+took nothing of what waits for it for write_timeout, it is closed, so it costs bounded memory and
+a connection for a bounded time, and never a wait.
 """
 
 from __future__ import annotations
@@ -75,13 +76,13 @@ class Stream:
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "out", "deadline", "state", "request", "job", "ws", "opened")
+    __slots__ = ("sock", "inbuf", "out", "deadline", "state", "request", "job", "ws", "moved")
 
     def __init__(self, sock, deadline: float):
         self.sock, self.inbuf, self.out, self.deadline = sock, b"", bytearray(), deadline
         self.state = "request"  # request -> answer | pending -> answer | stream | websocket
         self.request = self.job = self.ws = None
-        self.opened = time.monotonic()
+        self.moved = time.monotonic()  # when the client last took bytes (or had nothing waiting)
 
 
 class ApiHttpServer:
@@ -189,8 +190,12 @@ class ApiHttpServer:
                     answer = Answer(503, {"Content-Type": "application/json"}, b'{"message":"no data yet"}')
                 if answer is not None:
                     self._answer(sel, conn, answer.encode())
-            elif conn.state in ("stream", "websocket") and not (conn.out and conn.job.latest_only):
-                self._push(sel, conn, conn.job.poll())
+            elif conn.state in ("stream", "websocket"):
+                if conn.out and now - conn.moved > self.write_timeout:  # it took nothing for that long
+                    self.counters["slow_streams_closed"] += 1
+                    self._drop(sel, conn)
+                elif not (conn.out and conn.job.latest_only):
+                    self._push(sel, conn, conn.job.poll())
         except OSError:
             self._drop(sel, conn)
         except Exception:
@@ -311,10 +316,13 @@ class ApiHttpServer:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             del conn.out[:sent]
+            if sent:
+                conn.moved = time.monotonic()
         if conn.out:
             sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
             return
         sel.modify(conn.sock, selectors.EVENT_READ)
+        conn.moved = time.monotonic()
         if conn.state == "answer" and conn.deadline > time.monotonic() + LINGER:
             # All sent: shut our side and give the client LINGER to close its own (a close with
             # unread bytes would reset and could lose the end of the answer).
