@@ -355,12 +355,14 @@ def test_summary_for_the_page(app):
 
 def test_hostile_requests_get_an_error_not_a_hang(app):
     assert app.request("GET", "/version", {**AUTH, "X-Big": "a" * 9000})[0] == 431
+    assert app.server.counters["bad_requests"] == 1  # every refusal is counted
     with socket.create_connection((app.host, app.port), timeout=10) as s:
         s.sendall(b"NONSENSE\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 400")
     with socket.create_connection((app.host, app.port), timeout=10) as s:
         s.sendall(b"PATCH /configs HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 413")
+    assert app.server.counters["bad_requests"] == 3
     with socket.create_connection((app.host, app.port), timeout=10) as s:  # a WebSocket upgrade without its key
         s.sendall(f"GET /traffic?token={SECRET} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".encode())
         assert s.recv(100).startswith(b"HTTP/1.1 400")

@@ -232,9 +232,11 @@ class ApiHttpServer:
         end = conn.inbuf.find(b"\r\n\r\n")
         if end < 0:
             if len(conn.inbuf) > MAX_REQUEST:
+                self.counters["bad_requests"] += 1
                 self._answer(sel, conn, Answer(431).encode())
             return
         if end > MAX_REQUEST:
+            self.counters["bad_requests"] += 1
             self._answer(sel, conn, Answer(431).encode())
             return
         head = conn.inbuf[:end]
@@ -257,6 +259,7 @@ class ApiHttpServer:
             self._answer(sel, conn, Answer(400).encode())
             return
         if length > MAX_BODY:
+            self.counters["bad_requests"] += 1
             self._answer(sel, conn, Answer(413).encode())
             return
         if len(conn.inbuf) < end + 4 + length:
@@ -372,6 +375,7 @@ class ApiHttpServer:
             self._drop(sel, conn)
             return
         if len(conn.out) > MAX_BUFFERED:  # a client that pings and never reads
+            self.counters["slow_streams_closed"] += 1
             self._drop(sel, conn)
             return
         self._flush(sel, conn)
