@@ -605,3 +605,23 @@ def test_a_stream_client_that_takes_nothing_for_write_timeout_is_closed():
     finally:
         s.close()
         server.close()
+
+
+def test_a_failed_answer_does_not_log_the_secret(caplog):
+    """A request that fails is logged by its path: a ?token= in its query stays out of the log (which
+    /logs streams and the journal keep)."""
+    from ztun.appliance.api.server import ApiHttpServer
+
+    def handler(request, body):
+        raise RuntimeError("the handler fails")
+
+    server = ApiHttpServer("127.0.0.1", 0, handler)
+    try:
+        with caplog.at_level(logging.ERROR, logger="ztun.api"):
+            c = http.client.HTTPConnection(*server.address, timeout=10)
+            c.request("GET", f"/connections?token={SECRET}")
+            assert c.getresponse().status == 500
+            c.close()
+        assert "/connections" in caplog.text and SECRET not in caplog.text
+    finally:
+        server.close()

@@ -271,7 +271,8 @@ class ApiHttpServer:
             result = self._handler(request, body)
         except Exception:
             self.counters["errors"] += 1
-            log.exception("api: answering %s %s failed", request.method, request.target)
+            # the path only: the query may hold ?token=SECRET
+            log.exception("api: answering %s %s failed", request.method, request.target.partition("?")[0])
             result = Answer(500)
         if isinstance(result, Answer):
             self._answer(sel, conn, result.encode(head_only=request.method == "HEAD"))
