@@ -625,3 +625,11 @@ def test_a_failed_answer_does_not_log_the_secret(caplog):
         assert "/connections" in caplog.text and SECRET not in caplog.text
     finally:
         server.close()
+
+
+def test_every_proxy_has_the_fields_of_a_clash_proxy(app):
+    """Each entry of /proxies, GLOBAL included, has the keys metacubexd's Proxy type declares."""
+    for name, p in app.get("/proxies", AUTH)["proxies"].items():
+        for key, kind in (("name", str), ("type", str), ("udp", bool), ("xudp", bool), ("tfo", bool), ("alive", bool),
+                          ("history", list), ("extra", dict)):
+            assert isinstance(p.get(key), kind), (name, key)

@@ -109,7 +109,8 @@ class ApiView:
                              "health": h.get("state", "unknown" if getattr(ob, "health", None) else "none"),
                              "error": h.get("error")}
         names = [n for n in proxies if n != BLOCK] + ([BLOCK] if BLOCK in proxies else [])
-        proxies["GLOBAL"] = {"name": "GLOBAL", "type": "Selector", "udp": True, "alive": True, "history": [],
+        proxies["GLOBAL"] = {"name": "GLOBAL", "type": "Selector", "udp": True, "xudp": False, "tfo": False, "alive": True,
+                             "history": [],
                              "all": names, "now": fwd.rules.default, "extra": {}, "health": "none", "error": None}
         return proxies
 
