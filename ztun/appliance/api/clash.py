@@ -82,6 +82,10 @@ class ClashApi:
         self.allow_origins = tuple(allow_origins)
         self.logs = logs
         self._encoded = (None, "")  # (view seq, /connections as JSON): one encoding a view, however many ask
+        # Closes asked for and not yet made: ids (None: all); one call queued to the loop at a time
+        self._closes: set | None = set()
+        self._close_queued = False
+        self._close_guard = threading.Lock()
 
     # -- the gate ---------------------------------------------------------------------------
 
@@ -180,14 +184,14 @@ class ClashApi:
                     return self._stream(websocket, self._connections(query), latest_only=True)
                 return Pending(self._connections_once)
             if len(parts) == 1 and method == "DELETE":
-                self.call(self.forwarder.close_flows, None)
+                self._close(None)
                 return Answer(204)
             if len(parts) == 2 and method == "DELETE":
                 try:
                     flow_id = int(parts[1])
                 except ValueError:
                     return _message(404, f"no connection {parts[1]!r}")
-                self.call(self.forwarder.close_flows, {flow_id})
+                self._close({flow_id})
                 return Answer(204)
             return self._not_allowed("GET, DELETE")
         if top == "proxies" and len(parts) <= 2:
@@ -212,6 +216,25 @@ class ClashApi:
         if top == "ztun" and parts[1:] == ["summary"]:
             return self._get(method) or _json(200, self._summary())
         return _message(404, "not found")
+
+    def _close(self, ids) -> None:
+        """Queue closing ids (None: every flow). close_flows walks all open flows on the loop, so the
+        closes asked before the loop gets to them go in the one call already queued."""
+        with self._close_guard:
+            if ids is None or self._closes is None:
+                self._closes = None
+            else:
+                self._closes |= ids
+            if self._close_queued:
+                return
+            self._close_queued = True
+        self.call(self._close_now)
+
+    def _close_now(self) -> None:
+        """On the loop: the closes asked so far, in one call."""
+        with self._close_guard:
+            ids, self._closes, self._close_queued = self._closes, set(), False
+        self.forwarder.close_flows(ids)
 
     def _get(self, method: str):
         return None if method == "GET" else self._not_allowed("GET")
