@@ -670,3 +670,13 @@ def test_closes_asked_meanwhile_reach_the_loop_as_one_call(app):
     while len(app.fwd.closed) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert app.fwd.closed[1:] == [(None, True)]
+
+
+def test_the_servers_own_counters_are_in_the_summary(app):
+    """What the API server refused or closed is counted where the operator can read it."""
+    with socket.create_connection((app.host, app.port), timeout=10) as s:
+        s.sendall(b"NONSENSE\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    api = app.get("/ztun/summary", AUTH)["api"]
+    assert api["bad_requests"] == 1 and api["requests"] >= 1
+    assert set(api) == set(app.server.counters)

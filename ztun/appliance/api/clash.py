@@ -81,6 +81,7 @@ class ClashApi:
         self.secret = secret
         self.allow_origins = tuple(allow_origins)
         self.logs = logs
+        self.server_counters: dict = {}  # the HTTP server's (requests, bad_requests, timeouts, ...), set by ApiServer
         self._encoded = (None, "")  # (view seq, /connections as JSON): one encoding a view, however many ask
         # Closes asked for and not yet made: ids (None: all); one call queued to the loop at a time
         self._closes: set | None = set()
@@ -352,7 +353,8 @@ class ClashApi:
         return {"taken": view.get("taken"), "version": view.get("version"), "uptime_s": status.get("uptime_s"),
                 "traffic": view.get("traffic"), "uploadTotal": view.get("upload_total", 0),
                 "downloadTotal": view.get("download_total", 0), "drops": status.get("drops") or {},
-                "flows_by_state": status.get("flows_by_state") or {}, "outbounds": outbounds}
+                "flows_by_state": status.get("flows_by_state") or {}, "outbounds": outbounds,
+                "api": dict(self.server_counters)}
 
 
 def _loopback_host(host: str) -> bool:
