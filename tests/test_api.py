@@ -680,3 +680,17 @@ def test_the_servers_own_counters_are_in_the_summary(app):
     api = app.get("/ztun/summary", AUTH)["api"]
     assert api["bad_requests"] == 1 and api["requests"] >= 1
     assert set(api) == set(app.server.counters)
+
+
+def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(app):
+    """A client may shut its sending side once the request is out (nc -N, some HTTP libraries): an
+    answer that waits for the next view (the first /connections) still reaches it."""
+    with socket.create_connection((app.host, app.port), timeout=10) as s:
+        s.sendall(f"GET /connections HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {SECRET}\r\n\r\n".encode())
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while data := s.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer
+    assert json.loads(body)["connections"][0]["id"] == "7"

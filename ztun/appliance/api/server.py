@@ -76,13 +76,14 @@ class Stream:
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "out", "deadline", "state", "request", "job", "ws", "moved")
+    __slots__ = ("sock", "inbuf", "out", "deadline", "state", "request", "job", "ws", "moved", "eof")
 
     def __init__(self, sock, deadline: float):
         self.sock, self.inbuf, self.out, self.deadline = sock, b"", bytearray(), deadline
         self.state = "request"  # request -> answer | pending -> answer | stream | websocket
         self.request = self.job = self.ws = None
         self.moved = time.monotonic()  # when the client last took bytes (or had nothing waiting)
+        self.eof = False  # the client shut its sending side after its request: it may still read the answer
 
 
 class ApiHttpServer:
@@ -208,7 +209,11 @@ class ApiHttpServer:
             if events & selectors.EVENT_READ:
                 data = conn.sock.recv(65536)
                 if not data:
-                    self._drop(sel, conn)
+                    if conn.state == "pending" or (conn.state == "answer" and conn.out):
+                        conn.eof = True  # a half-close (nc -N, some libraries): the answer still goes
+                        self._watch(sel, conn)
+                    else:
+                        self._drop(sel, conn)
                     return
                 self._received(sel, conn, data)
             if conn.sock.fileno() >= 0 and events & selectors.EVENT_WRITE:
@@ -322,16 +327,34 @@ class ApiHttpServer:
             del conn.out[:sent]
             if sent:
                 conn.moved = time.monotonic()
+        self._watch(sel, conn)
         if conn.out:
-            sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
             return
-        sel.modify(conn.sock, selectors.EVENT_READ)
         conn.moved = time.monotonic()
-        if conn.state == "answer" and conn.deadline > time.monotonic() + LINGER:
+        if conn.state == "answer" and conn.eof:  # all sent, and the client has closed its side already
+            self._drop(sel, conn)
+        elif conn.state == "answer" and conn.deadline > time.monotonic() + LINGER:
             # All sent: shut our side and give the client LINGER to close its own (a close with
             # unread bytes would reset and could lose the end of the answer).
             conn.sock.shutdown(socket.SHUT_WR)
             conn.deadline = time.monotonic() + LINGER
+
+    @staticmethod
+    def _watch(sel, conn: _Conn) -> None:
+        """Watch conn for reading (until the client's EOF) and for writing while something waits."""
+        events = (0 if conn.eof else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.out else 0)
+        try:
+            registered = sel.get_key(conn.sock).events
+        except KeyError:
+            registered = 0
+        if events == registered:
+            return
+        if not events:
+            sel.unregister(conn.sock)  # half-closed, waiting for its answer: an EOF is readable for ever
+        elif registered:
+            sel.modify(conn.sock, events)
+        else:
+            sel.register(conn.sock, events)
 
     # -- WebSocket ------------------------------------------------------------------------
 
