@@ -54,6 +54,7 @@ class ApiServer:
             logging.getLogger().removeHandler(self.logs)
             raise ZtunError(f"api.listen {listen}: cannot listen: {e.strerror or e}") from None
         self.address = self._server.address
+        self.api.server_counters = self._server.counters  # both on the API's thread: /ztun/summary shows them
         log.info("web view on http://%s/ui/ (Clash API on the same address)", endpoint_text(self.address))
 
     @property

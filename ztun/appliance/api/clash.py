@@ -30,6 +30,10 @@ LOG_KEPT = 1000  # log lines kept for /logs streams (a client that falls further
 UI_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
             "style.css": "text/css; charset=utf-8"}
 LEVEL_ORDER = ("debug", "info", "warning", "error")
+# The page's scripts and styles are its own files; it fetches from its own origin only; no other
+# site may frame it (it holds the secret and has close buttons: clickjacking)
+UI_CSP = ("default-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+          "form-action 'none'")
 
 
 def _json(status: int, value, headers: dict | None = None) -> Answer:
@@ -77,7 +81,12 @@ class ClashApi:
         self.secret = secret
         self.allow_origins = tuple(allow_origins)
         self.logs = logs
+        self.server_counters: dict = {}  # the HTTP server's (requests, bad_requests, timeouts, ...), set by ApiServer
         self._encoded = (None, "")  # (view seq, /connections as JSON): one encoding a view, however many ask
+        # Closes asked for and not yet made: ids (None: all); one call queued to the loop at a time
+        self._closes: set | None = set()
+        self._close_queued = False
+        self._close_guard = threading.Lock()
 
     # -- the gate ---------------------------------------------------------------------------
 
@@ -153,9 +162,8 @@ class ClashApi:
         if name not in UI_FILES:
             return Answer(404, {"Content-Type": "text/plain"}, b"not found\n")
         data = resources.files(__package__).joinpath("ui", name).read_bytes()
-        return Answer(200, {"Content-Type": UI_FILES[name], "Cache-Control": "no-cache",
-                            "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:",
-                            "X-Content-Type-Options": "nosniff"}, data)
+        return Answer(200, {"Content-Type": UI_FILES[name], "Cache-Control": "no-cache", "Content-Security-Policy": UI_CSP,
+                            "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff"}, data)
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -177,14 +185,14 @@ class ClashApi:
                     return self._stream(websocket, self._connections(query), latest_only=True)
                 return Pending(self._connections_once)
             if len(parts) == 1 and method == "DELETE":
-                self.call(self.forwarder.close_flows, None)
+                self._close(None)
                 return Answer(204)
             if len(parts) == 2 and method == "DELETE":
                 try:
                     flow_id = int(parts[1])
                 except ValueError:
                     return _message(404, f"no connection {parts[1]!r}")
-                self.call(self.forwarder.close_flows, {flow_id})
+                self._close({flow_id})
                 return Answer(204)
             return self._not_allowed("GET, DELETE")
         if top == "proxies" and len(parts) <= 2:
@@ -209,6 +217,25 @@ class ClashApi:
         if top == "ztun" and parts[1:] == ["summary"]:
             return self._get(method) or _json(200, self._summary())
         return _message(404, "not found")
+
+    def _close(self, ids) -> None:
+        """Queue closing ids (None: every flow). close_flows walks all open flows on the loop, so the
+        closes asked before the loop gets to them go in the one call already queued."""
+        with self._close_guard:
+            if ids is None or self._closes is None:
+                self._closes = None
+            else:
+                self._closes |= ids
+            if self._close_queued:
+                return
+            self._close_queued = True
+        self.call(self._close_now)
+
+    def _close_now(self) -> None:
+        """On the loop: the closes asked so far, in one call."""
+        with self._close_guard:
+            ids, self._closes, self._close_queued = self._closes, set(), False
+        self.forwarder.close_flows(ids)
 
     def _get(self, method: str):
         return None if method == "GET" else self._not_allowed("GET")
@@ -326,7 +353,8 @@ class ClashApi:
         return {"taken": view.get("taken"), "version": view.get("version"), "uptime_s": status.get("uptime_s"),
                 "traffic": view.get("traffic"), "uploadTotal": view.get("upload_total", 0),
                 "downloadTotal": view.get("download_total", 0), "drops": status.get("drops") or {},
-                "flows_by_state": status.get("flows_by_state") or {}, "outbounds": outbounds}
+                "flows_by_state": status.get("flows_by_state") or {}, "outbounds": outbounds,
+                "api": dict(self.server_counters)}
 
 
 def _loopback_host(host: str) -> bool:

@@ -1,14 +1,15 @@
 """The API's HTTP server: one thread, one selector, non-blocking sockets, off the appliance's loop.
 
 Like metrics.HttpEndpoint (a deadline for the request, a cap on connections where a new client
-pushes out the oldest one still sending its request), plus what the Clash API needs: a request
-body (PATCH), answers that wait for the next view (Pending), and streams that stay open:
+pushes out the oldest one still sending its request or only lingering after its answer), plus
+what the Clash API needs: a request body (PATCH), answers that wait for the next view (Pending), and streams that stay open:
 chunked HTTP (one JSON document a line) or WebSocket. The WebSocket protocol is wsproto's
 (sans-IO: it turns bytes into events and messages into bytes, so it runs inside this selector
 loop as it is; no thread or asyncio of its own).
 
-A stream's client that does not read falls behind: beyond MAX_BUFFERED unsent bytes it is
-closed, so it costs bounded memory, and never a wait.
+A stream's client that does not read falls behind: beyond MAX_BUFFERED unsent bytes, or when it
+took nothing of what waits for it for write_timeout, it is closed, so it costs bounded memory and
+a connection for a bounded time, and never a wait.
 """
 
 from __future__ import annotations
@@ -75,13 +76,14 @@ class Stream:
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "out", "deadline", "state", "request", "job", "ws", "opened")
+    __slots__ = ("sock", "inbuf", "out", "deadline", "state", "request", "job", "ws", "moved", "eof")
 
     def __init__(self, sock, deadline: float):
         self.sock, self.inbuf, self.out, self.deadline = sock, b"", bytearray(), deadline
         self.state = "request"  # request -> answer | pending -> answer | stream | websocket
         self.request = self.job = self.ws = None
-        self.opened = time.monotonic()
+        self.moved = time.monotonic()  # when the client last took bytes (or had nothing waiting)
+        self.eof = False  # the client shut its sending side after its request: it may still read the answer
 
 
 class ApiHttpServer:
@@ -162,7 +164,9 @@ class ApiHttpServer:
                 log.debug("api: accept: %s", e)
                 return
             if len(self._conns) >= self.max_connections:
-                oldest = next((c for c in self._conns.values() if c.state == "request"), None)
+                # the oldest still sending its request, or answered and only lingering (all sent)
+                oldest = next((c for c in self._conns.values()
+                               if c.state == "request" or (c.state == "answer" and not c.out)), None)
                 if oldest is None:
                     self.counters["refused_busy"] += 1
                     sock.close()
@@ -187,8 +191,12 @@ class ApiHttpServer:
                     answer = Answer(503, {"Content-Type": "application/json"}, b'{"message":"no data yet"}')
                 if answer is not None:
                     self._answer(sel, conn, answer.encode())
-            elif conn.state in ("stream", "websocket") and not (conn.out and conn.job.latest_only):
-                self._push(sel, conn, conn.job.poll())
+            elif conn.state in ("stream", "websocket"):
+                if conn.out and now - conn.moved > self.write_timeout:  # it took nothing for that long
+                    self.counters["slow_streams_closed"] += 1
+                    self._drop(sel, conn)
+                elif not (conn.out and conn.job.latest_only):
+                    self._push(sel, conn, conn.job.poll())
         except OSError:
             self._drop(sel, conn)
         except Exception:
@@ -201,12 +209,20 @@ class ApiHttpServer:
             if events & selectors.EVENT_READ:
                 data = conn.sock.recv(65536)
                 if not data:
-                    self._drop(sel, conn)
+                    if conn.state == "pending" or (conn.state == "answer" and conn.out):
+                        conn.eof = True  # a half-close (nc -N, some libraries): the answer still goes
+                        self._watch(sel, conn)
+                    else:
+                        self._drop(sel, conn)
                     return
                 self._received(sel, conn, data)
             if conn.sock.fileno() >= 0 and events & selectors.EVENT_WRITE:
                 self._flush(sel, conn)
         except OSError:
+            self._drop(sel, conn)
+        except Exception:  # a stream's first poll, wsproto: this connection's end, not the server's
+            self.counters["errors"] += 1
+            log.exception("api: a connection failed")
             self._drop(sel, conn)
 
     def _received(self, sel, conn: _Conn, data: bytes) -> None:
@@ -221,12 +237,21 @@ class ApiHttpServer:
         end = conn.inbuf.find(b"\r\n\r\n")
         if end < 0:
             if len(conn.inbuf) > MAX_REQUEST:
+                self.counters["bad_requests"] += 1
                 self._answer(sel, conn, Answer(431).encode())
             return
         if end > MAX_REQUEST:
+            self.counters["bad_requests"] += 1
             self._answer(sel, conn, Answer(431).encode())
             return
         head = conn.inbuf[:end]
+        bare = head.replace(b"\r\n", b"")
+        if b"\r" in bare or b"\n" in bare or b"\0" in bare:
+            # A lone CR or LF ends a line for some parsers and not for ours: a value that carries one
+            # (an Origin the CORS answer echoes) could add headers to the answer.
+            self.counters["bad_requests"] += 1
+            self._answer(sel, conn, Answer(400).encode())
+            return
         try:
             request = Request(head)
             length = int(request.headers.get("content-length", "0") or "0")
@@ -239,6 +264,7 @@ class ApiHttpServer:
             self._answer(sel, conn, Answer(400).encode())
             return
         if length > MAX_BODY:
+            self.counters["bad_requests"] += 1
             self._answer(sel, conn, Answer(413).encode())
             return
         if len(conn.inbuf) < end + 4 + length:
@@ -250,7 +276,8 @@ class ApiHttpServer:
             result = self._handler(request, body)
         except Exception:
             self.counters["errors"] += 1
-            log.exception("api: answering %s %s failed", request.method, request.target)
+            # the path only: the query may hold ?token=SECRET
+            log.exception("api: answering %s %s failed", request.method, request.target.partition("?")[0])
             result = Answer(500)
         if isinstance(result, Answer):
             self._answer(sel, conn, result.encode(head_only=request.method == "HEAD"))
@@ -298,15 +325,36 @@ class ApiHttpServer:
             except (BlockingIOError, InterruptedError):
                 sent = 0
             del conn.out[:sent]
+            if sent:
+                conn.moved = time.monotonic()
+        self._watch(sel, conn)
         if conn.out:
-            sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
             return
-        sel.modify(conn.sock, selectors.EVENT_READ)
-        if conn.state == "answer" and conn.deadline > time.monotonic() + LINGER:
+        conn.moved = time.monotonic()
+        if conn.state == "answer" and conn.eof:  # all sent, and the client has closed its side already
+            self._drop(sel, conn)
+        elif conn.state == "answer" and conn.deadline > time.monotonic() + LINGER:
             # All sent: shut our side and give the client LINGER to close its own (a close with
             # unread bytes would reset and could lose the end of the answer).
             conn.sock.shutdown(socket.SHUT_WR)
             conn.deadline = time.monotonic() + LINGER
+
+    @staticmethod
+    def _watch(sel, conn: _Conn) -> None:
+        """Watch conn for reading (until the client's EOF) and for writing while something waits."""
+        events = (0 if conn.eof else selectors.EVENT_READ) | (selectors.EVENT_WRITE if conn.out else 0)
+        try:
+            registered = sel.get_key(conn.sock).events
+        except KeyError:
+            registered = 0
+        if events == registered:
+            return
+        if not events:
+            sel.unregister(conn.sock)  # half-closed, waiting for its answer: an EOF is readable for ever
+        elif registered:
+            sel.modify(conn.sock, events)
+        else:
+            sel.register(conn.sock, events)
 
     # -- WebSocket ------------------------------------------------------------------------
 
@@ -323,6 +371,9 @@ class ApiHttpServer:
             events = []
         if not events or not isinstance(events[0], WsRequest):
             self.counters["bad_requests"] += 1
+            on_close = getattr(stream.poll, "on_close", None)
+            if on_close is not None:  # the stream never starts: what its poll holds (a /logs reader) is let go
+                on_close()
             self._answer(sel, conn, Answer(400, {"Content-Type": "text/plain"}, b"not a WebSocket upgrade\n").encode())
             return
         conn.ws, conn.state, conn.job = ws, "websocket", stream
@@ -348,6 +399,7 @@ class ApiHttpServer:
             self._drop(sel, conn)
             return
         if len(conn.out) > MAX_BUFFERED:  # a client that pings and never reads
+            self.counters["slow_streams_closed"] += 1
             self._drop(sel, conn)
             return
         self._flush(sel, conn)

@@ -109,7 +109,8 @@ class ApiView:
                              "health": h.get("state", "unknown" if getattr(ob, "health", None) else "none"),
                              "error": h.get("error")}
         names = [n for n in proxies if n != BLOCK] + ([BLOCK] if BLOCK in proxies else [])
-        proxies["GLOBAL"] = {"name": "GLOBAL", "type": "Selector", "udp": True, "alive": True, "history": [],
+        proxies["GLOBAL"] = {"name": "GLOBAL", "type": "Selector", "udp": True, "xudp": False, "tfo": False, "alive": True,
+                             "history": [],
                              "all": names, "now": fwd.rules.default, "extra": {}, "health": "none", "error": None}
         return proxies
 
@@ -136,8 +137,9 @@ def _connection(f, offset: float) -> dict:
         "metadata": {"network": PROTO_NAMES.get(f.proto, str(f.proto)), "type": "Tun",
                      "sourceIP": str(src[0]), "sourcePort": str(src[1]),
                      "destinationIP": str(dst[0]), "destinationPort": str(dst[1]),
-                     "host": f.domain or "", "dnsMode": "fakeip" if f.domain else "normal",
-                     "processPath": "", "inboundIP": "", "inboundPort": "", "inboundName": "tun", "inboundUser": "",
+                     "host": f.domain or "", "dnsMode": "fake-ip" if f.domain else "normal",  # mihomo's DNSMode words
+                     "uid": 0, "process": "", "processPath": "",  # no owning process: ztun sees other hosts' packets
+                     "inboundIP": "", "inboundPort": "", "inboundName": "tun", "inboundUser": "",
                      "sniffHost": "", "specialProxy": "", "specialRules": "", "remoteDestination": ""},
         "start": rfc3339(f.started + offset),
         "chains": [f.outbound or ""],

@@ -226,8 +226,10 @@ def _api(ctx, raw) -> ApiConfig:
     if "secret" in t:
         path, v = ("api", "secret"), t["secret"]
         secret = _str(ctx, path, v, "a token string")
-        if not 0 < len(secret) <= 256 or any(c.isspace() or not c.isprintable() for c in secret):
-            ctx.fail(path, "must be 1..256 printable characters without spaces (it is sent as `Authorization: Bearer SECRET`)")
+        if not 0 < len(secret) <= 256 or any(not "!" <= c <= "~" for c in secret):
+            # ASCII: a header is latin-1 on the wire (and a browser's fetch refuses more), ?token= is UTF-8
+            ctx.fail(path, "must be 1..256 printable ASCII characters without spaces (it is sent as "
+                           "`Authorization: Bearer SECRET`)")
         kw["secret"] = secret
     if "allow_origins" in t:
         path, v = ("api", "allow_origins"), t["allow_origins"]
@@ -239,6 +241,10 @@ def _api(ctx, raw) -> ApiConfig:
             if origin != "*" and not _ORIGIN.fullmatch(origin.rstrip("/")):
                 ctx.fail(path, f"{origin!r} is not an origin: expected scheme://host[:port] without a path, or \"*\"")
         kw["allow_origins"] = tuple(dict.fromkeys(o.rstrip("/") for o in v))
+    if "*" in kw.get("allow_origins", ()) and "secret" not in kw:
+        path = ("api", "allow_origins")
+        ctx.fail(path, f"\"*\" lets every web page a browser on this host opens read the flows: it needs "
+                       f"{ctx.setting(path, 'api.secret', 'TOKEN')} (or list the dashboards' origins)")
     if "listen" in t:
         path = ("api", "listen")
         kw["listen"] = listen = _address(ctx, path, t["listen"])
