@@ -51,7 +51,7 @@ class Forwarder:
         self.rules = Rules(route)
         self.outbounds = {"direct": Outbound("direct"), "block": Outbound("block", blocks=True),
                           "proxy": Outbound("proxy", proxy=("198.18.0.9", 1080),
-                                            health={"state": "ok", "error": None, "checked": 1700000000.0})}
+                                            health={"state": "ok", "error": None, "checked": 1700000000.0, "delay_ms": 3.4})}
         self.flows = FlowTable()
         self.closed = []  # what close_flows was asked, on the loop thread
         self.loop_thread = None
@@ -284,6 +284,7 @@ def test_proxies_rules_configs(app):
     proxies = app.get("/proxies", AUTH)["proxies"]
     assert proxies["proxy"]["type"] == "Socks5" and proxies["proxy"]["alive"] is True and proxies["proxy"]["health"] == "ok"
     assert proxies["proxy"]["history"][0]["time"] == rfc3339(1700000000.0)
+    assert proxies["proxy"]["history"][0]["delay"] == 3  # the probe's time: dashboards read 0 as failed
     assert proxies["direct"]["type"] == "Direct" and proxies["block"]["type"] == "Reject"
     assert proxies["GLOBAL"]["type"] == "Selector" and proxies["GLOBAL"]["now"] == "direct"
     assert set(proxies["GLOBAL"]["all"]) == {"direct", "block", "proxy"}
@@ -694,3 +695,13 @@ def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(app):
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), answer
     assert json.loads(body)["connections"][0]["id"] == "7"
+
+
+def test_a_probe_keeps_its_time_when_it_passes_and_none_when_it_fails():
+    from ztun.appliance.health import record
+
+    health = {"state": "unknown", "error": None, "checked": None}
+    record("proxy", health, None, quiet=True, delay_ms=12.5)
+    assert health["state"] == "ok" and health["delay_ms"] == 12.5
+    record("proxy", health, "connect: refused", quiet=True, delay_ms=3.0)
+    assert health["state"] == "failing" and health["delay_ms"] is None

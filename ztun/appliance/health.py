@@ -1,6 +1,6 @@
 """Outbound health: each outbound that can be probed (a SOCKS5 proxy: connect, greeting, auth) is
 probed at start-up and every interval; a change of state is logged once, and kept on the
-outbound's `health` dict ({"state": "unknown" | "ok" | "failing", "error", "checked"}) for
+outbound's `health` dict ({"state": "unknown" | "ok" | "failing", "error", "checked", "delay_ms"}) for
 `status` and the metrics."""
 
 import logging
@@ -19,6 +19,7 @@ class HealthCheck:
         self.outbounds = outbounds
         self.interval = interval  # 0: only the round at start-up
         self.probes: dict = {}  # outbound -> its Handshake while a probe runs
+        self.started: dict = {}  # outbound -> when its probe started (monotonic)
         self.timer = None
         self.closed = False
         self.on_round = None  # called once, when the current round's last probe is done
@@ -35,6 +36,7 @@ class HealthCheck:
         for name, ob in list(self.outbounds().items()):
             if hasattr(ob, "probe") and ob not in self.probes:
                 self.probes[ob] = None  # probe() may finish before it returns
+                self.started[ob] = time.monotonic()
                 handle = ob.probe(lambda error, ob=ob, name=name: self._done(name, ob, error))
                 if ob in self.probes:
                     self.probes[ob] = handle
@@ -44,7 +46,9 @@ class HealthCheck:
 
     def _done(self, name: str, ob, error) -> None:
         self.probes.pop(ob, None)
-        record(name, ob.health, error, quiet=self.quiet)
+        started = self.started.pop(ob, None)
+        delay = (time.monotonic() - started) * 1000 if started is not None else None
+        record(name, ob.health, error, quiet=self.quiet, delay_ms=delay)
         self._round_done()
 
     def _round_done(self) -> None:
@@ -67,13 +71,15 @@ class HealthCheck:
             if handle is not None:
                 handle.cancel()
         self.probes.clear()
+        self.started.clear()
 
 
-def record(name: str, health: dict, error: str | None, quiet: bool = False) -> None:
-    """Put a probe's result into health; log a WARNING when it starts failing (or fails otherwise), INFO when it recovers."""
+def record(name: str, health: dict, error: str | None, quiet: bool = False, delay_ms: float | None = None) -> None:
+    """Put a probe's result into health (delay_ms: how long the probe took, kept when it passed); log a WARNING
+    when it starts failing (or fails otherwise), INFO when it recovers."""
     state = OK if error is None else FAILING
     before, before_error = health["state"], health["error"]
-    health.update(state=state, error=error, checked=time.time())
+    health.update(state=state, error=error, checked=time.time(), delay_ms=delay_ms if state == OK else None)
     if quiet:
         return
     if state == FAILING and (before != FAILING or error != before_error):

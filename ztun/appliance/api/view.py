@@ -102,8 +102,9 @@ class ApiView:
         for name, ob in fwd.outbounds.items():
             h = health.get(name) or {}
             history = []
-            if h.get("checked") is not None:  # ztun's probe measures no delay: 0 when it passed
-                history.append({"time": rfc3339(h["checked"]), "delay": 0 if h.get("state") == "ok" else 0})
+            if h.get("checked") is not None:  # the probe's time (connect, greeting, auth); 0: it failed, as in Clash
+                delay = h.get("delay_ms") if h.get("state") == "ok" else None
+                history.append({"time": rfc3339(h["checked"]), "delay": max(1, round(delay)) if delay is not None else 0})
             proxies[name] = {"name": name, "type": outbound_type(ob), "udp": not ob.blocks, "xudp": False, "tfo": False,
                              "alive": h.get("state") != "failing", "history": history, "extra": {},
                              "health": h.get("state", "unknown" if getattr(ob, "health", None) else "none"),
