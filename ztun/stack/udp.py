@@ -9,6 +9,7 @@ comes here, to the handler's on_datagram.
 import ipaddress
 import itertools
 import logging
+import os
 import time
 from collections import Counter
 
@@ -19,6 +20,11 @@ from .handler import Flow, Verdict
 log = logging.getLogger("ztun.udp")
 
 REPLY_ROUNDS = 4  # output batches filled per wake-up of the table: then the loop serves the rest
+# ZTUN_UDP_SENDER=thread: the compiled table sends routed datagrams from a native thread of its own
+# (their kernel work is most of the loop's time under many sessions). Off by default: on this project's
+# 2-core machine, shared with the load's client and server, the thread's wake-ups cost more than the
+# parallel sends gained (README performance section).
+SENDER_THREAD = os.environ.get("ZTUN_UDP_SENDER", "inline") == "thread"
 
 
 class NatUdpSession:
@@ -99,7 +105,7 @@ class UdpNat:
         # Each session may route its destinations through a few sockets (one per outbound, one per
         # fake-IP destination): room for four each on average, and the routes of as many.
         self.table = udptable.UdpTable(loop, self._replies, sessions=max_sessions, routes=max(4 * max_sessions, 1024),
-                                       sockets=max(4 * max_sessions, 256))
+                                       sockets=max(4 * max_sessions, 256), sender_thread=SENDER_THREAD)
         self._timer = loop.call_later(self._sweep_interval(), self._sweep)
 
     def _sweep_interval(self) -> float:
