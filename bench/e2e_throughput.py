@@ -418,8 +418,9 @@ class Bench:
         st = json.loads(r.stdout)[0]["stats64"]
         return st["tx"]["bytes"] + st["rx"]["bytes"], st["tx"]["packets"] + st["rx"]["packets"]
 
-    def measure(self, pid, proxy=None):
-        """The metrics asked for; with proxy (host, port) only udpecho, the client speaking SOCKS5 to it."""
+    def measure(self, pid, proxy=None, danted=False):
+        """The metrics asked for; with proxy (host, port) only udpecho, the client speaking SOCKS5 to it.
+        danted: the path goes through danted (its CPU is measured too)."""
         out = {}
         cpu0 = _cpu(pid)
         tun0 = self.tun_counts() if pid else None
@@ -487,7 +488,7 @@ class Bench:
             elapsed = time.monotonic() - t1
             if pid:
                 out["cpu_during_udpecho"] = ((_cpu(pid) - c0) / elapsed * 100, "%")
-            if self.danted:
+            if danted:
                 out["danted_cpu_during_udpecho"] = ((self._danted_cpu() - d0) / elapsed * 100, "%")
         if "udpsessions" in want:  # 10,000 client ports, each a datagram every 100 ms for 20 s
             c0, t1 = _cpu(pid), time.monotonic()
@@ -752,9 +753,9 @@ def main():
                         if via:
                             measured = bench.measure_socks(p.pid if p else 0, via)
                         elif (cfg or {}).get("danted") == "client":
-                            measured = bench.measure(0, proxy=DANTE)
+                            measured = bench.measure(0, proxy=DANTE, danted=True)
                         else:
-                            measured = bench.measure(p.pid if p else 0)
+                            measured = bench.measure(p.pid if p else 0, danted=bool((cfg or {}).get("danted")))
                         for metric, (value, unit) in measured.items():
                             results[name].setdefault(metric, ([], unit))[0].append(value)
                         if p and not via and "rss" in metrics and "rss_1000_conns" not in results[name]:
