@@ -14,7 +14,8 @@ udpmax searches each way for the highest iperf3 -u rate that loses under 1% (dou
 100 Mbit/s, then halving the gap, ten runs at most): with 1400-byte datagrams (udp_max_*, Mbit/s)
 and with 64-byte ones (udp_pps_64_*, datagrams per second). Metric udpsessions: 10,000 client
 ports each send a 64-byte datagram every 100 ms for 20 s to an echo server (bench/udp_sessions.c,
-built with cc): the share answered, ztun's CPU and RSS.
+built with cc): the share answered (and of the datagrams sent after the first 2 s, which leaves the
+sessions' start out), ztun's CPU and RSS.
 Prints one `name value unit` line per metric (medians over rounds), then ratios to kernel.
 Needs iperf3, ab (apache2-utils) and nginx (nginx-light); the SOCKS5 configurations microsocks,
 and the redsocks reference redsocks and iptables.
@@ -43,7 +44,7 @@ TUN_ARGS = ["--tun-name", "zt-bench0", "--inet4", "198.18.0.1/28", "--inet6", "f
 # iperf3's UDP sockets get 4 MiB buffers: with the default (~200 KiB) the receiving iperf3, not the
 # path, loses datagrams at 1 Gbit/s on this 2-core machine (UdpRcvbufErrors in its namespace)
 UDP_BUFFER = ("-w", "4M")
-METRICS = ("tcp", "cps", "rtt", "udp", "udpmax", "udpsessions", "rss")
+METRICS = ("tcp", "cps", "rtt", "udp", "udpmax", "udpecho", "udpsessions", "rss")
 CONFIGS = {
     "kernel": None,
     "ztun": {"mtu": "65535"},  # the defaults: offload on, NAPI off (the kernel's receive work inline in the TUN writes)
@@ -58,6 +59,7 @@ CONFIGS = {
     "ztun-python": {"mtu": "65535", "env": {"ZTUN_NO_EXTENSIONS": "1"}},
     "ztun-relay-loop": {"mtu": "65535", "env": {"ZTUN_RELAY": "loop"}},
     "ztun-udp-python": {"mtu": "65535", "env": {"ZTUN_UDP": "python"}},  # the UDP table's twin: Python per datagram
+    "ztun-udp-thread": {"mtu": "65535", "env": {"ZTUN_UDP_SENDER": "thread"}},  # the table's sendmmsg on a thread of its own
     "ztun-nopoll": {"mtu": "65535", "env": {"ZTUN_RELAY_POLL": "0"}},  # the relay engine's twin: relays on the loop
     # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the
     # proxy (the client knows nothing of it), and the client speaking SOCKS5 to microsocks itself.
@@ -74,10 +76,38 @@ CONFIGS = {
     # REDIRECT in the client namespace: a transparent redirector to the same microsocks with
     # no TUN at all, the least a transparent path can cost (needs redsocks and iptables).
     "ztun-direct-pyload": {"mtu": "65535", "socks": "ztun"},
+    # UDP through a SOCKS5 UDP ASSOCIATE (danted): ztun relaying through it, and the client speaking
+    # SOCKS5 to it itself (metric udpecho only: iperf3 speaks no SOCKS5), so the two rates say whether
+    # ztun or danted is the bottleneck.
+    "ztun-danted": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1081"], "danted": True},
+    "danted-only": {"danted": "client"},
     "redsocks": {"socks": "redsocks"},
 }
-OPTIONAL = ("redsocks",)  # not in the default run: it needs tools the benchmark does not otherwise
+OPTIONAL = ("redsocks", "ztun-danted", "danted-only")  # not in the default run: it needs tools the benchmark does not otherwise
 PROXY = "198.18.10.2:1080"
+DANTE = ("198.18.10.2", "1081")
+# danted (Dante 1.4) for CONNECT and UDP ASSOCIATE without authentication, its UDP relay's external
+# side on the server's address (as tests/linux/test_socks5_servers.py)
+DANTED_CONF = """\
+logoutput: stderr
+internal: {proxy} port = {port}
+external: 198.19.0.1
+socksmethod: none
+clientmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass {{
+    from: 0.0.0.0/0 to: 0.0.0.0/0
+}}
+socks pass {{
+    from: 0.0.0.0/0 to: 0.0.0.0/0
+    command: connect udpassociate
+}}
+socks pass {{
+    from: 0.0.0.0/0 to: 0.0.0.0/0
+    command: udpreply
+}}
+"""
 # The round-trip time is that of an appliance at rest: after the saturating TCP and HTTP runs,
 # --napi auto takes up to a second to take the kernel's receive work back inline (ztun.tun.napi).
 SETTLE = 2.0
@@ -237,8 +267,10 @@ http {{
 
 
 class Bench:
-    def __init__(self, seconds: float, tmp: Path, topology: str = "local", udp_rates=("300M",), socks=False, metrics=METRICS):
+    def __init__(self, seconds: float, tmp: Path, topology: str = "local", udp_rates=("300M",), socks=False, metrics=METRICS,
+                 danted=False):
         self.seconds = seconds
+        self.danted = danted
         self.metrics = set(metrics)
         self.socks = socks
         self.microsocks = None
@@ -303,11 +335,20 @@ class Bench:
         conf.write_text(NGINX_CONF.format(tmp=self.tmp))
         self.spawn(s, "nginx", "-c", str(conf), "-g", "daemon off;")
         self.spawn(s, "iperf3", "-s", "-B", SERVER4, "-p", "5201", "--forceflush", ready="listening")
-        if "udpsessions" in self.metrics:  # bench/udp_sessions.c: the echo server and the many-sessions client
+        if self.metrics & {"udpsessions", "udpecho"}:  # bench/udp_sessions.c: the echo server and the load clients
             self.udp_tool = self.tmp / "udp_sessions"
             subprocess.run(["cc", "-O2", "-o", str(self.udp_tool), str(REPO / "bench" / "udp_sessions.c")], check=True)
             self.spawn(s, str(self.udp_tool), "-e", "9009", SERVER4, ready="ready")
         self.spawn(s, sys.executable, "-c", ECHO_SERVER, ready="ready")
+        if self.danted:
+            conf = self.tmp / "danted.conf"
+            conf.write_text(DANTED_CONF.format(proxy=DANTE[0], port=DANTE[1]))
+            self.spawn(s, shutil.which("danted") or "sockd", "-f", str(conf), "-p", str(self.tmp / "danted.pid"))
+            deadline = time.monotonic() + 20
+            while f"{DANTE[0]}:{DANTE[1]}" not in self.ns(s, "ss", "-ltnH").stdout:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("danted did not start")
+                time.sleep(0.1)
         if self.socks:
             self.microsocks, _ = self.spawn(s, "microsocks", "-i", PROXY.split(":")[0], "-p", PROXY.split(":")[1])
             self.spawn(s, sys.executable, "-c", BULK_SERVER, ready="ready")
@@ -391,12 +432,14 @@ class Bench:
         st = json.loads(r.stdout)[0]["stats64"]
         return st["tx"]["bytes"] + st["rx"]["bytes"], st["tx"]["packets"] + st["rx"]["packets"]
 
-    def measure(self, pid):
+    def measure(self, pid, proxy=None, danted=False):
+        """The metrics asked for; with proxy (host, port) only udpecho, the client speaking SOCKS5 to it.
+        danted: the path goes through danted (its CPU is measured too)."""
         out = {}
         cpu0 = _cpu(pid)
         tun0 = self.tun_counts() if pid else None
         t0 = time.monotonic()
-        want = self.metrics
+        want = self.metrics if proxy is None else self.metrics & {"udpecho"}
         if "tcp" in want:
             out["tcp_up"] = (self.iperf()["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
             out["tcp_down"] = (self.iperf("-R")["sum_received"]["bits_per_second"] / 1e9, "Gbit/s")
@@ -441,7 +484,10 @@ class Bench:
                     out[f"{tag}_rate"] = (udp["bits_per_second"] / 1e6, "Mbit/s")
                     out[f"{tag}_loss"] = (end["sum"]["lost_percent"], "%")
                     if pid:
-                        out[f"{tag}_cpu"] = ((_cpu(pid) - c0) / (time.monotonic() - t1) * 100, "%")
+                        cpu = (_cpu(pid) - c0) / (time.monotonic() - t1) * 100
+                        out[f"{tag}_cpu"] = (cpu, "%")
+                        if udp["bits_per_second"]:  # ztun's CPU (% of a core) per Gbit/s carried
+                            out[f"{tag}_cpu_per_gbit"] = (cpu / (udp["bits_per_second"] / 1e9), "%/Gbit/s")
             if pid:
                 out["cpu_during_udp"] = ((_cpu(pid) - cpu0) / (time.monotonic() - t0) * 100, "%")
                 tun1 = self.tun_counts()
@@ -454,11 +500,21 @@ class Bench:
                 out[f"udp_pps_64_{name}"] = (self.udp_max(64, extra) / (64 * 8), "datagrams/s")
                 if pid:
                     out[f"cpu_during_udpmax_{name}"] = ((_cpu(pid) - c0) / (time.monotonic() - t1) * 100, "%")
+        if "udpecho" in want:  # one socket's datagrams echoed, directly or through the SOCKS5 proxy
+            c0, d0, t1 = _cpu(pid), self._danted_cpu(), time.monotonic()
+            out["udp_echo_max"] = (self.udp_echo_max(1400, proxy) / 1e6, "Mbit/s")
+            elapsed = time.monotonic() - t1
+            if pid:
+                out["cpu_during_udpecho"] = ((_cpu(pid) - c0) / elapsed * 100, "%")
+            if danted:
+                out["danted_cpu_during_udpecho"] = ((self._danted_cpu() - d0) / elapsed * 100, "%")
         if "udpsessions" in want:  # 10,000 client ports, each a datagram every 100 ms for 20 s
             c0, t1 = _cpu(pid), time.monotonic()
             r = self.ns(self.load, str(self.udp_tool), SERVER4, "9009", "10000", "100", "20", timeout=120)
-            sent, received = map(int, r.stdout.split())
+            sent, received, sent_late, received_late = map(int, r.stdout.split())
             out["udp_sessions_10k_answered"] = (received / max(sent, 1) * 100, "%")
+            # after the first 2 s: the sessions' start (each session's first datagram through Python) apart
+            out["udp_sessions_10k_answered_after_2s"] = (received_late / max(sent_late, 1) * 100, "%")
             out["udp_sessions_10k_sent"] = (sent, "datagrams")
             if pid:
                 out["cpu_during_udp_sessions_10k"] = ((_cpu(pid) - c0) / (time.monotonic() - t1) * 100, "%")
@@ -481,21 +537,38 @@ class Bench:
             got = end.get("sum_received", end["sum"])["bits_per_second"]
             return end["sum"]["lost_percent"] < loss, got
 
-        best, good, bad, rate = 0.0, 0.0, None, 100e6 if size >= 1000 else 20e6
-        for _ in range(runs):
-            ok, got = run(rate)
-            if ok:
-                best = max(best, got)
-                if got < 0.9 * rate:
-                    break  # the sender cannot offer more
-                good = rate
-                rate = rate * 2 if bad is None else (rate + bad) / 2
-            else:
-                bad = rate
-                rate = (good + bad) / 2 if good else rate / 4
-            if bad is not None and good and bad - good < 0.05 * bad:
-                break
-        return best
+        return _search(run, 100e6 if size >= 1000 else 20e6, loss, runs)
+
+    def udp_echo_max(self, size, proxy=None, loss=1.0, runs=10):
+        """udp_max for one socket's datagrams of size bytes echoed by the server (bench/udp_sessions.c -r):
+        through ztun or the kernel path to the echo server, or with proxy through a SOCKS5 UDP ASSOCIATE
+        (danted). The rate each way (bit/s of payload echoed back) under loss % lost on the round trip."""
+        def run(rate):
+            cmd = [str(self.udp_tool), "-r", SERVER4, "9009", str(size), f"{rate / (size * 8):.0f}", str(self.seconds),
+                   *(proxy or ())]
+            r = self.ns(self.load, *cmd, check=False, timeout=self.seconds + 30)
+            if r.returncode:
+                print(f"  udp echo {size} B at {rate / 1e6:.0f} Mbit/s: {r.stderr.strip()}", file=sys.stderr)
+                return False, 0.0
+            sent, received = map(int, r.stdout.split())
+            lost = (sent - received) / max(sent, 1) * 100
+            return lost < loss, received * size * 8 / self.seconds
+
+        return _search(run, 100e6, loss, runs)
+
+    def _danted_cpu(self) -> float:
+        """CPU seconds of the danted processes (its main process and the children that relay)."""
+        if not self.danted:
+            return 0.0
+        total = 0.0
+        for pid in subprocess.run(["ip", "netns", "pids", self.server], capture_output=True, text=True).stdout.split():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() in ("danted", "sockd"):
+                    total += _cpu(int(pid))
+            except (OSError, ValueError):
+                pass
+        return total
+
 
     def measure_socks(self, pid, via):
         """The SOCKS5 path with one Python load tool: TCP each way and HTTP connections per second;
@@ -593,6 +666,27 @@ class Bench:
         return rss
 
 
+def _search(run, rate, loss, runs):
+    """The highest rate run(rate) -> (under loss % lost, bit/s delivered) carries, doubling from rate,
+    then halving the gap, at most runs runs; a run that delivers under 90% of what it offered without
+    loss means the sender is the limit: its delivered rate is the answer."""
+    best, good, bad = 0.0, 0.0, None
+    for _ in range(runs):
+        ok, got = run(rate)
+        if ok:
+            best = max(best, got)
+            if got < 0.9 * rate:
+                break  # the sender cannot offer more
+            good = rate
+            rate = rate * 2 if bad is None else (rate + bad) / 2
+        else:
+            bad = rate
+            rate = (good + bad) / 2 if good else rate / 4
+        if bad is not None and good and bad - good < 0.05 * bad:
+            break
+    return best
+
+
 def _cpu(pid) -> float:
     if not pid:
         return 0.0
@@ -653,6 +747,9 @@ def main():
             CONFIGS[f"{name}@base"] = {**CONFIGS[name], "repo": base}
             configs.insert(configs.index(name) + 1, f"{name}@base")
     socks = any((CONFIGS[c] or {}).get("socks") for c in configs)
+    danted = any((CONFIGS[c] or {}).get("danted") for c in configs)
+    if danted and not (shutil.which("danted") or shutil.which("sockd")):
+        raise SystemExit("the danted configurations need danted (apt-get install dante-server)")
     if socks and shutil.which("microsocks") is None:
         raise SystemExit("the SOCKS5 configurations need microsocks (apt-get install microsocks)")
     if "redsocks" in configs and not (shutil.which("redsocks") and shutil.which("iptables")):
@@ -662,7 +759,7 @@ def main():
     results = {c: {} for c in configs}
     with tempfile.TemporaryDirectory(prefix="ztun-bench-") as tmp:
         os.chmod(tmp, 0o755)
-        bench = Bench(args.seconds, Path(tmp), args.topology, tuple(args.udp_rates.split(",")), socks, metrics)
+        bench = Bench(args.seconds, Path(tmp), args.topology, tuple(args.udp_rates.split(",")), socks, metrics, danted)
         try:
             bench.setup()
             for _ in range(args.rounds):
@@ -671,7 +768,12 @@ def main():
                     p = bench.start_ztun(cfg) if cfg and "mtu" in cfg else None
                     try:
                         via = (cfg or {}).get("socks")
-                        measured = bench.measure_socks(p.pid if p else 0, via) if via else bench.measure(p.pid if p else 0)
+                        if via:
+                            measured = bench.measure_socks(p.pid if p else 0, via)
+                        elif (cfg or {}).get("danted") == "client":
+                            measured = bench.measure(0, proxy=DANTE, danted=True)
+                        else:
+                            measured = bench.measure(p.pid if p else 0, danted=bool((cfg or {}).get("danted")))
                         for metric, (value, unit) in measured.items():
                             results[name].setdefault(metric, ([], unit))[0].append(value)
                         if p and not via and "rss" in metrics and "rss_1000_conns" not in results[name]:
@@ -697,6 +799,11 @@ def main():
             if "rtt_p50" in results[name] and "rtt_p50" in results["socks-only"]:
                 added = statistics.median(results[name]["rtt_p50"][0]) - statistics.median(results["socks-only"]["rtt_p50"][0])
                 print(f"added_{name}_rtt_p50 {added:.1f} us-over-socks-only")
+    if "danted-only" in results and "udp_echo_max" in results["danted-only"]:
+        d = statistics.median(results["danted-only"]["udp_echo_max"][0])
+        for name in [c for c in configs if c != "danted-only" and "udp_echo_max" in results[c]]:
+            if d:
+                print(f"ratio_{name}_udp_echo_max {statistics.median(results[name]['udp_echo_max'][0]) / d:.3f} of-danted-only")
     if "kernel" in results:
         for name in configs:
             if name == "kernel" or (CONFIGS[name] or {}).get("socks"):

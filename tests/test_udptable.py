@@ -18,24 +18,32 @@ try:
 except ImportError:  # not built here (not Linux, or no compiler): only the twin runs
     udptable_native = None
 
-IMPLS = [pytest.param(udptable_native, id="native", marks=pytest.mark.skipif(udptable_native is None, reason="the compiled UDP table is not built here")),
-         pytest.param(udptable_py, id="twin")]
+_NOT_BUILT = pytest.mark.skipif(udptable_native is None, reason="the compiled UDP table is not built here")
+# The compiled table sending on the caller's thread, and from its sender thread (ZTUN_UDP_SENDER=thread).
+IMPLS = [pytest.param((udptable_native, False), id="native", marks=_NOT_BUILT),
+         pytest.param((udptable_native, True), id="native-thread", marks=_NOT_BUILT),
+         pytest.param((udptable_py, False), id="twin")]
 
 CLIENT4, CLIENT6 = "198.18.0.5", "fd00::5"
 DEST4, DEST6 = "198.18.9.9", "fd00::9:9"
 
 
 @pytest.fixture(params=IMPLS)
-def mod(request):
+def impl(request):
     return request.param
+
+
+@pytest.fixture
+def mod(impl):
+    return impl[0]
 
 
 class Rig:
     """A table with no loop (receive is called by hand) and the sockets a test opens, closed after."""
 
-    def __init__(self, mod, **kw):
+    def __init__(self, mod, threaded=False, **kw):
         self.mod = mod
-        self.table = mod.UdpTable(None, lambda: None, **kw)
+        self.table = mod.UdpTable(None, lambda: None, sender_thread=threaded, **kw)
         self.socks = []
 
     def udp(self, host="127.0.0.1", family=socket.AF_INET):
@@ -51,7 +59,9 @@ class Rig:
             s.close()
 
     def ready(self, *socks):
-        """Wait until the socks are readable (loopback delivers at once; the twin needs its ready flag)."""
+        """Wait until the socks are readable (loopback delivers at once, once the sender thread sent what it
+        was given; the twin needs its ready flag)."""
+        self.table.drain()
         assert select.select(socks, [], [], 5)[0]
         if self.mod is udptable_py:
             for x in self.table._socks.values():
@@ -60,8 +70,8 @@ class Rig:
 
 
 @pytest.fixture
-def rig(mod):
-    r = Rig(mod)
+def rig(impl):
+    r = Rig(*impl)
     yield r
     r.close()
 
@@ -205,6 +215,50 @@ def test_too_big_for_the_client_is_dropped(rig, mod):
     assert t.receive(big, 0, 1.0) == 1
     check_udp(packet_of(big, 0), "127.0.0.1", server.getsockname()[1], CLIENT4, 5000, b"w" * 65507)
     del k
+
+
+def test_many_datagrams_in_order_round_the_sender_ring(rig, mod):
+    """More bytes than the sender thread's ring holds (4 MiB), in sizes that leave odd ends at its end:
+    every datagram arrives whole and in order, also SOCKS5 ones with their header."""
+    t = rig.table
+    server = rig.udp()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    relay = rig.udp()
+    relay.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    direct_sock, socks_sock = rig.udp(), rig.udp()
+    socks_sock.connect(relay.getsockname())
+    sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
+    k = t.attach(sid, direct_sock, mod.DIRECT)
+    j = t.attach(sid, socks_sock, mod.SOCKS5)
+    head = socks_header(DEST4, 54)
+    assert t.route(sid, ipaddress.ip_address(DEST4).packed, 53, k, to=(b"\x7f\x00\x00\x01", server.getsockname()[1]))
+    assert t.route(sid, ipaddress.ip_address(DEST4).packed, 54, j, prefix=head)
+    sent = {53: [], 54: []}
+    got = {53: [], 54: []}
+    total, n = 0, 0
+    while total < 5 << 20:
+        batch = []
+        for _ in range(8):
+            size = 1000 + (n * 337) % 7000
+            port = 53 if n % 3 else 54
+            payload = struct.pack("!I", n) + bytes([n % 251]) * size
+            batch.append((CLIENT4, 5000, DEST4, port, payload))
+            sent[port].append(payload)
+            total += size
+            n += 1
+        b = client_batch(*batch, slots=8)
+        assert t.send_batch(b, 8, 2.0) == 8
+        t.drain()
+        for sock, port in ((server, 53), (relay, 54)):
+            while True:
+                try:
+                    data = sock.recv(65535)
+                except BlockingIOError:
+                    break
+                got[port].append(data if port == 53 else data[len(head):])
+                assert port == 53 or data.startswith(head)
+    assert got == sent
+    assert t.stats()["fast_sent"] == n
 
 
 def test_a_full_batch_leaves_the_rest_for_next_time(rig, mod):

@@ -8,7 +8,10 @@ the outbound); once a destination's way is known its route is added, and from th
   route and sends its payload from the route's socket, in one sendmmsg per run of slots
   on one socket (direct: to the route's address; SOCKS5: the route's UDP request header
   first, on the socket connected to the relay). The slot is marked done (V_DROP) so the
-  stack's Python path skips it; slots without a route are left to it.
+  stack's Python path skips it; slots without a route are left to it. With the sender
+  thread (sender_thread=True, includes/zt_udpsend.h) the loop only copies each datagram into
+  its ring and the thread makes the sendmmsg calls, whose kernel work is most of a datagram's
+  cost.
 - down: the sockets attached here are in the table's own epoll (level-triggered), which
   the loop watches; receive takes what they hold with recvmmsg, straight into the output
   batch's slots at the payload's place, and writes the IP and UDP headers around it:
@@ -68,6 +71,25 @@ cdef extern from "<sys/epoll.h>" nogil:
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
+
+cdef extern from "zt_udpsend.h" nogil:
+    ctypedef struct zt_urec:
+        uint32_t len
+        int32_t sock
+        uint32_t gen
+        int32_t fd
+        uint16_t namelen
+        uint8_t name[28]
+    ctypedef struct zt_usend:
+        uint32_t *gens
+        uint64_t sent, eagain, errors, stale, wakeups
+    zt_usend *zt_usend_new(uint32_t nsocks)
+    zt_urec *zt_usend_reserve(zt_usend *q, uint64_t *at, uint64_t free_to, uint32_t len)
+    void zt_usend_begin(zt_usend *q, uint64_t *at, uint64_t *free_to)
+    int zt_usend_commit(zt_usend *q, uint64_t at)
+    void zt_usend_drain(zt_usend *q)
+    void zt_usend_forget(zt_usend *q, uint32_t sock)
+    void zt_usend_free(zt_usend *q)
 
 cdef extern from *:
     """
@@ -249,13 +271,14 @@ cdef inline uint64_t _hash(uint64_t seed, int version, const uint8_t *client, ui
 
 # The docstring's first lines are the constructor's signature for inspect.signature (as NatTable's).
 cdef class UdpTable:
-    """UdpTable(loop, on_ready, sessions=16384, routes=65536, sockets=65536)
+    """UdpTable(loop, on_ready, sessions=16384, routes=65536, sockets=65536, sender_thread=False)
 --
 
     The compiled UDP session table: sessions, their routes (client endpoint and destination
     to a socket) and the sockets whose replies it reads. on_ready() runs on the loop when an
     attached socket has datagrams (then call receive). Capacities are fixed at creation;
-    memory is taken as it is used.
+    memory is taken as it is used. sender_thread: routed datagrams are sent by a native
+    thread (started with the first), not by send_batch's caller.
     """
 
     cdef Session *sessions
@@ -277,8 +300,10 @@ cdef class UdpTable:
     cdef iovec iovs[2 * _BATCH]
     cdef uint8_t names[_BATCH * 28]
     cdef epoll_event events[_EVENTS]
+    cdef zt_usend *sender  # NULL: sendmmsg on the caller's thread
+    cdef uint64_t c_sender_failed
 
-    def __cinit__(self, loop, on_ready, sessions=16384, routes=65536, sockets=65536):
+    def __cinit__(self, loop, on_ready, sessions=16384, routes=65536, sockets=65536, sender_thread=False):
         cdef uint32_t m = 1, k
         self.epfd = -1
         sessions, routes, sockets = operator.index(sessions), operator.index(routes), operator.index(sockets)
@@ -302,6 +327,10 @@ cdef class UdpTable:
             raise MemoryError("UDP session table")
         self.seed = int.from_bytes(os.urandom(8), "little")
         self.ip_id = int.from_bytes(os.urandom(2), "little")
+        if sender_thread:
+            self.sender = zt_usend_new(self.socket_capacity)
+            if self.sender == NULL:
+                raise MemoryError("UDP table: sender")
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, f"UDP table: {os.strerror(errno)}")
@@ -311,6 +340,7 @@ cdef class UdpTable:
             loop.add_reader(self.epfd, on_ready)
 
     def __dealloc__(self):
+        zt_usend_free(self.sender)  # sends what is queued first
         if self.epfd >= 0:
             close(self.epfd)
         free(self.sessions)
@@ -322,7 +352,13 @@ cdef class UdpTable:
         free(self.sock_ids.returned)
 
     def close(self):
-        """Stop watching the sockets (they stay open: their flows own them). Idempotent."""
+        """Send what is queued, stop the sender thread and watching the sockets (they stay open: their
+        flows own them); later sends are made on the caller's thread. Idempotent."""
+        if self.sender != NULL:
+            self._sender_counts()
+            with nogil:
+                zt_usend_free(self.sender)
+            self.sender = NULL
         if self.epfd >= 0:
             if self.loop is not None:
                 self.loop.remove_reader(self.epfd)
@@ -395,6 +431,11 @@ cdef class UdpTable:
                 if len(out) >= most:
                     break
         return out
+
+    @property
+    def sender_thread(self) -> bool:
+        """Whether routed datagrams are sent by the table's own thread."""
+        return self.sender != NULL
 
     @property
     def sessions_open(self) -> int:
@@ -471,6 +512,9 @@ cdef class UdpTable:
             r = nxt
         if self.epfd >= 0:
             epoll_ctl(self.epfd, EPOLL_CTL_DEL, x.fd, NULL)
+        if self.sender != NULL:  # its datagrams still queued are not sent: the fd may be closed next
+            with nogil:
+                zt_usend_forget(self.sender, k)
         x.used = 0
         _give(&self.sock_ids, k)
 
@@ -562,7 +606,7 @@ cdef class UdpTable:
 
     def send_batch(self, batch, Py_ssize_t n, double now) -> int:
         """Send each UDP slot of batch (0..n-1, parsed, verdict V_UDP) whose way is routed; those slots
-        become V_DROP (done). The number sent or dropped here."""
+        become V_DROP (done). The number sent, queued to send or dropped here."""
         cdef uint8_t[:, ::1] data = batch.data
         cdef uint8_t[::1] verdicts = batch.verdicts
         cdef Meta *meta = meta_of(batch)
@@ -571,11 +615,18 @@ cdef class UdpTable:
         cdef Meta *m
         cdef Route *e
         cdef Session *s
-        cdef int q = 0, done = 0
+        cdef int q = 0, done = 0, err = 0
         cdef mmsghdr *h
+        cdef zt_urec *rec
+        cdef uint64_t at = 0, free_to = 0, start = 0
+        cdef uint8_t *to
+        cdef uint32_t full = 0
         if n < 0 or n > data.shape[0]:
             raise ValueError(f"n {n} outside 0..{data.shape[0]}")
         with nogil:
+            if self.sender != NULL:
+                zt_usend_begin(self.sender, &at, &free_to)
+                start = at
             for i in range(n):
                 if verdicts[i] != V_UDP:
                     continue
@@ -586,6 +637,30 @@ cdef class UdpTable:
                 if r < 0:
                     continue
                 e = &self.routes[r]
+                s = &self.sessions[e.session]
+                s.last = now
+                s.up_packets += 1
+                s.up_bytes += m.payload_len
+                verdicts[i] = V_DROP
+                done += 1
+                if self.sender != NULL:
+                    rec = zt_usend_reserve(self.sender, &at, free_to, e.prefix_len + m.payload_len)
+                    if rec == NULL:
+                        full += 1  # the sender is that far behind: dropped, as by a full socket buffer
+                        continue
+                    rec.sock = e.sock
+                    rec.gen = self.sender.gens[e.sock]
+                    rec.fd = self.socks[e.sock].fd
+                    to = <uint8_t *>(rec + 1)
+                    if e.kind == _DIRECT:
+                        rec.namelen = e.tolen
+                        memcpy(rec.name, e.to, e.tolen)
+                    else:
+                        rec.namelen = 0
+                        memcpy(to, e.prefix, e.prefix_len)
+                        to += e.prefix_len
+                    memcpy(to, &data[i, HEADROOM + m.payload_off], m.payload_len)
+                    continue
                 if q and (e.sock != run_sock or q == _BATCH):
                     self._send(run_sock, q)
                     q = 0
@@ -606,14 +681,13 @@ cdef class UdpTable:
                     h.msg_hdr.msg_iovlen = 2
                 h.msg_hdr.msg_iov = &self.iovs[2 * q]
                 q += 1
-                s = &self.sessions[e.session]
-                s.last = now
-                s.up_packets += 1
-                s.up_bytes += m.payload_len
-                verdicts[i] = V_DROP
-                done += 1
             if q:
                 self._send(run_sock, q)
+            if self.sender != NULL and at != start:
+                err = zt_usend_commit(self.sender, at)
+        self.c_send_dropped += full
+        if err:
+            self.c_sender_failed += done - full  # no thread to send them (resources): lost, counted
         self.c_datagrams += done
         return done
 
@@ -893,9 +967,29 @@ cdef class UdpTable:
         cs = <uint16_t>~zt_sum(u, ulen, zt_pseudo(src, s.client, alen, PROTO_UDP, ulen))
         zt_put16(u + 6, cs if cs else 0xFFFF)
 
+    cdef _sender_counts(self):
+        """Wait until the sender sent what is queued, then move its counts into the table's."""
+        if self.sender == NULL:
+            return
+        with nogil:
+            zt_usend_drain(self.sender)
+        # drained: the thread waits and writes nothing until the next record
+        self.c_sent += self.sender.sent
+        self.c_send_dropped += self.sender.eagain + self.sender.stale  # stale: its socket left the table first
+        self.c_send_error += self.sender.errors
+        self.sender.sent = self.sender.eagain = self.sender.errors = self.sender.stale = 0
+
+    def drain(self):
+        """Wait until every datagram given to send_batch so far was sent (or dropped) by the sender thread."""
+        if self.sender != NULL:
+            with nogil:
+                zt_usend_drain(self.sender)
+
     def stats(self) -> dict:
-        """Counters: client datagrams the table took (datagrams), sent or dropped, and replies it took or dropped."""
-        return {"datagrams": self.c_datagrams, "fast_sent": self.c_sent, "fast_send_dropped": self.c_send_dropped, "fast_send_error": self.c_send_error,
+        """Counters: client datagrams the table took (datagrams), sent or dropped, and replies it took or dropped.
+        Waits for the sender thread to send what is queued, so what was given is counted."""
+        self._sender_counts()
+        return {"datagrams": self.c_datagrams, "fast_sent": self.c_sent, "fast_send_dropped": self.c_send_dropped + self.c_sender_failed, "fast_send_error": self.c_send_error,
                 "fast_received": self.c_received, "fast_recv_error": self.c_recv_error,
                 "reply_wrong_family": self.c_reply_wrong_family, "reply_by_name": self.c_reply_by_name,
                 "reply_malformed": self.c_reply_malformed, "reply_fragment": self.c_reply_fragment,

@@ -46,9 +46,10 @@ class _Sock:
 
 
 class UdpTable:
-    """UdpTable(loop, on_ready, sessions=16384, routes=65536, sockets=65536): see udptable.pyx."""
+    """UdpTable(loop, on_ready, sessions=16384, routes=65536, sockets=65536, sender_thread=False): see
+    udptable.pyx. The twin always sends on the caller's thread (sender_thread is accepted for parity)."""
 
-    def __init__(self, loop, on_ready, sessions=16384, routes=65536, sockets=65536):
+    def __init__(self, loop, on_ready, sessions=16384, routes=65536, sockets=65536, sender_thread=False):
         sessions, routes, sockets = operator.index(sessions), operator.index(routes), operator.index(sockets)
         for name, value in (("sessions", sessions), ("routes", routes), ("sockets", sockets)):
             if not 0 < value <= 1 << 22:
@@ -398,6 +399,13 @@ class UdpTable:
         if out.vnet_hdr:
             out.data[slot, out.headroom - d.VNET_HDR_LEN : out.headroom] = 0
         out.verdicts[slot] = d.V_WRITE
+
+    def drain(self):
+        """The twin sends in send_batch: nothing waits."""
+
+    @property
+    def sender_thread(self) -> bool:
+        return False
 
     def stats(self) -> dict:
         return dict(self._stats)

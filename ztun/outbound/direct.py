@@ -1,7 +1,6 @@
 """The direct outbound: connect to a flow's original destination from ztun's own sockets (fwmark or bound), never blocking."""
 
 import errno
-import ipaddress
 import socket
 
 from .._fast import udptable
@@ -181,7 +180,8 @@ class DirectUdpFlow:
 
     def route_for(self, destination: tuple, domain: str | None = None) -> tuple:
         """Straight to the destination's address (domain is ignored, as in send)."""
-        return (ipaddress.ip_address(destination[0]).packed, destination[1]), None
+        host = destination[0]
+        return (socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host), destination[1]), None
 
     def close(self) -> None:
         """Release the socket. Idempotent; on_close is not called."""

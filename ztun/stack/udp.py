@@ -9,6 +9,8 @@ comes here, to the handler's on_datagram.
 import ipaddress
 import itertools
 import logging
+import os
+import socket
 import time
 from collections import Counter
 
@@ -19,6 +21,16 @@ from .handler import Flow, Verdict
 log = logging.getLogger("ztun.udp")
 
 REPLY_ROUNDS = 4  # output batches filled per wake-up of the table: then the loop serves the rest
+# ZTUN_UDP_SENDER=thread: the compiled table sends routed datagrams from a native thread of its own
+# (their kernel work is most of the loop's time under many sessions). Off by default: on this project's
+# 2-core machine, shared with the load's client and server, the thread's wake-ups cost more than the
+# parallel sends gained (README performance section).
+SENDER_THREAD = os.environ.get("ZTUN_UDP_SENDER", "inline") == "thread"
+
+
+def _text(packed: bytes) -> str:
+    """An address's text as ipaddress writes it (inet_ntop for IPv4, the same and much cheaper)."""
+    return socket.inet_ntop(socket.AF_INET, packed) if len(packed) == 4 else str(ipaddress.ip_address(packed))
 
 
 class NatUdpSession:
@@ -73,7 +85,11 @@ class NatUdpSession:
     def route(self, destination, sock_id, to=None, prefix=None) -> bool:
         if self.closed:
             return False
-        address = ipaddress.ip_address(destination[0]).packed
+        host = str(destination[0])
+        try:
+            address = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        except OSError:
+            return False
         if len(address) != len(self._client):
             return False
         return self.nat.table.route(self.sid, address, destination[1], sock_id, to, prefix)
@@ -99,7 +115,7 @@ class UdpNat:
         # Each session may route its destinations through a few sockets (one per outbound, one per
         # fake-IP destination): room for four each on average, and the routes of as many.
         self.table = udptable.UdpTable(loop, self._replies, sessions=max_sessions, routes=max(4 * max_sessions, 1024),
-                                       sockets=max(4 * max_sessions, 256))
+                                       sockets=max(4 * max_sessions, 256), sender_thread=SENDER_THREAD)
         self._timer = loop.call_later(self._sweep_interval(), self._sweep)
 
     def _sweep_interval(self) -> float:
@@ -121,13 +137,13 @@ class UdpNat:
         key = (version, client, sport)
         h = batch.headroom + int(m["payload_off"])
         payload = batch.data[i, h : h + int(m["payload_len"])].tobytes()
-        dst = (str(ipaddress.ip_address(m["dst"].tobytes()[:alen])), int(m["dst_port"]))
+        dst = (_text(m["dst"].tobytes()[:alen]), int(m["dst_port"]))
         s = self.sessions.get(key)
         if s is None:
             if self._blocked.get(key, 0.0) > now:
                 self.counters["dropped_blocked"] += 1
                 return
-            source = (str(ipaddress.ip_address(client)), sport)
+            source = (_text(client), sport)
             flow = Flow(d.PROTO_UDP, source, dst, id=next(self.ids))
             try:
                 verdict = self.handler.prepare(flow)
