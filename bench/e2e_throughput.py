@@ -59,6 +59,7 @@ CONFIGS = {
     "ztun-python": {"mtu": "65535", "env": {"ZTUN_NO_EXTENSIONS": "1"}},
     "ztun-relay-loop": {"mtu": "65535", "env": {"ZTUN_RELAY": "loop"}},
     "ztun-udp-python": {"mtu": "65535", "env": {"ZTUN_UDP": "python"}},  # the UDP table's twin: Python per datagram
+    "ztun-udp-nogso": {"mtu": "65535", "env": {"ZTUN_UDP_GSO": "0"}},  # each datagram its own send (no UDP GSO runs)
     "ztun-udp-thread": {"mtu": "65535", "env": {"ZTUN_UDP_SENDER": "thread"}},  # the table's sendmmsg on a thread of its own
     "ztun-nopoll": {"mtu": "65535", "env": {"ZTUN_RELAY_POLL": "0"}},  # the relay engine's twin: relays on the loop
     # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the

@@ -398,3 +398,66 @@ def test_a_closed_port_becomes_an_unreachable_to_the_client(rig, mod, host, fami
         assert (quote[6], quote[8:24], quote[24:40]) == (17, ipaddress.ip_address(client).packed, dst)
         assert struct.unpack("!HH", quote[40:44]) == (5000, port)
     assert t.stats()["unreachable_to_client"] == 1
+
+
+def _recv_all(sock, want, timeout=5.0):
+    got, end = [], time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < end:
+        if select.select([sock], [], [], 0.2)[0]:
+            got.append(sock.recv(65535))
+    return got
+
+
+@_NOT_BUILT
+def test_a_run_of_equal_datagrams_goes_out_as_one_gso_send_and_arrives_as_they_were():
+    """40 datagrams of 1,200 bytes and a shorter last one to one destination: one UDP GSO send each
+    way (direct, and SOCKS5 with each datagram's header), split by the kernel into the same datagrams."""
+    rig = Rig(udptable_native)
+    try:
+        t = rig.table
+        server, relay = rig.udp(), rig.udp()
+        for s in (server, relay):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        direct_sock, socks_sock = rig.udp(), rig.udp()
+        socks_sock.connect(relay.getsockname())
+        sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
+        k = t.attach(sid, direct_sock, udptable_native.DIRECT)
+        j = t.attach(sid, socks_sock, udptable_native.SOCKS5)
+        head = socks_header(DEST4, 54)
+        assert t.route(sid, ipaddress.ip_address(DEST4).packed, 53, k, to=(b"\x7f\x00\x00\x01", server.getsockname()[1]))
+        assert t.route(sid, ipaddress.ip_address(DEST4).packed, 54, j, prefix=head)
+        for port, sock, strip in ((53, server, 0), (54, relay, len(head))):
+            payloads = [struct.pack("!I", i) + bytes([i]) * 1196 for i in range(40)] + [b"last" * 75]
+            b = client_batch(*[(CLIENT4, 5000, DEST4, port, p) for p in payloads], slots=len(payloads))
+            assert t.send_batch(b, len(payloads), 2.0) == len(payloads)
+            got = _recv_all(sock, len(payloads))
+            assert [g[strip:] for g in got] == payloads
+            assert strip == 0 or all(g[:strip] == head for g in got)
+        s = t.stats()
+        assert (s["gso_sends"], s["gso_datagrams"], s["gso_refused"]) == (2, 82, 0)
+        assert s["fast_sent"] == 82
+    finally:
+        rig.close()
+
+
+@_NOT_BUILT
+def test_a_gso_send_the_kernel_refuses_goes_again_one_datagram_at_a_time():
+    """A socket that may not send UDP GSO (here: without checksums, SO_NO_CHECK) refuses the run with
+    EINVAL: its datagrams still go, one by one, and that route sends no more runs."""
+    rig = Rig(udptable_native)
+    try:
+        t = rig.table
+        server, out_sock = rig.udp(), rig.udp()
+        out_sock.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK
+        sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
+        k = t.attach(sid, out_sock, udptable_native.DIRECT)
+        assert t.route(sid, ipaddress.ip_address(DEST4).packed, 53, k, to=(b"\x7f\x00\x00\x01", server.getsockname()[1]))
+        for round_ in range(2):
+            payloads = [bytes([round_, i]) * 300 for i in range(10)]
+            b = client_batch(*[(CLIENT4, 5000, DEST4, 53, p) for p in payloads], slots=10)
+            assert t.send_batch(b, 10, 2.0) == 10
+            assert _recv_all(server, 10) == payloads
+        s = t.stats()
+        assert (s["gso_sends"], s["gso_refused"], s["fast_sent"], s["fast_send_error"]) == (0, 1, 20, 0)
+    finally:
+        rig.close()

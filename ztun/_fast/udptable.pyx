@@ -25,7 +25,7 @@ Idle expiry reads each session's last activity here (idle()), in C. udptable_py.
 import operator
 import os
 
-from libc.errno cimport errno, EAGAIN, EINTR
+from libc.errno cimport errno, EAGAIN, EINTR, EINVAL, EIO, EMSGSIZE
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memmove, memset, memcmp
@@ -169,6 +169,50 @@ cdef extern from *:
         }
         return 2;
     }
+    #include <netinet/udp.h>
+    #ifndef UDP_SEGMENT
+    #define UDP_SEGMENT 103
+    #endif
+    #define ZT_GSO_CTRL CMSG_SPACE(sizeof(uint16_t))
+    /* Make m one UDP GSO send: its payload (the iovs) goes out as datagrams of size bytes, the
+       last one shorter or not; ctrl holds ZT_GSO_CTRL bytes. */
+    static void zt_gso_mark(struct msghdr *m, unsigned char *ctrl, uint16_t size) {
+        struct cmsghdr *c = (struct cmsghdr *)ctrl;
+        memset(ctrl, 0, ZT_GSO_CTRL);
+        c->cmsg_level = SOL_UDP;
+        c->cmsg_type = UDP_SEGMENT;
+        c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        memcpy(CMSG_DATA(c), &size, sizeof size);
+        m->msg_control = ctrl;
+        m->msg_controllen = ZT_GSO_CTRL;
+    }
+    /* Send the datagrams of GSO message m one by one (per iovs each), as the kernel refused it whole
+       (a datagram over the path's MTU, or no GSO there). Counts into sent, again (a full buffer: the
+       rest dropped) and errors (each costs its datagram). */
+    static void zt_send_each(int fd, const struct msghdr *m, int per, uint64_t *sent, uint64_t *again,
+                             uint64_t *errors) {
+        struct msghdr one;
+        size_t k;
+        memset(&one, 0, sizeof one);
+        one.msg_name = m->msg_name;
+        one.msg_namelen = m->msg_namelen;
+        one.msg_iovlen = per;
+        for (k = 0; k < m->msg_iovlen; k += per) {
+            one.msg_iov = m->msg_iov + k;
+            for (;;) {
+                if (sendmsg(fd, &one, MSG_DONTWAIT) >= 0)
+                    (*sent)++;
+                else if (errno == EINTR)
+                    continue;
+                else if (errno == EAGAIN) {
+                    *again += (m->msg_iovlen - k) / per;
+                    return;
+                } else
+                    (*errors)++;
+                break;
+            }
+        }
+    }
     /* Ask for the socket's ICMP errors in its error queue (family 4 or 6); 0 or -1. */
     static int zt_recverr(int fd, int version) {
         int on = 1;
@@ -178,6 +222,10 @@ cdef extern from *:
     """
     int zt_icmp_error(int fd, int want, uint8_t *addr, uint16_t *port, uint8_t *type, uint8_t *code) nogil
     int zt_recverr(int fd, int version) nogil
+    void zt_gso_mark(msghdr *m, uint8_t *ctrl, uint16_t size) nogil
+    void zt_send_each(int fd, const msghdr *m, int per, uint64_t *sent, uint64_t *again, uint64_t *errors) nogil
+    enum:
+        ZT_GSO_CTRL
     unsigned int zt_sockaddr(uint8_t *buf, const uint8_t *addr, int alen, uint16_t port) nogil
     int zt_sender(const uint8_t *buf, unsigned int len, int want, uint8_t *addr, uint16_t *port) nogil
     const uint8_t zt_mapped[12]
@@ -189,6 +237,7 @@ cdef enum:
     _DIRECT = 1
     _SOCKS5 = 2
     _BATCH = 64  # datagrams per sendmmsg / recvmmsg
+    _GSO_MAX = 65000  # bytes of one UDP GSO send (its IP packet's length field bounds it)
     _PER_SOCKET = 32  # datagrams taken from one socket per receive, so one busy socket cannot fill every batch
     _EVENTS = 64
     _PREFIX = 264  # RSV(2) FRAG ATYP, a name of up to 255 bytes with its length, PORT
@@ -207,6 +256,7 @@ cdef struct Session:
 cdef struct Route:
     uint8_t used
     uint8_t kind
+    uint8_t nogso  # the kernel refused a UDP GSO send of it (a datagram over the path's MTU)
     uint16_t dport
     uint16_t prefix_len
     int32_t hnext  # next in its hash bucket
@@ -298,6 +348,17 @@ cdef class UdpTable:
     cdef uint64_t c_unreachable, c_icmp_other
     cdef mmsghdr msgs[_BATCH]
     cdef iovec iovs[2 * _BATCH]
+    # per message of a send: its datagrams, their size (the first's), bytes, iovs per datagram,
+    # whether a shorter one ended it (UDP GSO: equal sizes, the last may be shorter)
+    cdef uint16_t mcount[_BATCH]
+    cdef uint16_t mseg[_BATCH]
+    cdef uint32_t mtotal[_BATCH]
+    cdef uint8_t mper[_BATCH]
+    cdef uint8_t mshort[_BATCH]
+    cdef int32_t mroute[_BATCH]
+    cdef uint8_t ctrl[_BATCH * ZT_GSO_CTRL]
+    cdef bint gso
+    cdef uint64_t c_gso_sends, c_gso_datagrams, c_gso_refused
     cdef uint8_t names[_BATCH * 28]
     cdef epoll_event events[_EVENTS]
     cdef zt_usend *sender  # NULL: sendmmsg on the caller's thread
@@ -327,6 +388,8 @@ cdef class UdpTable:
             raise MemoryError("UDP session table")
         self.seed = int.from_bytes(os.urandom(8), "little")
         self.ip_id = int.from_bytes(os.urandom(2), "little")
+        # runs of equal-size datagrams to one destination go out as one UDP GSO send (ZTUN_UDP_GSO=0: not)
+        self.gso = os.environ.get("ZTUN_UDP_GSO", "1") != "0"
         if sender_thread:
             self.sender = zt_usend_new(self.socket_capacity)
             if self.sender == NULL:
@@ -615,7 +678,9 @@ cdef class UdpTable:
         cdef Meta *m
         cdef Route *e
         cdef Session *s
-        cdef int q = 0, done = 0, err = 0
+        cdef int q = 0, done = 0, err = 0, nd = 0, v = 0, per
+        cdef int32_t last_r = -1
+        cdef uint32_t seg
         cdef mmsghdr *h
         cdef zt_urec *rec
         cdef uint64_t at = 0, free_to = 0, start = 0
@@ -661,26 +726,46 @@ cdef class UdpTable:
                         to += e.prefix_len
                     memcpy(to, &data[i, HEADROOM + m.payload_off], m.payload_len)
                     continue
-                if q and (e.sock != run_sock or q == _BATCH):
+                if nd and (e.sock != run_sock or nd == _BATCH):
                     self._send(run_sock, q)
-                    q = 0
+                    q = nd = v = 0
+                    last_r = -1
                 run_sock = e.sock
-                h = &self.msgs[q]
-                memset(h, 0, sizeof(mmsghdr))
-                if e.kind == _DIRECT:
-                    h.msg_hdr.msg_name = e.to
-                    h.msg_hdr.msg_namelen = e.tolen
-                    self.iovs[2 * q].iov_base = &data[i, HEADROOM + m.payload_off]
-                    self.iovs[2 * q].iov_len = m.payload_len
-                    h.msg_hdr.msg_iovlen = 1
+                per = 1 if e.kind == _DIRECT else 2
+                seg = e.prefix_len + m.payload_len if e.kind != _DIRECT else m.payload_len
+                if e.kind == _SOCKS5:
+                    self.iovs[v].iov_base = e.prefix
+                    self.iovs[v].iov_len = e.prefix_len
+                self.iovs[v + per - 1].iov_base = &data[i, HEADROOM + m.payload_off]
+                self.iovs[v + per - 1].iov_len = m.payload_len
+                if (self.gso and r == last_r and seg > 0 and not e.nogso and not self.mshort[q - 1] and seg <= self.mseg[q - 1]
+                        and self.mtotal[q - 1] + seg <= _GSO_MAX):
+                    # one more datagram of the last message (its iovs end where these begin)
+                    h = &self.msgs[q - 1]
+                    h.msg_hdr.msg_iovlen += per
+                    self.mcount[q - 1] += 1
+                    self.mtotal[q - 1] += seg
+                    self.mshort[q - 1] = seg < self.mseg[q - 1]
+                    if self.mcount[q - 1] == 2:
+                        zt_gso_mark(&h.msg_hdr, &self.ctrl[(q - 1) * ZT_GSO_CTRL], self.mseg[q - 1])
                 else:
-                    self.iovs[2 * q].iov_base = e.prefix
-                    self.iovs[2 * q].iov_len = e.prefix_len
-                    self.iovs[2 * q + 1].iov_base = &data[i, HEADROOM + m.payload_off]
-                    self.iovs[2 * q + 1].iov_len = m.payload_len
-                    h.msg_hdr.msg_iovlen = 2
-                h.msg_hdr.msg_iov = &self.iovs[2 * q]
-                q += 1
+                    h = &self.msgs[q]
+                    memset(h, 0, sizeof(mmsghdr))
+                    if e.kind == _DIRECT:
+                        h.msg_hdr.msg_name = e.to
+                        h.msg_hdr.msg_namelen = e.tolen
+                    h.msg_hdr.msg_iov = &self.iovs[v]
+                    h.msg_hdr.msg_iovlen = per
+                    self.mcount[q] = 1
+                    self.mseg[q] = <uint16_t>seg
+                    self.mtotal[q] = seg
+                    self.mper[q] = per
+                    self.mshort[q] = 0
+                    self.mroute[q] = r
+                    q += 1
+                v += per
+                nd += 1
+                last_r = r
             if q:
                 self._send(run_sock, q)
             if self.sender != NULL and at != start:
@@ -692,22 +777,36 @@ cdef class UdpTable:
         return done
 
     cdef void _send(self, int32_t k, int q) noexcept nogil:
-        """sendmmsg the q queued datagrams from socket k: a full buffer drops the rest, an error
-        (e.g. ICMP unreachable of an earlier datagram on a connected socket) costs one datagram."""
-        cdef int at = 0, r
+        """sendmmsg the q queued messages from socket k (a message: one datagram, or a UDP GSO run of
+        them): a full buffer drops the rest; an error (e.g. ICMP unreachable of an earlier datagram on
+        a connected socket) costs one message; a GSO message the kernel refuses (a datagram over the
+        path's MTU: it would need fragments) goes again one datagram at a time."""
+        cdef int at = 0, r, j
         cdef int fd = self.socks[k].fd
         while at < q:
             r = sendmmsg(fd, &self.msgs[at], q - at, MSG_DONTWAIT)
             if r > 0:
-                self.c_sent += r
+                for j in range(at, at + r):
+                    self.c_sent += self.mcount[j]
+                    if self.mcount[j] > 1:
+                        self.c_gso_sends += 1
+                        self.c_gso_datagrams += self.mcount[j]
                 at += r
             elif r < 0 and errno == EINTR:
                 continue
             elif r < 0 and errno == EAGAIN:
-                self.c_send_dropped += q - at
+                for j in range(at, q):
+                    self.c_send_dropped += self.mcount[j]
                 return
+            elif self.mcount[at] > 1 and (errno == EINVAL or errno == EIO or errno == EMSGSIZE):
+                self.c_gso_refused += 1
+                self.routes[self.mroute[at]].nogso = 1  # its datagrams go one by one from now on
+                zt_send_each(fd, &self.msgs[at].msg_hdr, self.mper[at], &self.c_sent, &self.c_send_dropped,
+                             &self.c_send_error)
+                at += 1
             else:
                 self.c_send_error += 1
+                self.c_send_dropped += self.mcount[at] - 1
                 at += 1
 
     def receive(self, out, Py_ssize_t start, double now) -> int:
@@ -990,7 +1089,8 @@ cdef class UdpTable:
         Waits for the sender thread to send what is queued, so what was given is counted."""
         self._sender_counts()
         return {"datagrams": self.c_datagrams, "fast_sent": self.c_sent, "fast_send_dropped": self.c_send_dropped + self.c_sender_failed, "fast_send_error": self.c_send_error,
-                "fast_received": self.c_received, "fast_recv_error": self.c_recv_error,
+                "fast_received": self.c_received, "gso_sends": self.c_gso_sends, "gso_datagrams": self.c_gso_datagrams,
+                "gso_refused": self.c_gso_refused, "fast_recv_error": self.c_recv_error,
                 "reply_wrong_family": self.c_reply_wrong_family, "reply_by_name": self.c_reply_by_name,
                 "reply_malformed": self.c_reply_malformed, "reply_fragment": self.c_reply_fragment,
                 "reply_too_big": self.c_reply_too_big, "route_table_full": self.c_route_full,

@@ -65,6 +65,7 @@ class UdpTable:
         self._ip_id = int.from_bytes(os.urandom(2), "little")
         self._closed = False
         self._stats = dict.fromkeys(("datagrams", "fast_sent", "fast_send_dropped", "fast_send_error", "fast_received", "fast_recv_error",
+                                     "gso_sends", "gso_datagrams", "gso_refused",  # none here: one sendto a datagram
                                      "reply_wrong_family", "reply_by_name", "reply_malformed",
                                      "reply_fragment", "reply_too_big", "route_table_full", "unreachable_to_client",
                                      "icmp_error_other"), 0)
