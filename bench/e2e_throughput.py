@@ -466,7 +466,7 @@ class Bench:
         if "rtt" in want:
             if pid and want & {"tcp", "cps"}:
                 time.sleep(SETTLE)
-            cpu1, t1 = _cpu(pid), time.monotonic()
+            cpu1, t1, sw1 = _cpu(pid), time.monotonic(), _switches(pid)
             rtt = self.ns(self.load, sys.executable, "-c", SOCKS_LOAD, "rtt", SERVER4, "1", "-", "1").stdout.split("\n")[1]
             p50, p99 = map(float, rtt.split())
             out["rtt_p50"] = (p50, "us")
@@ -474,6 +474,8 @@ class Bench:
             if pid:
                 out["cpu_during_rtt"] = ((_cpu(pid) - cpu1) / (time.monotonic() - t1) * 100, "%")
                 out["cpu_us_per_round_trip"] = ((_cpu(pid) - cpu1) / 3200 * 1e6, "us")  # 200 warm-up ones too
+                # ztun's threads going to sleep (and so woken) per round trip
+                out["switches_per_round_trip"] = ((_switches(pid) - sw1) / 3200, "switches")
         if "udp" in want:
             cpu0, tun0, t0 = _cpu(pid), (self.tun_counts() if pid else None), time.monotonic()
             for rate in self.udp_rates:
@@ -693,6 +695,19 @@ def _cpu(pid) -> float:
         return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _switches(pid) -> int:
+    """Voluntary context switches so far of every thread of pid (0 without one)."""
+    if not pid:
+        return 0
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", (task / "status").read_text(), re.M).group(1))
+        except (FileNotFoundError, AttributeError):
+            pass  # a thread that ended meanwhile
+    return total
 
 
 def _machine_busy() -> float:
