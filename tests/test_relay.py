@@ -160,6 +160,42 @@ def test_request_and_answer_stay_on_the_loops_thread(splice):
         rig.close()
 
 
+@pytest.mark.skipif(relay_native is None, reason="the compiled relay engine is not built here")
+def test_a_relay_still_moving_when_the_pump_again_list_is_full_is_not_forgotten():
+    """A pump that stops after its rounds with the relay still moving leaves no edge to come (its
+    sockets were not drained): the relay must be pumped again. With the list of relays to pump
+    again full (here: no room at all) the engine re-arms its sockets in the epoll instead (it
+    stalled: the transfer never ended). Copy mode: its 128 KiB buffer keeps a bulk relay moving
+    for all its rounds, where a 1 MiB pipe takes what loopback holds in fewer."""
+    rig = Rig(False, relay_native)
+    try:
+        rig.engine._set_again_cap(0)
+        up, down = os.urandom(24 << 20), os.urandom(16 << 20)
+
+        def client():
+            rig.app_client.sendall(up)
+            rig.app_client.shutdown(socket.SHUT_WR)
+            return recv_all(rig.app_client)
+
+        def server():
+            got = recv_all(rig.app_server)
+            rig.app_server.sendall(down)
+            rig.app_server.close()
+            return got
+
+        tc, rc = in_thread(client)
+        ts, rs = in_thread(server)
+        rig.run_until(lambda: rig.closed, timeout=30)
+        tc.join(10)
+        ts.join(10)
+        assert "error" not in rc and "error" not in rs, (rc.get("error"), rs.get("error"))
+        assert rs["value"] == up and rc["value"] == down
+        assert rig.closed == ["done"]
+        assert rig.engine.stats()["rearmed"] > 0  # the path was taken
+    finally:
+        rig.close()
+
+
 @pytest.mark.parametrize("splice", MODES)
 def test_what_already_waits_is_forwarded_at_the_start_without_the_loop(rig_factory, splice):
     rig = rig_factory(splice, send_first=b"GET / HTTP/1.0\r\n\r\n")  # no loop iteration since
