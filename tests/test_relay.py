@@ -251,6 +251,28 @@ def test_reset_propagates(rig_factory, splice):
 
 
 @pytest.mark.parametrize("splice", MODES)
+def test_a_reset_after_the_peers_fin_propagates(request, engine_module, rig_factory, splice):
+    """The server half-closes, then resets (closed with bytes unread): the relay has nothing left to
+    read from it, but its error still resets the client's side at once, not at the idle timeout."""
+    if engine_module is relay_py:
+        request.node.add_marker(pytest.mark.xfail(strict=True, reason="the twin stops watching a socket once its EOF "
+                                                  "was read, so it learns of a later reset only by the idle timeout"))
+    rig = rig_factory(splice, idle=5.0)
+    rig.app_server.shutdown(socket.SHUT_WR)
+    rig.run_until(lambda: select.select([rig.app_client], [], [], 0)[0])
+    assert rig.app_client.recv(10) == b""  # the FIN went through
+    rig.app_client.sendall(b"unread")
+    rig.run_until(lambda: rig.relay.bytes_up == 6)
+    rig.app_server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    rig.app_server.close()  # RST
+    rig.run_until(lambda: rig.closed, timeout=3)  # within the idle timeout
+    assert rig.closed == ["reset"]
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):  # the client was reset
+        rig.app_client.send(b"more")
+        rig.app_client.recv(10)
+
+
+@pytest.mark.parametrize("splice", MODES)
 def test_idle_timeout_resets_both(rig_factory, splice):
     rig = rig_factory(splice, idle=0.3)
     start = time.monotonic()

@@ -274,6 +274,20 @@ static int zt_relay_again(zt_engine *e, zt_relay *r) {
     return 0;
 }
 
+/* Whether either socket of r has a pending error (read and cleared): a socket whose EOF was
+ * seen is not read again, so a reset arriving after its FIN shows only as EPOLLERR. */
+static int zt_relay_failed(zt_relay *r) {
+    int k, err;
+    socklen_t len;
+    for (k = 0; k < 2; k++) {
+        err = 0;
+        len = sizeof err;
+        if (getsockopt(r->d[k].src, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err)
+            return 1;
+    }
+    return 0;
+}
+
 /* One step of one direction: write what is held, then read more if there is room.
  * 1 if bytes moved (or EOF was seen), 0 if nothing could, -errno on a socket error. */
 static int zt_dir_step(zt_dir *d) {
@@ -394,8 +408,14 @@ static void zt_engine_handle(zt_engine *e, struct epoll_event *ev, int n, int th
         }
         e->events++;
         zt_relay *r = zt_relay_find(e, id);
-        if (r == NULL || r->queued)
-            continue;  /* ended, or set aside already: the pump below serves it */
+        if (r == NULL)
+            continue;  /* ended */
+        if ((ev[i].events & EPOLLERR) && zt_relay_failed(r)) {
+            zt_relay_end(e, r, ZT_END_RESET, 1);  /* also when that side was done: the other learns at once */
+            continue;
+        }
+        if (r->queued)
+            continue;  /* set aside already: the pump below serves it */
         if (zt_relay_pump(e, r) == 0)
             zt_relay_again(e, r);
     }
