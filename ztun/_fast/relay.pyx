@@ -45,7 +45,8 @@ cdef extern from "zt_relay.h" nogil:
         uint32_t nends, ends_cap
         int notified
         int near_fd
-        uint64_t events, pumps, wakeups, promoted
+        uint32_t again_cap
+        uint64_t events, pumps, wakeups, promoted, rearmed
 
     zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every, int near_on)
     void zt_engine_stop(zt_engine *e)
@@ -131,11 +132,21 @@ Relays between pairs of connected sockets on a native thread, off the loop.
 
     def stats(self) -> dict:
         """Counters: the engine thread's wake-ups, the socket events taken and the relay pumps (on
-        either thread), the relays that went over to the thread's set."""
+        either thread), the relays that went over to the thread's set, the relays re-armed in
+        their epoll because the list of those to pump again was full."""
         if self.e == NULL:
-            return {"wakeups": 0, "events": 0, "pumps": 0, "promoted": 0}
+            return {"wakeups": 0, "events": 0, "pumps": 0, "promoted": 0, "rearmed": 0}
         return {"wakeups": self.e.wakeups, "events": self.e.events, "pumps": self.e.pumps,
-                "promoted": self.e.promoted}
+                "promoted": self.e.promoted, "rearmed": self.e.rearmed}
+
+    def _set_again_cap(self, uint32_t cap):
+        """Tests only: how many relays the list of those to pump again holds (at most its size)."""
+        if self.e == NULL:
+            return
+        with nogil:
+            pthread_mutex_lock(&self.e.lock)
+            self.e.again_cap = cap if cap < self.e.again_cap else self.e.again_cap
+            pthread_mutex_unlock(&self.e.lock)
 
     def add(self, token, client, remote, double idle_timeout=300.0, bint splice=True) -> int:
         """Relay client and remote (connected sockets) until they end; the engine owns both from

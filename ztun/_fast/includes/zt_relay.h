@@ -108,11 +108,11 @@ typedef struct {
     int notified;
     double first_end;       /* when the oldest end not yet notified was queued */
     uint32_t *again;        /* relays set aside to pump again after this batch */
-    uint32_t nagain;
+    uint32_t nagain, again_cap;  /* again_cap: ZT_RELAY_EVENTS (lower only in tests) */
     zt_pipe pipes[ZT_RELAY_KEEP_PIPES];
     uint32_t npipes;
     double now, next_sweep, sweep_every;
-    uint64_t events, pumps, wakeups, promoted;  /* statistics */
+    uint64_t events, pumps, wakeups, promoted, rearmed;  /* statistics */
 } zt_engine;
 
 static double zt_relay_clock(void) {
@@ -254,6 +254,40 @@ static int zt_relay_promote(zt_engine *e, zt_relay *r) {
     return zt_relay_watch(e, r, e->epoll_fd);
 }
 
+/* r stopped after its rounds still moving: no edge may come for it (its sockets were not
+ * drained), so it must be pumped again. Set it aside for after this batch, or, with the list full,
+ * re-arm its sockets: EPOLL_CTL_MOD polls them at once and reports what is ready, as ADD does.
+ * 1 if set aside. */
+static int zt_relay_again(zt_engine *e, zt_relay *r) {
+    struct epoll_event ev;
+    int fd = r->far ? e->epoll_fd : e->near_fd;
+    if (e->nagain < e->again_cap) {
+        r->queued = 1;
+        e->again[e->nagain++] = (uint32_t)(r - e->slots);
+        return 1;
+    }
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    ev.data.u64 = zt_relay_id(e, (uint32_t)(r - e->slots));
+    epoll_ctl(fd, EPOLL_CTL_MOD, r->d[0].src, &ev);
+    epoll_ctl(fd, EPOLL_CTL_MOD, r->d[1].src, &ev);
+    e->rearmed++;
+    return 0;
+}
+
+/* Whether either socket of r has a pending error (read and cleared): a socket whose EOF was
+ * seen is not read again, so a reset arriving after its FIN shows only as EPOLLERR. */
+static int zt_relay_failed(zt_relay *r) {
+    int k, err;
+    socklen_t len;
+    for (k = 0; k < 2; k++) {
+        err = 0;
+        len = sizeof err;
+        if (getsockopt(r->d[k].src, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err)
+            return 1;
+    }
+    return 0;
+}
+
 /* One step of one direction: write what is held, then read more if there is room.
  * 1 if bytes moved (or EOF was seen), 0 if nothing could, -errno on a socket error. */
 static int zt_dir_step(zt_dir *d) {
@@ -374,12 +408,16 @@ static void zt_engine_handle(zt_engine *e, struct epoll_event *ev, int n, int th
         }
         e->events++;
         zt_relay *r = zt_relay_find(e, id);
-        if (r == NULL || r->queued)
-            continue;  /* ended, or set aside already: the pump below serves it */
-        if (zt_relay_pump(e, r) == 0 && e->nagain < ZT_RELAY_EVENTS) {
-            r->queued = 1;
-            e->again[e->nagain++] = (uint32_t)(r - e->slots);
+        if (r == NULL)
+            continue;  /* ended */
+        if ((ev[i].events & EPOLLERR) && zt_relay_failed(r)) {
+            zt_relay_end(e, r, ZT_END_RESET, 1);  /* also when that side was done: the other learns at once */
+            continue;
         }
+        if (r->queued)
+            continue;  /* set aside already: the pump below serves it */
+        if (zt_relay_pump(e, r) == 0)
+            zt_relay_again(e, r);
     }
     if (!thread && e->nagain > before)
         zt_engine_wake(e);  /* promoted while moving: the thread pumps it on */
@@ -388,10 +426,8 @@ static void zt_engine_handle(zt_engine *e, struct epoll_event *ev, int n, int th
         r->queued = 0;
         if (!r->used)
             continue;
-        if (zt_relay_pump(e, r) == 0 && e->nagain < ZT_RELAY_EVENTS) {
-            r->queued = 1;
-            e->again[e->nagain++] = again[k];
-        }
+        if (zt_relay_pump(e, r) == 0)
+            zt_relay_again(e, r);
     }
 }
 
@@ -454,6 +490,7 @@ static zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_e
     e->slots = calloc(capacity, sizeof *e->slots);
     e->free_slots = calloc(capacity, sizeof *e->free_slots);
     e->again = calloc(ZT_RELAY_EVENTS, sizeof *e->again);
+    e->again_cap = ZT_RELAY_EVENTS;
     if (e->slots == NULL || e->free_slots == NULL || e->again == NULL)
         goto fail;
     e->nfree = 0;  /* slots are taken from top until they run out: untouched capacity costs no memory */
@@ -580,11 +617,8 @@ static uint64_t zt_engine_add(zt_engine *e, int client, int remote, double idle,
         goto fail;
     uint64_t id = zt_relay_id(e, slot);
     /* may end it at once (reported like any end), or leave it moving: the thread goes on */
-    if (zt_relay_pump(e, r) == 0 && e->nagain < ZT_RELAY_EVENTS) {
-        r->queued = 1;
-        e->again[e->nagain++] = slot;
+    if (zt_relay_pump(e, r) == 0 && zt_relay_again(e, r))
         zt_engine_wake(e);
-    }
     return id;
 fail:
     err = errno;
