@@ -279,17 +279,15 @@ class _Conn:
         self.sock, self.inbuf, self.out, self.deadline = sock, b"", None, deadline
 
 
-class HttpEndpoint:
-    """A small HTTP/1.1 server on its own thread: one request per connection, answered by handler(Request).
+class ListeningThread:
+    """A listening TCP socket on (host, port) served by a thread of its own (its _serve) until close():
+    the metrics endpoint's and the API's. handler is the subclass's to call; the thread is started
+    last, so a subclass sets what _serve needs before calling this."""
 
-    handler returns (status, headers, body) and runs on the endpoint's thread, never the
-    appliance's loop. Slow clients are cut off at their deadline; at max_connections, a new
-    client closes the oldest one still sending its request (or, if all are being answered,
-    is closed itself).
-    """
+    THREAD_NAME = "ztun-http"
 
-    def __init__(self, host: str, port: int, handler, *, header_timeout: float = HEADER_TIMEOUT,
-                 write_timeout: float = WRITE_TIMEOUT, max_connections: int = MAX_CONNECTIONS):
+    def __init__(self, host: str, port: int, handler, *, header_timeout: float, write_timeout: float,
+                 max_connections: int):
         self._handler = handler
         self.header_timeout, self.write_timeout, self.max_connections = header_timeout, write_timeout, max_connections
         family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -306,7 +304,7 @@ class HttpEndpoint:
         self.address = self._listener.getsockname()[:2]
         self._conns: dict = {}  # socket -> _Conn, oldest first
         self._closing = False
-        self._thread = threading.Thread(target=self._serve, name="ztun-metrics", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=self.THREAD_NAME, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -320,6 +318,26 @@ class HttpEndpoint:
             pass
         self._thread.join(timeout=2.0)
         self._wake_w.close()
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+
+class HttpEndpoint(ListeningThread):
+    """A small HTTP/1.1 server on its own thread: one request per connection, answered by handler(Request).
+
+    handler returns (status, headers, body) and runs on the endpoint's thread, never the
+    appliance's loop. Slow clients are cut off at their deadline; at max_connections, a new
+    client closes the oldest one still sending its request (or, if all are being answered,
+    is closed itself).
+    """
+
+    THREAD_NAME = "ztun-metrics"
+
+    def __init__(self, host: str, port: int, handler, *, header_timeout: float = HEADER_TIMEOUT,
+                 write_timeout: float = WRITE_TIMEOUT, max_connections: int = MAX_CONNECTIONS):
+        super().__init__(host, port, handler, header_timeout=header_timeout, write_timeout=write_timeout,
+                         max_connections=max_connections)
 
     def _serve(self) -> None:
         sel = selectors.DefaultSelector()

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 
-from ..metrics import BACKLOG, Request
+from ..metrics import BACKLOG, ListeningThread, Request
 
 log = logging.getLogger("ztun.api")
 
@@ -86,43 +86,17 @@ class _Conn:
         self.eof = False  # the client shut its sending side after its request: it may still read the answer
 
 
-class ApiHttpServer:
+class ApiHttpServer(ListeningThread):
     """Serves handler(request, body) -> Answer | Pending | Stream on (host, port) from its own thread until close()."""
+
+    THREAD_NAME = "ztun-api"
 
     def __init__(self, host: str, port: int, handler, *, header_timeout: float = HEADER_TIMEOUT,
                  write_timeout: float = WRITE_TIMEOUT, max_connections: int = MAX_CONNECTIONS):
-        self._handler = handler
-        self.header_timeout, self.write_timeout, self.max_connections = header_timeout, write_timeout, max_connections
         self.counters = {"requests": 0, "bad_requests": 0, "timeouts": 0, "slow_streams_closed": 0, "pushed_out": 0,
                          "refused_busy": 0, "errors": 0}
-        family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        self._listener = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._listener.bind(sockaddr)
-            self._listener.listen(BACKLOG)
-            self._listener.setblocking(False)
-            self._wake_r, self._wake_w = socket.socketpair()
-        except OSError:
-            self._listener.close()
-            raise
-        self.address = self._listener.getsockname()[:2]
-        self._conns: dict = {}  # socket -> _Conn, oldest first
-        self._closing = False
-        self._thread = threading.Thread(target=self._serve, name="ztun-api", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop: the thread closes every socket and ends. Idempotent; waits at most ~2 s."""
-        if self._closing:
-            return
-        self._closing = True
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
-        self._thread.join(timeout=2.0)
-        self._wake_w.close()
+        super().__init__(host, port, handler, header_timeout=header_timeout, write_timeout=write_timeout,
+                         max_connections=max_connections)
 
     # -- the thread ----------------------------------------------------------------------
 
