@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
-import threading
 import time
 
 from ..metrics import BACKLOG, ListeningThread, Request
