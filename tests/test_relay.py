@@ -21,7 +21,7 @@ try:
 except ImportError:  # not built here (not Linux, or no compiler): only the twin runs
     relay_native = None
 
-NEAR = os.environ.get("ZTUN_RELAY_POLL", "1") != "0"  # new relays start on the loop's thread
+NEAR = os.environ.get("ZTUN_RELAY_NEAR", "0") == "1"  # new relays start on the loop's thread
 MODES = [pytest.param(True, id="splice", marks=pytest.mark.skipif(not HAVE_SPLICE, reason="no os.splice on this platform")), pytest.param(False, id="copy")]
 ENGINES = [pytest.param(relay_native, id="native", marks=pytest.mark.skipif(relay_native is None, reason="the compiled relay engine is not built here")),
            pytest.param(relay_py, id="twin")]
@@ -136,11 +136,11 @@ def test_bulk_both_ways_and_half_close(rig_factory, splice):
 
 
 @pytest.mark.skipif(relay_native is None, reason="the compiled relay engine is not built here")
-@pytest.mark.skipif(not NEAR, reason="ZTUN_RELAY_POLL=0: every relay is the engine thread's")
 @pytest.mark.parametrize("splice", MODES)
-def test_request_and_answer_stay_on_the_loops_thread(splice):
-    """A relay that moves little is pumped by the loop's thread (its near set), so a round trip
-    does not wake the engine's thread; it still goes both ways at once."""
+def test_request_and_answer_stay_on_the_loops_thread(splice, monkeypatch):
+    """With the near set on, a relay that moves little is pumped by the loop's thread, so a round
+    trip does not wake the engine's thread; it still goes both ways at once."""
+    monkeypatch.setenv("ZTUN_RELAY_NEAR", "1")
     rig = Rig(splice, relay_native)
     try:
         before = rig.engine.stats()
@@ -484,7 +484,7 @@ def test_stress_mixed_relays_both_sets(monkeypatch, splice, near, squeeze):
     (they are re-armed in their epoll)."""
     if not os.path.isdir("/proc/self/fd"):
         pytest.skip("needs /proc/self/fd to count fds")
-    monkeypatch.setenv("ZTUN_RELAY_POLL", "1" if near else "0")
+    monkeypatch.setenv("ZTUN_RELAY_NEAR", "1" if near else "0")
     fds_before = len(os.listdir("/proc/self/fd"))
     kinds = ["bulk_up_first", "bulk_down_first"] * 6 + ["ping"] * 20 + ["reset"] * 8
     rng = __import__("random").Random(7)

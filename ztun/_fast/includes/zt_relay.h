@@ -16,13 +16,13 @@
  * closes both with a reset (SO_LINGER 0) so both peers learn at once; a relay that moved
  * nothing for its idle timeout is closed with a reset too.
  *
- * Two sets of relays, each with its epoll. A new relay joins the near set, which the loop's
+ * Two sets of relays, each with its epoll. With near_on (ZTUN_RELAY_NEAR=1) a new relay joins the near set, which the loop's
  * thread pumps (zt_engine_poll: when near_fd is readable and after each loop iteration's TUN
  * writes): a request and its answer then cost the loop's wake-up alone, not also the engine
  * thread's and the hand-offs between them. A relay that moves ZT_RELAY_NEAR_BYTES both ways,
  * or keeps moving for ZT_RELAY_ROUNDS rounds of one pump, goes over to the far set, which the
  * engine's thread serves on its own core (a bulk transfer does not hold the loop). With
- * near_on 0 (ZTUN_RELAY_POLL=0) every relay starts in the far set.
+ * near_on 0 (the default) every relay starts in the far set.
  *
  * The engine's mutex is held while the thread handles a batch of events, and by the
  * caller's thread for add, poll, close and collect; it is released while the thread waits in
