@@ -322,6 +322,15 @@ class ListeningThread:
     def _serve(self) -> None:
         raise NotImplementedError
 
+    def _teardown(self, sel) -> None:
+        """The thread's end: every connection dropped (the subclass's _drop), the selector, the listener
+        and the wake socket closed."""
+        for conn in list(self._conns.values()):
+            self._drop(sel, conn)
+        sel.close()
+        self._listener.close()
+        self._wake_r.close()
+
 
 class HttpEndpoint(ListeningThread):
     """A small HTTP/1.1 server on its own thread: one request per connection, answered by handler(Request).
@@ -359,11 +368,7 @@ class HttpEndpoint(ListeningThread):
         except Exception:
             log.exception("metrics: the HTTP endpoint failed; no more scrapes are answered")
         finally:
-            for conn in list(self._conns.values()):
-                self._drop(sel, conn)
-            sel.close()
-            self._listener.close()
-            self._wake_r.close()
+            self._teardown(sel)
 
     def _accept(self, sel) -> None:
         for _ in range(BACKLOG):

@@ -121,11 +121,7 @@ class ApiHttpServer(ListeningThread):
         except Exception:
             log.exception("api: the HTTP server failed; the API no longer answers")
         finally:
-            for conn in list(self._conns.values()):
-                self._drop(sel, conn)
-            sel.close()
-            self._listener.close()
-            self._wake_r.close()
+            self._teardown(sel)
 
     def _accept(self, sel) -> None:
         for _ in range(BACKLOG):
@@ -206,40 +202,32 @@ class ApiHttpServer(ListeningThread):
             self._ws_received(sel, conn, data)
         # answered or streaming over HTTP: what it sends is discarded until it closes
 
+    def _refuse(self, sel, conn: _Conn, status: int) -> None:
+        """A request ztun will not take: counted, answered with status, closed after."""
+        self.counters["bad_requests"] += 1
+        self._answer(sel, conn, Answer(status).encode())
+
     def _parse(self, sel, conn: _Conn) -> None:
         end = conn.inbuf.find(b"\r\n\r\n")
+        if end > MAX_REQUEST or (end < 0 and len(conn.inbuf) > MAX_REQUEST):
+            return self._refuse(sel, conn, 431)
         if end < 0:
-            if len(conn.inbuf) > MAX_REQUEST:
-                self.counters["bad_requests"] += 1
-                self._answer(sel, conn, Answer(431).encode())
-            return
-        if end > MAX_REQUEST:
-            self.counters["bad_requests"] += 1
-            self._answer(sel, conn, Answer(431).encode())
             return
         head = conn.inbuf[:end]
         bare = head.replace(b"\r\n", b"")
         if b"\r" in bare or b"\n" in bare or b"\0" in bare:
             # A lone CR or LF ends a line for some parsers and not for ours: a value that carries one
             # (an Origin the CORS answer echoes) could add headers to the answer.
-            self.counters["bad_requests"] += 1
-            self._answer(sel, conn, Answer(400).encode())
-            return
+            return self._refuse(sel, conn, 400)
         try:
             request = Request(head)
             length = int(request.headers.get("content-length", "0") or "0")
         except ValueError:
-            self.counters["bad_requests"] += 1
-            self._answer(sel, conn, Answer(400).encode())
-            return
+            return self._refuse(sel, conn, 400)
         if "chunked" in request.headers.get("transfer-encoding", "").lower() or length < 0:
-            self.counters["bad_requests"] += 1
-            self._answer(sel, conn, Answer(400).encode())
-            return
+            return self._refuse(sel, conn, 400)
         if length > MAX_BODY:
-            self.counters["bad_requests"] += 1
-            self._answer(sel, conn, Answer(413).encode())
-            return
+            return self._refuse(sel, conn, 413)
         if len(conn.inbuf) < end + 4 + length:
             return  # the rest of the body is still coming
         body = conn.inbuf[end + 4:end + 4 + length]
