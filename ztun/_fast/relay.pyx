@@ -4,9 +4,8 @@ Established TCP relays leave Python: compiled pumps move their bytes (splice thr
 or recv/send through a buffer) on a native thread with its own epoll (the far set). With
 ZTUN_RELAY_NEAR=1 a relay starts in the near set instead, pumped on the loop's thread when its
 sockets are ready (one compiled call for all of them, no Python per relay), until it moves
-bulk and goes over to the far set. Ends
-are reported in batches through a pipe the loop reads. Python is called once per relay at
-its start (add) and once at its end (on_close).
+bulk and goes over to the far set. Ends are reported in batches through a pipe the loop
+reads. Python is called once per relay at its start (add) and once at its end (on_close).
 """
 import logging
 import operator

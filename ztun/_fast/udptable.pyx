@@ -348,12 +348,11 @@ cdef class UdpTable:
     cdef uint64_t c_unreachable, c_icmp_other
     cdef mmsghdr msgs[_BATCH]
     cdef iovec iovs[2 * _BATCH]
-    # per message of a send: its datagrams, their size (the first's), bytes, iovs per datagram,
-    # whether a shorter one ended it (UDP GSO: equal sizes, the last may be shorter)
+    # per message of a send: its datagrams, their size (the first's), bytes, whether a shorter
+    # one ended it (UDP GSO: equal sizes, the last may be shorter), its route
     cdef uint16_t mcount[_BATCH]
     cdef uint16_t mseg[_BATCH]
     cdef uint32_t mtotal[_BATCH]
-    cdef uint8_t mper[_BATCH]
     cdef uint8_t mshort[_BATCH]
     cdef int32_t mroute[_BATCH]
     cdef uint8_t ctrl[_BATCH * ZT_GSO_CTRL]
@@ -759,7 +758,6 @@ cdef class UdpTable:
                     self.mcount[q] = 1
                     self.mseg[q] = <uint16_t>seg
                     self.mtotal[q] = seg
-                    self.mper[q] = per
                     self.mshort[q] = 0
                     self.mroute[q] = r
                     q += 1
@@ -801,8 +799,8 @@ cdef class UdpTable:
             elif self.mcount[at] > 1 and (errno == EINVAL or errno == EIO or errno == EMSGSIZE):
                 self.c_gso_refused += 1
                 self.routes[self.mroute[at]].nogso = 1  # its datagrams go one by one from now on
-                zt_send_each(fd, &self.msgs[at].msg_hdr, self.mper[at], &self.c_sent, &self.c_send_dropped,
-                             &self.c_send_error)
+                zt_send_each(fd, &self.msgs[at].msg_hdr, 1 if self.routes[self.mroute[at]].kind == _DIRECT else 2,
+                             &self.c_sent, &self.c_send_dropped, &self.c_send_error)
                 at += 1
             else:
                 self.c_send_error += 1

@@ -16,8 +16,8 @@
  * closes both with a reset (SO_LINGER 0) so both peers learn at once; a relay that moved
  * nothing for its idle timeout is closed with a reset too.
  *
- * Two sets of relays, each with its epoll. With near_on (ZTUN_RELAY_NEAR=1) a new relay joins the near set, which the loop's
- * thread pumps (zt_engine_poll: when near_fd is readable and after each loop iteration's TUN
+ * Two sets of relays, each with its epoll. With near_on (ZTUN_RELAY_NEAR=1) a new relay joins
+ * the near set, which the loop's thread pumps (zt_engine_poll: when near_fd is readable and after each loop iteration's TUN
  * writes): a request and its answer then cost the loop's wake-up alone, not also the engine
  * thread's and the hand-offs between them. A relay that moves ZT_RELAY_NEAR_BYTES both ways,
  * or keeps moving for ZT_RELAY_ROUNDS rounds of one pump, goes over to the far set, which the
@@ -234,12 +234,13 @@ static void zt_engine_wake(zt_engine *e);
 
 static inline int zt_again(int err) { return err == EAGAIN || err == EWOULDBLOCK || err == EINTR; }
 
-/* Register both sockets of r, edge-triggered, in the epoll set fd. */
-static int zt_relay_watch(zt_engine *e, zt_relay *r, int fd) {
+/* Register (op EPOLL_CTL_ADD) or re-arm (EPOLL_CTL_MOD) both sockets of r, edge-triggered, in the
+ * epoll set fd; either polls them at once and reports what is ready. 0, or -1 with errno set. */
+static int zt_relay_watch(zt_engine *e, zt_relay *r, int fd, int op) {
     struct epoll_event ev;
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.u64 = zt_relay_id(e, (uint32_t)(r - e->slots));
-    if (epoll_ctl(fd, EPOLL_CTL_ADD, r->d[0].src, &ev) < 0 || epoll_ctl(fd, EPOLL_CTL_ADD, r->d[1].src, &ev) < 0)
+    if (epoll_ctl(fd, op, r->d[0].src, &ev) < 0 || epoll_ctl(fd, op, r->d[1].src, &ev) < 0)
         return -1;
     return 0;
 }
@@ -251,7 +252,7 @@ static int zt_relay_promote(zt_engine *e, zt_relay *r) {
     epoll_ctl(e->near_fd, EPOLL_CTL_DEL, r->d[1].src, NULL);
     r->far = 1;
     e->promoted++;
-    return zt_relay_watch(e, r, e->epoll_fd);
+    return zt_relay_watch(e, r, e->epoll_fd, EPOLL_CTL_ADD);
 }
 
 /* r stopped after its rounds still moving: no edge may come for it (its sockets were not
@@ -259,17 +260,12 @@ static int zt_relay_promote(zt_engine *e, zt_relay *r) {
  * re-arm its sockets: EPOLL_CTL_MOD polls them at once and reports what is ready, as ADD does.
  * 1 if set aside. */
 static int zt_relay_again(zt_engine *e, zt_relay *r) {
-    struct epoll_event ev;
-    int fd = r->far ? e->epoll_fd : e->near_fd;
     if (e->nagain < e->again_cap) {
         r->queued = 1;
         e->again[e->nagain++] = (uint32_t)(r - e->slots);
         return 1;
     }
-    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    ev.data.u64 = zt_relay_id(e, (uint32_t)(r - e->slots));
-    epoll_ctl(fd, EPOLL_CTL_MOD, r->d[0].src, &ev);
-    epoll_ctl(fd, EPOLL_CTL_MOD, r->d[1].src, &ev);
+    zt_relay_watch(e, r, r->far ? e->epoll_fd : e->near_fd, EPOLL_CTL_MOD);
     e->rearmed++;
     return 0;
 }
@@ -613,7 +609,7 @@ static uint64_t zt_engine_add(zt_engine *e, int client, int remote, double idle,
         }
     }
     r->far = !e->near_on;
-    if (zt_relay_watch(e, r, r->far ? e->epoll_fd : e->near_fd) < 0)
+    if (zt_relay_watch(e, r, r->far ? e->epoll_fd : e->near_fd, EPOLL_CTL_ADD) < 0)
         goto fail;
     uint64_t id = zt_relay_id(e, slot);
     /* may end it at once (reported like any end), or leave it moving: the thread goes on */
