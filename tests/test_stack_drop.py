@@ -35,7 +35,7 @@ def test_a_dropped_syn_leaves_no_flow_and_its_retransmission_is_asked_again():
     peer.setblocking(False)
     dev = LinuxTunDevice(a.detach(), "zt-fake", 1500)
     loop, handler = Loop(), _DropThenAllow(drops=2)
-    stack = SystemStack(dev, TunOptions(name="zt-fake", inet4="198.18.0.1/30", inet6=None))
+    stack = SystemStack(dev, TunOptions(name="zt-fake", inet4="198.18.0.1/30", inet6=None), pump=False)
     syn = bytes(IP(src="198.19.5.5", dst="198.19.0.7") / TCP(sport=40000, dport=80, flags="S", seq=100))
     try:
         stack.start(handler, loop)

@@ -83,6 +83,22 @@ def halfclose(port: int):
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
+def echo(port: int):
+    """Each chunk back as it arrives (a ping-pong's other end)."""
+    srv = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=128)
+    print("ready", flush=True)
+
+    def serve(conn):
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while chunk := conn.recv(1 << 16):
+                conn.sendall(chunk)
+
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
 _IP_PKTINFO = 8  # <linux/in.h>; struct in_pktinfo {int ifindex; in_addr spec_dst; in_addr addr}
 
 
@@ -187,6 +203,8 @@ if __name__ == "__main__":
         server.serve_forever()
     elif kind == "halfclose":
         halfclose(port)
+    elif kind == "echo":
+        echo(port)
     elif kind == "udp-echo":
         udp_echo(port)
     elif kind == "dns":

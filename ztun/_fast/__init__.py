@@ -4,7 +4,8 @@ This is the one place that chooses, module by module: the compiled module where 
 builds one and it loads, else its twin. ZTUN_NO_EXTENSIONS=1 selects every twin; ZTUN_SOCKQ=0
 selects the twin of sockq (connect, shutdown and close made at once on the loop's thread, for
 comparison); ZTUN_RELAY=loop the twin of the relay engine (relays on the loop, in Python);
-ZTUN_UDP=python the twin of the UDP session table (every datagram through Python, for comparison).
+ZTUN_UDP=python the twin of the UDP session table (every datagram through Python, for comparison);
+ZTUN_TUN_PUMP=0 no TUN pump (the loop reads the TUN, as the twins do).
 IMPLEMENTATIONS says what each module is, IMPLEMENTATION sums it up.
 """
 
@@ -20,9 +21,10 @@ CORE = ("checksum", "packet", "nat", "gso", "build", "icmp")
 # The device I/O and socket worker modules setup.py compiles on each platform (tests/test_fast_parity.py
 # keeps the two in step): tunio is Linux TUN, utunio the macOS utun framing (also built on Linux
 # for its socketpair tests), sockq a worker thread for connect/shutdown/close, relay the relay
-# engine (a native thread with its own epoll), udptable the UDP sessions after their first datagram. Windows reads
+# engine (a native thread with its own epoll), udptable the UDP sessions after their first datagram,
+# tunpump the thread that reads the TUN and runs the NAT (no twin: without it the loop reads the TUN). Windows reads
 # Wintun's rings through ctypes and makes the socket calls at once.
-PLATFORM = {"linux": ("tunio", "utunio", "sockq", "relay", "udptable"), "darwin": ("utunio", "sockq")}
+PLATFORM = {"linux": ("tunio", "utunio", "sockq", "relay", "udptable", "tunpump"), "darwin": ("utunio", "sockq")}
 # Where a platform compiles none of these, the twin still serves; on Windows the TUN twins do not.
 _NO_TWIN = {"win32": ("tunio", "utunio")}
 
@@ -32,6 +34,7 @@ _no_ext = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
 _sockq_off = os.environ.get("ZTUN_SOCKQ", "1") in ("0", "off")
 _relay_loop = os.environ.get("ZTUN_RELAY", "") == "loop"
 _udp_python = os.environ.get("ZTUN_UDP", "") == "python"
+_pump_off = os.environ.get("ZTUN_TUN_PUMP", "1") in ("0", "off")
 
 
 def _choose(name: str):
@@ -55,6 +58,20 @@ IMPLEMENTATION = _kinds.pop() if len(_kinds) == 1 else "mixed"
 
 checksum, packet, nat, gso, build, icmp, tunio, utunio, sockq, relay, udptable = (module for module, _ in _chosen.values())
 _sockq = sockq  # the choice, kept apart from the attribute that importing ztun._fast.sockq rebinds
+
+
+def _compiled_only(name: str):
+    """The compiled module name where this platform builds one and it loads, else None (it has no twin)."""
+    if name not in _compiled_here or _no_ext:
+        return None
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ImportError:
+        return None
+
+
+# ZTUN_TUN_PUMP=0 leaves the pump out (the loop reads the TUN), for comparison.
+tunpump = None if _pump_off else _compiled_only("tunpump")
 
 
 def describe() -> str:

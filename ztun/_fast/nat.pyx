@@ -24,18 +24,6 @@ from .nat_config import counters, flow_info, key_addr
 from core cimport *
 
 
-cdef struct Flow:
-    uint8_t src[16]
-    uint8_t dst[16]
-    double created
-    double last_seen
-    uint64_t pout, bout, pin, bin
-    uint64_t hash
-    uint32_t isn  # the client's initial sequence number: a SYN with another is a new connection
-    uint16_t sport, dport, nat_port, nat_index
-    uint8_t version, proto, state, fins, decision, in_use
-
-
 cdef inline uint64_t _mix(uint64_t h, uint64_t w) noexcept nogil:
     h ^= w
     h *= 0x9E3779B97F4A7C15ULL
@@ -94,36 +82,6 @@ cdef class NatTable:
 
 Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
 
-    cdef Flow *flows
-    cdef int32_t *slots
-    cdef uint64_t mask
-    cdef int32_t *free_ids  # ids given back, a stack; ids at and above fresh_ids were never used
-    cdef Py_ssize_t n_free, n_used, fresh_ids
-    cdef int32_t *rev
-    cdef uint16_t *rings  # per next address, the freed ports, oldest first
-    cdef uint32_t *rested  # per ring slot: the second (rounded up) its port may be reused from
-    cdef uint32_t *fresh  # per next address, how many never-used ports were handed out
-    cdef double port_rest
-    cdef uint32_t *ring_head
-    cdef uint32_t *ring_count
-    cdef uint32_t n_ports
-    cdef uint16_t port_min
-    cdef uint8_t *next_addr
-    cdef int n4, n_next
-    cdef uint8_t stack4[4]
-    cdef uint8_t stack6[16]
-    cdef bint has4, has6
-    cdef uint16_t port4, port6
-    cdef uint64_t seed
-    cdef double timeouts[N_STATES]
-    cdef Py_ssize_t cursor
-    cdef uint64_t *vcount
-    cdef uint64_t *dcount
-    cdef readonly Py_ssize_t capacity
-    cdef readonly object config
-    cdef readonly object verdict_counts
-    cdef readonly object drop_counts
-
     def __cinit__(self, config):
         cdef Py_ssize_t i, k
         cdef uint64_t m = 16
@@ -171,8 +129,13 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         cdef uint64_t[::1] vc = self.verdict_counts, dc = self.drop_counts
         self.vcount = &vc[0]
         self.dcount = &dc[0]
+        if pthread_mutex_init(&self.lock, NULL) != 0:
+            raise MemoryError("NAT table lock")
+        self.has_lock = True
 
     def __dealloc__(self):
+        if self.has_lock:
+            pthread_mutex_destroy(&self.lock)
         PyMem_Free(self.flows)
         PyMem_Free(self.slots)
         PyMem_Free(self.free_ids)
@@ -189,7 +152,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
 
     # -- index ------------------------------------------------------------------
 
-    cdef inline uint64_t _hash(self, int version, int proto, const uint8_t *src, uint16_t sport,
+    cdef uint64_t _hash(self, int version, int proto, const uint8_t *src, uint16_t sport,
                                const uint8_t *dst, uint16_t dport) noexcept nogil:
         cdef uint64_t h = self.seed
         h = _mix(h, _load64(src))
@@ -312,18 +275,28 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         return &self.flows[fid]
 
     # -- Python API -------------------------------------------------------------
+    # Each method holds the table's lock while it reads or changes the table: a TunPump's
+    # thread runs the batch path at the same time. The pump never waits for the GIL while it
+    # holds the lock, so taking the lock with the GIL held cannot deadlock.
 
     def insert(self, uint8_t proto, src, uint16_t sport, dst, uint16_t dport, double now=0.0):
         """Add a flow (decision pending) and return its id; NatTableFull / NatPortsExhausted when refused."""
         cdef int version
         cdef bytes s, t
+        cdef int32_t fid
         version, s, t = _key(src, dst)
         h = self._hash(version, proto, s, sport, t, dport)
+        pthread_mutex_lock(&self.lock)
         if self._find(h, version, proto, s, sport, t, dport) >= 0:
+            fid = -1
+        else:
+            fid = self._alloc(h, version, proto, s, sport, t, dport, now, 0)
+            if fid < -1:
+                self.dcount[-fid] += 1
+        pthread_mutex_unlock(&self.lock)
+        if fid == -1:
             raise ValueError("flow exists")
-        fid = self._alloc(h, version, proto, s, sport, t, dport, now, 0)
         if fid < 0:
-            self.dcount[-fid] += 1
             raise (NatTableFull if -fid == TABLE_FULL else NatPortsExhausted)(d.REASON_NAMES[-fid])
         return fid
 
@@ -331,57 +304,97 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         """The id of the flow with this 5-tuple, or -1."""
         cdef int version
         cdef bytes s, t
+        cdef int32_t fid
         version, s, t = _key(src, dst)
-        return self._find(self._hash(version, proto, s, sport, t, dport), version, proto, s, sport, t, dport)
+        h = self._hash(version, proto, s, sport, t, dport)
+        pthread_mutex_lock(&self.lock)
+        fid = self._find(h, version, proto, s, sport, t, dport)
+        pthread_mutex_unlock(&self.lock)
+        return fid
 
     def lookup_nat(self, addr, int port):
         """The id of the flow that owns next address addr, NAT port port (an accepted socket's peer), or -1."""
         cdef bytes a = key_addr(addr)[1]
         cdef int k
+        cdef int32_t fid = -1
         if port < self.port_min or port >= self.port_min + <int>self.n_ports:
             return -1
         for k in range(self.n_next):
             if memcmp(self.next_addr + 16 * k, <const char *>a, 16) == 0:
-                return self.rev[k * self.n_ports + (port - self.port_min)] - 1
-        return -1
+                pthread_mutex_lock(&self.lock)
+                fid = self.rev[k * self.n_ports + (port - self.port_min)] - 1
+                pthread_mutex_unlock(&self.lock)
+                break
+        return fid
 
     def delete(self, Py_ssize_t fid):
         """Remove flow fid and free its NAT port (to the back of the queue: reused last)."""
-        self._get(fid)
-        self._delete(<int32_t>fid)
+        pthread_mutex_lock(&self.lock)
+        try:
+            self._get(fid)
+            self._delete(<int32_t>fid)
+        finally:
+            pthread_mutex_unlock(&self.lock)
 
     def release(self, Py_ssize_t fid):
         """Remove flow fid, none of whose packets reached the kernel (its SYN was held, then refused or
         dropped): its NAT port has no TIME_WAIT to wait out and is handed out next. ValueError if allowed."""
-        cdef Flow *f = self._get(fid)
-        if f.decision == D_ALLOW:
-            raise ValueError(f"flow {fid} was allowed: its port must rest (delete it)")
-        self._delete(<int32_t>fid, False)
+        pthread_mutex_lock(&self.lock)
+        try:
+            if self._get(fid).decision == D_ALLOW:
+                raise ValueError(f"flow {fid} was allowed: its port must rest (delete it)")
+            self._delete(<int32_t>fid, False)
+        finally:
+            pthread_mutex_unlock(&self.lock)
 
     def flow(self, Py_ssize_t fid):
-        cdef Flow *f = self._get(fid)
+        cdef Flow f
+        pthread_mutex_lock(&self.lock)
+        try:
+            f = self._get(fid)[0]  # a copy, read under the lock
+        finally:
+            pthread_mutex_unlock(&self.lock)
         return flow_info(self.config, fid, f.version, f.proto, f.src[:16], f.sport, f.dst[:16], f.dport,
                          f.nat_index, f.nat_port, f.state, f.decision, f.created, f.last_seen,
                          f.pout, f.bout, f.pin, f.bin)
 
     def endpoints(self, Py_ssize_t fid):
         """((source address, port), (destination address, port), NAT port) of flow fid, addresses as text."""
-        cdef Flow *f = self._get(fid)
+        cdef Flow f
+        pthread_mutex_lock(&self.lock)
+        try:
+            f = self._get(fid)[0]
+        finally:
+            pthread_mutex_unlock(&self.lock)
         fam = socket.AF_INET if f.version == 4 else socket.AF_INET6
         alen = 4 if f.version == 4 else 16
         return ((socket.inet_ntop(fam, f.src[:alen]), f.sport), (socket.inet_ntop(fam, f.dst[:alen]), f.dport), f.nat_port)
 
     def allow(self, Py_ssize_t fid):
-        self._get(fid).decision = D_ALLOW
+        self._decide(fid, D_ALLOW)
 
     def block(self, Py_ssize_t fid):
-        self._get(fid).decision = D_BLOCK
+        self._decide(fid, D_BLOCK)
+
+    def _decide(self, Py_ssize_t fid, uint8_t decision):
+        pthread_mutex_lock(&self.lock)
+        try:
+            self._get(fid).decision = decision
+        finally:
+            pthread_mutex_unlock(&self.lock)
 
     def touch(self, Py_ssize_t fid, double now):
-        self._get(fid).last_seen = now
+        pthread_mutex_lock(&self.lock)
+        try:
+            self._get(fid).last_seen = now
+        finally:
+            pthread_mutex_unlock(&self.lock)
 
     def free_ports(self):
-        return sum(self.ring_count[k] + self.n_ports - self.fresh[k] for k in range(self.n_next))
+        pthread_mutex_lock(&self.lock)
+        free = sum(self.ring_count[k] + self.n_ports - self.fresh[k] for k in range(self.n_next))
+        pthread_mutex_unlock(&self.lock)
+        return free
 
     def counters(self):
         return counters(self.verdict_counts, self.drop_counts)
@@ -393,12 +406,14 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         if limit > self.capacity:
             limit = self.capacity
         with nogil:
+            pthread_mutex_lock(&self.lock)
             for n in range(limit):
                 f = &self.flows[self.cursor]
                 if f.in_use and now - f.last_seen > self.timeouts[f.state]:
                     self._delete(<int32_t>self.cursor)
                     expired += 1
                 self.cursor = (self.cursor + 1) % self.capacity
+            pthread_mutex_unlock(&self.lock)
         return expired
 
     # -- the batch path -----------------------------------------------------------
@@ -408,23 +423,39 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         cdef uint8_t[:, ::1] data = batch.data
         cdef uint8_t[::1] verdicts = batch.verdicts, reasons = batch.reasons
         cdef int32_t[::1] flow_ids = batch.flow_ids
-        cdef Py_ssize_t count = batch.count, i, rare = 0
+        cdef Py_ssize_t count = batch.count, rare = 0, no_flow
         cdef Meta *meta = meta_of(batch)
-        cdef int verdict, reason
-        cdef int32_t fid
         if count < 0 or count > data.shape[0]:
             raise PacketError(f"batch.count {count} outside 0..{data.shape[0]}")
-        with nogil:
-            for i in range(count):
-                verdict = self._one(&data[i, HEADROOM], &meta[i], now, &reason, &fid)
-                verdicts[i] = verdict
-                reasons[i] = reason
-                flow_ids[i] = fid
-                self.vcount[verdict] += 1
-                if verdict == V_DROP:
-                    self.dcount[reason] += 1
-                elif verdict != V_WRITE:
-                    rare += 1
+        if count:
+            with nogil:
+                rare = self.process_rows(&data[0, 0], data.shape[1], meta, &verdicts[0], &reasons[0], &flow_ids[0],
+                                         count, now, &no_flow)
+        return rare
+
+    cdef Py_ssize_t process_rows(self, uint8_t *data, Py_ssize_t stride, Meta *meta, uint8_t *verdicts,
+                                 uint8_t *reasons, int32_t *flow_ids, Py_ssize_t count, double now,
+                                 Py_ssize_t *no_flow) noexcept nogil:
+        """process_batch over raw rows (slot i's packet at data + i * stride + HEADROOM), under the lock;
+        return the slots Python must look at, and in *no_flow the packets of no flow."""
+        cdef Py_ssize_t i, rare = 0
+        cdef int verdict, reason
+        cdef int32_t fid
+        no_flow[0] = 0
+        pthread_mutex_lock(&self.lock)
+        for i in range(count):
+            verdict = self._one(data + i * stride + HEADROOM, &meta[i], now, &reason, &fid)
+            verdicts[i] = verdict
+            reasons[i] = reason
+            flow_ids[i] = fid
+            self.vcount[verdict] += 1
+            if verdict == V_DROP:
+                self.dcount[reason] += 1
+                if reason == NO_FLOW:
+                    no_flow[0] += 1
+            elif verdict != V_WRITE:
+                rare += 1
+        pthread_mutex_unlock(&self.lock)
         return rare
 
     cdef int _one(self, uint8_t *p, Meta *m, double now, int *reason, int32_t *fid_out) noexcept nogil:

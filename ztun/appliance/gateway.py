@@ -109,7 +109,7 @@ class Gateway:
             self.bypassing = route_plan.bypassing(spec)
             self._log_routing(spec)
             if self.device.napi and self.device.created:  # not one adopted or attached
-                self.napi = NapiThreads(name, self.device.if_index, opts.napi,
+                self.napi = NapiThreads(name, self.device.if_index, opts.napi, clock=lambda: self.stack.reader_cpu(),
                                         reads=lambda: (self.stack.packets_read, self.stack.batches_read))
             self.stack = SystemStack(self.device, opts, udp_timeout=self.udp_timeout,
                                      udp_max_sessions=self.udp_max_sessions)

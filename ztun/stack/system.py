@@ -1,10 +1,11 @@
 """SystemStack: the NAT-based system stack over a TUN device (docs/architecture.md, "A flow is one object").
 
-Per readable event: read a batch (GIL released), parse it, rewrite every TCP packet of a
-known flow in place and answer ICMP echo in place (compiled, no per-packet Python), write
-the batch back in one call. Python runs only for the rare slots: the first packet of a new
-flow (the handler decides), UDP datagrams (the user-space UDP NAT), packets of unknown
-flows (answered with a reset). The kernel's own TCP terminates every connection on a
+Read a batch, parse it, rewrite every TCP packet of a known flow in place, write those back:
+on a Linux TUN a native thread does this (ztun._fast.tunpump) and wakes the loop only for a
+batch with rare slots; elsewhere the loop does it per readable event (compiled, GIL released,
+no per-packet Python). Python runs only for the rare slots: the first packet of a new flow
+(the handler decides), UDP datagrams (the user-space UDP NAT, most of them sent by the
+compiled UDP table), ICMP, packets of unknown flows (answered with a reset). The kernel's own TCP terminates every connection on a
 listener at the stack's address A; accepted sockets go to the handler with the flow's
 original endpoints.
 """
@@ -21,7 +22,7 @@ from collections import Counter
 
 import numpy as np
 
-from .._fast import NatTable, PacketBatch, echo_batch, gso, parse_batch, sockq
+from .._fast import NatTable, PacketBatch, echo_batch, gso, parse_batch, sockq, tunpump
 from .._fast import defs as d
 from .._fast.nat_config import NatConfig
 from ..errors import TunError
@@ -35,6 +36,7 @@ log = logging.getLogger("ztun.stack")
 
 DEFAULT_SLOTS = 64
 MAX_BATCHES = 16  # per readable event, so other fds of the loop get their turn
+PUMP_BATCHES = 3  # with the TUN pump: the one it reads into, and two the loop may hold
 ACCEPTS_PER_EVENT = 64
 SWEEP_INTERVAL = 1.0
 SWEEP_FRACTION = 8  # each sweep looks at capacity/8 NAT slots: a full pass every 8 s
@@ -65,7 +67,9 @@ class SystemStack:
     """
 
     def __init__(self, device, options=None, *, slots: int = DEFAULT_SLOTS, max_batches: int = MAX_BATCHES,
-                 nat_capacity: int = 65536, udp_timeout: float = 60.0, udp_max_sessions: int = 16384):
+                 nat_capacity: int = 65536, udp_timeout: float = 60.0, udp_max_sessions: int = 16384,
+                 pump: bool | None = None):
+        """pump: read the TUN on a native thread (None: where the device and the build allow it)."""
         self.device = device
         self.options = options
         vnet = device.vnet_hdr
@@ -81,6 +85,8 @@ class SystemStack:
         self.failure = None  # the device error that stopped the stack
         self._on_failure = None
         self._reading = False  # registered with the loop
+        self._want_pump = pump
+        self.pump = None  # the TunPump reading the device, when one does
         self.nat = None
         self.udp = None
         self.out = None
@@ -94,9 +100,9 @@ class SystemStack:
         self.verdict_counts = np.zeros(d.N_VERDICTS, dtype=np.uint64)  # echo-only mode
         self.drop_counts = np.zeros(d.N_REASONS, dtype=np.uint64)
         self.counters: Counter = Counter()
-        self.packets_read = 0
-        self.batches_read = 0
-        self.replies_written = 0
+        self._packets_read = 0  # by the loop (the pump counts its own)
+        self._batches_read = 0
+        self._replies_written = 0
         self.write_failures: Counter = Counter()  # errno -> slots that failed with it
         self._running = False
 
@@ -117,8 +123,27 @@ class SystemStack:
                 raise
         self._running = True
         if loop is not None:
-            loop.add_reader(self.device.fileno(), self._readable)
+            if self._pumping():
+                self._start_pump()
+            else:
+                loop.add_reader(self.device.fileno(), self._readable)
             self._reading = True
+
+    def _pumping(self) -> bool:
+        """Whether a TunPump reads the device: asked for (or not refused), built, and a raw-I/O device with flows."""
+        possible = tunpump is not None and self.nat is not None and getattr(self.device, "raw_io", False)
+        if self._want_pump and not possible:
+            raise TunError(f"no TUN pump for {self.device.name}: it needs the compiled tunpump module, a Linux TUN "
+                           "device and the flows' NAT", 0)
+        return possible and self._want_pump is not False
+
+    def _start_pump(self):
+        batches = [self.batch] + [PacketBatch(self.batch.slots, max_packet=self.batch.max_packet,
+                                              vnet_hdr=self.batch.vnet_hdr) for _ in range(PUMP_BATCHES - 1)]
+        self.pump = tunpump.TunPump(self.device.fileno(), self.nat, batches, d.VNET_HDR_LEN if self.batch.vnet_hdr else 0)
+        self.loop.add_reader(self.pump.fileno(), self._pumped)
+        self.pump.start()
+        log.debug("a native thread reads %s (TUN pump)", self.device.name)
 
     def _start_flows(self):
         o = self.options
@@ -190,7 +215,27 @@ class SystemStack:
     def _stop_reading(self):
         if self._reading:
             self._reading = False
-            self.loop.remove_reader(self.device.fileno())
+            if self.pump is not None:
+                self.loop.remove_reader(self.pump.fileno())
+                self.pump.stop()  # the thread is joined: the NAT table and the batches are the loop's alone
+            else:
+                self.loop.remove_reader(self.device.fileno())
+
+    @property
+    def packets_read(self) -> int:
+        return self._packets_read + (self.pump.counters()["packets_read"] if self.pump is not None else 0)
+
+    @property
+    def batches_read(self) -> int:
+        return self._batches_read + (self.pump.counters()["batches_read"] if self.pump is not None else 0)
+
+    @property
+    def replies_written(self) -> int:
+        return self._replies_written + (self.pump.counters()["written"] if self.pump is not None else 0)
+
+    def reader_cpu(self) -> float:
+        """CPU seconds of the thread that reads (and writes back into) the TUN: the pump's, else the loop's."""
+        return self.pump.cpu_time() if self.pump is not None and self._reading else time.thread_time()
 
     # -- the packet path ----------------------------------------------------------
 
@@ -198,14 +243,40 @@ class SystemStack:
         try:
             self.on_readable()
         except TunError as e:
-            log.error("the TUN device failed: %s; stopping", e)
-            self.failure = e
-            self._stop_reading()
-            if self._on_failure is not None:
-                self._on_failure(e)
+            self._failed(e)
+
+    def _failed(self, e):
+        log.error("the TUN device failed: %s; stopping", e)
+        self.failure = e
+        self._stop_reading()
+        if self._on_failure is not None:
+            self._on_failure(e)
+
+    def _pumped(self):
+        """The pump handed over batches with rare slots: do with them what on_readable does, give them back."""
+        pump = self.pump
+        try:
+            handed = pump.take()
+        except TunError as e:
+            self._failed(e)
+            return
+        for index, n in handed:
+            batch = pump.batches[index]
+            try:
+                if self._running:
+                    errs = pump.errnos_of(index)[:n]
+                    if errs.any():
+                        self._note_failures([(int(i), int(errs[i])) for i in np.flatnonzero(errs)])
+                    batch.count = n
+                    self._rare(batch, n, time.monotonic(), True, True)
+                    self._write(batch, n)
+            finally:
+                pump.give(index)
 
     def on_readable(self) -> int:
         """Process up to max_batches batches of what the device has queued; return packets read."""
+        if self.pump is not None:
+            raise RuntimeError(f"the TUN pump reads {self.device.name}")
         if not self._running:
             return 0
         dev, batch, total = self.device, self.batch, 0
@@ -216,7 +287,7 @@ class SystemStack:
             if n == 0:
                 break
             total += n
-            self.batches_read += 1
+            self._batches_read += 1
             parse_batch(batch)
             if self.nat is None:
                 echo_batch(batch, True, self.verdict_counts, self.drop_counts)
@@ -225,12 +296,12 @@ class SystemStack:
             self._write(batch, n)
             if n < batch.slots:
                 break
-        self.packets_read += total
+        self._packets_read += total
         return total
 
     def _write(self, batch, n):
         written = self.device.write_batch(batch, n, only_verdict=d.V_WRITE)
-        self.replies_written += written
+        self._replies_written += written
         # usually every slot is written back: count the ones meant only when some were not
         if written < n and written < int(np.count_nonzero(batch.verdicts[:n] == d.V_WRITE)):
             self._note_failures(self.device.failed_slots())
@@ -240,6 +311,10 @@ class SystemStack:
         no_flow_before = int(nat.drop_counts[d.NO_FLOW])
         now = time.monotonic()
         rare = nat.process_batch(batch, now)
+        self._rare(batch, n, now, rare, int(nat.drop_counts[d.NO_FLOW]) != no_flow_before)
+
+    def _rare(self, batch, n, now, rare, no_flow):
+        """The slots Python looks at, after the NAT: new flows, UDP, ICMP; resets for packets of no flow."""
         if rare:
             verdicts = batch.verdicts
             if self.udp.table.routes_open:  # datagrams of routed UDP destinations: sent, no Python each
@@ -255,7 +330,7 @@ class SystemStack:
                     else:
                         self.udp.on_packet(batch, int(i), now)
             self._icmp(batch, n)
-        if int(nat.drop_counts[d.NO_FLOW]) != no_flow_before:
+        if no_flow:
             # A host answers a segment of no connection with a reset: the client (or the
             # kernel's side, for a flow that expired) learns at once instead of retrying.
             for i in np.flatnonzero((batch.verdicts[:n] == d.V_DROP) & (batch.reasons[:n] == d.NO_FLOW)):
@@ -386,10 +461,12 @@ class SystemStack:
             return  # the flow is gone (it idled out of the NAT): nothing to release
         _, raw, length, row = held
         if verdict == Verdict.ALLOW:
-            # Queued behind what the stack originated before it, and written with the SYNs
-            # other connects released in this loop iteration: one TUN write for them all.
-            self._apply(fid, verdict, None, 0)
+            # Written (behind what the stack originated before it) before the NAT lets the flow's
+            # other packets through: until then they are dropped as pending, so none overtakes
+            # the SYN to the kernel, also where the TUN pump writes them from its own thread.
             self.out.packet(raw, length)
+            self.out.flush()
+            self._apply(fid, verdict, None, 0)
             return
         del self._tcp[fid]
         one = self._one  # the parse row answers a refused SYN with a reset
@@ -463,6 +540,10 @@ class SystemStack:
         out["originated_failed"] = self.out.failed
         if self.out.coalesced:
             out["udp_gro_coalesced"] = self.out.coalesced
+        if self.pump is not None:
+            c = self.pump.counters()
+            out["tun_pump_handed_over"] = c["handed_over"]  # batches the loop had to see
+            out["tun_pump_waited"] = c["waited_for_batch"]  # times every batch was with the loop
         out.update({f"write_failed_{errno.errorcode.get(e, e)}": c for e, c in self.write_failures.items()})
         return out
 

@@ -31,6 +31,10 @@ class TunDevice(Protocol):
     napi: bool
     """Writes go through the kernel's NAPI (Linux IFF_NAPI), which ztun.tun.napi may thread."""
 
+    raw_io: bool
+    """Packets move by read() and write() of one packet each on fileno(), behind a virtio_net_hdr when
+    vnet_hdr (Linux TUN): a native thread may read and write them (ztun._fast.tunpump)."""
+
     created: bool
     """This open created the interface: it goes, with its addresses and routes, when the device closes."""
 

@@ -52,6 +52,8 @@ class LinuxTunDevice(FdDevice):
     routes with it; a persistent device that existed before is attached and left in place.
     """
 
+    raw_io = True
+
     def __init__(self, fd: int, name: str, mtu: int, *, flags: int = 0, created: bool = False, adopted: bool = False):
         super().__init__(fd, name, mtu, created=created, adopted=adopted)
         self.flags = flags

@@ -119,6 +119,7 @@ class WintunDevice:
     vnet_hdr = False
     offload = 0
     napi = False
+    raw_io = False
     adopted = False
 
     def __init__(self, library: wt.Wintun, adapter: wt.Adapter, session: wt.Session, mtu: int, *, events=None, if_index: int = 0):

@@ -31,6 +31,7 @@ class FdDevice:
     vnet_hdr = False
     offload = 0
     napi = False
+    raw_io = False
 
     def __init__(self, fd: int, name: str, mtu: int, *, created: bool = False, adopted: bool = False):
         self._fd = fd

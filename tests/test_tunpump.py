@@ -1,0 +1,168 @@
+"""The TUN pump over a stand-in device (a datagram socket pair: one packet per read and write):
+an established flow's packets go through the NAT and back on the pump's thread; a batch with
+anything the loop must see is handed over whole, and given back."""
+
+import os
+import select
+import socket
+import sys
+
+import pytest
+from scapy.layers.inet import IP, TCP
+
+from ztun._fast import PacketBatch, tunpump
+from ztun._fast import defs as d
+from ztun._fast.nat import NatTable
+from ztun._fast.nat_config import NatConfig
+from ztun.errors import TunError
+
+pytestmark = pytest.mark.skipif(tunpump is None, reason="the TUN pump is compiled on Linux only (and not with ZTUN_NO_EXTENSIONS=1)")
+
+A, B = "198.18.0.1", "198.18.0.2"  # the stack's listener address and the NAT's next address
+PORT = 4000  # the listener's port
+CLIENT = dict(src="198.19.5.5", dst="198.19.0.7")
+
+
+def handed(pump, timeout=5.0):
+    """What the pump hands over within timeout ([] if nothing)."""
+    ready, _, _ = select.select([pump.fileno()], [], [], timeout)
+    return pump.take() if ready else []
+
+
+def received(sock, timeout=5.0):
+    ready, _, _ = select.select([sock], [], [], timeout)
+    return sock.recv(70000) if ready else None
+
+
+@pytest.fixture(params=[0, d.VNET_HDR_LEN], ids=["plain", "virtio header"])
+def rig(request):
+    hdr = request.param
+    a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    nat = NatTable(NatConfig.from_prefixes(A + "/28", None, port4=PORT, capacity=64))
+    batches = [PacketBatch(8, max_packet=2048, vnet_hdr=bool(hdr)) for _ in range(2)]
+    pump = tunpump.TunPump(a.fileno(), nat, batches, hdr)
+    pump.start()
+    yield pump, nat, peer, b"\0" * hdr
+    pump.stop()
+    a.close()
+    peer.close()
+
+
+def test_a_new_flow_is_handed_over_and_its_packets_then_pumped_both_ways(rig):
+    pump, nat, peer, hdr = rig
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=40000, dport=80, flags="S", seq=100)))
+    got = handed(pump)
+    assert len(got) == 1 and got[0][1] == 1, got
+    index = got[0][0]
+    batch = pump.batches[index]
+    assert batch.verdicts[0] == d.V_NEW_FLOW
+    fid = int(batch.flow_ids[0])
+    pump.give(index)
+    nat.allow(fid)
+    _, _, nat_port = nat.endpoints(fid)
+
+    # the client's next packet: rewritten B:n -> A:P and written back by the pump alone
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=40000, dport=80, flags="A", seq=101, ack=7) / b"hello"))
+    out = received(peer)
+    assert out is not None and out[: len(hdr)] == hdr
+    p = IP(out[len(hdr):])
+    assert (p.src, p[TCP].sport, p.dst, p[TCP].dport, bytes(p[TCP].payload)) == (B, nat_port, A, PORT, b"hello")
+    # the kernel's answer A:P -> B:n: back to the client as D:d -> C:c
+    peer.send(hdr + bytes(IP(src=A, dst=B) / TCP(sport=PORT, dport=nat_port, flags="A", seq=7, ack=106) / b"world"))
+    out = received(peer)
+    p = IP(out[len(hdr):])
+    assert (p.src, p[TCP].sport, p.dst, p[TCP].dport, bytes(p[TCP].payload)) == ("198.19.0.7", 80, "198.19.5.5", 40000, b"world")
+    assert handed(pump, 0.2) == []  # the loop was not woken for either
+    c = pump.counters()
+    assert (c["packets_read"], c["written"], c["handed_over"]) == (3, 2, 1)
+    assert nat.flow(fid).packets_in == 1 and nat.flow(fid).packets_out >= 1
+
+
+def test_a_packet_of_no_flow_is_handed_over_for_its_reset(rig):
+    pump, nat, peer, hdr = rig
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=40001, dport=80, flags="A", seq=5, ack=9)))
+    got = handed(pump)
+    assert len(got) == 1
+    batch = pump.batches[got[0][0]]
+    assert (batch.verdicts[0], batch.reasons[0]) == (d.V_DROP, d.NO_FLOW)
+    assert received(peer, 0.2) is None
+
+
+def test_with_every_batch_handed_over_the_pump_waits_for_one_back(rig):
+    pump, nat, peer, hdr = rig
+    indexes = []
+    for port in (41000, 41001):
+        peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=port, dport=80, flags="S", seq=1)))
+        got = handed(pump)
+        assert len(got) == 1
+        indexes.append(got[0][0])
+    assert sorted(indexes) == [0, 1]
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=41002, dport=80, flags="S", seq=1)))
+    assert handed(pump, 0.3) == []  # both batches are with "the loop": the third SYN waits in the device
+    assert pump.counters()["waited_for_batch"] == 0
+    pump.give(indexes[0])
+    got = handed(pump)
+    assert got == [(indexes[0], 1)]
+    assert pump.batches[indexes[0]].verdicts[0] == d.V_NEW_FLOW
+    assert pump.counters()["packets_read"] == 3 and pump.counters()["waited_for_batch"] == 1
+
+
+def test_a_device_that_fails_is_reported_once_and_the_thread_ends(tmp_path):
+    nat = NatTable(NatConfig.from_prefixes(A + "/28", None, port4=PORT, capacity=8))
+    fd = os.open(tmp_path, os.O_RDONLY)  # poll says readable, read() fails with EISDIR
+    pump = tunpump.TunPump(fd, nat, [PacketBatch(4, max_packet=256) for _ in range(2)], 0)
+    try:
+        pump.start()
+        ready, _, _ = select.select([pump.fileno()], [], [], 5)
+        assert ready
+        with pytest.raises(TunError) as e:
+            pump.take()
+        assert e.value.errno == __import__("errno").EISDIR
+        assert pump.error == e.value.errno
+    finally:
+        pump.stop()
+        pump.stop()  # idempotent
+        os.close(fd)
+    assert pump.take() == [] and pump.cpu_time() == 0.0
+
+
+def test_bad_arguments_are_refused():
+    nat = NatTable(NatConfig.from_prefixes(A + "/28", None, port4=PORT, capacity=8))
+    with pytest.raises(ValueError):
+        tunpump.TunPump(0, nat, [PacketBatch(4)], 0)  # one batch: nothing to read into while the loop holds it
+    from ztun.errors import PacketError
+    with pytest.raises(PacketError):
+        tunpump.TunPump(0, nat, [PacketBatch(4), PacketBatch(4)], 3)
+    with pytest.raises(PacketError):
+        tunpump.TunPump(0, nat, [PacketBatch(4), PacketBatch(4, vnet_hdr=True)], 0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux")
+def test_the_table_is_shared_safely_while_the_pump_runs(rig):
+    """The loop's calls into the NAT (allow, endpoints, sweep, flow) while the pump rewrites a
+    stream of one flow's packets: every packet comes back rewritten, none lost or torn."""
+    pump, nat, peer, hdr = rig
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=42000, dport=80, flags="S", seq=100)))
+    got = handed(pump)
+    fid = int(pump.batches[got[0][0]].flow_ids[0])
+    pump.give(got[0][0])
+    nat.allow(fid)
+    _, _, nat_port = nat.endpoints(fid)
+    packet = hdr + bytes(IP(**CLIENT) / TCP(sport=42000, dport=80, flags="A", seq=101, ack=1) / b"x")
+    seen = 0
+    for round_ in range(50):
+        for _ in range(20):
+            peer.send(packet)
+        for _ in range(20):  # the loop's side, meanwhile
+            nat.endpoints(fid)
+            nat.flow(fid)
+            nat.sweep(0.0, 64)
+            nat.lookup(6, "198.19.5.5", 42000, "198.19.0.7", 80)
+        for _ in range(20):
+            out = received(peer)
+            assert out is not None, f"round {round_}: a packet did not come back"
+            p = IP(out[len(hdr):])
+            assert (p.src, p[TCP].sport, p.dst, p[TCP].dport) == (B, nat_port, A, PORT)
+            seen += 1
+    assert seen == 1000 and pump.counters()["written"] == 1000
