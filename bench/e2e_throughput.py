@@ -62,7 +62,8 @@ CONFIGS = {
     "ztun-udp-nogso": {"mtu": "65535", "env": {"ZTUN_UDP_GSO": "0"}},  # each datagram its own send (no UDP GSO runs)
     "ztun-udp-thread": {"mtu": "65535", "env": {"ZTUN_UDP_SENDER": "thread"}},  # the table's sendmmsg on a thread of its own
     "ztun-near": {"mtu": "65535", "env": {"ZTUN_RELAY_NEAR": "1"}},  # new relays pumped on the loop's thread until bulk
-    "ztun-nopump": {"mtu": "65535", "env": {"ZTUN_TUN_PUMP": "0"}},  # the loop reads the TUN (no TUN pump thread)
+    "ztun-nopump": {"mtu": "65535", "env": {"ZTUN_TUN_PUMP": "off"}},  # the loop reads the TUN (no TUN pump thread)
+    "ztun-pump-on": {"mtu": "65535", "env": {"ZTUN_TUN_PUMP": "on"}},  # the pump reads the TUN always (never the loop)
     # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the
     # proxy (the client knows nothing of it), and the client speaking SOCKS5 to microsocks itself.
     "ztun-socks": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun"},
@@ -71,7 +72,7 @@ CONFIGS = {
     "ztun-socks-relay-loop": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
                               "env": {"ZTUN_RELAY": "loop"}},
     "ztun-socks-nopump": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
-                          "env": {"ZTUN_TUN_PUMP": "0"}},
+                          "env": {"ZTUN_TUN_PUMP": "off"}},
     "ztun-socks-near": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
                         "env": {"ZTUN_RELAY_NEAR": "1"}},
     "socks-only": {"socks": "client"},

@@ -1,6 +1,6 @@
 """The TUN pump over a stand-in device (a datagram socket pair: one packet per read and write):
-an established flow's packets go through the NAT and back on the pump's thread; a batch with
-anything the loop must see is handed over whole, and given back."""
+an established flow's packets go through the NAT and back on the pump's thread; the packets the
+loop must see are handed over in a batch of their own, and the batch given back."""
 
 import os
 import select
@@ -40,8 +40,9 @@ def rig(request):
     a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     a.setblocking(False)
     nat = NatTable(NatConfig.from_prefixes(A + "/28", None, port4=PORT, capacity=64))
-    batches = [PacketBatch(8, max_packet=2048, vnet_hdr=bool(hdr)) for _ in range(2)]
-    pump = tunpump.TunPump(a.fileno(), nat, batches, hdr)
+    batch = PacketBatch(8, max_packet=2048, vnet_hdr=bool(hdr))
+    handoff = [PacketBatch(8, max_packet=2048, vnet_hdr=bool(hdr)) for _ in range(2)]
+    pump = tunpump.TunPump(a.fileno(), nat, batch, handoff, hdr)
     pump.start()
     yield pump, nat, peer, b"\0" * hdr
     pump.stop()
@@ -55,7 +56,7 @@ def test_a_new_flow_is_handed_over_and_its_packets_then_pumped_both_ways(rig):
     got = handed(pump)
     assert len(got) == 1 and got[0][1] == 1, got
     index = got[0][0]
-    batch = pump.batches[index]
+    batch = pump.handoff[index]
     assert batch.verdicts[0] == d.V_NEW_FLOW
     fid = int(batch.flow_ids[0])
     pump.give(index)
@@ -75,7 +76,7 @@ def test_a_new_flow_is_handed_over_and_its_packets_then_pumped_both_ways(rig):
     assert (p.src, p[TCP].sport, p.dst, p[TCP].dport, bytes(p[TCP].payload)) == ("198.19.0.7", 80, "198.19.5.5", 40000, b"world")
     assert handed(pump, 0.2) == []  # the loop was not woken for either
     c = pump.counters()
-    assert (c["packets_read"], c["written"], c["handed_over"]) == (3, 2, 1)
+    assert (c["packets_read"], c["written"], c["handed_over"], c["copied"]) == (3, 2, 1, 1)
     assert nat.flow(fid).packets_in == 1 and nat.flow(fid).packets_out >= 1
 
 
@@ -84,12 +85,15 @@ def test_a_packet_of_no_flow_is_handed_over_for_its_reset(rig):
     peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=40001, dport=80, flags="A", seq=5, ack=9)))
     got = handed(pump)
     assert len(got) == 1
-    batch = pump.batches[got[0][0]]
+    batch = pump.handoff[got[0][0]]
     assert (batch.verdicts[0], batch.reasons[0]) == (d.V_DROP, d.NO_FLOW)
     assert received(peer, 0.2) is None
 
 
-def test_with_every_batch_handed_over_the_pump_waits_for_one_back(rig):
+def test_while_the_loop_holds_every_handoff_batch_the_pump_drops_and_forgets(rig):
+    """The pump never waits for the loop: established flows keep moving, and a new flow's SYN it
+    cannot hand over is dropped, counted, and its NAT entry forgotten, so the retransmission is
+    a new flow again."""
     pump, nat, peer, hdr = rig
     indexes = []
     for port in (41000, 41001):
@@ -98,20 +102,27 @@ def test_with_every_batch_handed_over_the_pump_waits_for_one_back(rig):
         assert len(got) == 1
         indexes.append(got[0][0])
     assert sorted(indexes) == [0, 1]
-    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=41002, dport=80, flags="S", seq=1)))
-    assert handed(pump, 0.3) == []  # both batches are with "the loop": the third SYN waits in the device
-    assert pump.counters()["waited_for_batch"] == 0
+    fid = int(pump.handoff[indexes[0]].flow_ids[0])
+    nat.allow(fid)  # the first flow goes on (the loop holds both batches)
+    syn = hdr + bytes(IP(**CLIENT) / TCP(sport=41002, dport=80, flags="S", seq=1))
+    peer.send(syn)
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=41000, dport=80, flags="A", seq=2, ack=1)))
+    out = received(peer)
+    assert out is not None and IP(out[len(hdr):])[TCP].flags == "A"  # pumped while the SYN was dropped
+    assert handed(pump, 0.2) == []
+    assert pump.counters()["dropped"] == 1 and len(nat) == 2  # 41002's entry is gone
     pump.give(indexes[0])
+    peer.send(syn)  # the client's retransmission
     got = handed(pump)
     assert got == [(indexes[0], 1)]
-    assert pump.batches[indexes[0]].verdicts[0] == d.V_NEW_FLOW
-    assert pump.counters()["packets_read"] == 3 and pump.counters()["waited_for_batch"] == 1
+    assert pump.handoff[indexes[0]].verdicts[0] == d.V_NEW_FLOW
+    assert len(nat) == 3
 
 
 def test_a_device_that_fails_is_reported_once_and_the_thread_ends(tmp_path):
     nat = NatTable(NatConfig.from_prefixes(A + "/28", None, port4=PORT, capacity=8))
     fd = os.open(tmp_path, os.O_RDONLY)  # poll says readable, read() fails with EISDIR
-    pump = tunpump.TunPump(fd, nat, [PacketBatch(4, max_packet=256) for _ in range(2)], 0)
+    pump = tunpump.TunPump(fd, nat, PacketBatch(4, max_packet=256), [PacketBatch(4, max_packet=256) for _ in range(2)], 0)
     try:
         pump.start()
         ready, _, _ = select.select([pump.fileno()], [], [], 5)
@@ -129,13 +140,16 @@ def test_a_device_that_fails_is_reported_once_and_the_thread_ends(tmp_path):
 
 def test_bad_arguments_are_refused():
     nat = NatTable(NatConfig.from_prefixes(A + "/28", None, port4=PORT, capacity=8))
-    with pytest.raises(ValueError):
-        tunpump.TunPump(0, nat, [PacketBatch(4)], 0)  # one batch: nothing to read into while the loop holds it
     from ztun.errors import PacketError
+
+    with pytest.raises(ValueError):
+        tunpump.TunPump(0, nat, PacketBatch(4), [PacketBatch(4)], 0)  # one: nothing to fill while the loop holds it
     with pytest.raises(PacketError):
-        tunpump.TunPump(0, nat, [PacketBatch(4), PacketBatch(4)], 3)
+        tunpump.TunPump(0, nat, PacketBatch(4), [PacketBatch(4), PacketBatch(4)], 3)
     with pytest.raises(PacketError):
-        tunpump.TunPump(0, nat, [PacketBatch(4), PacketBatch(4, vnet_hdr=True)], 0)
+        tunpump.TunPump(0, nat, PacketBatch(4), [PacketBatch(4), PacketBatch(4, vnet_hdr=True)], 0)
+    with pytest.raises(PacketError):
+        tunpump.TunPump(0, nat, PacketBatch(4), [PacketBatch(4), PacketBatch(4, max_packet=100)], 0)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux")
@@ -145,7 +159,7 @@ def test_the_table_is_shared_safely_while_the_pump_runs(rig):
     pump, nat, peer, hdr = rig
     peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=42000, dport=80, flags="S", seq=100)))
     got = handed(pump)
-    fid = int(pump.batches[got[0][0]].flow_ids[0])
+    fid = int(pump.handoff[got[0][0]].flow_ids[0])
     pump.give(got[0][0])
     nat.allow(fid)
     _, _, nat_port = nat.endpoints(fid)
@@ -166,3 +180,60 @@ def test_the_table_is_shared_safely_while_the_pump_runs(rig):
             assert (p.src, p[TCP].sport, p.dst, p[TCP].dport) == (B, nat_port, A, PORT)
             seen += 1
     assert seen == 1000 and pump.counters()["written"] == 1000
+
+
+def test_paused_it_reads_nothing_and_resumed_it_reads_again(rig):
+    pump, nat, peer, hdr = rig
+    pump.pause()
+    assert pump.paused
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=43000, dport=80, flags="S", seq=1)))
+    assert handed(pump, 0.3) == [] and pump.counters()["packets_read"] == 0
+    pump.pause()  # idempotent
+    pump.resume()
+    assert not pump.paused
+    got = handed(pump)
+    assert len(got) == 1 and pump.counters()["packets_read"] == 1
+
+
+def test_auto_hands_the_device_to_the_loop_while_rare_packets_come_fast(monkeypatch):
+    """The stack's auto mode: above PUMP_OFF_ABOVE rare packets a second the loop reads the device
+    (the pump paused), and after PUMP_ON_AFTER calm looks the pump reads it again."""
+    from ztun.loop import Loop
+    from ztun.stack import system
+    from ztun.stack.system import SystemStack
+    from ztun.tun.device_linux import LinuxTunDevice
+    from ztun.tun.options import TunOptions
+
+    a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dev = LinuxTunDevice(a.detach(), "zt-fake", 1500)
+    loop = Loop()
+    stack = SystemStack(dev, TunOptions(name="zt-fake", inet4="198.18.0.1/28", inet6=None), pump="auto")
+    clock = [1000.0]
+    monkeypatch.setattr(system.time, "monotonic", lambda: clock[0])
+
+    class Handler:
+        icmp_echo = "reply"
+
+    try:
+        stack.start(Handler(), loop)
+        assert stack.pump is not None and not stack.pump.paused
+        stack._pump_last = (clock[0], 0)
+        clock[0] += 1.0
+        stack._loop_rare += int(system.PUMP_OFF_ABOVE) + 1  # as if that many were seen in the last second
+        stack._pump_look()
+        assert stack.pump.paused and stack.stats()["tun_pump_reading"] == 0
+        assert stack.counters["tun_pump_paused"] == 1
+        assert stack.on_readable() == 0  # the loop may read the device now
+        for k in range(system.PUMP_ON_AFTER):
+            clock[0] += 1.0
+            stack._loop_rare += int(system.PUMP_ON_BELOW) - 1
+            stack._pump_look()
+            assert stack.pump.paused == (k < system.PUMP_ON_AFTER - 1)
+        assert stack.stats()["tun_pump_reading"] == 1
+        with pytest.raises(RuntimeError):
+            stack.on_readable()
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()
+        peer.close()

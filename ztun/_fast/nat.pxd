@@ -68,6 +68,7 @@ cdef class NatTable:
     cdef void _delete(self, int32_t fid, bint rest=*) noexcept nogil
     cdef Flow *_get(self, Py_ssize_t fid) except NULL
     cdef int _one(self, uint8_t *p, Meta *m, double now, int *reason, int32_t *fid_out) noexcept nogil
+    cdef void forget_new(self, int32_t fid) noexcept nogil
     cdef Py_ssize_t process_rows(self, uint8_t *data, Py_ssize_t stride, Meta *meta, uint8_t *verdicts,
                                  uint8_t *reasons, int32_t *flow_ids, Py_ssize_t count, double now,
                                  Py_ssize_t *no_flow) noexcept nogil

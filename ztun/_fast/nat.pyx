@@ -433,6 +433,14 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
                                          count, now, &no_flow)
         return rare
 
+    cdef void forget_new(self, int32_t fid) noexcept nogil:
+        """Remove flow fid if it is still new (decision pending), as release() does: its first packet
+        was dropped before anyone saw it, and the client's retransmission must make it anew."""
+        pthread_mutex_lock(&self.lock)
+        if 0 <= fid < self.capacity and self.flows[fid].in_use and self.flows[fid].decision == D_PENDING:
+            self._delete(fid, False)
+        pthread_mutex_unlock(&self.lock)
+
     cdef Py_ssize_t process_rows(self, uint8_t *data, Py_ssize_t stride, Meta *meta, uint8_t *verdicts,
                                  uint8_t *reasons, int32_t *flow_ids, Py_ssize_t count, double now,
                                  Py_ssize_t *no_flow) noexcept nogil:

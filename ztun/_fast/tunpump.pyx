@@ -3,11 +3,18 @@
 On the loop's path (SystemStack.on_readable) every readable TUN wakes the Python loop: both
 ways of every round trip, every packet of a connection's set-up and teardown. With the pump,
 a packet of an established flow goes TUN -> parse -> NAT rewrite -> TUN on this thread and
-the loop is not woken for it. A batch that holds anything else (a new flow's SYN, UDP, ICMP,
-other protocols, a packet of no flow, a write that failed) is handed to the loop whole, through
-a pipe: the loop does with its rare slots what it does on its own path (SystemStack._rare) and
-gives the batch back through a second pipe. Slots the pump wrote are marked V_DROP with reason
-0 in the batch it hands over: nothing is left to do with them.
+the loop is not woken for it. Every other packet (a new flow's SYN, UDP, ICMP, other
+protocols, a packet of no flow) is copied, with its parse row and verdict, into a hand-over
+batch, handed to the loop through a pipe once the pump has read what the device had queued:
+the loop does with it what it does on its own path (SystemStack._rare) and gives the batch
+back through a second pipe. The pump never waits for the loop: while the loop holds every
+hand-over batch, what it would hand over is dropped and counted (a new flow's NAT entry is
+forgotten, so the client's retransmitted SYN makes it anew).
+
+pause() stops the pump reading (it has handed over what it had when pause() returns) and
+resume() starts it again: the stack lets the loop read the device while most packets are
+rare anyway (a storm of new connections, bulk UDP), where the loop's own batching costs less
+than a thread hop per packet.
 
 The NAT table is shared: its lock (nat.pxd) is held while a batch is processed here and by
 each of its Python methods. This thread never takes the GIL.
@@ -18,9 +25,8 @@ ZTUN_TUN_PUMP=0.
 """
 from libc.errno cimport EINTR, errno
 from libc.stdint cimport int32_t, uint8_t, uint64_t
+from libc.string cimport memcpy
 from posix.unistd cimport close, pipe, read, write
-
-import numpy as np
 
 from ..errors import PacketError, TunError
 
@@ -53,6 +59,11 @@ cdef extern from *:
         return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
     }
     static int zt_pump_cloexec(int fd) { return fcntl(fd, F_SETFD, FD_CLOEXEC); }
+    static void zt_pump_name(void) {
+    #if defined(__linux__)
+        pthread_setname_np(pthread_self(), "ztun-tun-pump");
+    #endif
+    }
     static double zt_pump_thread_cpu(pthread_t t) {
         clockid_t c;
         struct timespec ts;
@@ -64,15 +75,17 @@ cdef extern from *:
     int zt_pump_nonblock(int fd) nogil
     int zt_pump_cloexec(int fd) nogil
     double zt_pump_thread_cpu(pthread_t t) nogil
+    void zt_pump_name() nogil
     int eventfd(unsigned int initval, int flags) nogil
     int EFD_NONBLOCK
     int EFD_CLOEXEC
 
 
 cdef enum:
-    MAX_BATCHES = 8  # batches the pump owns: one it reads into, the rest may be with the loop
+    MAX_HANDOFF = 16  # hand-over batches at most
     READS_PER_WAKE = 16  # batches read before the pump polls again (the stop fd gets its turn)
     FAILED = 255  # the byte on the ready pipe that says the device failed (TunPump.error)
+    N_ERRNOS = 256  # write failures counted per errno below this (the rest under N_ERRNOS - 1)
 
 
 cdef struct Rows:
@@ -84,7 +97,6 @@ cdef struct Rows:
     uint8_t *verdicts
     uint8_t *reasons
     int32_t *flow_ids
-    int32_t *errnos
     Py_ssize_t count
 
 
@@ -95,68 +107,66 @@ cdef double _now() noexcept nogil:
 
 
 cdef void *_main(void *arg) noexcept nogil:
+    zt_pump_name()  # as top and ps -L show it
     (<TunPump>arg)._run()
     return NULL
 
 
 cdef class TunPump:
-    """TunPump(fd, nat, batches, hdr=0)
+    """TunPump(fd, nat, batch, handoff, hdr=0)
 --
 
-A thread that pumps the TUN fd through the NAT table, handing the loop only batches it must see.
+A thread that pumps the TUN fd through the NAT table, handing the loop only the packets it must see.
 
-batches: PacketBatch objects (2..8), each the shape the stack reads into; hdr: bytes of
+batch: the PacketBatch the pump reads into (its own from start() to stop()); handoff: 2..16
+PacketBatch objects of the same shape, the rare packets go to the loop in; hdr: bytes of
 virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr says)."""
 
     cdef NatTable nat
-    cdef readonly list batches
-    cdef list errnos
-    cdef Rows rows[MAX_BATCHES]
-    cdef int n_batches
+    cdef readonly object batch
+    cdef readonly list handoff
+    cdef Rows reading
+    cdef Rows rows[MAX_HANDOFF]
+    cdef int n_handoff
     cdef int fd, hdr
     cdef bint vnet
-    cdef int ready_r, ready_w, free_r, free_w, stop_fd
+    cdef int ready_r, ready_w, free_r, free_w, stop_fd, ctl_r, ctl_w, ack_r, ack_w
     cdef pthread_t thread
     cdef bint started, joined
-    cdef int free_ids[MAX_BATCHES]  # batches the thread holds, a stack
+    cdef int free_ids[MAX_HANDOFF]  # hand-over batches the thread holds, a stack
     cdef int n_free
+    cdef int current  # the hand-over batch being filled, -1 for none
+    cdef readonly bint paused  # not reading the device (pause())
     cdef readonly int error  # errno of the read that stopped the pump (it handed over FAILED)
-    cdef uint64_t c_packets, c_reads, c_written, c_handed, c_waits
+    cdef uint64_t c_packets, c_reads, c_written, c_handed, c_copied, c_dropped
+    cdef uint64_t c_failed[N_ERRNOS]
 
     def __cinit__(self):
         self.ready_r = self.ready_w = self.free_r = self.free_w = self.stop_fd = -1
+        self.ctl_r = self.ctl_w = self.ack_r = self.ack_w = -1
+        self.current = -1
 
-    def __init__(self, int fd, NatTable nat not None, batches, int hdr=0):
+    def __init__(self, int fd, NatTable nat not None, batch, handoff, int hdr=0):
         cdef int p[2]
-        cdef uint8_t[:, ::1] data
-        cdef int[::1] lengths
-        cdef uint8_t[::1] verdicts, reasons
-        cdef int32_t[::1] flow_ids, errs
-        cdef Rows *r
-        batches = list(batches)
-        if not 2 <= len(batches) <= MAX_BATCHES:
-            raise ValueError(f"a pump takes 2..{MAX_BATCHES} batches, got {len(batches)}")
+        handoff = list(handoff)
+        if not 2 <= len(handoff) <= MAX_HANDOFF:
+            raise ValueError(f"a pump takes 2..{MAX_HANDOFF} hand-over batches, got {len(handoff)}")
         if hdr not in (0, VNET_HDR_LEN):
             raise PacketError(f"hdr must be 0 or {VNET_HDR_LEN}, got {hdr}")
         self.fd, self.nat, self.hdr, self.vnet = fd, nat, hdr, hdr == VNET_HDR_LEN
-        self.batches, self.errnos = batches, []
-        self.n_batches = len(batches)
-        for i, batch in enumerate(batches):
-            if bool(batch.vnet_hdr) != self.vnet:
+        for b in [batch] + handoff:
+            if bool(b.vnet_hdr) != self.vnet:
                 raise PacketError("every batch's vnet_hdr must match hdr")
-            data, lengths = batch.data, batch.lengths
-            verdicts, reasons, flow_ids = batch.verdicts, batch.reasons, batch.flow_ids
-            e = np.zeros(batch.slots, dtype=np.int32)
-            self.errnos.append(e)
-            errs = e
-            r = &self.rows[i]
-            r.data, r.stride, r.slots = &data[0, 0], data.shape[1], data.shape[0]
-            r.lengths, r.meta = &lengths[0], meta_of(batch)
-            r.verdicts, r.reasons, r.flow_ids, r.errnos = &verdicts[0], &reasons[0], &flow_ids[0], &errs[0]
-            r.count = 0
+            if b.data.shape[1] != batch.data.shape[1]:
+                raise PacketError("the hand-over batches must hold packets as large as the batch read into")
+        self.batch, self.handoff = batch, handoff
+        _rows_of(batch, &self.reading)
+        self.n_handoff = len(handoff)
+        for i, b in enumerate(handoff):
+            _rows_of(b, &self.rows[i])
             self.free_ids[i] = i
-        self.n_free = self.n_batches
-        for which in range(2):
+        self.n_free = self.n_handoff
+        for which in range(4):  # ready, free, ctl, ack
             if pipe(p) != 0:
                 self._close_fds()
                 raise OSError(errno, "pipe for the TUN pump")
@@ -165,8 +175,12 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
                 zt_pump_cloexec(p[k])
             if which == 0:
                 self.ready_r, self.ready_w = p[0], p[1]
-            else:
+            elif which == 1:
                 self.free_r, self.free_w = p[0], p[1]
+            elif which == 2:
+                self.ctl_r, self.ctl_w = p[0], p[1]
+            else:
+                self.ack_r, self.ack_w = p[0], p[1]
         self.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if self.stop_fd < 0:
             self._close_fds()
@@ -187,30 +201,58 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
 
     def stop(self):
         """Stop the thread and wait for it; close the pipes. Idempotent. Batches it handed over stay valid."""
+        self._join()
+        self._close_fds()
+
+    def __dealloc__(self):
+        self._join()
+        self._close_fds()
+
+    cdef void _join(self) noexcept:
         cdef uint64_t one = 1
         if self.started and not self.joined:
             write(self.stop_fd, &one, 8)
             with nogil:
                 pthread_join(self.thread, NULL)
             self.joined = True
-        self._close_fds()
-
-    def __dealloc__(self):
-        cdef uint64_t one = 1
-        if self.started and not self.joined:
-            write(self.stop_fd, &one, 8)
-            with nogil:
-                pthread_join(self.thread, NULL)
-        self._close_fds()
 
     cdef void _close_fds(self) noexcept:
-        for fd in (self.ready_r, self.ready_w, self.free_r, self.free_w, self.stop_fd):
+        for fd in (self.ready_r, self.ready_w, self.free_r, self.free_w, self.stop_fd, self.ctl_r, self.ctl_w,
+                   self.ack_r, self.ack_w):
             if fd >= 0:
                 close(fd)
         self.ready_r = self.ready_w = self.free_r = self.free_w = self.stop_fd = -1
+        self.ctl_r = self.ctl_w = self.ack_r = self.ack_w = -1
+
+    def pause(self, double timeout=5.0):
+        """Stop reading the device; when this returns the thread reads no more and has handed over
+        what it held (take() it before reading the device elsewhere). TimeoutError if it does not answer."""
+        cdef uint8_t c = 112  # "p"
+        cdef pollfd pfd
+        cdef int r
+        if not self.started or self.joined:
+            raise RuntimeError("the TUN pump is not running")
+        if self.paused:
+            return
+        write(self.ctl_w, &c, 1)
+        pfd.fd = self.ack_r
+        pfd.events = POLLIN
+        pfd.revents = 0
+        with nogil:
+            r = poll(&pfd, 1, <int>(timeout * 1000))
+        if r <= 0 or read(self.ack_r, &c, 1) != 1:
+            raise TimeoutError("the TUN pump did not pause")
+        self.paused = True
+
+    def resume(self):
+        """Read the device again (the caller has stopped reading it)."""
+        cdef uint8_t c = 114  # "r"
+        if self.paused and self.started and not self.joined:
+            self.paused = False
+            write(self.ctl_w, &c, 1)
 
     def take(self):
-        """[(batch index, count)] handed over since the last call; TunError once the device failed."""
+        """[(hand-over batch index, count)] handed over since the last call; TunError once the device failed."""
         cdef uint8_t buf[64]
         cdef ssize_t n
         out = []
@@ -227,90 +269,104 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         return out
 
     def give(self, int index):
-        """Give batch index back to the pump (the loop is done with it)."""
+        """Give hand-over batch index back to the pump (the loop is done with it)."""
         cdef uint8_t b = <uint8_t>index
-        if not 0 <= index < self.n_batches:
-            raise ValueError(f"no batch {index}")
+        if not 0 <= index < self.n_handoff:
+            raise ValueError(f"no hand-over batch {index}")
         if self.free_w >= 0:
             write(self.free_w, &b, 1)
 
-    def errnos_of(self, int index):
-        """Per slot of batch index: the errno of the pump's write of it, 0 if written or not its to write."""
-        return self.errnos[index]
-
     def cpu_time(self):
-        """The thread's CPU time in seconds (0.0 before it started)."""
+        """The thread's CPU time in seconds (0.0 before it started and after it stopped)."""
         if not self.started or self.joined:
             return 0.0
         return max(zt_pump_thread_cpu(self.thread), 0.0)
 
     def counters(self):
         return {"packets_read": self.c_packets, "batches_read": self.c_reads, "written": self.c_written,
-                "handed_over": self.c_handed, "waited_for_batch": self.c_waits}
+                "handed_over": self.c_handed, "copied": self.c_copied, "dropped": self.c_dropped}  # dropped: new flows, UDP, ICMP
+
+    def write_failures(self):
+        """{errno: slots whose write into the device failed with it} (errno 255 and above under 255)."""
+        return {e: self.c_failed[e] for e in range(N_ERRNOS) if self.c_failed[e]}
 
     # -- the thread -------------------------------------------------------------
 
     cdef void _run(self) noexcept nogil:
-        cdef pollfd fds[2]
+        cdef pollfd fds[3]
         cdef uint64_t value
-        cdef int k, b, err
+        cdef uint8_t c
+        cdef int k, err
+        cdef bint reading = True
         cdef Py_ssize_t n
-        fds[1].fd = self.stop_fd
-        fds[1].events = POLLIN
+        fds[0].fd = self.stop_fd
+        fds[1].fd = self.ctl_r
+        fds[2].fd = self.fd
+        fds[0].events = fds[1].events = fds[2].events = POLLIN
         while True:
-            if self.n_free == 0:  # every batch is with the loop: wait for one back
-                fds[0].fd = self.free_r
-            else:
-                fds[0].fd = self.fd
-            fds[0].events = POLLIN
-            fds[0].revents = fds[1].revents = 0
-            if poll(fds, 2, -1) < 0:
+            fds[0].revents = fds[1].revents = fds[2].revents = 0
+            if poll(fds, 3 if reading else 2, -1) < 0:
                 if errno == EINTR:
                     continue
                 self._fail(errno)
                 return
-            if fds[1].revents:
+            if fds[0].revents:
                 read(self.stop_fd, &value, 8)
                 return
-            if self.n_free == 0:
-                self.c_waits += 1
-                self._take_back()
+            if fds[1].revents:
+                while read(self.ctl_r, &c, 1) == 1:
+                    reading = c != 112
+                    if not reading:
+                        write(self.ack_w, &c, 1)
+                continue
+            if not fds[2].revents:
                 continue
             for k in range(READS_PER_WAKE):
-                if self.n_free == 0 and self._take_back() == 0:
-                    break
-                b = self.free_ids[self.n_free - 1]
-                n = self._read(&self.rows[b], &err)
+                n = self._read(&self.reading, &err)
                 if n == 0:
                     if err:
                         self._fail(err)
                         return
                     break
-                if self._pump(b, n):
-                    self.n_free -= 1
-                    self.c_handed += 1
-                    self._hand(<uint8_t>b)
-                if n < self.rows[b].slots:
+                self._pump(n)
+                if n < self.reading.slots:
                     break
+            if self.current >= 0:
+                self._hand_current()
 
-    cdef int _take_back(self) noexcept nogil:
-        """Read the batches the loop gave back; return how many."""
-        cdef uint8_t buf[MAX_BATCHES]
-        cdef ssize_t n = read(self.free_r, buf, MAX_BATCHES)
+    cdef void _hand_current(self) noexcept nogil:
+        self.c_handed += 1
+        self._hand(<uint8_t>self.current)
+        self.current = -1
+
+    cdef Rows *_handoff_rows(self) noexcept nogil:
+        """The hand-over batch with room for one more packet, or NULL while the loop holds them all."""
+        cdef uint8_t buf[MAX_HANDOFF]
+        cdef ssize_t n
         cdef int k
-        if n <= 0:
-            return 0
-        for k in range(n):
-            if self.n_free < self.n_batches:
-                self.free_ids[self.n_free] = buf[k]
-                self.n_free += 1
-        return <int>n
+        if self.current >= 0 and self.rows[self.current].count == self.rows[self.current].slots:
+            self._hand_current()
+        if self.current < 0:
+            if self.n_free == 0:
+                n = read(self.free_r, buf, MAX_HANDOFF)
+                for k in range(n if n > 0 else 0):
+                    if self.n_free < self.n_handoff:
+                        self.free_ids[self.n_free] = buf[k]
+                        self.n_free += 1
+                if self.n_free == 0:
+                    return NULL
+            self.n_free -= 1
+            self.current = self.free_ids[self.n_free]
+            self.rows[self.current].count = 0
+        return &self.rows[self.current]
 
     cdef void _hand(self, uint8_t b) noexcept nogil:
         while write(self.ready_w, &b, 1) < 0 and errno == EINTR:
             pass
 
     cdef void _fail(self, int err) noexcept nogil:
+        if self.current >= 0:
+            self._hand_current()
         self.error = err
         self._hand(FAILED)
 
@@ -339,33 +395,62 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         r.count = i
         return i
 
-    cdef bint _pump(self, int b, Py_ssize_t n) noexcept nogil:
-        """Parse, NAT and write back batch b's n packets; whether the loop must see the batch."""
-        cdef Rows *r = &self.rows[b]
-        cdef Py_ssize_t i, rare, no_flow, failed = 0, length
+    cdef void _pump(self, Py_ssize_t n) noexcept nogil:
+        """Parse, NAT and write back the n packets read; copy the rest into the hand-over batch."""
+        cdef Rows *r = &self.reading
+        cdef Rows *h
+        cdef Py_ssize_t i, j, rare, no_flow
         cdef uint8_t *p
         cdef ssize_t w
+        cdef int e
         self.c_packets += n
         self.c_reads += 1
         for i in range(n):
             p = r.data + i * r.stride + HEADROOM
-            length = r.lengths[i]
-            if parse_one(p, length, &r.meta[i]) == OK and self.vnet:
+            if parse_one(p, r.lengths[i], &r.meta[i]) == OK and self.vnet:
                 check_vnet(p - VNET_HDR_LEN, &r.meta[i])
         rare = self.nat.process_rows(r.data, r.stride, r.meta, r.verdicts, r.reasons, r.flow_ids, n, _now(), &no_flow)
         for i in range(n):
-            r.errnos[i] = 0
-            if r.verdicts[i] != V_WRITE:
+            if r.verdicts[i] == V_WRITE:
+                p = r.data + i * r.stride + HEADROOM - self.hdr
+                while True:
+                    w = write(self.fd, p, r.lengths[i] + self.hdr)
+                    if w >= 0 or errno != EINTR:
+                        break
+                if w >= 0:
+                    self.c_written += 1
+                else:
+                    e = errno
+                    self.c_failed[e if e < N_ERRNOS else N_ERRNOS - 1] += 1
                 continue
-            r.verdicts[i] = V_DROP  # done here: nothing for the loop to do with it
-            p = r.data + i * r.stride + HEADROOM - self.hdr
-            while True:
-                w = write(self.fd, p, r.lengths[i] + self.hdr)
-                if w >= 0 or errno != EINTR:
-                    break
-            if w < 0:
-                r.errnos[i] = errno
-                failed += 1
-            else:
-                self.c_written += 1
-        return rare > 0 or no_flow > 0 or failed > 0
+            if r.verdicts[i] == V_DROP and r.reasons[i] != NO_FLOW:
+                continue  # counted by the NAT; nothing to answer
+            h = self._handoff_rows()
+            if h == NULL:
+                if r.verdicts[i] == V_NEW_FLOW:
+                    self.nat.forget_new(r.flow_ids[i])
+                if r.verdicts[i] != V_DROP and r.verdicts[i] != V_OTHER:  # those count as drops already
+                    self.c_dropped += 1
+                continue
+            j = h.count
+            h.count += 1
+            self.c_copied += 1
+            memcpy(h.data + j * h.stride + HEADROOM - self.hdr, r.data + i * r.stride + HEADROOM - self.hdr,
+                   r.lengths[i] + self.hdr)
+            h.lengths[j] = r.lengths[i]
+            h.meta[j] = r.meta[i]
+            h.verdicts[j] = r.verdicts[i]
+            h.reasons[j] = r.reasons[i]
+            h.flow_ids[j] = r.flow_ids[i]
+
+
+cdef int _rows_of(batch, Rows *r) except -1:
+    cdef uint8_t[:, ::1] data = batch.data
+    cdef int[::1] lengths = batch.lengths
+    cdef uint8_t[::1] verdicts = batch.verdicts, reasons = batch.reasons
+    cdef int32_t[::1] flow_ids = batch.flow_ids
+    r.data, r.stride, r.slots = &data[0, 0], data.shape[1], data.shape[0]
+    r.lengths, r.meta = &lengths[0], meta_of(batch)
+    r.verdicts, r.reasons, r.flow_ids = &verdicts[0], &reasons[0], &flow_ids[0]
+    r.count = 0
+    return 0

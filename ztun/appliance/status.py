@@ -300,7 +300,7 @@ def _unlink(path: str) -> None:
 
 # -- building a snapshot ------------------------------------------------------------------
 
-GAUGE_STATS = frozenset({"tcp_flows", "udp_sessions"})  # SystemStack.stats() values that go up and down
+GAUGE_STATS = frozenset({"tcp_flows", "udp_sessions", "tun_pump_reading"})  # SystemStack.stats() values that go up and down
 TOTAL_STATS = frozenset({"dropped", "write_failed"})  # sums of the per-reason drops: kept as counters
 
 

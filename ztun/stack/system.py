@@ -36,7 +36,16 @@ log = logging.getLogger("ztun.stack")
 
 DEFAULT_SLOTS = 64
 MAX_BATCHES = 16  # per readable event, so other fds of the loop get their turn
-PUMP_BATCHES = 3  # with the TUN pump: the one it reads into, and two the loop may hold
+PUMP_HANDOFF = 8  # with the TUN pump: the batches it hands the rare packets to the loop in
+# "auto": the loop reads the device instead of the pump while rare packets (new flows, UDP,
+# ICMP, packets of no flow) come faster than PUMP_OFF_ABOVE a second, and gives it back to the
+# pump once they come slower than PUMP_ON_BELOW for PUMP_ON_AFTER looks in a row: a thread hop
+# per rare packet costs more than the loop's own batching (measured, README performance section)
+PUMP_MODES = ("auto", "on", "off")
+PUMP_LOOK = 0.25  # seconds between two looks
+PUMP_OFF_ABOVE = 2000.0
+PUMP_ON_BELOW = 500.0
+PUMP_ON_AFTER = 4
 ACCEPTS_PER_EVENT = 64
 SWEEP_INTERVAL = 1.0
 SWEEP_FRACTION = 8  # each sweep looks at capacity/8 NAT slots: a full pass every 8 s
@@ -68,8 +77,9 @@ class SystemStack:
 
     def __init__(self, device, options=None, *, slots: int = DEFAULT_SLOTS, max_batches: int = MAX_BATCHES,
                  nat_capacity: int = 65536, udp_timeout: float = 60.0, udp_max_sessions: int = 16384,
-                 pump: bool | None = None):
-        """pump: read the TUN on a native thread (None: where the device and the build allow it)."""
+                 pump: str | bool | None = None):
+        """pump: the TUN pump's mode, "auto", "on" (True) or "off" (False); None: ZTUN_TUN_PUMP, else
+        "auto". auto and on use it only where the device and the build allow it."""
         self.device = device
         self.options = options
         vnet = device.vnet_hdr
@@ -85,7 +95,16 @@ class SystemStack:
         self.failure = None  # the device error that stopped the stack
         self._on_failure = None
         self._reading = False  # registered with the loop
-        self._want_pump = pump
+        pump = {True: "on", False: "off", None: os.environ.get("ZTUN_TUN_PUMP", "auto")}.get(pump, pump)
+        pump = {"1": "on", "0": "off"}.get(pump, pump)
+        if pump not in PUMP_MODES:
+            raise ValueError(f"pump must be one of {', '.join(PUMP_MODES)}, got {pump!r}")
+        self.pump_mode = pump
+        self._pump_timer = None
+        self._pump_last = None  # (time, rare packets) at the last look
+        self._pump_calm = 0
+        self._loop_rare = 0  # rare packets the loop found in what it read itself
+        self._pump_warned: set = set()
         self.pump = None  # the TunPump reading the device, when one does
         self.nat = None
         self.udp = None
@@ -130,20 +149,44 @@ class SystemStack:
             self._reading = True
 
     def _pumping(self) -> bool:
-        """Whether a TunPump reads the device: asked for (or not refused), built, and a raw-I/O device with flows."""
-        possible = tunpump is not None and self.nat is not None and getattr(self.device, "raw_io", False)
-        if self._want_pump and not possible:
-            raise TunError(f"no TUN pump for {self.device.name}: it needs the compiled tunpump module, a Linux TUN "
-                           "device and the flows' NAT", 0)
-        return possible and self._want_pump is not False
+        """Whether a TunPump reads the device: not switched off, built, and a raw-I/O device with flows."""
+        return (self.pump_mode != "off" and tunpump is not None and self.nat is not None
+                and getattr(self.device, "raw_io", False))
 
     def _start_pump(self):
-        batches = [self.batch] + [PacketBatch(self.batch.slots, max_packet=self.batch.max_packet,
-                                              vnet_hdr=self.batch.vnet_hdr) for _ in range(PUMP_BATCHES - 1)]
-        self.pump = tunpump.TunPump(self.device.fileno(), self.nat, batches, d.VNET_HDR_LEN if self.batch.vnet_hdr else 0)
+        b = self.batch
+        handoff = [PacketBatch(b.slots, max_packet=b.max_packet, vnet_hdr=b.vnet_hdr) for _ in range(PUMP_HANDOFF)]
+        self.pump = tunpump.TunPump(self.device.fileno(), self.nat, b, handoff, d.VNET_HDR_LEN if b.vnet_hdr else 0)
         self.loop.add_reader(self.pump.fileno(), self._pumped)
         self.pump.start()
-        log.debug("a native thread reads %s (TUN pump)", self.device.name)
+        log.debug("a native thread reads %s (TUN pump, %s)", self.device.name, self.pump_mode)
+        if self.pump_mode == "auto":
+            self._pump_last = (time.monotonic(), 0)
+            self._pump_timer = self.loop.call_later(PUMP_LOOK, self._pump_look)
+
+    def _rare_seen(self) -> int:
+        c = self.pump.counters()
+        return c["copied"] + c["dropped"] + self._loop_rare
+
+    def _pump_look(self):
+        """auto: the loop reads the device while rare packets come fast, the pump while they do not."""
+        now, rare = time.monotonic(), self._rare_seen()
+        then, before = self._pump_last
+        self._pump_last = (now, rare)
+        rate = (rare - before) / (now - then) if now > then else 0.0
+        if not self.pump.paused:
+            if rate > PUMP_OFF_ABOVE:
+                self.pump.pause()
+                self._pumped()  # what it handed over before it stopped goes first
+                self.loop.add_reader(self.device.fileno(), self._readable)
+                self.counters["tun_pump_paused"] += 1
+                self._pump_calm = 0
+        else:
+            self._pump_calm = self._pump_calm + 1 if rate < PUMP_ON_BELOW else 0
+            if self._pump_calm >= PUMP_ON_AFTER:
+                self.loop.remove_reader(self.device.fileno())
+                self.pump.resume()
+        self._pump_timer = self.loop.call_later(PUMP_LOOK, self._pump_look)
 
     def _start_flows(self):
         o = self.options
@@ -216,7 +259,12 @@ class SystemStack:
         if self._reading:
             self._reading = False
             if self.pump is not None:
+                if self._pump_timer is not None:
+                    self._pump_timer.cancel()
+                    self._pump_timer = None
                 self.loop.remove_reader(self.pump.fileno())
+                if self.pump.paused:
+                    self.loop.remove_reader(self.device.fileno())
                 self.pump.stop()  # the thread is joined: the NAT table and the batches are the loop's alone
             else:
                 self.loop.remove_reader(self.device.fileno())
@@ -253,7 +301,7 @@ class SystemStack:
             self._on_failure(e)
 
     def _pumped(self):
-        """The pump handed over batches with rare slots: do with them what on_readable does, give them back."""
+        """The pump handed over the packets it does not handle: do with them what on_readable does."""
         pump = self.pump
         try:
             handed = pump.take()
@@ -261,12 +309,9 @@ class SystemStack:
             self._failed(e)
             return
         for index, n in handed:
-            batch = pump.batches[index]
+            batch = pump.handoff[index]
             try:
                 if self._running:
-                    errs = pump.errnos_of(index)[:n]
-                    if errs.any():
-                        self._note_failures([(int(i), int(errs[i])) for i in np.flatnonzero(errs)])
                     batch.count = n
                     self._rare(batch, n, time.monotonic(), True, True)
                     self._write(batch, n)
@@ -275,7 +320,7 @@ class SystemStack:
 
     def on_readable(self) -> int:
         """Process up to max_batches batches of what the device has queued; return packets read."""
-        if self.pump is not None:
+        if self.pump is not None and not self.pump.paused:
             raise RuntimeError(f"the TUN pump reads {self.device.name}")
         if not self._running:
             return 0
@@ -311,6 +356,7 @@ class SystemStack:
         no_flow_before = int(nat.drop_counts[d.NO_FLOW])
         now = time.monotonic()
         rare = nat.process_batch(batch, now)
+        self._loop_rare += rare
         self._rare(batch, n, now, rare, int(nat.drop_counts[d.NO_FLOW]) != no_flow_before)
 
     def _rare(self, batch, n, now, rare, no_flow):
@@ -510,7 +556,19 @@ class SystemStack:
                 now_there = None
             if now_there != key:
                 self._forget(fid)
+        if self.pump is not None:
+            self._pump_failures()
         self._sweep_timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _pump_failures(self) -> Counter:
+        """The pump's failed writes by errno; each errno is warned about once, as the loop's are."""
+        failed = Counter(self.pump.write_failures())
+        for err in failed:
+            if not self.write_failures[err] and err not in self._pump_warned:
+                self._pump_warned.add(err)
+                log.warning("writing to %s failed: %s (errno %d); counting further failures", self.device.name,
+                            errno.errorcode.get(err, err), err)
+        return failed
 
     def _note_failures(self, failed) -> None:
         count_failures(self.write_failures, failed, f"to {self.device.name}")
@@ -523,8 +581,9 @@ class SystemStack:
             return self._echo_stats()
         nat, udp = self.nat, self.udp
         v = nat.verdict_counts
+        failures = self.write_failures + self._pump_failures() if self.pump is not None else self.write_failures
         out = {"packets_read": self.packets_read, "batches_read": self.batches_read, "written_back": self.replies_written,
-               "write_failed": sum(self.write_failures.values()), "tcp_flows": len(nat), "udp_sessions": len(udp.sessions)}
+               "write_failed": sum(failures.values()), "tcp_flows": len(nat), "udp_sessions": len(udp.sessions)}
         out["echo_answered"] = self.counters["echo_answered"]
         udp_dropped = sum(c for k, c in udp.counters.items() if k.startswith("dropped_"))
         # read and neither written back, nor given to a UDP session, nor held for the handler (a
@@ -542,9 +601,12 @@ class SystemStack:
             out["udp_gro_coalesced"] = self.out.coalesced
         if self.pump is not None:
             c = self.pump.counters()
-            out["tun_pump_handed_over"] = c["handed_over"]  # batches the loop had to see
-            out["tun_pump_waited"] = c["waited_for_batch"]  # times every batch was with the loop
-        out.update({f"write_failed_{errno.errorcode.get(e, e)}": c for e, c in self.write_failures.items()})
+            out["tun_pump_handed_over"] = c["handed_over"]  # batches of rare packets the loop was woken for
+            out["tun_pump_copied"] = c["copied"]  # the rare packets in them
+            out["dropped_loop_busy"] = c["dropped"]  # new flows, UDP, ICMP: the loop held every hand-over batch
+            out["dropped"] += c["dropped"]
+            out["tun_pump_reading"] = int(not self.pump.paused)
+        out.update({f"write_failed_{errno.errorcode.get(e, e)}": c for e, c in failures.items()})
         return out
 
     def _echo_stats(self) -> dict:
