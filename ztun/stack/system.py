@@ -38,14 +38,15 @@ DEFAULT_SLOTS = 64
 MAX_BATCHES = 16  # per readable event, so other fds of the loop get their turn
 PUMP_HANDOFF = 8  # with the TUN pump: the batches it hands the rare packets to the loop in
 # "auto": the loop reads the device instead of the pump while rare packets (new flows, UDP,
-# ICMP, packets of no flow) come faster than PUMP_OFF_ABOVE a second, and gives it back to the
-# pump once they come slower than PUMP_ON_BELOW for PUMP_ON_AFTER looks in a row: a thread hop
-# per rare packet costs more than the loop's own batching (measured, README performance section)
+# ICMP) come faster than PUMP_OFF_ABOVE a second, and gives it back to the pump once they come
+# slower than PUMP_ON_BELOW for PUMP_ON_AFTER looks in a row (a second): a thread hop per rare
+# packet costs more than the loop's own batching, and the pump's slower connection rate must
+# not keep a storm under the threshold (measured, README performance section)
 PUMP_MODES = ("auto", "on", "off")
-PUMP_LOOK = 0.25  # seconds between two looks
-PUMP_OFF_ABOVE = 2000.0
-PUMP_ON_BELOW = 500.0
-PUMP_ON_AFTER = 4
+PUMP_LOOK = 0.1  # seconds between two looks
+PUMP_OFF_ABOVE = 500.0
+PUMP_ON_BELOW = 100.0
+PUMP_ON_AFTER = 10
 ACCEPTS_PER_EVENT = 64
 SWEEP_INTERVAL = 1.0
 SWEEP_FRACTION = 8  # each sweep looks at capacity/8 NAT slots: a full pass every 8 s
