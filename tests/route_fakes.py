@@ -58,6 +58,29 @@ class FakeRouteKernel:
 
 
 class FakeIfconfig:
+    """Interface MTU, flags and addresses in a dict, as darwin_ioctl.Ifconfig would set them."""
+
+    def __init__(self):
+        self.mtu, self.flags, self.addresses = {}, {}, set()
+
+    def get_mtu(self, iface):
+        return self.mtu.get(iface, 1500)
+
+    def set_mtu(self, iface, mtu):
+        self.mtu[iface] = mtu
+
+    def get_flags(self, iface):
+        return self.flags.get(iface, 0x8050)
+
+    def set_flags(self, iface, flags):
+        self.flags[iface] = flags
+
+    def add_address(self, iface, addr):
+        self.addresses.add((iface, addr))
+
+    def delete_address(self, iface, addr):
+        self.addresses.discard((iface, addr))
+
     def close(self):
         pass
 

@@ -81,7 +81,9 @@ class Gateway:
             self.router = open_router(opts.name)
             name = self.device.name
             policy = self.router.policy_routing
-            main = self.router.main_routes() if opts.auto_route and policy else ()
+            # Linux: what bypasses auto-route, and strict_route's connected prefixes; macOS and Windows: the
+            # routes via a gateway that strict_route overrides.
+            main = self.router.main_routes() if opts.auto_route and (policy or opts.strict_route) else ()
             self._bind_egress(name)
             # Without policy routing, excluded prefixes are routed via the default route's gateway.
             uplinks = tuple(u.route() for u in find_uplinks(skip=name)) if not policy and opts.exclude_routes else ()
@@ -213,7 +215,11 @@ class Gateway:
             log.info("auto-route: excluded (bypass %s): %s", spec.iface, ", ".join(map(str, opts.exclude_routes)))
         if spec.hijack_dns:
             log.info("auto-route: DNS (port 53) to any address goes into %s, a resolver on the LAN's too", spec.iface)
-        through = route_plan.through_tun(spec)
+        kept = () if self.router.policy_routing else route_plan.main_kept(spec)
+        if kept:
+            log.warning("strict_route: host routes via a gateway keep bypassing %s (without policy routing only a "
+                        "longer prefix beats a route, and a host route has none): %s", spec.iface, "; ".join(map(str, kept)))
+        through = route_plan.through_tun(spec, policy_routing=self.router.policy_routing)
         if through:
             log.info("strict_route: main-table routes via a gateway that go through %s instead: %s", spec.iface,
                      "; ".join(map(str, through)))

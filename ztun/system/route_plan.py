@@ -327,10 +327,12 @@ def bypassing(spec: RouteSpec) -> tuple:
     return tuple(out)
 
 
-def through_tun(spec: RouteSpec) -> tuple:
+def through_tun(spec: RouteSpec, *, policy_routing: bool = True) -> tuple:
     """With strict_route, the main table's specific routes via a gateway that now go into the TUN (for the log)."""
     if not (spec.auto_route and spec.strict_route):
         return ()
+    if not policy_routing:
+        return tuple(r for fam in FAMILIES if spec.prefix(fam) is not None for r in _overridden(spec, fam))
     return tuple(r for r in spec.main_routes
                  if spec.prefix(r.family) is not None and r.cidr.prefixlen and not r.connected and r.iface != spec.iface)
 
@@ -353,20 +355,26 @@ def _main_table_plan(spec: RouteSpec) -> RoutePlan:
     lives; when it dies its routes go with it and P refuses what they carried. (The main
     tables of macOS and Windows cannot hold Linux's twin of the same prefix with a higher
     metric: macOS keys a route by prefix alone.) A full-length prefix has no halves: a
-    RouteError says so. strict_route and hijack_dns need policy rules: strict_route is
-    refused, hijack_dns does nothing.
+    RouteError says so.
+
+    strict_route (with auto_route): every route of main (spec.main_routes) via a gateway,
+    other than a default route, goes into the TUN as its two halves, which are more specific
+    and win; directly connected prefixes, loopback and the exclusions still bypass. A host
+    route via a gateway has no halves and keeps bypassing (main_kept() names them). A family
+    without a TUN address gets unreachable routes for its two halves. hijack_dns needs policy
+    rules and does nothing here.
     """
-    if spec.strict_route:
-        raise RouteError("strict_route needs policy routing (Linux): without it, sending the main table's routes via a "
-                         "gateway into the TUN means overriding each of them, and a family without a TUN address has "
-                         "no rule to make it unreachable; set strict_route = false", errno.EOPNOTSUPP)
     routes = []
     for fam in FAMILIES:
         prefix = spec.prefix(fam)
         given = [r for r in spec.routes if r.version == fam]
-        if prefix is None or not (given or spec.auto_route):
-            continue
         halves = [_net("0.0.0.0/1"), _net("128.0.0.0/1")] if fam == 4 else [_net("::/1"), _net("8000::/1")]
+        if prefix is None:
+            if spec.strict_route:
+                routes += [Route(net, None, MAIN_TABLE, "unreachable", metric=FAIL_CLOSED_METRIC) for net in halves]
+            continue
+        if not (given or spec.auto_route):
+            continue
         into = given + (halves if spec.auto_route else [])
         own = [prefix.network] if not any(prefix.network.subnet_of(net) for net in into) else []
         if spec.fail_closed:
@@ -376,13 +384,43 @@ def _main_table_plan(spec: RouteSpec) -> RoutePlan:
                                  "routing ztun routes each prefix's two halves into the TUN under an unreachable route "
                                  "of the prefix, and a host route has no halves; route a shorter prefix or set "
                                  "fail_closed = false", errno.EINVAL)
-            routes += [Route(half, spec.iface, MAIN_TABLE) for net in into for half in net.subnets(1)]
-            routes += [Route(net, spec.iface, MAIN_TABLE) for net in own]
-            routes += [Route(net, None, MAIN_TABLE, "unreachable", metric=FAIL_CLOSED_METRIC) for net in into]
+            tun = [half for net in into for half in net.subnets(1)]
         else:
-            routes += [Route(net, spec.iface, MAIN_TABLE) for net in into + own]
+            tun = list(into)
+        if spec.auto_route and spec.strict_route:
+            tun += [half for r in _overridden(spec, fam) for half in r.cidr.subnets(1)]
+        routes += [Route(net, spec.iface, MAIN_TABLE) for net in dict.fromkeys(tun + own)]
+        if spec.fail_closed:
+            routes += [Route(net, None, MAIN_TABLE, "unreachable", metric=FAIL_CLOSED_METRIC) for net in into]
         routes += excluded_routes(spec, fam)
     return RoutePlan(tuple(routes), ())
+
+
+def _via_gateway(spec: RouteSpec, fam: int) -> list:
+    """strict_route without policy routing: main's unicast routes of family fam via a gateway, but default
+    routes, the TUN's, and those inside an excluded prefix (which bypasses)."""
+    excluded = [net for net in spec.exclude_routes if net.version == fam]
+    out = []
+    for r in spec.main_routes:
+        if (r.family != fam or r.kind != "unicast" or r.gateway is None or not r.cidr.prefixlen
+                or r.iface == spec.iface or any(r.cidr.subnet_of(net) for net in excluded)):
+            continue
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def _overridden(spec: RouteSpec, fam: int) -> list:
+    return [r for r in _via_gateway(spec, fam) if r.cidr.prefixlen < r.cidr.max_prefixlen]
+
+
+def main_kept(spec: RouteSpec) -> tuple:
+    """strict_route without policy routing: the host routes via a gateway in main, which have no halves to
+    override them with and so keep bypassing the TUN (for the log)."""
+    if not (spec.auto_route and spec.strict_route):
+        return ()
+    return tuple(r for fam in FAMILIES if spec.prefix(fam) is not None
+                 for r in _via_gateway(spec, fam) if r.cidr.prefixlen == r.cidr.max_prefixlen)
 
 
 def excluded_routes(spec: RouteSpec, fam: int, uplinks: tuple | None = None) -> list:

@@ -63,8 +63,9 @@ class Router(Protocol):
     def main_routes(self) -> tuple:
         """The main table's routes (IPv4 and IPv6) as route_plan.Route: prefix, gateway, device, kind.
 
-        What auto-route leaves out of the TUN is read from these; a router without policy
-        routing (no auto-route) returns ().
+        What auto-route leaves out of the TUN is read from these, and strict_route's plan:
+        on Linux the directly connected prefixes it lets bypass, on macOS and Windows (one
+        table, scoped routes left out) the routes via a gateway it sends into the TUN.
         """
 
     def remove_leftovers(self, table: int, priorities: range) -> int:

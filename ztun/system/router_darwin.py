@@ -37,7 +37,10 @@ class DarwinRouter(MainTableRouter):
 
     system = "macOS"
 
-    def __init__(self, *, route_socket: rs.RouteSocket | None = None, ifconfig: Ifconfig | None = None, journal=None):
+    def __init__(self, *, route_socket: rs.RouteSocket | None = None, ifconfig: Ifconfig | None = None, journal=None,
+                 dump=None, index_to_name=None):
+        self._dump = dump or rs.sysctl_dump  # the routing table's bytes (tests: a stand-in)
+        self._index_to_name = index_to_name or socket.if_indextoname
         if route_socket is None or ifconfig is None:
             if sys.platform != "darwin":
                 raise RouteError(f"the PF_ROUTE router needs macOS; this is {sys.platform} (use ztun.system.router.open_router)")
@@ -118,6 +121,50 @@ class DarwinRouter(MainTableRouter):
 
     def _delete_request(self, route: Route) -> bool:
         return self._request(rs.RTM_DELETE, route, errno.ESRCH)
+
+    def main_routes(self) -> tuple:
+        """The routing table's unscoped routes (IPv4 and IPv6) as route_plan.Route: prefix, gateway, interface, kind.
+
+        Left out: ARP/NDP entries (RTF_LLINFO), routes cloned from another (RTF_WASCLONED),
+        scoped ones (RTF_IFSCOPE: only sockets bound to their interface use them), routes not
+        up, and what does not read as a route (counted in the debug log).
+        """
+        messages, bad = rs.split_dump(self._dump())
+        out = []
+        for msg in messages:
+            if msg.type != rs.RTM_GET or not msg.flags & rs.RTF_UP:
+                continue
+            if msg.flags & (rs.RTF_LLINFO | rs.RTF_WASCLONED | rs.RTF_IFSCOPE):
+                continue
+            route = self._dumped_route(msg)
+            if route is None:
+                bad += 1
+            elif route not in out:
+                out.append(route)
+        if bad:
+            log.debug("routing table dump: %d entries not read", bad)
+        return tuple(out)
+
+    def _dumped_route(self, msg) -> Route | None:
+        dst = msg.dst
+        if not isinstance(dst, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            return None
+        if msg.flags & rs.RTF_HOST or rs.RTAX_NETMASK not in msg.addrs:
+            length = dst.max_prefixlen
+        else:
+            length = rs.prefix_length(msg.netmask, dst.version)
+            if length is None:
+                return None
+        gateway = msg.gateway if msg.flags & rs.RTF_GATEWAY else None
+        if gateway is not None and (not isinstance(gateway, (ipaddress.IPv4Address, ipaddress.IPv6Address))
+                                    or gateway.version != dst.version):
+            return None
+        try:
+            iface = self._index_to_name(msg.index) if msg.index else None
+        except OSError:
+            iface = None  # gone meanwhile
+        kind = "unreachable" if msg.flags & rs.RTF_REJECT else "blackhole" if msg.flags & rs.RTF_BLACKHOLE else "unicast"
+        return Route(ipaddress.ip_network((dst, length), strict=False), iface, kind=kind, gateway=gateway)
 
     def get_route(self, dst) -> rs.RouteMessage:
         """The kernel's route for dst (RTM_GET): gateway, netmask, flags, and the interface in addrs[RTAX_IFP]."""

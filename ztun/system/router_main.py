@@ -134,10 +134,6 @@ class MainTableRouter:
         """(): there is no reverse-path filter setting (Linux's rp_filter) whose strict mode ztun must work around."""
         return ()
 
-    def main_routes(self) -> tuple:
-        """(): without policy routing there is no auto-route, so nothing to tell about what bypasses it."""
-        return ()
-
     def _no_rules(self, rule) -> RouteError:
         return RouteError(f"{rule}: policy rules are a Linux feature; {self.system} routes by destination in its main "
                           "table only", errno.EOPNOTSUPP)

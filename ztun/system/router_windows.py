@@ -160,6 +160,23 @@ class WindowsRouter(MainTableRouter):
         _check(code, f"DeleteIpForwardEntry2 {route}")
         return True
 
+    def main_routes(self) -> tuple:
+        """The routes of IPv4 and IPv6 (Windows has one table) as route_plan.Route: prefix, next hop (None: on-link), interface.
+
+        Routes of an interface whose name cannot be read (gone meanwhile) are left out.
+        """
+        names, out = {}, []
+        for family in (t.AF_INET, t.AF_INET6):
+            for index, net, hop in self._api.routes(family):
+                if index not in names:
+                    try:
+                        names[index] = self._api.index_to_alias(index)
+                    except RouteError:
+                        names[index] = None
+                if names[index] is not None:
+                    out.append(Route.of(net, hop, names[index]))
+        return tuple(out)
+
     def close(self) -> None:
         """Undo every recorded change, newest first; report failures in the log. Idempotent."""
         self._close_routes()
