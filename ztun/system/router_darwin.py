@@ -31,8 +31,9 @@ log = logging.getLogger("ztun.system.router")
 class DarwinRouter(MainTableRouter):
     """Routes and interface settings on macOS (PF_ROUTE + interface ioctls).
 
-    route_socket and ifconfig are injectable: tests drive the logic over a socketpair
-    and a recording ioctl off macOS.
+    route_socket, ifconfig, dump (the routing table's bytes, sysctl NET_RT_DUMP) and
+    index_to_name are injectable: tests drive the logic over stand-ins off macOS. journal: the
+    RouteJournal of the routes that outlive a crash (open_router gives one per TUN name).
     """
 
     system = "macOS"

@@ -20,14 +20,17 @@ from .router_main import MainTableRouter
 
 log = logging.getLogger("ztun.system.router")
 
-# Windows routes have no reject or blackhole type. An "unreachable" route goes on-link out of
-# the software loopback interface, which delivers only to the host's own addresses: what it
-# routes is dropped (connections time out; no immediate error as on Linux and macOS). Its
-# LUID is fixed: IfType IF_TYPE_SOFTWARE_LOOPBACK (24) in bits 48..63, NetLuidIndex 0.
+# Windows routes have no reject or blackhole type (MIB_IPFORWARD_ROW2 has no type field, and
+# route.exe refuses 127.0.0.1 as a gateway). An "unreachable" route goes on-link out of the
+# software loopback interface, the documented workaround for a null route: loopback delivers
+# only to the host's own addresses, so what it routes is dropped (connections time out, no
+# immediate error as on Linux and macOS; not yet seen on a real host). Its LUID is fixed:
+# IfType IF_TYPE_SOFTWARE_LOOPBACK (24) in bits 48..63, NetLuidIndex 0.
 IF_TYPE_SOFTWARE_LOOPBACK = 24
 LOOPBACK_LUID = IF_TYPE_SOFTWARE_LOOPBACK << 48
-# Above any route into the TUN (ztun gives those 0), so a route to the same prefix there wins;
-# the largest metric route.exe takes.
+# Higher than the routes into the TUN (ztun gives those 0), so were both ever of one prefix, the
+# TUN's would win; the largest metric route.exe takes. (The plan never needs it: the TUN's
+# routes are the longer prefixes.)
 UNREACHABLE_METRIC = 9999
 
 
