@@ -10,11 +10,14 @@ The checks, in order, each failing the job with what it saw:
      without looping: ztun's own sockets are bound to the default route's interface, whose
      received-byte counter grows by at least the body.
   5. SIGTERM (Windows: CTRL_C) exits 0 and leaves no route and no interface.
-  6. A second run killed outright, then `ztun-appliance cleanup`: nothing is left either.
+  6. A second run killed outright: fail-closed keeps the routed prefix's unreachable route (a
+     connect there fails; on macOS at once with ENETUNREACH), the route journal names it, and
+     `ztun-appliance cleanup` leaves nothing.
 
 Nothing here runs in the repository's own CI (it needs a real macOS or Windows host).
 """
 
+import errno
 import hashlib
 import http.server
 import ipaddress
@@ -72,7 +75,9 @@ def github_addresses() -> list:
 
 
 def config_text(direct: list) -> str:
-    routes = [str(ROUTED)] + [f"{a}/32" for a in direct]
+    # fail_closed (on by default) routes each prefix as its two halves under an unreachable route
+    # of it, so a host route cannot be kept closed: the github.com addresses go in by their /24
+    routes = [str(ROUTED)] + sorted({str(ipaddress.ip_network(f"{a}/24", strict=False)) for a in direct})
     control = "" if WINDOWS else f'\n[control]\nsocket = "{(WORK / "ztun.sock").as_posix()}"\n'
     return f"""
 [tun]
@@ -237,6 +242,18 @@ def main() -> None:
         proc = start_appliance(config, WORK / "appliance-2.log")
         proc.kill()
         proc.wait(30)
+        kept = [line for line in leftovers() if "198.18.99" in line]
+        if not kept:
+            fail("fail-closed: no route of 198.18.99.0/24 outlived the killed run")
+        journal = Path(os.environ.get("ProgramData", r"C:\ProgramData"), "ztun") if WINDOWS else Path("/var/run/ztun")
+        if not (journal / f"{TUN_NAME}.routes").exists():
+            fail(f"no route journal {journal / (TUN_NAME + '.routes')} after the killed run")
+        with socket.socket() as s:
+            s.settimeout(5)
+            code = s.connect_ex((PING_TARGET, HTTP_PORT))
+        if code == 0 or (not WINDOWS and code not in (errno.ENETUNREACH, errno.EHOSTUNREACH)):
+            fail(f"fail-closed: a connect to {PING_TARGET} after the kill gave {code} ({os.strerror(code) if code else 'connected'})")
+        step(f"   fail-closed after the kill: {kept}; connect gave {os.strerror(code)}")
         r = subprocess.run([sys.executable, "-m", "ztun.appliance", "cleanup", "--config", str(config)],
                            capture_output=True, text=True)
         left = leftovers()

@@ -374,16 +374,22 @@ def _cleanup(options: TunOptions) -> int:
 
     if sys.platform.startswith("linux") and not has_net_admin():
         raise RouteError("cleanup: needs root or CAP_NET_ADMIN")  # this one line, exit 1
-    router = open_router()
+    # macOS and Windows: the router takes the route journal of this TUN name, which a running
+    # appliance holds (RouteError EBUSY).
+    router = open_router(options.name)
     try:
         # Checked without attaching: attaching would rewrite a persistent device's flags.
         if router.tun_attached(options.name):
             raise TunError(f"{options.name} is in use by a running ztun-appliance; stop it instead of cleaning up", errno.EBUSY)
         removed = router.remove_leftovers(options.table, options.rule_priorities)
+        policy = router.policy_routing
     finally:
         router.close()
-    print(f"{PROG}: removed {removed} leftover rules and routes (ztun's, found by their tag in any table; "
-          f"untagged ones of older runs in table {options.table}, priorities {options.rule_priority}..{options.rule_priority + 9})")
+    if policy:
+        print(f"{PROG}: removed {removed} leftover rules and routes (ztun's, found by their tag in any table; "
+              f"untagged ones of older runs in table {options.table}, priorities {options.rule_priority}..{options.rule_priority + 9})")
+    else:
+        print(f"{PROG}: removed {removed} leftover routes (those the route journal of TUN name {options.name} names)")
     return 0
 
 

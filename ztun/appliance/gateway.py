@@ -31,6 +31,12 @@ def _write(path: str, value: str) -> None:
         f.write(value)
 
 
+def via_uplink(routes, tun_name: str) -> list:
+    """Without policy routing: the plan's routes via the uplink (the exclusions), which follow it when it moves;
+    not those into the TUN, nor fail_closed's unreachable ones."""
+    return [r for r in routes if r.kind == "unicast" and r.iface != tun_name]
+
+
 class Gateway:
     """Owns one TUN device, the Router that configured it, and the SystemStack reading it.
 
@@ -72,10 +78,12 @@ class Gateway:
         try:
             self._check_lan()
             self.device = open_tun(opts)
-            self.router = open_router()
+            self.router = open_router(opts.name)
             name = self.device.name
             policy = self.router.policy_routing
-            main = self.router.main_routes() if opts.auto_route and policy else ()
+            # Linux: what bypasses auto-route, and strict_route's connected prefixes; macOS and Windows: the
+            # routes via a gateway that strict_route overrides.
+            main = self.router.main_routes() if opts.auto_route and (policy or opts.strict_route) else ()
             self._bind_egress(name)
             # Without policy routing, excluded prefixes are routed via the default route's gateway.
             uplinks = tuple(u.route() for u in find_uplinks(skip=name)) if not policy and opts.exclude_routes else ()
@@ -104,7 +112,7 @@ class Gateway:
             self._own_rules = [r for r in plan.rules if r.priority == opts.rule_priority and r.action == "goto"
                                and (r.oif or r.fwmark is not None)]
             self._spec = spec
-            self._excluded = [r for r in plan.routes if r.iface != name] if not policy else []
+            self._excluded = via_uplink(plan.routes, name) if not policy else []
             self.fail_closed = any(r.kind == "unreachable" for r in plan.routes)
             self.bypassing = route_plan.bypassing(spec)
             self._log_routing(spec)
@@ -190,8 +198,8 @@ class Gateway:
             log.info("fail-closed: what is routed into %s stays unreachable if ztun dies, until the next run or "
                      "`ztun-appliance cleanup`", spec.iface)
         elif opts.fail_closed:
-            log.warning("fail-closed is not available here (it needs Linux policy routing): if ztun dies, traffic "
-                        "routed into %s takes the other routes", spec.iface)
+            log.warning("fail-closed is not in force: if ztun dies, traffic routed into %s takes the other routes",
+                        spec.iface)
         else:
             log.warning("fail-closed is off (tun.fail_closed = false): if ztun dies, traffic routed into %s takes "
                         "the other routes, unproxied, until the next run or cleanup", spec.iface)
@@ -207,7 +215,11 @@ class Gateway:
             log.info("auto-route: excluded (bypass %s): %s", spec.iface, ", ".join(map(str, opts.exclude_routes)))
         if spec.hijack_dns:
             log.info("auto-route: DNS (port 53) to any address goes into %s, a resolver on the LAN's too", spec.iface)
-        through = route_plan.through_tun(spec)
+        kept = () if self.router.policy_routing else route_plan.main_kept(spec)
+        if kept:
+            log.warning("strict_route: host routes via a gateway keep bypassing %s (without policy routing only a "
+                        "longer prefix beats a route, and a host route has none): %s", spec.iface, "; ".join(map(str, kept)))
+        through = route_plan.through_tun(spec, policy_routing=self.router.policy_routing)
         if through:
             log.info("strict_route: main-table routes via a gateway that go through %s instead: %s", spec.iface,
                      "; ".join(map(str, through)))

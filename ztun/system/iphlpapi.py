@@ -5,6 +5,7 @@ raise RouteError. Loading needs Windows; tests use a fake with the same methods.
 """
 
 import ctypes
+import ipaddress
 import sys
 from ctypes import POINTER, byref, c_int, c_size_t, c_uint16, c_uint32, c_void_p
 
@@ -37,6 +38,22 @@ IF_MAX_STRING_SIZE = 256
 def default_rows(rows) -> list:
     """(interface index, route metric, next hop address or None) of each default route (prefix length 0) among rows."""
     return [(r.InterfaceIndex, r.Metric, r.NextHop.get()) for r in rows if r.DestinationPrefix.PrefixLength == 0]
+
+
+def route_rows(rows) -> list:
+    """(interface index, prefix, next hop or None for on-link) of each route among rows; a prefix with host bits is skipped."""
+    out = []
+    for r in rows:
+        addr = r.DestinationPrefix.Prefix.get()
+        if addr is None:
+            continue
+        try:
+            net = ipaddress.ip_network(f"{addr}/{r.DestinationPrefix.PrefixLength}")
+        except ValueError:
+            continue
+        hop = r.NextHop.get()
+        out.append((r.InterfaceIndex, net, None if hop is None or hop.is_unspecified else hop))
+    return out
 
 
 def route_error(what: str, code: int) -> RouteError:
@@ -133,6 +150,17 @@ class Iphlpapi:
             raise route_error(f"GetIpForwardTable2 family {family}", code)
         try:
             return default_rows(table.contents.rows())
+        finally:
+            self._lib.FreeMibTable(table)
+
+    def routes(self, family: int) -> list:
+        """(interface index, prefix, next hop or None) of every route of family (AF_INET or AF_INET6)."""
+        table = POINTER(MIB_IPFORWARD_TABLE2)()
+        code = self._lib.GetIpForwardTable2(family, byref(table))
+        if code:
+            raise route_error(f"GetIpForwardTable2 family {family}", code)
+        try:
+            return route_rows(table.contents.rows())
         finally:
             self._lib.FreeMibTable(table)
 

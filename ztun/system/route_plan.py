@@ -1,8 +1,9 @@
 """The routes and Linux policy rules that send traffic into the TUN, computed from a RouteSpec (no system calls).
 
-A router without policy routing (macOS, Windows) gets routes to the given prefixes in the
-main table, out of the TUN, and no rules; auto-route and exclusions need the rules below
-(for now: a RouteError says so).
+A router without policy routing (macOS, Windows) gets routes in the main table and no
+rules (_main_table_plan): the given prefixes (the two halves of the address space with
+auto-route) out of the TUN, exclusions via the uplink, and with fail_closed an unreachable
+route under each prefix routed into the TUN.
 
 With policy routing (Linux), with P = rule_priority, T = table, M = fwmark and NOP = P+9, per address family that has
 something to route (sing-tun's rule set, with an fwmark exception instead of binding
@@ -225,8 +226,7 @@ def plan(spec: RouteSpec, rp_sources=(), *, policy_routing: bool = True) -> Rout
     """The routes and rules that route spec into the TUN, for a router with or without policy routing.
 
     rp_sources: IPv4 addresses of interfaces with strict rp_filter (see the module docstring).
-    Without policy routing, auto_route and exclude_routes raise RouteError (and fail_closed
-    has nothing to keep: the TUN's routes are the main table's).
+    Without policy routing: main-table routes only (_main_table_plan).
     """
     if not policy_routing:
         return _main_table_plan(spec)
@@ -327,10 +327,12 @@ def bypassing(spec: RouteSpec) -> tuple:
     return tuple(out)
 
 
-def through_tun(spec: RouteSpec) -> tuple:
+def through_tun(spec: RouteSpec, *, policy_routing: bool = True) -> tuple:
     """With strict_route, the main table's specific routes via a gateway that now go into the TUN (for the log)."""
     if not (spec.auto_route and spec.strict_route):
         return ()
+    if not policy_routing:
+        return tuple(r for fam in FAMILIES if spec.prefix(fam) is not None for r in _overridden(spec, fam))
     return tuple(r for r in spec.main_routes
                  if spec.prefix(r.family) is not None and r.cidr.prefixlen and not r.connected and r.iface != spec.iface)
 
@@ -345,23 +347,80 @@ def _main_table_plan(spec: RouteSpec) -> RoutePlan:
     ::/1 and 8000::/1) into the TUN: more specific than any default route, so they win
     without replacing it, and ztun's own sockets, bound to the uplink (IP_BOUND_IF,
     IP_UNICAST_IF), still take the uplink's. Each excluded prefix gets a route via its
-    family's uplink (spec.uplinks; followed when the default route moves). strict_route
-    and hijack_dns need policy rules: strict_route is refused, hijack_dns does nothing.
+    family's uplink (spec.uplinks; followed when the default route moves).
+
+    fail_closed: each prefix P sent into the TUN goes in as its two halves instead, and P
+    itself gets an unreachable route (macOS: a reject route to loopback; Windows: a route
+    out of the loopback interface). The halves are more specific, so they win while the TUN
+    lives; when it dies its routes go with it and P refuses what they carried. (The main
+    tables of macOS and Windows cannot hold Linux's twin of the same prefix with a higher
+    metric: macOS keys a route by prefix alone.) A full-length prefix has no halves: a
+    RouteError says so.
+
+    strict_route (with auto_route): every route of main (spec.main_routes) via a gateway,
+    other than a default route, goes into the TUN as its two halves, which are more specific
+    and win; directly connected prefixes, loopback and the exclusions still bypass. A host
+    route via a gateway has no halves and keeps bypassing (main_kept() names them). A family
+    without a TUN address gets unreachable routes for its two halves. hijack_dns needs policy
+    rules and does nothing here.
     """
-    if spec.strict_route:
-        raise RouteError("strict_route needs Linux policy routing; this platform's router has none", errno.EOPNOTSUPP)
     routes = []
     for fam in FAMILIES:
         prefix = spec.prefix(fam)
         given = [r for r in spec.routes if r.version == fam]
-        if prefix is None or not (given or spec.auto_route):
-            continue
         halves = [_net("0.0.0.0/1"), _net("128.0.0.0/1")] if fam == 4 else [_net("::/1"), _net("8000::/1")]
+        if prefix is None:
+            if spec.strict_route:
+                routes += [Route(net, None, MAIN_TABLE, "unreachable", metric=FAIL_CLOSED_METRIC) for net in halves]
+            continue
+        if not (given or spec.auto_route):
+            continue
         into = given + (halves if spec.auto_route else [])
         own = [prefix.network] if not any(prefix.network.subnet_of(net) for net in into) else []
-        routes += [Route(net, spec.iface, MAIN_TABLE) for net in into + own]
+        if spec.fail_closed:
+            hosts = [str(net) for net in into if net.prefixlen == net.max_prefixlen]
+            if hosts:
+                raise RouteError(f"fail_closed cannot keep {', '.join(hosts)} closed on this platform: without policy "
+                                 "routing ztun routes each prefix's two halves into the TUN under an unreachable route "
+                                 "of the prefix, and a host route has no halves; route a shorter prefix or set "
+                                 "fail_closed = false", errno.EINVAL)
+            tun = [half for net in into for half in net.subnets(1)]
+        else:
+            tun = list(into)
+        if spec.auto_route and spec.strict_route:
+            tun += [half for r in _overridden(spec, fam) for half in r.cidr.subnets(1)]
+        routes += [Route(net, spec.iface, MAIN_TABLE) for net in dict.fromkeys(tun + own)]
+        if spec.fail_closed:
+            routes += [Route(net, None, MAIN_TABLE, "unreachable", metric=FAIL_CLOSED_METRIC) for net in into]
         routes += excluded_routes(spec, fam)
     return RoutePlan(tuple(routes), ())
+
+
+def _via_gateway(spec: RouteSpec, fam: int) -> list:
+    """strict_route without policy routing: main's unicast routes of family fam via a gateway, but default
+    routes, the TUN's, and those inside an excluded prefix (which bypasses)."""
+    excluded = [net for net in spec.exclude_routes if net.version == fam]
+    out = []
+    for r in spec.main_routes:
+        if (r.family != fam or r.kind != "unicast" or r.gateway is None or not r.cidr.prefixlen
+                or r.iface == spec.iface or any(r.cidr.subnet_of(net) for net in excluded)):
+            continue
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def _overridden(spec: RouteSpec, fam: int) -> list:
+    return [r for r in _via_gateway(spec, fam) if r.cidr.prefixlen < r.cidr.max_prefixlen]
+
+
+def main_kept(spec: RouteSpec) -> tuple:
+    """strict_route without policy routing: the host routes via a gateway in main, which have no halves to
+    override them with and so keep bypassing the TUN (for the log)."""
+    if not (spec.auto_route and spec.strict_route):
+        return ()
+    return tuple(r for fam in FAMILIES if spec.prefix(fam) is not None
+                 for r in _via_gateway(spec, fam) if r.cidr.prefixlen == r.cidr.max_prefixlen)
 
 
 def excluded_routes(spec: RouteSpec, fam: int, uplinks: tuple | None = None) -> list:

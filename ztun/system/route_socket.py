@@ -32,7 +32,10 @@ RTF_GATEWAY = 0x2
 RTF_HOST = 0x4
 RTF_REJECT = 0x8
 RTF_DONE = 0x40
+RTF_LLINFO = 0x400
 RTF_STATIC = 0x800
+RTF_BLACKHOLE = 0x1000
+RTF_WASCLONED = 0x20000
 RTF_IFSCOPE = 0x1000000
 
 RTA_DST = 0x1
@@ -163,6 +166,59 @@ def get_message(dst) -> RouteMessage:
     """An RTM_GET for the route dst takes, asking for the interface too (RTA_IFP), as `route get` does."""
     dst = ipaddress.ip_address(dst)
     return RouteMessage(RTM_GET, RTF_UP | RTF_GATEWAY | RTF_HOST | RTF_STATIC, {RTAX_DST: dst, RTAX_IFP: sa.LinkAddr(0)})
+
+
+def split_dump(buf: bytes) -> tuple[list, int]:
+    """The messages of a routing table dump (sysctl NET_RT_DUMP: rt_msghdr messages back to back), and how many
+    could not be read (another version, or damage); a length that runs past the end stops the walk."""
+    out, bad, off = [], 0, 0
+    while off + 4 <= len(buf):
+        length = struct.unpack_from("<H", buf, off)[0]
+        if length < 4 or off + length > len(buf):
+            bad += 1
+            break
+        try:
+            out.append(decode(bytes(buf[off : off + length])))
+        except ValueError:
+            bad += 1
+        off += length
+    return out, bad
+
+
+def prefix_length(mask, version: int) -> int | None:
+    """The prefix length of a netmask as a dump carries it (an address, or None for an empty one); None if not contiguous."""
+    bits = 32 if version == 4 else 128
+    if mask is None:
+        return 0
+    if not isinstance(mask, (ipaddress.IPv4Address, ipaddress.IPv6Address)) or mask.version != version:
+        return None
+    value = int(mask)
+    n = bin(value).count("1")
+    return n if value == ((1 << n) - 1) << (bits - n) else None
+
+
+CTL_NET = 4
+NET_RT_DUMP = 1
+
+
+def sysctl_dump() -> bytes:
+    """The routing table (both families) as sysctl {CTL_NET, PF_ROUTE, 0, 0, NET_RT_DUMP, 0} returns it (macOS)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    mib = (ctypes.c_int * 6)(CTL_NET, PF_ROUTE, 0, 0, NET_RT_DUMP, 0)
+    for _ in range(8):  # the table may grow between the two calls
+        size = ctypes.c_size_t()
+        if libc.sysctl(mib, 6, None, ctypes.byref(size), None, 0) != 0:
+            raise RouteError("sysctl NET_RT_DUMP (size)", ctypes.get_errno())
+        buf = ctypes.create_string_buffer(size.value + size.value // 4 + 4096)
+        size.value = len(buf)
+        if libc.sysctl(mib, 6, buf, ctypes.byref(size), None, 0) == 0:
+            return buf.raw[: size.value]
+        if ctypes.get_errno() != _errno.ENOMEM:
+            raise RouteError("sysctl NET_RT_DUMP", ctypes.get_errno())
+    raise RouteError("sysctl NET_RT_DUMP: the table kept growing", _errno.ENOMEM)
 
 
 class RouteSocket:

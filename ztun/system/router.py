@@ -63,8 +63,9 @@ class Router(Protocol):
     def main_routes(self) -> tuple:
         """The main table's routes (IPv4 and IPv6) as route_plan.Route: prefix, gateway, device, kind.
 
-        What auto-route leaves out of the TUN is read from these; a router without policy
-        routing (no auto-route) returns ().
+        What auto-route leaves out of the TUN is read from these, and strict_route's plan:
+        on Linux the directly connected prefixes it lets bypass, on macOS and Windows (one
+        table, scoped routes left out) the routes via a gateway it sends into the TUN.
         """
 
     def remove_leftovers(self, table: int, priorities: range) -> int:
@@ -72,27 +73,38 @@ class Router(Protocol):
 
         On Linux: every rule and route carrying ztun's protocol number whatever its table
         and priority (not those of a ztun still running), and untagged ones of older runs
-        in priorities and table. Each platform's docstring says what a crash leaves there;
-        where nothing outlives the TUN, this removes nothing and returns 0. Without the
-        privilege to remove them: RouteError in one line.
+        in priorities and table. On macOS and Windows: the routes an earlier run of the same
+        TUN name wrote to its route journal and did not remove (open_router(tun_name)).
+        Without the privilege to remove them: RouteError in one line.
         """
 
     def close(self) -> None:
         """Undo every recorded change, newest first. Idempotent."""
 
 
-def open_router() -> Router:
-    """This platform's Router."""
+def open_router(tun_name: str | None = None) -> Router:
+    """This platform's Router.
+
+    tun_name (the configured name, which macOS may not give the device) names the route
+    journal of macOS and Windows, where the routes of a crashed run are found; the router
+    holds its lock until close(), and RouteError EBUSY says another ztun of that name runs.
+    Linux finds its routes by their tag and needs none.
+    """
     if sys.platform.startswith("linux"):
         from .router_linux import LinuxRouter
 
         return LinuxRouter()
+    journal = None
+    if tun_name is not None:
+        from .route_journal import RouteJournal
+
+        journal = RouteJournal(tun_name)
     if sys.platform == "darwin":
         from .router_darwin import DarwinRouter
 
-        return DarwinRouter()
+        return DarwinRouter(journal=journal)
     if sys.platform == "win32":
         from .router_windows import WindowsRouter
 
-        return WindowsRouter()
+        return WindowsRouter(journal=journal)
     raise ZtunError(f"ztun has no router for platform {sys.platform!r} (Linux, macOS and Windows only)")

@@ -2,7 +2,8 @@
 
 Every change is recorded and close() undoes it, newest first. Windows has no policy rules
 (MainTableRouter). Routes and addresses on a Wintun adapter ztun created also go when the
-adapter is removed, which a crash does too (see remove_leftovers).
+adapter is removed, which a crash does too; the routes that outlive it (exclusions via the
+uplink, the fail_closed routes) are found through the RouteJournal (see remove_leftovers).
 """
 
 import errno
@@ -16,9 +17,21 @@ from . import iphlpapi_types as t
 from . import winerror as we
 from .route_plan import Route
 from .router_main import MainTableRouter
-from .undo import UndoLog
 
 log = logging.getLogger("ztun.system.router")
+
+# Windows routes have no reject or blackhole type (MIB_IPFORWARD_ROW2 has no type field, and
+# route.exe refuses 127.0.0.1 as a gateway). An "unreachable" route goes on-link out of the
+# software loopback interface, the documented workaround for a null route: loopback delivers
+# only to the host's own addresses, so what it routes is dropped (connections time out, no
+# immediate error as on Linux and macOS; not yet seen on a real host). Its LUID is fixed:
+# IfType IF_TYPE_SOFTWARE_LOOPBACK (24) in bits 48..63, NetLuidIndex 0.
+IF_TYPE_SOFTWARE_LOOPBACK = 24
+LOOPBACK_LUID = IF_TYPE_SOFTWARE_LOOPBACK << 48
+# Higher than the routes into the TUN (ztun gives those 0), so were both ever of one prefix, the
+# TUN's would win; the largest metric route.exe takes. (The plan never needs it: the TUN's
+# routes are the longer prefixes.)
+UNREACHABLE_METRIC = 9999
 
 
 def route_row(api, luid: int, cidr, gateway=None, metric: int = 0) -> t.MIB_IPFORWARD_ROW2:
@@ -53,10 +66,12 @@ class WindowsRouter(MainTableRouter):
     """Addresses, MTU, interface metric and routes on Windows. api (an Iphlpapi) is injectable for tests off Windows."""
 
     system = "Windows"
+    admin = "Administrator"
+    needs_iface = True
 
-    def __init__(self, api=None):
+    def __init__(self, api=None, *, journal=None):
         self._api = api if api is not None else ip.Iphlpapi()
-        self._undo = UndoLog(log)
+        self._start(journal)
 
     def _luid(self, iface: str) -> int:
         return self._api.alias_to_luid(iface)
@@ -124,50 +139,50 @@ class WindowsRouter(MainTableRouter):
         return True
 
     def _route_row(self, route: Route):
-        if route.iface is None:
-            raise RouteError(f"route {route.cidr}: Windows routes need the interface (iface)", errno.EINVAL)
+        if route.kind == "unreachable":
+            return route_row(self._api, LOOPBACK_LUID, route.cidr, None, metric=UNREACHABLE_METRIC)
         return route_row(self._api, self._luid(route.iface), route.cidr, route.gateway)
 
-    def add_route(self, cidr, gateway=None, iface: str | None = None, *, table: int | None = None, kind: str = "unicast") -> bool:
-        """Add a route to cidr out of iface (via gateway, or on-link); False if it already existed."""
-        route = self._main_route(cidr, gateway, iface, table, kind)
-        row = self._route_row(route)
-        code = self._api.create_route(row)
+    def _add_request(self, route: Route) -> bool:
+        code = self._api.create_route(self._route_row(route))
         if code == we.ERROR_OBJECT_ALREADY_EXISTS:
             return False
         _check(code, f"CreateIpForwardEntry2 {route}")
-        self._undo.push(f"delete route {route}", lambda: _check(self._api.delete_route(row), f"DeleteIpForwardEntry2 {route}"),
-                        key=route)
-        log.info("added route %s", route)
         return True
 
-    def delete_route(self, cidr, gateway=None, iface: str | None = None, *, table: int | None = None, kind: str = "unicast") -> bool:
-        """Delete a route; False if there was none. A route ztun recorded is forgotten."""
-        route = self._main_route(cidr, gateway, iface, table, kind)
-        row = self._route_row(route)
-        self._undo.forget(route)
+    def _delete_request(self, route: Route) -> bool:
+        try:
+            row = self._route_row(route)
+        except RouteError:
+            if route.iface is not None:
+                return False  # no such interface any more: its routes went with it
+            raise
         code = self._api.delete_route(row)
         if code in (we.ERROR_NOT_FOUND, we.ERROR_FILE_NOT_FOUND):
             return False
         _check(code, f"DeleteIpForwardEntry2 {route}")
         return True
 
-    def remove_leftovers(self, table: int, priorities: range) -> int:
-        """Nothing to remove: a crashed run leaves no route or address on an adapter ztun created; returns 0.
+    def main_routes(self) -> tuple:
+        """The routes of IPv4 and IPv6 (Windows has one table) as route_plan.Route: prefix, next hop (None: on-link), interface.
 
-        Wintun 0.14+ creates an adapter as a software device whose lifetime is the creating
-        handle's (SwDeviceCreate): when the process dies, Windows removes the device, and
-        with the interface go its addresses and the routes out of it, which is where all of
-        ztun's routes on Windows go (the next WintunCreateAdapter or WintunCloseAdapter also
-        clears orphaned device nodes). Windows has no policy rules or tables (table and
-        priorities name nothing here). Not covered: an adapter ztun opened rather than
-        created (it existed before) keeps what a crashed run added to it.
+        Routes of an interface whose name cannot be read (gone meanwhile) are left out.
         """
-        return 0
+        names, out = {}, []
+        for family in (t.AF_INET, t.AF_INET6):
+            for index, net, hop in self._api.routes(family):
+                if index not in names:
+                    try:
+                        names[index] = self._api.index_to_alias(index)
+                    except RouteError:
+                        names[index] = None
+                if names[index] is not None:
+                    out.append(Route.of(net, hop, names[index]))
+        return tuple(out)
 
     def close(self) -> None:
         """Undo every recorded change, newest first; report failures in the log. Idempotent."""
-        self._undo.close()
+        self._close_routes()
 
 
 def _check(code: int, what: str) -> None:
