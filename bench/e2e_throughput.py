@@ -17,6 +17,9 @@ ports each send a 64-byte datagram every 100 ms for 20 s to an echo server (benc
 built with cc): the share answered (and of the datagrams sent after the first 2 s, which leaves the
 sessions' start out), ztun's CPU and RSS.
 Prints one `name value unit` line per metric (medians over rounds), then ratios to kernel.
+The SOCKS5 configurations' download also reports the proxy's packets per second and bytes per
+packet into the client namespace (the veth's receive counts: a proxy that writes small pieces
+sends small segments) and its ratio to the kernel path's iperf3 -R (ratio_*_tcp_down_kernel).
 Needs iperf3, ab (apache2-utils) and nginx (nginx-light); the SOCKS5 configurations microsocks,
 and the redsocks reference redsocks and iptables.
 """
@@ -64,6 +67,7 @@ CONFIGS = {
     "ztun-near": {"mtu": "65535", "env": {"ZTUN_RELAY_NEAR": "1"}},  # new relays pumped on the loop's thread until bulk
     "ztun-nopump": {"mtu": "65535", "env": {"ZTUN_TUN_PUMP": "off"}},  # the loop reads the TUN (no TUN pump thread)
     "ztun-pump-on": {"mtu": "65535", "env": {"ZTUN_TUN_PUMP": "on"}},  # the pump reads the TUN always (never the loop)
+    "ztun-nobatch": {"mtu": "65535", "env": {"ZTUN_RELAY_BATCH": "0"}},  # no receive low-water mark for small-segment streams
     # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the
     # proxy (the client knows nothing of it), and the client speaking SOCKS5 to microsocks itself.
     "ztun-socks": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun"},
@@ -75,6 +79,9 @@ CONFIGS = {
                           "env": {"ZTUN_TUN_PUMP": "off"}},
     "ztun-socks-near": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
                         "env": {"ZTUN_RELAY_NEAR": "1"}},
+    # the proxy's socket read as each small segment lands, not in batches at a low-water mark
+    "ztun-socks-nobatch": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
+                           "env": {"ZTUN_RELAY_BATCH": "0"}},
     "socks-only": {"socks": "client"},
     # References for the SOCKS5 path, with the same load tool. ztun's direct path (no proxy):
     # what ztun costs without any SOCKS5 work. redsocks (C, libevent) behind an iptables
@@ -593,6 +600,10 @@ class Bench:
             value, before, after = self._socks_load(pid, mode, proxy, inflight)
             value = float(value)
             out[metric] = (value, unit)
+            packets = after["link"][0] - before["link"][0]
+            if mode == "down" and packets:  # the proxy's packets towards ztun (or the client): their size
+                out["tcp_down_proxy_packets_per_s"] = (packets / (after["time"] - before["time"]), "packets/s")
+                out["tcp_down_proxy_bytes_per_packet"] = ((after["link"][1] - before["link"][1]) / packets, "bytes")
             self._socks_cpu(out, before, after, f"_{metric}", value * self.seconds if mode == "cps" else 0)
         if "rtt" in self.metrics:  # the 1-byte round trip through the proxy (one connection, 3,000 round trips)
             value, _, _ = self._socks_load(pid, "rtt", proxy, 1)
@@ -605,9 +616,12 @@ class Bench:
         return out
 
     def _snapshot(self, pid):
-        """CPU seconds so far of ztun (or the redirector; None without one), of the proxy and of the machine."""
+        """CPU seconds so far of ztun (or the redirector; None without one), of the proxy and of the machine;
+        the packets and bytes the client namespace received from the server's (the proxy's side of the veth)."""
+        r = self.ns(self.client, "ip", "-j", "-s", "link", "show", "dev", "zt-c0")
+        rx = json.loads(r.stdout)[0]["stats64"]["rx"]
         return {"cpu": _cpu(pid) if pid else None, "proxy_cpu": _cpu(self.microsocks.pid),
-                "machine_cpu": _machine_busy(), "time": time.monotonic()}
+                "machine_cpu": _machine_busy(), "time": time.monotonic(), "link": (rx["packets"], rx["bytes"])}
 
     def _socks_load(self, pid, mode, proxy, inflight):
         """One run of the load tool: its result, and the CPU snapshots at the start and end of its window."""
@@ -824,6 +838,11 @@ def main():
         for name in [c for c in configs if c != "danted-only" and "udp_echo_max" in results[c]]:
             if d:
                 print(f"ratio_{name}_udp_echo_max {statistics.median(results[name]['udp_echo_max'][0]) / d:.3f} of-danted-only")
+    if "kernel" in results and "tcp_down" in results["kernel"]:
+        # the download through the proxy (any load tool) against the kernel path's iperf3 -R: issue #15's figure
+        k = statistics.median(results["kernel"]["tcp_down"][0])
+        for name in [c for c in configs if (CONFIGS[c] or {}).get("socks") and "tcp_down" in results[c]]:
+            print(f"ratio_{name}_tcp_down_kernel {statistics.median(results[name]['tcp_down'][0]) / k:.3f} of-kernel")
     if "kernel" in results:
         for name in configs:
             if name == "kernel" or (CONFIGS[name] or {}).get("socks"):

@@ -196,6 +196,72 @@ def test_a_relay_still_moving_when_the_pump_again_list_is_full_is_not_forgotten(
         rig.close()
 
 
+def _small_segments_then_a_tail(rig, total=4 << 20, piece=1024):
+    """The server sends total bytes in piece-sized segments (TCP_NODELAY, about 20 us apart: a sender
+    like a proxy copying through a 1 KiB buffer), then a 4-byte tail, and waits for the client's
+    answer before it closes; the client answers once it has everything. Both sides' results."""
+    data = os.urandom(total)
+    rig.app_server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def server():
+        for i in range(0, total, piece):
+            rig.app_server.sendall(data[i:i + piece])
+            until = time.perf_counter() + 20e-6
+            while time.perf_counter() < until:
+                pass
+        rig.app_server.sendall(b"tail")  # below any low-water mark, and nothing follows it
+        answer = rig.app_server.recv(2)
+        rig.app_server.close()
+        return answer
+
+    def client():
+        got = bytearray()
+        while len(got) < total + 4:
+            b = rig.app_client.recv(1 << 20)
+            if not b:
+                break
+            got += b
+        rig.app_client.sendall(b"ok")
+        rig.app_client.shutdown(socket.SHUT_WR)
+        return bytes(got) + recv_all(rig.app_client)
+
+    ts, rs = in_thread(server)
+    tc, rc = in_thread(client)
+    rig.run_until(lambda: rig.closed, timeout=30)
+    ts.join(10)
+    tc.join(10)
+    assert "error" not in rc and "error" not in rs, (rc.get("error"), rs.get("error"))
+    assert rc["value"] == data + b"tail" and rs["value"] == b"ok"
+    assert rig.closed == ["done"]
+
+
+@pytest.mark.skipif(relay_native is None, reason="the compiled relay engine is not built here")
+@pytest.mark.parametrize("splice", MODES)
+def test_a_source_streaming_small_segments_is_read_in_batches_and_its_tail_still_arrives(splice):
+    """A source that streams small segments gets a receive low-water mark (the engine is no longer
+    woken per segment); what stays under the mark when the stream stops (the tail, which the
+    other side answers before anything else comes) is read on the engine's schedule, not left."""
+    rig = Rig(splice, relay_native)
+    try:
+        rig.engine._set_batch(16 * 1024, 256 * 1024, 64 * 1024)
+        _small_segments_then_a_tail(rig)
+        assert rig.engine.stats()["batched"] > 0  # the path was taken
+    finally:
+        rig.close()
+
+
+@pytest.mark.skipif(relay_native is None, reason="the compiled relay engine is not built here")
+def test_relay_batch_off_reads_as_segments_land(monkeypatch):
+    monkeypatch.setenv("ZTUN_RELAY_BATCH", "0")
+    rig = Rig(True, relay_native)
+    try:
+        rig.engine._set_batch(16 * 1024, 256 * 1024, 64 * 1024)
+        _small_segments_then_a_tail(rig, total=2 << 20)
+        assert rig.engine.stats()["batched"] == 0
+    finally:
+        rig.close()
+
+
 @pytest.mark.parametrize("splice", MODES)
 def test_what_already_waits_is_forwarded_at_the_start_without_the_loop(rig_factory, splice):
     rig = rig_factory(splice, send_first=b"GET / HTTP/1.0\r\n\r\n")  # no loop iteration since

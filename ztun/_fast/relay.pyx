@@ -46,9 +46,10 @@ cdef extern from "zt_relay.h" nogil:
         int notified
         int near_fd
         uint32_t again_cap
-        uint64_t events, pumps, wakeups, promoted, rearmed
+        uint32_t batch_small, batch_after, batch_lowat
+        uint64_t events, pumps, wakeups, promoted, rearmed, batched
 
-    zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every, int near_on)
+    zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every, int near_on, int batch_on)
     void zt_engine_stop(zt_engine *e)
     void zt_engine_free(zt_engine *e)
     uint64_t zt_engine_add(zt_engine *e, int client, int remote, double idle, int use_splice)
@@ -91,6 +92,7 @@ Relays between pairs of connected sockets on a native thread, off the loop.
     cdef int notify_r, notify_w
     cdef bint piped
     cdef bint near
+    cdef bint batch
 
     def __cinit__(self, loop, on_close, capacity=65536, double sweep_every=1.0):
         self.e = NULL
@@ -110,7 +112,10 @@ Relays between pairs of connected sockets on a native thread, off the loop.
         # ZTUN_RELAY_NEAR=1: new relays start in the near set, pumped on the loop's thread (less CPU,
         # measured no faster); by default every relay is the engine thread's
         self.near = os.environ.get("ZTUN_RELAY_NEAR", "0") == "1"
-        self.e = zt_engine_new(<uint32_t>capacity, w, sweep_every, self.near)
+        # ZTUN_RELAY_BATCH=0: a source that streams small segments is read as each one lands, not in
+        # batches at a low-water mark (see zt_relay.h)
+        self.batch = os.environ.get("ZTUN_RELAY_BATCH", "1") != "0"
+        self.e = zt_engine_new(<uint32_t>capacity, w, sweep_every, self.near, self.batch)
         if self.e == NULL:
             err = errno
             self._close_pipe()
@@ -134,11 +139,12 @@ Relays between pairs of connected sockets on a native thread, off the loop.
     def stats(self) -> dict:
         """Counters: the engine thread's wake-ups, the socket events taken and the relay pumps (on
         either thread), the relays that went over to the thread's set, the relays re-armed in
-        their epoll because the list of those to pump again was full."""
+        their epoll because the list of those to pump again was full, the directions that began
+        reading in batches (a source streaming small segments)."""
         if self.e == NULL:
-            return {"wakeups": 0, "events": 0, "pumps": 0, "promoted": 0, "rearmed": 0}
+            return {"wakeups": 0, "events": 0, "pumps": 0, "promoted": 0, "rearmed": 0, "batched": 0}
         return {"wakeups": self.e.wakeups, "events": self.e.events, "pumps": self.e.pumps,
-                "promoted": self.e.promoted, "rearmed": self.e.rearmed}
+                "promoted": self.e.promoted, "rearmed": self.e.rearmed, "batched": self.e.batched}
 
     def _set_again_cap(self, uint32_t cap):
         """Tests only: how many relays the list of those to pump again holds (at most its size)."""
@@ -147,6 +153,16 @@ Relays between pairs of connected sockets on a native thread, off the loop.
         with nogil:
             pthread_mutex_lock(&self.e.lock)
             self.e.again_cap = cap if cap < self.e.again_cap else self.e.again_cap
+            pthread_mutex_unlock(&self.e.lock)
+
+    def _set_batch(self, uint32_t small, uint32_t after, uint32_t lowat):
+        """Tests only: what counts as a small read, after how many bytes a direction may batch, and
+        the low-water mark it then gets."""
+        if self.e == NULL:
+            return
+        with nogil:
+            pthread_mutex_lock(&self.e.lock)
+            self.e.batch_small, self.e.batch_after, self.e.batch_lowat = small, after, lowat
             pthread_mutex_unlock(&self.e.lock)
 
     def add(self, token, client, remote, double idle_timeout=300.0, bint splice=True) -> int:

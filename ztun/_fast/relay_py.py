@@ -334,7 +334,7 @@ class RelayEngine:
         return len(self.relays)
 
     def stats(self) -> dict:
-        return {"wakeups": 0, "events": 0, "pumps": 0, "promoted": 0, "rearmed": 0}
+        return {"wakeups": 0, "events": 0, "pumps": 0, "promoted": 0, "rearmed": 0, "batched": 0}
 
     def add(self, token, client, remote, idle_timeout: float = 300.0, splice: bool = True) -> int:
         if self.stopped or len(self.relays) >= self.capacity:

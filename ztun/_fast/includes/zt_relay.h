@@ -16,6 +16,15 @@
  * closes both with a reset (SO_LINGER 0) so both peers learn at once; a relay that moved
  * nothing for its idle timeout is closed with a reset too.
  *
+ * Receive-side batching (batch_on; ZTUN_RELAY_BATCH=0 turns it off): a direction that keeps
+ * reading small amounts in quick succession after it moved ZT_BATCH_AFTER (a sender that writes
+ * small pieces as fast as it can, each leaving as its own segment while the reader keeps its
+ * window open) gets SO_RCVLOWAT ZT_BATCH_LOWAT on its source: the source's socket no longer wakes
+ * the engine per segment, and the pump reads it when that much is queued (or the window is nearly
+ * closed, or the peer ended: the kernel reports those below the mark) or at the latest every
+ * ZT_BATCH_WAIT (the engine's thread looks at batching relays on that schedule). A read under
+ * ZT_BATCH_SMALL while batching (the flow slowed down) ends it: the mark goes back to 1.
+ *
  * Two sets of relays, each with its epoll. With near_on (ZTUN_RELAY_NEAR=1) a new relay joins
  * the near set, which the loop's thread pumps (zt_engine_poll: when near_fd is readable and after each loop iteration's TUN
  * writes): a request and its answer then cost the loop's wake-up alone, not also the engine
@@ -44,6 +53,9 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +70,13 @@ enum { ZT_END_DONE = 1, ZT_END_RESET = 2, ZT_END_IDLE = 3, ZT_END_CLOSED = 4 };
 #define ZT_RELAY_NOTIFY_BATCH 64
 #define ZT_RELAY_NOTIFY_DELAY 0.01
 #define ZT_RELAY_NEAR_BYTES (256 * 1024)
+#define ZT_BATCH_AFTER (1 << 20)      /* a direction batches only after it moved this much */
+#define ZT_BATCH_SMALL (16 * 1024)    /* reads under this are small */
+#define ZT_BATCH_GAP 0.0002           /* small reads this close together are a stream */
+#define ZT_BATCH_STREAK 16            /* this many of them in a row start batching */
+#define ZT_BATCH_LOWAT (64 * 1024)    /* a batching source's receive low-water mark */
+#define ZT_BATCH_WAIT 0.001           /* a batching source is read at least this often */
+#define ZT_BATCH_MAX 256              /* relays batching at once */
 
 typedef struct {
     int src, dst;
@@ -67,6 +86,10 @@ typedef struct {
     uint32_t pending;    /* bytes read from src not yet written to dst */
     uint32_t start;      /* copy: where the pending bytes start in buf */
     uint8_t eof, shut;
+    uint8_t batching;    /* SO_RCVLOWAT set on src: read when due or when that much waits */
+    uint8_t streak;      /* small reads in quick succession */
+    double last_read;    /* the engine's clock at the last read */
+    double due;          /* batching: read by then */
     uint64_t bytes;      /* read from src (atomic: read by other threads without the lock) */
 } zt_dir;
 
@@ -74,6 +97,7 @@ typedef struct {
     uint32_t gen;        /* bumped when the slot is freed */
     uint8_t used, queued;
     uint8_t far;         /* in the engine thread's set (else the near set, pumped by the loop) */
+    uint8_t batch_listed; /* in the engine's list of batching relays */
     zt_dir d[2];         /* 0: client -> remote (up), 1: remote -> client (down) */
     double idle;         /* seconds; 0: never */
     double last;         /* last time it moved bytes (the engine's clock) */
@@ -112,7 +136,11 @@ typedef struct {
     zt_pipe pipes[ZT_RELAY_KEEP_PIPES];
     uint32_t npipes;
     double now, next_sweep, sweep_every;
-    uint64_t events, pumps, wakeups, promoted, rearmed;  /* statistics */
+    int batch_on;
+    uint32_t batch_small, batch_after, batch_lowat;  /* ZT_BATCH_* (lower only in tests) */
+    uint64_t batch[ZT_BATCH_MAX];  /* ids of relays with a batching direction */
+    uint32_t nbatch;
+    uint64_t events, pumps, wakeups, promoted, rearmed, batched;  /* statistics */
 } zt_engine;
 
 static double zt_relay_clock(void) {
@@ -284,10 +312,60 @@ static int zt_relay_failed(zt_relay *r) {
     return 0;
 }
 
+static void zt_batch_stop(zt_dir *d) {
+    int one = 1;
+    setsockopt(d->src, SOL_SOCKET, SO_RCVLOWAT, &one, sizeof one);
+    d->batching = 0;
+    d->streak = 0;
+}
+
+/* Whether the pump may read d's source now: always, unless it is batching and neither due nor
+ * readable (the event that pumps the relay may be the other socket's). The kernel's readability
+ * honours the mark and also holds below it when the window is nearly closed, the receive
+ * buffer nearly full, or the peer ended. */
+static int zt_batch_may_read(zt_engine *e, zt_dir *d) {
+    struct pollfd p;
+    if (!d->batching || e->now >= d->due)
+        return 1;
+    p.fd = d->src;
+    p.events = POLLIN | POLLRDHUP;
+    p.revents = 0;
+    return poll(&p, 1, 0) != 0;  /* an error too: the read reports it */
+}
+
+/* A read of n bytes from d's source: start batching after a streak of small reads in quick
+ * succession, stop at a small read while batching. */
+static void zt_batch_note(zt_engine *e, zt_relay *r, zt_dir *d, ssize_t n) {
+    int lowat = (int)e->batch_lowat;
+    if (d->batching) {
+        if (n < (ssize_t)e->batch_small)
+            zt_batch_stop(d);  /* the flow slowed down: read it as it comes again */
+        else
+            d->due = e->now + ZT_BATCH_WAIT;
+        return;
+    }
+    if (e->batch_on && r->far && n < (ssize_t)e->batch_small && d->bytes >= e->batch_after &&
+            e->now - d->last_read < ZT_BATCH_GAP) {
+        if (++d->streak >= ZT_BATCH_STREAK && (r->batch_listed || e->nbatch < ZT_BATCH_MAX) &&
+                setsockopt(d->src, SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof lowat) == 0) {
+            d->batching = 1;
+            d->due = e->now + ZT_BATCH_WAIT;
+            e->batched++;
+            if (!r->batch_listed) {
+                r->batch_listed = 1;
+                e->batch[e->nbatch++] = zt_relay_id(e, (uint32_t)(r - e->slots));
+            }
+        }
+    } else {
+        d->streak = 0;
+    }
+    d->last_read = e->now;
+}
+
 /* One step of one direction: write what is held, then read more if there is room.
  * 1 if bytes moved (or EOF was seen), 0 if nothing could, -errno on a socket error. */
-static int zt_dir_step(zt_dir *d) {
-    int moved = 0;
+static int zt_dir_step(zt_engine *e, zt_relay *r, zt_dir *d) {
+    int moved = 0, queued = 0;
     ssize_t n;
     if (d->pending) {
         if (d->pipe_r >= 0)
@@ -302,7 +380,7 @@ static int zt_dir_step(zt_dir *d) {
             return -errno;
         }
     }
-    if (!d->eof && d->pending < d->cap) {
+    if (!d->eof && d->pending < d->cap && zt_batch_may_read(e, d)) {
         if (d->pipe_w >= 0) {
             n = splice(d->src, NULL, d->pipe_w, NULL, d->cap - d->pending, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
         } else {
@@ -316,11 +394,14 @@ static int zt_dir_step(zt_dir *d) {
             d->pending += (uint32_t)n;
             __atomic_store_n(&d->bytes, d->bytes + (uint64_t)n, __ATOMIC_RELAXED);
             moved = 1;
+            zt_batch_note(e, r, d, n);
         } else if (n == 0) {
             d->eof = 1;
             moved = 1;
         } else if (!zt_again(errno)) {
             return -errno;
+        } else if (d->batching && ioctl(d->src, SIOCINQ, &queued) == 0 && queued == 0) {
+            zt_batch_stop(d);  /* due with nothing queued: the flow went quiet (not a full pipe) */
         }
     }
     if (d->eof && !d->pending && !d->shut) {
@@ -343,7 +424,7 @@ static int zt_relay_pump(zt_engine *e, zt_relay *r) {
     for (round = 0; round < ZT_RELAY_ROUNDS; round++) {
         moved = 0;
         for (k = 0; k < 2; k++) {
-            rc = zt_dir_step(&r->d[k]);
+            rc = zt_dir_step(e, r, &r->d[k]);
             if (rc < 0) {
                 zt_relay_end(e, r, ZT_END_RESET, 1);
                 return -1;
@@ -441,6 +522,30 @@ static int zt_engine_poll(zt_engine *e) {
     return n;
 }
 
+/* On the engine's thread: pump the relays whose batching direction is due (its source is read
+ * whatever it holds); forget relays that ended or batch no more. */
+static void zt_batch_due(zt_engine *e) {
+    uint32_t k = 0;
+    int j;
+    while (k < e->nbatch) {
+        zt_relay *r = zt_relay_find(e, e->batch[k]);
+        if (r == NULL || !(r->d[0].batching || r->d[1].batching)) {
+            if (r != NULL)
+                r->batch_listed = 0;
+            e->batch[k] = e->batch[--e->nbatch];
+            continue;
+        }
+        k++;
+        for (j = 0; j < 2; j++)  /* blocked on its destination: that side's room pumps it, not a schedule */
+            if (r->d[j].batching && e->now >= r->d[j].due && r->d[j].pending >= r->d[j].cap)
+                zt_batch_stop(&r->d[j]);
+        if (r->queued || !((r->d[0].batching && e->now >= r->d[0].due) || (r->d[1].batching && e->now >= r->d[1].due)))
+            continue;
+        if (zt_relay_pump(e, r) == 0)
+            zt_relay_again(e, r);
+    }
+}
+
 static void *zt_relay_thread(void *arg) {
     zt_engine *e = arg;
     struct epoll_event ev[ZT_RELAY_EVENTS];
@@ -450,6 +555,8 @@ static void *zt_relay_thread(void *arg) {
         double until = e->next_sweep;
         if (e->nends && !e->notified && e->first_end + ZT_RELAY_NOTIFY_DELAY < until)
             until = e->first_end + ZT_RELAY_NOTIFY_DELAY;
+        if (e->nbatch && e->now + ZT_BATCH_WAIT < until)
+            until = e->now + ZT_BATCH_WAIT;
         timeout = e->nagain ? 0 : (int)((until - e->now) * 1000) + 1;
         if (timeout < 0)
             timeout = 0;
@@ -459,6 +566,8 @@ static void *zt_relay_thread(void *arg) {
         e->now = zt_relay_clock();
         e->wakeups++;
         zt_engine_handle(e, ev, n < 0 ? 0 : n, 1);
+        if (e->nbatch)
+            zt_batch_due(e);
         if (e->now >= e->next_sweep)
             zt_relay_sweep(e);
         if (e->nends && !e->notified && e->now - e->first_end >= ZT_RELAY_NOTIFY_DELAY)
@@ -470,7 +579,7 @@ static void *zt_relay_thread(void *arg) {
 
 static void zt_engine_free(zt_engine *e);
 
-static zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every, int near_on) {
+static zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every, int near_on, int batch_on) {
     zt_engine *e = calloc(1, sizeof *e);
     struct epoll_event ev;
     uint32_t k;
@@ -479,6 +588,10 @@ static zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_e
     e->epoll_fd = e->wake_fd = e->near_fd = -1;
     e->notify_fd = notify_fd;
     e->near_on = near_on;
+    e->batch_on = batch_on;
+    e->batch_small = ZT_BATCH_SMALL;
+    e->batch_after = ZT_BATCH_AFTER;
+    e->batch_lowat = ZT_BATCH_LOWAT;
     e->capacity = capacity;
     e->sweep_every = sweep_every;
     pthread_mutex_init(&e->lock, NULL);
