@@ -91,9 +91,9 @@ def test_a_packet_of_no_flow_is_handed_over_for_its_reset(rig):
 
 
 def test_while_the_loop_holds_every_handoff_batch_the_pump_drops_and_forgets(rig):
-    """The pump never waits for the loop: established flows keep moving, and a new flow's SYN it
-    cannot hand over is dropped, counted, and its NAT entry forgotten, so the retransmission is
-    a new flow again."""
+    """The pump waits for the loop only briefly: established flows keep moving, and a new flow's
+    SYN it cannot hand over is dropped, counted, and its NAT entry forgotten, so the
+    retransmission is a new flow again."""
     pump, nat, peer, hdr = rig
     indexes = []
     for port in (41000, 41001):
@@ -111,6 +111,7 @@ def test_while_the_loop_holds_every_handoff_batch_the_pump_drops_and_forgets(rig
     assert out is not None and IP(out[len(hdr):])[TCP].flags == "A"  # pumped while the SYN was dropped
     assert handed(pump, 0.2) == []
     assert pump.counters()["dropped"] == 1 and len(nat) == 2  # 41002's entry is gone
+    assert pump.counters()["waited"] == 1  # once, for that read batch
     pump.give(indexes[0])
     peer.send(syn)  # the client's retransmission
     got = handed(pump)

@@ -7,9 +7,11 @@ the loop is not woken for it. Every other packet (a new flow's SYN, UDP, ICMP, o
 protocols, a packet of no flow) is copied, with its parse row and verdict, into a hand-over
 batch, handed to the loop through a pipe once the pump has read what the device had queued:
 the loop does with it what it does on its own path (SystemStack._rare) and gives the batch
-back through a second pipe. The pump never waits for the loop: while the loop holds every
-hand-over batch, what it would hand over is dropped and counted (a new flow's NAT entry is
-forgotten, so the client's retransmitted SYN makes it anew).
+back through a second pipe. While the loop holds every hand-over batch the pump waits for one
+at most WAIT_MS per batch it read (a burst the loop is about to take, as the device's queue
+would have held it), then drops what it would hand over and counts it (a new flow's NAT entry
+is forgotten, so the client's retransmitted SYN makes it anew): an overloaded loop never
+stops established flows for long.
 
 pause() stops the pump reading (it has handed over what it had when pause() returns) and
 resume() starts it again: the stack lets the loop read the device while most packets are
@@ -86,6 +88,7 @@ cdef enum:
     READS_PER_WAKE = 16  # batches read before the pump polls again (the stop fd gets its turn)
     FAILED = 255  # the byte on the ready pipe that says the device failed (TunPump.error)
     N_ERRNOS = 256  # write failures counted per errno below this (the rest under N_ERRNOS - 1)
+    WAIT_MS = 10  # the longest wait for a hand-over batch, per batch read
 
 
 cdef struct Rows:
@@ -138,7 +141,8 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
     cdef int current  # the hand-over batch being filled, -1 for none
     cdef readonly bint paused  # not reading the device (pause())
     cdef readonly int error  # errno of the read that stopped the pump (it handed over FAILED)
-    cdef uint64_t c_packets, c_reads, c_written, c_handed, c_copied, c_dropped
+    cdef bint no_wait  # waited in vain for a hand-over batch while handing this read batch's packets
+    cdef uint64_t c_packets, c_reads, c_written, c_handed, c_copied, c_dropped, c_waited
     cdef uint64_t c_failed[N_ERRNOS]
 
     def __cinit__(self):
@@ -284,7 +288,8 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
 
     def counters(self):
         return {"packets_read": self.c_packets, "batches_read": self.c_reads, "written": self.c_written,
-                "handed_over": self.c_handed, "copied": self.c_copied, "dropped": self.c_dropped}  # dropped: new flows, UDP, ICMP
+                "handed_over": self.c_handed, "copied": self.c_copied, "dropped": self.c_dropped,  # dropped: new flows, UDP, ICMP
+                "waited": self.c_waited}
 
     def write_failures(self):
         """{errno: slots whose write into the device failed with it} (errno 255 and above under 255)."""
@@ -339,21 +344,32 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         self._hand(<uint8_t>self.current)
         self.current = -1
 
+    cdef int _take_back(self) noexcept nogil:
+        cdef uint8_t buf[MAX_HANDOFF]
+        cdef ssize_t n = read(self.free_r, buf, MAX_HANDOFF)
+        cdef int k
+        for k in range(n if n > 0 else 0):
+            if self.n_free < self.n_handoff:
+                self.free_ids[self.n_free] = buf[k]
+                self.n_free += 1
+        return self.n_free
+
     cdef Rows *_handoff_rows(self) noexcept nogil:
         """The hand-over batch with room for one more packet, or NULL while the loop holds them all."""
-        cdef uint8_t buf[MAX_HANDOFF]
-        cdef ssize_t n
-        cdef int k
+        cdef pollfd fds[2]
         if self.current >= 0 and self.rows[self.current].count == self.rows[self.current].slots:
             self._hand_current()
         if self.current < 0:
-            if self.n_free == 0:
-                n = read(self.free_r, buf, MAX_HANDOFF)
-                for k in range(n if n > 0 else 0):
-                    if self.n_free < self.n_handoff:
-                        self.free_ids[self.n_free] = buf[k]
-                        self.n_free += 1
-                if self.n_free == 0:
+            if self.n_free == 0 and self._take_back() == 0:
+                if self.no_wait:
+                    return NULL
+                self.c_waited += 1
+                fds[0].fd = self.free_r
+                fds[1].fd = self.stop_fd
+                fds[0].events = fds[1].events = POLLIN
+                fds[0].revents = fds[1].revents = 0
+                if poll(fds, 2, WAIT_MS) <= 0 or fds[1].revents or self._take_back() == 0:
+                    self.no_wait = True  # the rest of this batch's rare packets: dropped at once
                     return NULL
             self.n_free -= 1
             self.current = self.free_ids[self.n_free]
@@ -405,6 +421,7 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         cdef int e
         self.c_packets += n
         self.c_reads += 1
+        self.no_wait = False
         for i in range(n):
             p = r.data + i * r.stride + HEADROOM
             if parse_one(p, r.lengths[i], &r.meta[i]) == OK and self.vnet:

@@ -605,6 +605,7 @@ class SystemStack:
             out["tun_pump_handed_over"] = c["handed_over"]  # batches of rare packets the loop was woken for
             out["tun_pump_copied"] = c["copied"]  # the rare packets in them
             out["dropped_loop_busy"] = c["dropped"]  # new flows, UDP, ICMP: the loop held every hand-over batch
+            out["tun_pump_waited"] = c["waited"]  # times the pump waited for the loop to give a batch back
             out["dropped"] += c["dropped"]
             out["tun_pump_reading"] = int(not self.pump.paused)
         out.update({f"write_failed_{errno.errorcode.get(e, e)}": c for e, c in failures.items()})
