@@ -624,7 +624,7 @@ def test_rx_gro_off_leaves_the_kernel_to_cut_bursts(monkeypatch, impl):
         rig.close()
 
 
-@pytest.mark.parametrize("length, size, count", [(0, 0, 1), (100, 0, 1), (100, 100, 1), (100, 200, 1), (100, 0xFFFFFFFF, 1),
+@pytest.mark.parametrize("length, size, count", [(0, 0, 1), (0, 5, 1), (100, 0, 1), (100, 100, 1), (100, 200, 1), (100, 0xFFFFFFFF, 1),
                                                   (100, 99, 2), (100, 1, 100), (65507, 1000, 66), (3000, 1000, 3)])
 def test_gro_count_takes_a_size_of_zero_or_past_the_message_as_one_datagram(mod, length, size, count):
     assert mod.gro_count(length, size) == count
