@@ -18,7 +18,13 @@ the outbound); once a destination's way is known its route is added, and from th
   from the datagram's sender (direct), the sender its SOCKS5 header names (the header is
   stripped), or the fake address the client used (a fake-IP destination's socket), to the
   client. IPv4 replies carry a per-packet ID with DF clear, so a router on the way to a
-  LAN host with a smaller MTU fragments them instead of dropping them.
+  LAN host with a smaller MTU fragments them instead of dropping them. The sockets have
+  UDP_GRO (ZTUN_UDP_RX_GRO=0: not), so the kernel may hand over several same-size datagrams
+  of one sender in one message: a DIRECT socket's goes to the TUN whole, as one USO
+  super-packet, where the output takes them (uso: a TUN with USO and GRO on write), and is
+  otherwise cut into its datagrams, as a SOCKS5 socket's always is (each datagram carries
+  its own header and may name another sender): received into the table's scratch (8 x 64 KiB),
+  copied out one datagram a slot; what the batch cannot take waits there (pending).
 
 Idle expiry reads each session's last activity here (idle()), in C. udptable_py.py is the twin.
 """
