@@ -994,7 +994,7 @@ cdef class UdpTable:
                     self.c_reply_too_big += 1
                     continue
                 n = 1
-                if x.gro:
+                if x.gro and x.kind == _DIRECT and vnet:  # receive() sends the others' to _split
                     size = <uint32_t>zt_gro_size(&self.msgs[j].msg_hdr)
                     n = _gro_count(plen, size)
                 if p != <uint8_t *>self.iovs[j].iov_base - (hlen + 8 - guess):  # an earlier one was dropped
