@@ -61,11 +61,11 @@ CONFIGS = {
     "ztun-udp-python": {"mtu": "65535", "env": {"ZTUN_UDP": "python"}},  # the UDP table's twin: Python per datagram
     "ztun-udp-nogso": {"mtu": "65535", "env": {"ZTUN_UDP_GSO": "0"}},  # each datagram its own send (no UDP GSO runs)
     "ztun-udp-thread": {"mtu": "65535", "env": {"ZTUN_UDP_SENDER": "thread"}},  # the table's sendmmsg on a thread of its own
-    "ztun-udp-norxgro": {"mtu": "65535", "env": {"ZTUN_UDP_RX_GRO": "0"}},  # no UDP_GRO on the table's sockets
+    "ztun-udp-rxgro": {"mtu": "65535", "env": {"ZTUN_UDP_RX_GRO": "1"}},  # UDP_GRO on the table's sockets
     # The client's veth coalescing as a NIC does (Bench.veth_gro; for metric udp, TCP differs there): the
-    # server's datagrams reach ztun's sockets coalesced where they have UDP_GRO (the default), one by one where not.
+    # server's datagrams reach ztun's sockets coalesced where they have UDP_GRO (ZTUN_UDP_RX_GRO=1), one by one where not.
     "ztun-vethgro": {"mtu": "65535", "veth_gro": True},
-    "ztun-vethgro-udp-norxgro": {"mtu": "65535", "veth_gro": True, "env": {"ZTUN_UDP_RX_GRO": "0"}},
+    "ztun-vethgro-udp-rxgro": {"mtu": "65535", "veth_gro": True, "env": {"ZTUN_UDP_RX_GRO": "1"}},
     "ztun-near": {"mtu": "65535", "env": {"ZTUN_RELAY_NEAR": "1"}},  # new relays pumped on the loop's thread until bulk
     # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the
     # proxy (the client knows nothing of it), and the client speaking SOCKS5 to microsocks itself.
@@ -90,7 +90,7 @@ CONFIGS = {
     "redsocks": {"socks": "redsocks"},
 }
 OPTIONAL = ("redsocks", "ztun-danted", "danted-only",  # not in the default run: they need tools the benchmark does not otherwise
-            "ztun-vethgro", "ztun-vethgro-udp-norxgro")  # or change the veths (for metric udp)
+            "ztun-vethgro", "ztun-vethgro-udp-rxgro")  # or change the veths (for metric udp)
 PROXY = "198.18.10.2:1080"
 # An ethtool value (ETHTOOL_SGRO 0x2C, ETHTOOL_STSO 0x1F: argv[2]) on or off (argv[3] "1"/"0") for the
 # device argv[1], over SIOCETHTOOL (no ethtool needed)

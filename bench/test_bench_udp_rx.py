@@ -1,9 +1,9 @@
 """Micro-benchmark of the UDP table's receive with UDP_GRO: 40 UDP GSO sends of 20 datagrams of
 1400 bytes over loopback (sent in the untimed setup), taken by UdpTable.receive into a 64-slot
 batch with virtio headers until none is left. Modes: uso (each coalesced message one USO
-super-packet), split (cut into one packet a datagram, as without USO or for SOCKS5), off
-(ZTUN_UDP_RX_GRO=0: the kernel cuts them, one message a datagram), and plain (datagrams sent one
-by one, UDP_GRO on, nothing to coalesce). Compiled only. `python -m pytest bench --benchmark-only -k udp_rx`.
+super-packet), split (cut into one packet a datagram, as without USO or for SOCKS5), both with
+ZTUN_UDP_RX_GRO=1; off (the default: the kernel cuts them, one message a datagram); and plain
+(datagrams sent one by one, UDP_GRO on, nothing to coalesce). Compiled only. `python -m pytest bench --benchmark-only -k udp_rx`.
 """
 
 import ipaddress
@@ -27,7 +27,9 @@ SEG, PER_SEND, SENDS = 1400, 20, 40
 @pytest.mark.parametrize("mode", ["uso", "split", "off", "plain"])
 def test_udp_rx(benchmark, monkeypatch, mode):
     if mode == "off":
-        monkeypatch.setenv("ZTUN_UDP_RX_GRO", "0")
+        monkeypatch.delenv("ZTUN_UDP_RX_GRO", raising=False)
+    else:
+        monkeypatch.setenv("ZTUN_UDP_RX_GRO", "1")
     benchmark.group = "udp-rx-800x1400"
     table = udptable.UdpTable(None, lambda: None)
     table.uso = mode == "uso"

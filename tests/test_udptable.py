@@ -539,13 +539,23 @@ def resplit(batch, i):
     return [packet_of(out, k) for k in range(n)]
 
 
+@pytest.fixture
+def gro_rig(impl, monkeypatch):
+    """A Rig whose table puts UDP_GRO on its sockets (ZTUN_UDP_RX_GRO=1)."""
+    monkeypatch.setenv("ZTUN_UDP_RX_GRO", "1")
+    r = Rig(*impl)
+    yield r
+    r.close()
+
+
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 @pytest.mark.parametrize("kind", ["direct", "socks5"])
 @pytest.mark.parametrize("uso", [False, True], ids=["split", "uso"])
-def test_coalesced_replies_reach_the_client_as_the_datagrams_they_were(rig, mod, family, kind, uso):
+def test_coalesced_replies_reach_the_client_as_the_datagrams_they_were(gro_rig, mod, family, kind, uso):
     """A burst the kernel hands over as one message (UDP_GRO): the client gets each datagram on its own,
     byte for byte and in order, the shorter last one too, with IPv4 IDs one apart; a datagram after it
     as well. With uso (an output that takes USO) a DIRECT socket's message goes out as one super-packet."""
+    rig = gro_rig
     t = rig.table
     t.uso = uso
     v6 = family == "ipv6"
@@ -577,9 +587,10 @@ def test_coalesced_replies_reach_the_client_as_the_datagrams_they_were(rig, mod,
     assert t.counts(sid)[2:] == (13, sum(map(len, datagrams)) + 5)
 
 
-def test_a_burst_larger_than_the_batch_waits_for_the_next_receive(rig, mod):
+def test_a_burst_larger_than_the_batch_waits_for_the_next_receive(gro_rig, mod):
     """A coalesced message of more datagrams than the output has slots: the rest waits (pending) and
     comes first next time, before what the socket holds after it; a detached socket's rest is gone."""
+    rig = gro_rig
     t = rig.table
     out_sock, peer = rig.udp(), rig.udp()
     sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
@@ -603,9 +614,14 @@ def test_a_burst_larger_than_the_batch_waits_for_the_next_receive(rig, mod):
     assert not t.pending and t.receive(out, 0, 1.0) == 0
 
 
-def test_rx_gro_off_leaves_the_kernel_to_cut_bursts(monkeypatch, impl):
-    """ZTUN_UDP_RX_GRO=0: no UDP_GRO on the sockets; the same datagrams arrive, one per message."""
-    monkeypatch.setenv("ZTUN_UDP_RX_GRO", "0")
+@pytest.mark.parametrize("setting", [None, "0"], ids=["default", "0"])
+def test_rx_gro_off_leaves_the_kernel_to_cut_bursts(monkeypatch, impl, setting):
+    """By default (and with ZTUN_UDP_RX_GRO=0) no UDP_GRO on the sockets; the same datagrams arrive, one
+    per message."""
+    if setting is None:
+        monkeypatch.delenv("ZTUN_UDP_RX_GRO", raising=False)
+    else:
+        monkeypatch.setenv("ZTUN_UDP_RX_GRO", setting)
     rig = Rig(*impl)
     try:
         t = rig.table
@@ -648,7 +664,8 @@ class _Forged:
         return data, [(socket.SOL_UDP, 104, self.sizes.pop(0))], fl, addr
 
 
-def test_twin_a_forged_gro_size_of_zero_or_past_the_message_is_one_datagram():
+def test_twin_a_forged_gro_size_of_zero_or_past_the_message_is_one_datagram(monkeypatch):
+    monkeypatch.setenv("ZTUN_UDP_RX_GRO", "1")
     rig = Rig(udptable_py)
     try:
         t = rig.table

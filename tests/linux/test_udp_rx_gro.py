@@ -1,7 +1,7 @@
 """UDP_GRO on the UDP table's sockets, in namespaces: a server's burst in one UDP GSO send reaches
 ztun's outbound socket as one message and the client as the datagrams it was, byte for byte and in
-order, the shorter last one too: as one USO super-packet into the TUN (the default with offload), cut
-by ztun (ZTUN_UDP_GRO=0: no USO writes), or cut by the kernel (ZTUN_UDP_RX_GRO=0)."""
+order, the shorter last one too, with ZTUN_UDP_RX_GRO=1: as one USO super-packet into the TUN (with
+offload), or cut by ztun (ZTUN_UDP_GRO=0: no USO writes); and by default, cut by the kernel."""
 
 import pytest
 from conftest import Lan
@@ -37,10 +37,12 @@ print(" ".join(out))
 @pytest.mark.parametrize("mode", ["uso", "split", "off"])
 @pytest.mark.parametrize("server", [Lan.SERVER4, Lan.SERVER6], ids=["ipv4", "ipv6"])
 def test_a_gso_burst_reaches_the_client_as_its_datagrams(lan, monkeypatch, server, mode):
+    if mode == "off":
+        monkeypatch.delenv("ZTUN_UDP_RX_GRO", raising=False)  # the default
+    else:
+        monkeypatch.setenv("ZTUN_UDP_RX_GRO", "1")
     if mode == "split":
         monkeypatch.setenv("ZTUN_UDP_GRO", "0")  # replies are not written as USO: ztun cuts each message
-    if mode == "off":
-        monkeypatch.setenv("ZTUN_UDP_RX_GRO", "0")
     lan.server.server("udp-echo", 9007)
     app = lan.appliance()
     r = lan.client.python(UDP_BURSTS, server, "9007", timeout=60)

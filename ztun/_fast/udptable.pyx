@@ -18,8 +18,8 @@ the outbound); once a destination's way is known its route is added, and from th
   from the datagram's sender (direct), the sender its SOCKS5 header names (the header is
   stripped), or the fake address the client used (a fake-IP destination's socket), to the
   client. IPv4 replies carry a per-packet ID with DF clear, so a router on the way to a
-  LAN host with a smaller MTU fragments them instead of dropping them. The sockets have
-  UDP_GRO (ZTUN_UDP_RX_GRO=0: not), so the kernel may hand over several same-size datagrams
+  LAN host with a smaller MTU fragments them instead of dropping them. With ZTUN_UDP_RX_GRO=1
+  the sockets have UDP_GRO, so the kernel may hand over several same-size datagrams
   of one sender in one message: a DIRECT socket's goes to the TUN whole, as one USO
   super-packet, where the output takes them (uso: a TUN with USO and GRO on write), and is
   otherwise cut into its datagrams, as a SOCKS5 socket's always is (each datagram carries
@@ -281,8 +281,9 @@ cdef enum:
 
 
 def rx_gro_default() -> bool:
-    """Whether session sockets get UDP_GRO (ZTUN_UDP_RX_GRO=0: not)."""
-    return os.environ.get("ZTUN_UDP_RX_GRO", "1") not in ("0", "off")
+    """Whether session sockets get UDP_GRO: with ZTUN_UDP_RX_GRO=1 (off by default: in the end-to-end
+    benchmark it did not measurably pay, README performance section)."""
+    return os.environ.get("ZTUN_UDP_RX_GRO", "0") in ("1", "on")
 
 
 cdef inline void _put_le16(uint8_t *p, uint32_t v) noexcept nogil:
@@ -424,7 +425,7 @@ cdef class UdpTable:
     cdef epoll_event events[_EVENTS]
     cdef zt_usend *sender  # NULL: sendmmsg on the caller's thread
     cdef uint64_t c_sender_failed
-    # UDP_GRO on receive (ZTUN_UDP_RX_GRO=0: off): a message of several datagrams goes to the client
+    # UDP_GRO on receive (ZTUN_UDP_RX_GRO=1): a message of several datagrams goes to the client
     # as one USO super-packet where the output takes them (uso, DIRECT), else split one by one
     cdef bint rx_gro
     cdef public bint uso
