@@ -64,6 +64,11 @@ CONFIGS = {
     "ztun-udp-python": {"mtu": "65535", "env": {"ZTUN_UDP": "python"}},  # the UDP table's twin: Python per datagram
     "ztun-udp-nogso": {"mtu": "65535", "env": {"ZTUN_UDP_GSO": "0"}},  # each datagram its own send (no UDP GSO runs)
     "ztun-udp-thread": {"mtu": "65535", "env": {"ZTUN_UDP_SENDER": "thread"}},  # the table's sendmmsg on a thread of its own
+    "ztun-udp-rxgro": {"mtu": "65535", "env": {"ZTUN_UDP_RX_GRO": "1"}},  # UDP_GRO on the table's sockets
+    # The client's veth coalescing as a NIC does (Bench.veth_gro; for metric udp, TCP differs there): the
+    # server's datagrams reach ztun's sockets coalesced where they have UDP_GRO (ZTUN_UDP_RX_GRO=1), one by one where not.
+    "ztun-vethgro": {"mtu": "65535", "veth_gro": True},
+    "ztun-vethgro-udp-rxgro": {"mtu": "65535", "veth_gro": True, "env": {"ZTUN_UDP_RX_GRO": "1"}},
     "ztun-near": {"mtu": "65535", "env": {"ZTUN_RELAY_NEAR": "1"}},  # new relays pumped on the loop's thread until bulk
     "ztun-nopump": {"mtu": "65535", "env": {"ZTUN_TUN_PUMP": "off"}},  # the loop reads the TUN (no TUN pump thread)
     "ztun-pump-on": {"mtu": "65535", "env": {"ZTUN_TUN_PUMP": "on"}},  # the pump reads the TUN always (never the loop)
@@ -95,8 +100,17 @@ CONFIGS = {
     "danted-only": {"danted": "client"},
     "redsocks": {"socks": "redsocks"},
 }
-OPTIONAL = ("redsocks", "ztun-danted", "danted-only")  # not in the default run: it needs tools the benchmark does not otherwise
+OPTIONAL = ("redsocks", "ztun-danted", "danted-only",  # not in the default run: they need tools the benchmark does not otherwise
+            "ztun-vethgro", "ztun-vethgro-udp-rxgro")  # or change the veths (for metric udp)
 PROXY = "198.18.10.2:1080"
+# An ethtool value (ETHTOOL_SGRO 0x2C, ETHTOOL_STSO 0x1F: argv[2]) on or off (argv[3] "1"/"0") for the
+# device argv[1], over SIOCETHTOOL (no ethtool needed)
+ETHTOOL_SET = r"""
+import ctypes, fcntl, socket, struct, sys
+val = ctypes.create_string_buffer(struct.pack("=II", int(sys.argv[2], 0), sys.argv[3] == "1"), 8)
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    fcntl.ioctl(s.fileno(), 0x8946, struct.pack("16sP", sys.argv[1].encode(), ctypes.addressof(val)) + bytes(16))
+"""
 DANTE = ("198.18.10.2", "1081")
 # danted (Dante 1.4) for CONNECT and UDP ASSOCIATE without authentication, its UDP relay's external
 # side on the server's address (as tests/linux/test_socks5_servers.py)
@@ -288,6 +302,7 @@ class Bench:
         self.socks = socks
         self.microsocks = None
         self.udp_rates = udp_rates
+        self._veth_gro = False  # as a veth starts
         self.tmp = tmp
         self.topology = topology
         tag = uuid.uuid4().hex[:6]
@@ -403,6 +418,7 @@ class Bench:
         if self.host:
             args += ["--lan-interface", "zt-g1"]
         log = self.tmp / f"ztun-{len(self.procs)}.log"
+        self.veth_gro(bool(cfg.get("veth_gro")))
         p, _ = self.spawn(self.client, sys.executable, "-m", "ztun.appliance", "run", *args, env=cfg.get("env"), log=log,
                           repo=cfg.get("repo", REPO))
         # WARNING level hides the ready line: wait for the TUN route instead
@@ -413,6 +429,20 @@ class Bench:
             time.sleep(0.05)
         time.sleep(0.2)
         return p
+
+    def veth_gro(self, on: bool):
+        """The client's veth as a NIC that coalesces (GRO, NAPI in a thread of its own: datagrams queue up
+        between polls, as behind a NIC's interrupt moderation), and the server's without TSO (else a
+        veth passes its datagrams by GRO); off: both as the other configurations have them."""
+        if on == self._veth_gro:
+            return
+        self._veth_gro = on
+        flag = "1" if on else "0"
+        gro = (sys.executable, "-c", ETHTOOL_SET, "zt-c0", "0x2C", flag)
+        threaded = ("sh", "-c", f"echo {flag} > /sys/class/net/zt-c0/threaded")
+        for cmd in (gro, threaded) if on else (threaded, gro):  # a veth has NAPI while GRO is on
+            self.ns(self.client, *cmd)
+        self.ns(self.server, sys.executable, "-c", ETHTOOL_SET, "zt-s0", "0x1F", "0" if on else "1")
 
     def stop_ztun(self, p):
         p.send_signal(signal.SIGTERM)

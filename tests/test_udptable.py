@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from ztun._fast import PacketBatch, build_py, defs as d, packet_py, udptable_py
+from ztun._fast import PacketBatch, build_py, defs as d, gso_py, packet_py, udptable_py
 from ztun._fast.checksum_py import checksum, pseudo_sum
 
 try:
@@ -498,3 +498,190 @@ def test_queued_datagrams_of_a_detached_socket_never_leave_from_its_reused_fd(ri
     stats = t.stats()
     assert given == 64 * 60 == stats["datagrams"]
     assert stats["fast_sent"] + stats["fast_send_dropped"] + stats["fast_send_error"] == given
+
+
+# -- UDP_GRO on receive ----------------------------------------------------------------------------
+# A sender's UDP GSO send (UDP_SEGMENT) over loopback reaches a socket with UDP_GRO as one message
+# of several datagrams (its size in a UDP_GRO control message); without UDP_GRO the kernel cuts it.
+
+_UDP_SEGMENT = 103
+
+
+def gso_send(sock, datagrams, to=None):
+    """One UDP GSO send of datagrams (all of the first's size, the last may be shorter)."""
+    anc = [(socket.SOL_UDP, _UDP_SEGMENT, struct.pack("=H", len(datagrams[0])))]
+    data = b"".join(datagrams)
+    assert (sock.sendmsg([data], anc, 0, to) if to else sock.sendmsg([data], anc)) == len(data)
+
+
+def numbered(n, size, last=None):
+    """n datagrams of size bytes, each filled with its number; the last of `last` bytes."""
+    out = [(struct.pack("!H", i) * (size // 2 + 1))[:size] for i in range(n)]
+    if last is not None:
+        out[-1] = (struct.pack("!H", n - 1) * (last // 2 + 1))[:last]
+    return out
+
+
+def resplit(batch, i):
+    """Slot i of an output batch as the kernel would write it: a USO super-packet cut into its datagrams
+    (by the twin's gso_split, itself checked against scapy in test_gso.py), or itself."""
+    one = PacketBatch(slots=1, vnet_hdr=True, max_packet=d.MAX_PACKET + 40)
+    one.set_packet(0, packet_of(batch, i))
+    one.data[0, one.headroom - d.VNET_HDR_LEN : one.headroom] = batch.data[i, batch.headroom - d.VNET_HDR_LEN : batch.headroom]
+    one.count = 1
+    packet_py.parse_batch(one)
+    assert one.meta["status"][0] == d.OK
+    if not one.meta["gso_type"][0]:
+        return [packet_of(one, 0)]
+    out = PacketBatch(slots=256, max_packet=9000)
+    n = gso_py.gso_split(one, 0, out)
+    assert n > 1
+    return [packet_of(out, k) for k in range(n)]
+
+
+@pytest.fixture
+def gro_rig(impl, monkeypatch):
+    """A Rig whose table puts UDP_GRO on its sockets (ZTUN_UDP_RX_GRO=1)."""
+    monkeypatch.setenv("ZTUN_UDP_RX_GRO", "1")
+    r = Rig(*impl)
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+@pytest.mark.parametrize("kind", ["direct", "socks5"])
+@pytest.mark.parametrize("uso", [False, True], ids=["split", "uso"])
+def test_coalesced_replies_reach_the_client_as_the_datagrams_they_were(gro_rig, mod, family, kind, uso):
+    """A burst the kernel hands over as one message (UDP_GRO): the client gets each datagram on its own,
+    byte for byte and in order, the shorter last one too, with IPv4 IDs one apart; a datagram after it
+    as well. With uso (an output that takes USO) a DIRECT socket's message goes out as one super-packet."""
+    rig = gro_rig
+    t = rig.table
+    t.uso = uso
+    v6 = family == "ipv6"
+    host, fam = ("::1", socket.AF_INET6) if v6 else ("127.0.0.1", socket.AF_INET)
+    client, dest = (CLIENT6, DEST6) if v6 else (CLIENT4, DEST4)
+    out_sock, peer = rig.udp(host, fam), rig.udp(host, fam)
+    sid = t.open(6 if v6 else 4, ipaddress.ip_address(client).packed, 5000, 1.0)
+    k = t.attach(sid, out_sock, mod.DIRECT if kind == "direct" else mod.SOCKS5)
+    assert k >= 0 and t.stats()["gro_refused"] == 0
+    datagrams = numbered(12, 1000, last=333)
+    head = socks_header(dest, 53) if kind == "socks5" else b""
+    gso_send(peer, [head + g for g in datagrams], out_sock.getsockname())
+    peer.sendto(head + b"after", out_sock.getsockname())
+    rig.ready(out_sock)
+    out = PacketBatch(16, max_packet=d.MAX_PACKET + 40, vnet_hdr=True)
+    n = t.receive(out, 0, 2.0)
+    packets = [p for i in range(n) for p in resplit(out, i)]
+    src, sport = (dest, 53) if kind == "socks5" else (host, peer.getsockname()[1])
+    assert len(packets) == 13
+    for p, payload in zip(packets, datagrams + [b"after"]):
+        check_udp(p, src, sport, client, 5000, payload)
+    if not v6:
+        ids = [struct.unpack("!H", p[4:6])[0] for p in packets]
+        assert ids == [(ids[0] + j) & 0xFFFF for j in range(13)]
+    whole = uso and kind == "direct" and mod is not udptable_py
+    assert n == (2 if whole else 13)
+    s = t.stats()
+    assert (s["gro_receives"], s["gro_datagrams"], s["gro_uso"], s["fast_received"]) == (1, 12, 1 if whole else 0, 13)
+    assert t.counts(sid)[2:] == (13, sum(map(len, datagrams)) + 5)
+
+
+def test_a_burst_larger_than_the_batch_waits_for_the_next_receive(gro_rig, mod):
+    """A coalesced message of more datagrams than the output has slots: the rest waits (pending) and
+    comes first next time, before what the socket holds after it; a detached socket's rest is gone."""
+    rig = gro_rig
+    t = rig.table
+    out_sock, peer = rig.udp(), rig.udp()
+    sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
+    k = t.attach(sid, out_sock, mod.DIRECT)
+    datagrams = numbered(10, 100, last=7)
+    gso_send(peer, datagrams, out_sock.getsockname())
+    peer.sendto(b"after", out_sock.getsockname())
+    rig.ready(out_sock)
+    out = PacketBatch(4)
+    got = []
+    for _ in range(6):
+        n = t.receive(out, 0, 1.0)
+        got += [packet_of(out, i)[28:] for i in range(n)]
+        if n == 4:
+            assert t.pending or got[-1] == b"after"
+    assert got == datagrams + [b"after"] and not t.pending
+    gso_send(peer, datagrams, out_sock.getsockname())
+    rig.ready(out_sock)
+    assert t.receive(out, 0, 1.0) == 4 and t.pending
+    t.detach(k)
+    assert not t.pending and t.receive(out, 0, 1.0) == 0
+
+
+@pytest.mark.parametrize("setting", [None, "0"], ids=["default", "0"])
+def test_rx_gro_off_leaves_the_kernel_to_cut_bursts(monkeypatch, impl, setting):
+    """By default (and with ZTUN_UDP_RX_GRO=0) no UDP_GRO on the sockets; the same datagrams arrive, one
+    per message."""
+    if setting is None:
+        monkeypatch.delenv("ZTUN_UDP_RX_GRO", raising=False)
+    else:
+        monkeypatch.setenv("ZTUN_UDP_RX_GRO", setting)
+    rig = Rig(*impl)
+    try:
+        t = rig.table
+        out_sock, peer = rig.udp(), rig.udp()
+        sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
+        t.attach(sid, out_sock, rig.mod.DIRECT)
+        datagrams = numbered(5, 500, last=1)
+        gso_send(peer, datagrams, out_sock.getsockname())
+        rig.ready(out_sock)
+        out = PacketBatch(8)
+        assert [packet_of(out, i)[28:] for i in range(t.receive(out, 0, 1.0))] == datagrams
+        s = t.stats()
+        assert (s["gro_receives"], s["gro_datagrams"], s["gro_refused"]) == (0, 0, 0)
+        assert out_sock.getsockopt(socket.SOL_UDP, 104) == 0
+    finally:
+        rig.close()
+
+
+@pytest.mark.parametrize("length, size, count", [(0, 0, 1), (0, 5, 1), (100, 0, 1), (100, 100, 1), (100, 200, 1), (100, 0xFFFFFFFF, 1),
+                                                  (100, 99, 2), (100, 1, 100), (65507, 1000, 66), (3000, 1000, 3)])
+def test_gro_count_takes_a_size_of_zero_or_past_the_message_as_one_datagram(mod, length, size, count):
+    assert mod.gro_count(length, size) == count
+
+
+class _Forged:
+    """A socket whose messages come with a forged UDP_GRO control message (the twin reads them with
+    recvmsg; the kernel never sends these): size 0, larger than the message, negative, cut short."""
+
+    def __init__(self, sock, sizes):
+        self.sock, self.sizes = sock, list(sizes)
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def setsockopt(self, *a):
+        return self.sock.setsockopt(*a)
+
+    def recvmsg(self, n, ctrl, flags=0):
+        data, _, fl, addr = self.sock.recvmsg(n, ctrl, flags)
+        return data, [(socket.SOL_UDP, 104, self.sizes.pop(0))], fl, addr
+
+
+def test_twin_a_forged_gro_size_of_zero_or_past_the_message_is_one_datagram(monkeypatch):
+    monkeypatch.setenv("ZTUN_UDP_RX_GRO", "1")
+    rig = Rig(udptable_py)
+    try:
+        t = rig.table
+        out_sock, peer = rig.udp(), rig.udp()
+        sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
+        forged = _Forged(out_sock, [struct.pack("=i", 0), struct.pack("=i", 5000), struct.pack("=i", -1), b"\x01",
+                                    struct.pack("=i", 3)])
+        t.attach(sid, forged, udptable_py.DIRECT)
+        sent = [b"a" * 10, b"b" * 10, b"c" * 10, b"d" * 10, b"e" * 7]
+        for g in sent:
+            peer.sendto(g, out_sock.getsockname())
+        rig.ready(out_sock)
+        next(iter(t._socks.values())).ready = True
+        out = PacketBatch(16)
+        got = [packet_of(out, i)[28:] for i in range(t.receive(out, 0, 1.0))]
+        assert got == sent[:4] + [b"eee", b"eee", b"e"]  # only the last, size 3 of 7 bytes, is cut
+        assert t.stats()["gro_receives"] == 1 and t.stats()["gro_datagrams"] == 3
+    finally:
+        rig.close()

@@ -3,7 +3,9 @@
 http: GET /bytes/N sends N bytes of random.Random(N); POST /upload answers the body's sha256.
 halfclose: reads until EOF, then sends back what it read.
 udp-echo: sends every datagram back, from the address it was sent to (as DNS servers do); one
-  that starts with b"GROW" and a 4-byte length is answered with that many bytes of it, repeated.
+  that starts with b"GROW" and a 4-byte length is answered with that many bytes of it, repeated;
+  one of b"BURST" and three 2-byte numbers n, size, last with n datagrams in one UDP GSO send
+  (UDP_SEGMENT), each `size` bytes of its number (2 bytes, repeated), the last `last` bytes.
 dns ADDRESS: a DNS server over UDP on ADDRESS: A records for web.example (198.19.0.1) and direct.example
 (198.19.1.1), a TXT record "ztun-test" for any name, NXDOMAIN otherwise.
 hostile-socks MODE: a SOCKS5 server that misbehaves: bad-version (answers the greeting as
@@ -118,9 +120,14 @@ def udp_echo(port: int):
         while True:
             data, anc, _, addr = s.recvmsg(65535, 256)
             info = [reply_info(d) for lvl, t, d in anc if lvl == level and t == kind]
+            gso = []
             if data[:4] == b"GROW" and len(data) >= 8:  # "GROW" + length: that many bytes back (a reply larger than the ask)
                 data = (data * (int.from_bytes(data[4:8], "big") // len(data) + 1))[:int.from_bytes(data[4:8], "big")]
-            s.sendmsg([data], [(level, kind, info[0])] if info else [], 0, addr)
+            elif data[:5] == b"BURST" and len(data) >= 11:  # n datagrams in one GSO send: the kernel keeps them one message
+                n, size, last = (int.from_bytes(data[k : k + 2], "big") for k in (5, 7, 9))
+                data = b"".join((i.to_bytes(2, "big") * (size // 2 + 1))[: last if i == n - 1 else size] for i in range(n))
+                gso = [(socket.SOL_UDP, 103, size.to_bytes(2, sys.byteorder))]  # UDP_SEGMENT
+            s.sendmsg([data], ([(level, kind, info[0])] if info else []) + gso, 0, addr)
 
     # IPv4: send from in_pktinfo.addr (the header's destination), any interface
     t = threading.Thread(target=serve, args=(s4, socket.SOL_IP, _IP_PKTINFO, lambda d: bytes(4) + d[8:12] + bytes(4)), daemon=True)

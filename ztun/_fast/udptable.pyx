@@ -18,7 +18,13 @@ the outbound); once a destination's way is known its route is added, and from th
   from the datagram's sender (direct), the sender its SOCKS5 header names (the header is
   stripped), or the fake address the client used (a fake-IP destination's socket), to the
   client. IPv4 replies carry a per-packet ID with DF clear, so a router on the way to a
-  LAN host with a smaller MTU fragments them instead of dropping them.
+  LAN host with a smaller MTU fragments them instead of dropping them. With ZTUN_UDP_RX_GRO=1
+  the sockets have UDP_GRO, so the kernel may hand over several same-size datagrams
+  of one sender in one message: a DIRECT socket's goes to the TUN whole, as one USO
+  super-packet, where the output takes them (uso: a TUN with USO and GRO on write), and is
+  otherwise cut into its datagrams, as a SOCKS5 socket's always is (each datagram carries
+  its own header and may name another sender): received into the table's scratch (8 x 64 KiB),
+  copied out one datagram a slot; what the batch cannot take waits there (pending).
 
 Idle expiry reads each session's last activity here (idle()), in C. udptable_py.py is the twin.
 """
@@ -27,7 +33,7 @@ import os
 
 from libc.errno cimport errno, EAGAIN, EINTR, EINVAL, EIO, EMSGSIZE
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memmove, memset, memcmp
 
 from core cimport *
@@ -213,6 +219,28 @@ cdef extern from *:
             }
         }
     }
+    #ifndef UDP_GRO
+    #define UDP_GRO 104
+    #endif
+    #define ZT_GRO_CTRL 32
+    /* Let the kernel hand fd's datagrams over coalesced (UDP_GRO: several of one size in one
+       message, their size in a control message); 0 or -1. */
+    static int zt_gro_on(int fd) {
+        int on = 1;
+        return setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof on);
+    }
+    /* The datagram size a UDP_GRO receive reports in m's control data: 0 when there is none
+       (the message is one datagram). */
+    static int zt_gro_size(struct msghdr *m) {
+        struct cmsghdr *c;
+        int size = 0;
+        if (m->msg_control == NULL)
+            return 0;
+        for (c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR(m, c))
+            if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO && c->cmsg_len >= CMSG_LEN(sizeof(int)))
+                memcpy(&size, CMSG_DATA(c), sizeof size);
+        return size;
+    }
     /* Ask for the socket's ICMP errors in its error queue (family 4 or 6); 0 or -1. */
     static int zt_recverr(int fd, int version) {
         int on = 1;
@@ -222,10 +250,13 @@ cdef extern from *:
     """
     int zt_icmp_error(int fd, int want, uint8_t *addr, uint16_t *port, uint8_t *type, uint8_t *code) nogil
     int zt_recverr(int fd, int version) nogil
+    int zt_gro_on(int fd) nogil
+    int zt_gro_size(msghdr *m) nogil
     void zt_gso_mark(msghdr *m, uint8_t *ctrl, uint16_t size) nogil
     void zt_send_each(int fd, const msghdr *m, int per, uint64_t *sent, uint64_t *again, uint64_t *errors) nogil
     enum:
         ZT_GSO_CTRL
+        ZT_GRO_CTRL
     unsigned int zt_sockaddr(uint8_t *buf, const uint8_t *addr, int alen, uint16_t port) nogil
     int zt_sender(const uint8_t *buf, unsigned int len, int want, uint8_t *addr, uint16_t *port) nogil
     const uint8_t zt_mapped[12]
@@ -242,6 +273,37 @@ cdef enum:
     _EVENTS = 64
     _PREFIX = 264  # RSV(2) FRAG ATYP, a name of up to 255 bytes with its length, PORT
     _HOP = 64
+    _SPLIT = 8  # coalesced messages taken per recvmmsg where they are split (into the table's scratch)
+    _SCRATCH = 65536  # bytes of one of them: a UDP payload fits (IPv4 65507, IPv6 65527)
+
+cdef enum:
+    _SKIP = 0xFFFFFFFF  # pend_size of a message already counted as dropped
+
+
+def rx_gro_default() -> bool:
+    """Whether session sockets get UDP_GRO: with ZTUN_UDP_RX_GRO=1 (off by default: in the end-to-end
+    benchmark it did not measurably pay, README performance section)."""
+    return os.environ.get("ZTUN_UDP_RX_GRO", "0") in ("1", "on")
+
+
+cdef inline void _put_le16(uint8_t *p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>v
+    p[1] = <uint8_t>(v >> 8)
+
+
+cdef inline uint32_t _gro_count(uint32_t length, uint32_t size) noexcept nogil:
+    if size == 0 or size >= length:
+        return 1
+    return (length + size - 1) // size
+
+
+def gro_count(length: int, size: int) -> int:
+    """The datagrams in a received message of length bytes whose UDP_GRO control message said size
+    (0: none came): one unless size is shorter than the message."""
+    if length < 0 or size < 0:
+        raise ValueError("length and size must be >= 0")
+    return _gro_count(min(length, 0xFFFFFFFF), min(size, 0xFFFFFFFF))
+
 
 cdef struct Session:
     uint8_t used
@@ -272,6 +334,7 @@ cdef struct Sock:
     uint8_t used
     uint8_t kind
     uint8_t has_fake
+    uint8_t gro  # UDP_GRO is on: a message may hold several datagrams of one size
     int fd
     int32_t session
     int32_t snext
@@ -362,10 +425,27 @@ cdef class UdpTable:
     cdef epoll_event events[_EVENTS]
     cdef zt_usend *sender  # NULL: sendmmsg on the caller's thread
     cdef uint64_t c_sender_failed
+    # UDP_GRO on receive (ZTUN_UDP_RX_GRO=1): a message of several datagrams goes to the client
+    # as one USO super-packet where the output takes them (uso, DIRECT), else split one by one
+    cdef bint rx_gro
+    cdef public bint uso
+    cdef uint64_t c_gro_receives, c_gro_datagrams, c_gro_uso, c_gro_refused
+    cdef uint8_t rctrl[_BATCH * ZT_GRO_CTRL]
+    # split: coalesced messages received into scratch, then cut into slots; what did not fit waits
+    # here (pend_*) for the next receive, from socket pend_sock (-1: nothing waits)
+    cdef uint8_t *scratch
+    cdef int32_t pend_sock
+    cdef int pend_n, pend_j
+    cdef uint32_t pend_off
+    cdef uint32_t pend_len[_SPLIT]
+    cdef uint32_t pend_size[_SPLIT]
+    cdef uint16_t pend_sport[_SPLIT]
+    cdef uint8_t pend_src[_SPLIT * 16]
 
     def __cinit__(self, loop, on_ready, sessions=16384, routes=65536, sockets=65536, sender_thread=False):
         cdef uint32_t m = 1, k
         self.epfd = -1
+        self.pend_sock = -1
         sessions, routes, sockets = operator.index(sessions), operator.index(routes), operator.index(sockets)
         for name, value in (("sessions", sessions), ("routes", routes), ("sockets", sockets)):
             if not 0 < value <= 1 << 22:
@@ -389,6 +469,7 @@ cdef class UdpTable:
         self.ip_id = int.from_bytes(os.urandom(2), "little")
         # runs of equal-size datagrams to one destination go out as one UDP GSO send (ZTUN_UDP_GSO=0: not)
         self.gso = os.environ.get("ZTUN_UDP_GSO", "1") != "0"
+        self.rx_gro = rx_gro_default()
         if sender_thread:
             self.sender = zt_usend_new(self.socket_capacity)
             if self.sender == NULL:
@@ -412,6 +493,7 @@ cdef class UdpTable:
         free(self.session_ids.returned)
         free(self.route_ids.returned)
         free(self.sock_ids.returned)
+        free(self.scratch)
 
     def close(self):
         """Send what is queued, stop the sender thread and watching the sockets (they stay open: their
@@ -539,6 +621,13 @@ cdef class UdpTable:
             raise OSError(err, f"UDP table: watch socket: {os.strerror(err)}")
         if kind == _DIRECT:  # a destination's ICMP errors become unreachables to the client
             zt_recverr(fd, s.version)
+        if self.rx_gro:
+            if self.scratch == NULL:  # where messages are split (malloc: pages cost only once touched)
+                self.scratch = <uint8_t *>malloc(_SPLIT * _SCRATCH)
+            if self.scratch != NULL and zt_gro_on(fd) == 0:
+                x.gro = 1
+            else:
+                self.c_gro_refused += 1  # e.g. a kernel before 5.0: its datagrams come one by one
         x.used = 1
         x.kind = kind
         x.fd = fd
@@ -577,6 +666,8 @@ cdef class UdpTable:
         if self.sender != NULL:  # its datagrams still queued are not sent: the fd may be closed next
             with nogil:
                 zt_usend_forget(self.sender, k)
+        if self.pend_sock == k:  # what it received and did not deliver yet goes with it
+            self.pend_sock = -1
         x.used = 0
         _give(&self.sock_ids, k)
 
@@ -809,13 +900,18 @@ cdef class UdpTable:
 
     def receive(self, out, Py_ssize_t start, double now) -> int:
         """Take the attached sockets' datagrams into out's slots from start on, each built into an
-        IP/UDP packet to its client (verdict V_WRITE); the slot after the last one filled."""
+        IP/UDP packet to its client (verdict V_WRITE); the slot after the last one filled. A
+        coalesced message (UDP_GRO) is one USO super-packet where uso is set and out has virtio
+        headers (DIRECT sockets), else one packet per datagram; datagrams that did not fit wait
+        (pending) for the next call."""
         cdef uint8_t[:, ::1] data = out.data
         cdef int[::1] lengths = out.lengths
         cdef uint8_t[::1] verdicts = out.verdicts
         cdef Py_ssize_t slots = data.shape[0], slot = start, room = data.shape[1] - HEADROOM
         cdef bint vnet = out.vnet_hdr
         cdef int nev = 0, k
+        cdef uint32_t sk
+        cdef bint split_all = not (self.uso and vnet)
         if start < 0 or start > slots:
             raise ValueError(f"start {start} outside 0..{slots}")
         if room > out.max_packet:
@@ -823,15 +919,30 @@ cdef class UdpTable:
         if self.epfd < 0 or slot >= slots:
             return slot
         with nogil:
-            nev = epoll_wait(self.epfd, self.events, _EVENTS, 0)
+            if self.pend_sock >= 0:
+                slot = self._split(self.pend_sock, data, lengths, verdicts, slot, slots, room, vnet, now)
+            if slot < slots:
+                nev = epoll_wait(self.epfd, self.events, _EVENTS, 0)
             for k in range(nev):
                 if slot >= slots:
                     break
-                slot = self._drain(self.events[k].data.u32, data, lengths, verdicts, slot, slots, room, vnet, now)
+                sk = self.events[k].data.u32
+                if (sk < self.socket_capacity and self.socks[sk].gro
+                        and (split_all or self.socks[sk].kind == _SOCKS5)):
+                    slot = self._split(sk, data, lengths, verdicts, slot, slots, room, vnet, now)
+                else:
+                    slot = self._drain(sk, data, lengths, verdicts, slot, slots, room, vnet, now)
         return slot
+
+    @property
+    def pending(self) -> bool:
+        """Whether received datagrams wait for a receive call (the last one's slots ran out)."""
+        return self.pend_sock >= 0
 
     cdef Py_ssize_t _drain(self, uint32_t k, uint8_t[:, ::1] data, int[::1] lengths, uint8_t[::1] verdicts,
                            Py_ssize_t slot, Py_ssize_t slots, Py_ssize_t room, bint vnet, double now) noexcept nogil:
+        """Receive from socket k straight into the slots; a coalesced message (a DIRECT socket with
+        UDP_GRO, the output taking USO) stays whole, as one USO super-packet."""
         cdef Sock *x = &self.socks[k]
         cdef Session *s
         cdef int hlen, alen, guess, want, got = 0, r, j, hdr, slen
@@ -840,7 +951,7 @@ cdef class UdpTable:
         cdef uint8_t *u
         cdef uint8_t src[16]
         cdef uint16_t sport, ulen, cs
-        cdef uint32_t plen, limit
+        cdef uint32_t plen, limit, n, size = 0
         if k >= self.socket_capacity or not x.used:
             return slot
         s = &self.sessions[x.session]
@@ -866,6 +977,9 @@ cdef class UdpTable:
                 self.msgs[j].msg_hdr.msg_iovlen = 1
                 self.msgs[j].msg_hdr.msg_name = &self.names[j * 28]
                 self.msgs[j].msg_hdr.msg_namelen = 28
+                if x.gro:
+                    self.msgs[j].msg_hdr.msg_control = &self.rctrl[j * ZT_GRO_CTRL]
+                    self.msgs[j].msg_hdr.msg_controllen = ZT_GRO_CTRL
             r = recvmmsg(x.fd, self.msgs, want, MSG_DONTWAIT, NULL)
             if r <= 0:
                 if r < 0 and errno != EAGAIN and errno != EINTR:
@@ -880,12 +994,16 @@ cdef class UdpTable:
                 if (self.msgs[j].msg_hdr.msg_flags & MSG_TRUNC) or plen > limit + guess:
                     self.c_reply_too_big += 1
                     continue
+                n = 1
+                if x.gro and x.kind == _DIRECT and vnet:  # receive() sends the others' to _split
+                    size = <uint32_t>zt_gro_size(&self.msgs[j].msg_hdr)
+                    n = _gro_count(plen, size)
                 if p != <uint8_t *>self.iovs[j].iov_base - (hlen + 8 - guess):  # an earlier one was dropped
                     memmove(p + hlen + 8 - guess, self.iovs[j].iov_base, plen)
                 u = p + hlen + 8 - guess
                 if x.kind == _DIRECT:
                     if zt_sender(&self.names[j * 28], self.msgs[j].msg_hdr.msg_namelen, alen, src, &sport) != alen:
-                        self.c_reply_wrong_family += 1
+                        self.c_reply_wrong_family += n
                         continue
                     hdr = 0
                 else:
@@ -900,6 +1018,127 @@ cdef class UdpTable:
                         memmove(p + hlen + 8, u + hdr, plen)
                 if x.has_fake:
                     memcpy(src, x.fake, alen)
+                if n > 1:  # DIRECT, vnet: the kernel cuts it into the datagrams on its way to the client
+                    self._uso_headers(p, s, src, sport, plen, size, n)
+                    self.c_gro_receives += 1
+                    self.c_gro_datagrams += n
+                    self.c_gro_uso += 1
+                else:
+                    self._headers(p, s, src, sport, plen)
+                    if vnet:
+                        memset(&data[slot, HEADROOM - VNET_HDR_LEN], 0, VNET_HDR_LEN)
+                lengths[slot] = hlen + 8 + plen
+                verdicts[slot] = V_WRITE
+                s.down_packets += n
+                s.down_bytes += plen
+                s.last = now
+                self.c_received += n
+                slot += 1
+            if r < want:
+                break
+        return slot
+
+    cdef Py_ssize_t _split(self, uint32_t k, uint8_t[:, ::1] data, int[::1] lengths, uint8_t[::1] verdicts,
+                           Py_ssize_t slot, Py_ssize_t slots, Py_ssize_t room, bint vnet, double now) noexcept nogil:
+        """As _drain, for a UDP_GRO socket whose coalesced messages are cut into their datagrams (SOCKS5:
+        each carries its own header; or an output without USO): received into the scratch, each datagram
+        copied into a slot of its own; what the slots cannot take waits there for the next receive."""
+        cdef Sock *x = &self.socks[k]
+        cdef Session *s
+        cdef int hlen, alen, got = 0, r, j, want, hdr
+        cdef bint empty = False
+        cdef uint8_t *p
+        cdef uint8_t *u
+        cdef uint8_t src[16]
+        cdef uint16_t sport
+        cdef uint32_t limit, size, seg, plen, total, n
+        if k >= self.socket_capacity or not x.used or self.scratch == NULL:
+            return slot
+        s = &self.sessions[x.session]
+        alen = 4 if s.version == 4 else 16
+        hlen = 20 if s.version == 4 else 40
+        limit = (0xFFFF - hlen - 8) if s.version == 4 else (0xFFFF - 8)
+        if limit > room - hlen - 8:
+            limit = room - hlen - 8
+        while slot < slots:
+            if self.pend_sock != <int32_t>k:
+                if got >= _PER_SOCKET or empty:
+                    break
+                want = _PER_SOCKET - got
+                if want > _SPLIT:
+                    want = _SPLIT
+                for j in range(want):
+                    self.iovs[j].iov_base = self.scratch + j * _SCRATCH
+                    self.iovs[j].iov_len = _SCRATCH
+                    memset(&self.msgs[j], 0, sizeof(mmsghdr))
+                    self.msgs[j].msg_hdr.msg_iov = &self.iovs[j]
+                    self.msgs[j].msg_hdr.msg_iovlen = 1
+                    self.msgs[j].msg_hdr.msg_name = &self.names[j * 28]
+                    self.msgs[j].msg_hdr.msg_namelen = 28
+                    self.msgs[j].msg_hdr.msg_control = &self.rctrl[j * ZT_GRO_CTRL]
+                    self.msgs[j].msg_hdr.msg_controllen = ZT_GRO_CTRL
+                r = recvmmsg(x.fd, self.msgs, want, MSG_DONTWAIT, NULL)
+                if r <= 0:
+                    if r < 0 and errno != EAGAIN and errno != EINTR:
+                        self.c_recv_error += 1
+                        if x.kind == _DIRECT:
+                            slot = self._errors(x, s, data, lengths, verdicts, slot, slots, vnet)
+                    break
+                got += r
+                empty = r < want
+                for j in range(r):
+                    total = self.msgs[j].msg_len
+                    size = <uint32_t>zt_gro_size(&self.msgs[j].msg_hdr)
+                    n = _gro_count(total, size)
+                    self.pend_len[j] = total
+                    self.pend_size[j] = size if n > 1 else total
+                    if self.msgs[j].msg_hdr.msg_flags & MSG_TRUNC:
+                        self.c_reply_too_big += 1
+                        self.pend_size[j] = _SKIP
+                        continue
+                    if x.kind == _DIRECT and zt_sender(&self.names[j * 28], self.msgs[j].msg_hdr.msg_namelen, alen,
+                                                       &self.pend_src[j * 16], &self.pend_sport[j]) != alen:
+                        self.c_reply_wrong_family += n
+                        self.pend_size[j] = _SKIP
+                        continue
+                    if n > 1:
+                        self.c_gro_receives += 1
+                        self.c_gro_datagrams += n
+                self.pend_sock = k
+                self.pend_n = r
+                self.pend_j = 0
+                self.pend_off = 0
+            while self.pend_j < self.pend_n and slot < slots:
+                j = self.pend_j
+                total = self.pend_len[j]
+                size = self.pend_size[j]
+                if size == _SKIP:
+                    self.pend_j += 1
+                    continue
+                seg = total - self.pend_off
+                if seg > size:
+                    seg = size
+                u = self.scratch + j * _SCRATCH + self.pend_off
+                self.pend_off += seg
+                if self.pend_off >= total:
+                    self.pend_j += 1
+                    self.pend_off = 0
+                if x.kind == _DIRECT:
+                    memcpy(src, &self.pend_src[j * 16], alen)
+                    sport = self.pend_sport[j]
+                    hdr = 0
+                else:
+                    hdr = self._socks_header(u, seg, alen, src, &sport)
+                    if hdr < 0:
+                        continue
+                plen = seg - hdr
+                if plen > limit:
+                    self.c_reply_too_big += 1
+                    continue
+                p = &data[slot, HEADROOM]
+                memcpy(p + hlen + 8, u + hdr, plen)
+                if x.has_fake:
+                    memcpy(src, x.fake, alen)
                 self._headers(p, s, src, sport, plen)
                 if vnet:
                     memset(&data[slot, HEADROOM - VNET_HDR_LEN], 0, VNET_HDR_LEN)
@@ -910,8 +1149,8 @@ cdef class UdpTable:
                 s.last = now
                 self.c_received += 1
                 slot += 1
-            if r < want:
-                break
+            if self.pend_j >= self.pend_n:
+                self.pend_sock = -1
         return slot
 
     cdef Py_ssize_t _errors(self, Sock *x, Session *s, uint8_t[:, ::1] data, int[::1] lengths, uint8_t[::1] verdicts,
@@ -1064,6 +1303,48 @@ cdef class UdpTable:
         cs = <uint16_t>~zt_sum(u, ulen, zt_pseudo(src, s.client, alen, PROTO_UDP, ulen))
         zt_put16(u + 6, cs if cs else 0xFFFF)
 
+    cdef void _uso_headers(self, uint8_t *p, Session *s, const uint8_t *src, uint16_t sport, uint32_t plen, uint32_t size,
+                           uint32_t n) noexcept nogil:
+        """The headers of one USO super-packet around plen payload bytes in place: n datagrams of size
+        bytes (the last may be shorter) from src:sport to the client, which the kernel cuts apart and
+        checksums (virtio_net_hdr GSO_UDP_L4, NEEDS_CSUM with the pseudo-header sum); the IPv4 IDs it
+        gives them run from this packet's, so the table's next ID follows the last."""
+        cdef int alen = 4 if s.version == 4 else 16
+        cdef int hlen = 20 if s.version == 4 else 40
+        cdef uint32_t ulen = 8 + plen
+        cdef uint8_t *u = p + hlen
+        cdef uint8_t *h = p - VNET_HDR_LEN
+        if s.version == 4:
+            memset(p, 0, 20)
+            p[0] = 0x45
+            zt_put16(p + 2, <uint16_t>(20 + ulen))
+            self.ip_id += 1
+            zt_put16(p + 4, self.ip_id)  # DF clear, as every reply
+            self.ip_id += n - 1
+            p[8] = _HOP
+            p[9] = PROTO_UDP
+            memcpy(p + 12, src, 4)
+            memcpy(p + 16, s.client, 4)
+            zt_put16(p + 10, <uint16_t>~zt_sum(p, 20, 0))
+        else:
+            memset(p, 0, 8)
+            p[0] = 0x60
+            zt_put16(p + 4, <uint16_t>ulen)
+            p[6] = PROTO_UDP
+            p[7] = _HOP
+            memcpy(p + 8, src, 16)
+            memcpy(p + 24, s.client, 16)
+        zt_put16(u, sport)
+        zt_put16(u + 2, s.cport)
+        zt_put16(u + 4, <uint16_t>ulen)
+        zt_put16(u + 6, <uint16_t>zt_pseudo(src, s.client, alen, PROTO_UDP, ulen))
+        h[0] = VNET_F_NEEDS_CSUM
+        h[1] = GSO_UDP_L4
+        _put_le16(h + 2, hlen + 8)
+        _put_le16(h + 4, size)
+        _put_le16(h + 6, hlen)
+        _put_le16(h + 8, 6)
+
     cdef _sender_counts(self):
         """Wait until the sender sent what is queued, then move its counts into the table's."""
         if self.sender == NULL:
@@ -1092,4 +1373,6 @@ cdef class UdpTable:
                 "reply_wrong_family": self.c_reply_wrong_family, "reply_by_name": self.c_reply_by_name,
                 "reply_malformed": self.c_reply_malformed, "reply_fragment": self.c_reply_fragment,
                 "reply_too_big": self.c_reply_too_big, "route_table_full": self.c_route_full,
-                "unreachable_to_client": self.c_unreachable, "icmp_error_other": self.c_icmp_other}
+                "unreachable_to_client": self.c_unreachable, "icmp_error_other": self.c_icmp_other,
+                "gro_receives": self.c_gro_receives, "gro_datagrams": self.c_gro_datagrams, "gro_uso": self.c_gro_uso,
+                "gro_refused": self.c_gro_refused}

@@ -11,6 +11,7 @@ import operator
 import os
 import socket
 import struct
+import sys
 
 from . import defs as d
 from .checksum_py import checksum, pseudo_sum
@@ -26,6 +27,28 @@ _IP_RECVERR, _IPV6_RECVERR = 11, 25
 _SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6 = 2, 3
 _EXTENDED_ERR = struct.Struct("=IBBBBII")  # ee_errno, ee_origin, ee_type, ee_code, ee_pad, ee_info, ee_data
 _MSG_ERRQUEUE = getattr(socket, "MSG_ERRQUEUE", 0)  # Linux only: elsewhere nothing is asked, nothing read
+# <linux/udp.h>: UDP_GRO, a socket option and the control message of a coalesced receive (an int: the
+# datagrams' size). Linux only, as the compiled table.
+_SOL_UDP, _UDP_GRO = 17, 104
+_GRO_LINUX = sys.platform.startswith("linux")
+_GRO_CTRL = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+_SCRATCH = 65536  # bytes asked for a message of a UDP_GRO socket: any UDP payload fits
+
+
+def rx_gro_default() -> bool:
+    """Whether session sockets get UDP_GRO: with ZTUN_UDP_RX_GRO=1 (off by default: in the end-to-end
+    benchmark it did not measurably pay, README performance section)."""
+    return os.environ.get("ZTUN_UDP_RX_GRO", "0") in ("1", "on")
+
+
+def gro_count(length: int, size: int) -> int:
+    """The datagrams in a received message of length bytes whose UDP_GRO control message said size
+    (0: none came): one unless size is shorter than the message."""
+    if length < 0 or size < 0:
+        raise ValueError("length and size must be >= 0")
+    if size == 0 or size >= length:
+        return 1
+    return -(-length // size)
 
 
 class _Session:
@@ -39,15 +62,18 @@ class _Session:
 
 
 class _Sock:
-    __slots__ = ("sock", "kind", "fake", "session", "ready")
+    __slots__ = ("sock", "kind", "fake", "session", "ready", "gro")
 
     def __init__(self, sock, kind, fake, session):
         self.sock, self.kind, self.fake, self.session, self.ready = sock, kind, fake, session, False
+        self.gro = False
 
 
 class UdpTable:
     """UdpTable(loop, on_ready, sessions=16384, routes=65536, sockets=65536, sender_thread=False): see
-    udptable.pyx. The twin always sends on the caller's thread (sender_thread is accepted for parity)."""
+    udptable.pyx. The twin always sends on the caller's thread (sender_thread is accepted for parity), and
+    cuts every coalesced message (UDP_GRO) into its datagrams: uso is accepted, and the client gets the
+    same datagrams with the same IPv4 IDs as from the compiled table's USO super-packets."""
 
     def __init__(self, loop, on_ready, sessions=16384, routes=65536, sockets=65536, sender_thread=False):
         sessions, routes, sockets = operator.index(sessions), operator.index(routes), operator.index(sockets)
@@ -64,11 +90,14 @@ class UdpTable:
         self._routes = 0
         self._ip_id = int.from_bytes(os.urandom(2), "little")
         self._closed = False
+        self.uso = False
+        self._rx_gro = rx_gro_default() and _GRO_LINUX
+        self._pend: list = []  # (_Sock, sender or None, datagram): received, waiting for slots (reversed)
         self._stats = dict.fromkeys(("datagrams", "fast_sent", "fast_send_dropped", "fast_send_error", "fast_received", "fast_recv_error",
                                      "gso_sends", "gso_datagrams", "gso_refused",  # none here: one sendto a datagram
                                      "reply_wrong_family", "reply_by_name", "reply_malformed",
                                      "reply_fragment", "reply_too_big", "route_table_full", "unreachable_to_client",
-                                     "icmp_error_other"), 0)
+                                     "icmp_error_other", "gro_receives", "gro_datagrams", "gro_uso", "gro_refused"), 0)
 
     def close(self):
         if not self._closed:
@@ -149,6 +178,12 @@ class UdpTable:
             except OSError:
                 pass
         x = self._socks[k] = _Sock(sock, kind, None if fake is None else bytes(fake), sid)
+        if self._rx_gro:
+            try:
+                sock.setsockopt(_SOL_UDP, _UDP_GRO, 1)
+                x.gro = True
+            except OSError:
+                self._stats["gro_refused"] += 1
         s.socks.add(k)
         if self.loop is not None:
             self.loop.add_reader(sock.fileno(), self._readable, x)
@@ -168,6 +203,8 @@ class UdpTable:
 
     def _detach(self, k):
         x = self._socks.pop(k)
+        if self._pend and self._pend[0][0] is x:  # what it received and did not deliver yet goes with it
+            self._pend = []
         s = self._sessions[x.session]
         s.socks.discard(k)
         for (dst, dport), route in list(s.routes.items()):
@@ -257,12 +294,18 @@ class UdpTable:
             raise ValueError(f"start {start} outside 0..{slots}")
         slot = start
         room = min(out.data.shape[1] - out.headroom, out.max_packet)
+        if self._pend:
+            slot = self._drain(self._pend[0][0], out, slot, slots, room, now)
         for x in list(self._socks.values()):
             if slot >= slots:
                 break
             if x.ready:
                 slot = self._drain(x, out, slot, slots, room, now)
         return slot
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pend)
 
     def _drain(self, x, out, slot, slots, room, now):
         s = self._sessions[x.session]
@@ -271,35 +314,36 @@ class UdpTable:
         guess = 0 if x.kind == DIRECT else (10 if v4 else 22)
         limit = min(0xFFFF - hlen - 8 if v4 else 0xFFFF - 8, room - hlen - 8 - guess)
         got = 0
-        while got < _PER_SOCKET and slot < slots:
-            try:
-                data, sender = x.sock.recvfrom(limit + guess + 1)
-            except (BlockingIOError, InterruptedError):
-                x.ready = False
-                break
-            except OSError:
-                self._stats["fast_recv_error"] += 1
-                if x.kind == DIRECT:
-                    slot = self._errors(x, s, out, slot, slots)
-                break
-            got += 1
-            if len(data) > limit + guess:
-                self._stats["reply_too_big"] += 1
+        while slot < slots:
+            if not self._pend:
+                if got >= _PER_SOCKET:
+                    break
+                try:
+                    if x.gro:
+                        data, anc, flags, sender = x.sock.recvmsg(_SCRATCH, _GRO_CTRL)
+                    else:
+                        data, sender = x.sock.recvfrom(limit + guess + 1)
+                        anc, flags = [], 0
+                except (BlockingIOError, InterruptedError):
+                    x.ready = False
+                    break
+                except OSError:
+                    self._stats["fast_recv_error"] += 1
+                    if x.kind == DIRECT:
+                        slot = self._errors(x, s, out, slot, slots)
+                    break
+                got += 1
+                self._pend = self._datagrams(x, v4, data, anc, flags, sender, limit + guess)
                 continue
-            if x.kind == DIRECT:
-                src = _sender(sender, v4)
-                if src is None:
-                    self._stats["reply_wrong_family"] += 1
-                    continue
-                payload = data
-            else:
-                parsed = self._socks_header(data, v4)
+            _, src, payload = self._pend.pop()
+            if src is None:  # SOCKS5: each datagram carries its header
+                parsed = self._socks_header(payload, v4)
                 if parsed is None:
                     continue
                 src, payload = parsed
-                if len(payload) > limit:
-                    self._stats["reply_too_big"] += 1
-                    continue
+            if len(payload) > limit:
+                self._stats["reply_too_big"] += 1
+                continue
             if x.fake is not None:
                 src = (x.fake, src[1])
             self._put(out, slot, s, src, payload)
@@ -309,6 +353,30 @@ class UdpTable:
             self._stats["fast_received"] += 1
             slot += 1
         return slot
+
+    def _datagrams(self, x, v4, data, anc, flags, sender, most):
+        """The datagrams of one received message, last first, each (x, sender or None for SOCKS5, bytes);
+        what is dropped whole is counted."""
+        size = 0
+        for level, kind, value in anc:
+            if (level, kind) == (_SOL_UDP, _UDP_GRO) and len(value) >= 4:
+                size = struct.unpack("=i", value[:4])[0] & 0xFFFFFFFF
+        n = gro_count(len(data), size)
+        if flags & socket.MSG_TRUNC or (not x.gro and len(data) > most):
+            self._stats["reply_too_big"] += 1
+            return []
+        src = None
+        if x.kind == DIRECT:
+            src = _sender(sender, v4)
+            if src is None:
+                self._stats["reply_wrong_family"] += n
+                return []
+        if n > 1:
+            self._stats["gro_receives"] += 1
+            self._stats["gro_datagrams"] += n
+            view = memoryview(data)
+            return [(x, src, bytes(view[at : at + size])) for at in range(len(data) - 1 - (len(data) - 1) % size, -1, -size)]
+        return [(x, src, data)]
 
     def _errors(self, x, s, out, slot, slots):
         """As udptable.pyx: each queued destination unreachable becomes one to the client."""

@@ -116,6 +116,9 @@ class UdpNat:
         # fake-IP destination): room for four each on average, and the routes of as many.
         self.table = udptable.UdpTable(loop, self._replies, sessions=max_sessions, routes=max(4 * max_sessions, 1024),
                                        sockets=max(4 * max_sessions, 256), sender_thread=SENDER_THREAD)
+        # a coalesced reply (UDP_GRO on the sessions' sockets, ZTUN_UDP_RX_GRO=1) can go to the TUN whole, as a USO
+        # super-packet, where the output queue writes them (GRO on write); else it is split
+        self.table.uso = bool(out.gro)
         self._timer = loop.call_later(self._sweep_interval(), self._sweep)
 
     def _sweep_interval(self) -> float:
@@ -212,6 +215,8 @@ class UdpNat:
             if end == start:
                 return
             out.filled(end)
+        if self.table.pending:  # a coalesced message's datagrams wait; its socket may not be readable again
+            self.loop.call_soon(self._replies)
 
     def all_counters(self) -> Counter:
         """udp.py's counters with the table's (datagrams it moved, and replies it dropped)."""
