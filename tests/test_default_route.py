@@ -165,7 +165,7 @@ class FakeEvents:
 def test_the_monitor_moves_the_binding_on_route_events_only_when_the_interface_changes():
     loop, events, egress = FakeLoop(), FakeEvents(), Egress(binding=True, platform="linux")
     answers = [("eth0", 2), ("eth0", 2), ("wlan0", 3), None, RouteError("dump failed", errno.EIO), ("eth0", 2)]
-    changes = []
+    changes, same = [], []
 
     def find(skip):
         assert skip == "ztun0"
@@ -175,7 +175,7 @@ def test_the_monitor_moves_the_binding_on_route_events_only_when_the_interface_c
         return answer
 
     mon = dr.DefaultRouteMonitor(loop, egress, skip="ztun0", find=find, events=events,
-                                 on_change=lambda old, new: changes.append((old, new)))
+                                 on_change=lambda old, new: changes.append((old, new)), on_same=same.append)
     mon.start()
     assert egress.interface == "eth0" and changes == [(None, "eth0")]
     for expect_iface in ("eth0", "wlan0", "wlan0", "wlan0", "eth0"):
@@ -184,6 +184,7 @@ def test_the_monitor_moves_the_binding_on_route_events_only_when_the_interface_c
         assert egress.interface == expect_iface
     # None (no default right now) keeps the last interface; a failed look-up keeps it too
     assert changes == [(None, "eth0"), ("eth0", "wlan0"), ("wlan0", "eth0")]
+    assert same == ["eth0"]  # the event that left the default where it was (its gateway may have moved)
     assert mon.counters == {"route_events": 5, "default_lookups": 6, "default_moves": 3, "default_lookup_failed": 1}
     assert egress.moves == 2
     fd = events.fileno()
@@ -264,6 +265,11 @@ def test_without_policy_routing_excluded_routes_follow_the_default_route(monkeyp
     gw.router.calls.clear()
     gw._moved("en1", "en1")  # the same uplink again: nothing to do
     assert gw.router.calls == []
+    # a new network on the same interface: the default's gateway moved, the excluded route follows it
+    monkeypatch.setattr(gw_mod, "find_uplinks", lambda skip: [dr.Uplink(4, "en1", 5, ipaddress.ip_address("10.9.0.1"))])
+    gw._same_uplink("en1")
+    assert gw.router.calls == [("delete", "203.0.113.7/32 via 10.1.0.1 dev en1"),
+                               ("add", "203.0.113.7/32 via 10.9.0.1 dev en1")]
 
 
 def test_macos_route_events_count_route_changes_not_arp_entries():

@@ -169,6 +169,11 @@ class Gateway:
         if self._excluded:
             self._move_exclusions()
 
+    def _same_uplink(self, name: str) -> None:
+        """A route changed but the default stayed on name: the excluded prefixes follow its gateway, if that moved."""
+        if self._excluded:
+            self._move_exclusions()
+
     def _move_exclusions(self) -> None:
         """Without policy routing: route the excluded prefixes via the new default route's gateway."""
         try:
@@ -260,7 +265,8 @@ class Gateway:
         """
         self.stack.start(handler, loop, on_failure=lambda error: loop.stop())
         if self.follows_default:
-            self.monitor = DefaultRouteMonitor(loop, self.egress, skip=self.device.name, on_change=self._moved)
+            self.monitor = DefaultRouteMonitor(loop, self.egress, skip=self.device.name, on_change=self._moved,
+                                               on_same=self._same_uplink)
             self.monitor.start()
         if self.napi is not None:
             self.napi.start(loop)

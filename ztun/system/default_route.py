@@ -282,14 +282,18 @@ class DefaultRouteMonitor:
 
     skip: the TUN's name (never the default interface, whatever auto-route does). find and
     events are injectable (tests): find(skip) -> (name, index) | None, events with fileno(),
-    drain() and close(). on_change(old, new) runs on the loop after egress moved.
+    drain() and close(). on_change(old, new) runs on the loop after egress moved; on_same(name)
+    after a route event that left the default on the same interface (its gateway may have
+    changed: a new network on the same Wi-Fi interface).
     """
 
-    def __init__(self, loop, egress, *, skip: str | None = None, find=None, events=None, on_change=None):
+    def __init__(self, loop, egress, *, skip: str | None = None, find=None, events=None, on_change=None,
+                 on_same=None):
         self.loop, self.egress, self.skip = loop, egress, skip
         self.find = find or find_default
         self.events = events
         self.on_change = on_change
+        self.on_same = on_same
         self.counters = {"route_events": 0, "default_lookups": 0, "default_moves": 0, "default_lookup_failed": 0}
         self._watching = False
 
@@ -327,6 +331,8 @@ class DefaultRouteMonitor:
                         "(they stay bound to %s)", old)
             return False  # keep the last interface: a flap of the route must not unbind anything
         if not self.egress.follow(name, index):
+            if self.on_same is not None and name is not None:
+                self.on_same(name)
             return False
         self.counters["default_moves"] += 1
         log.info("default route now via %s (index %d): ztun's new sockets bind to it%s", name, index,
