@@ -87,11 +87,6 @@ cdef enum:
     _MAX_IP = 65535
 
 
-cdef inline void _put_le16(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>v
-    p[1] = <uint8_t>(v >> 8)
-
-
 cdef inline uint32_t _plain_udp(const uint8_t *p, uint32_t n, const uint8_t *h) noexcept nogil:
     """The UDP header offset of a packet GRO may coalesce (a whole UDP datagram, no IP options or
     extension headers, no GSO of its own, checksum complete), else 0."""
@@ -176,12 +171,6 @@ def gro_udp(batch, Py_ssize_t n, int[::1] segs not None, int max_segments=64):
                         zt_put16(p + 4, <uint16_t>ulen)
                     zt_put16(p + l4 + 4, <uint16_t>ulen)
                     zt_put16(p + l4 + 6, <uint16_t>zt_pseudo(p + (12 if alen == 4 else 8), p + (16 if alen == 4 else 24), alen, PROTO_UDP, ulen))
-                    q = p - VNET_HDR_LEN
-                    q[0] = VNET_F_NEEDS_CSUM
-                    q[1] = GSO_UDP_L4
-                    _put_le16(q + 2, l4 + 8)
-                    _put_le16(q + 4, size)
-                    _put_le16(q + 6, l4)
-                    _put_le16(q + 8, 6)
+                    zt_uso_vnet_hdr(p - VNET_HDR_LEN, l4, size)
             k = j
     return kept

@@ -286,11 +286,6 @@ def rx_gro_default() -> bool:
     return os.environ.get("ZTUN_UDP_RX_GRO", "0") in ("1", "on")
 
 
-cdef inline void _put_le16(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>v
-    p[1] = <uint8_t>(v >> 8)
-
-
 cdef inline uint32_t _gro_count(uint32_t length, uint32_t size) noexcept nogil:
     if size == 0 or size >= length:
         return 1
@@ -1269,20 +1264,17 @@ cdef class UdpTable:
         self.c_reply_malformed += 1
         return -1
 
-    cdef void _headers(self, uint8_t *p, Session *s, const uint8_t *src, uint16_t sport, uint32_t plen) noexcept nogil:
-        """The IP and UDP headers of a datagram from src:sport to the session's client, around the
-        plen payload bytes already in place."""
-        cdef int alen = 4 if s.version == 4 else 16
-        cdef int hlen = 20 if s.version == 4 else 40
-        cdef uint32_t ulen = 8 + plen
-        cdef uint8_t *u = p + hlen
-        cdef uint16_t cs
+    cdef void _ip_header(self, uint8_t *p, Session *s, const uint8_t *src, uint32_t ulen, uint32_t n) noexcept nogil:
+        """The IP header in front of ulen bytes of UDP from src to the session's client; an IPv4 one
+        takes the table's next ID and leaves n - 1 more for the datagrams cut from it (DF clear: a
+        smaller MTU on the way fragments it)."""
         if s.version == 4:
             memset(p, 0, 20)
             p[0] = 0x45
             zt_put16(p + 2, <uint16_t>(20 + ulen))
             self.ip_id += 1
-            zt_put16(p + 4, self.ip_id)  # DF clear: a smaller MTU on the way fragments it
+            zt_put16(p + 4, self.ip_id)
+            self.ip_id += n - 1
             p[8] = _HOP
             p[9] = PROTO_UDP
             memcpy(p + 12, src, 4)
@@ -1296,6 +1288,16 @@ cdef class UdpTable:
             p[7] = _HOP
             memcpy(p + 8, src, 16)
             memcpy(p + 24, s.client, 16)
+
+    cdef void _headers(self, uint8_t *p, Session *s, const uint8_t *src, uint16_t sport, uint32_t plen) noexcept nogil:
+        """The IP and UDP headers of a datagram from src:sport to the session's client, around the
+        plen payload bytes already in place."""
+        cdef int alen = 4 if s.version == 4 else 16
+        cdef int hlen = 20 if s.version == 4 else 40
+        cdef uint32_t ulen = 8 + plen
+        cdef uint8_t *u = p + hlen
+        cdef uint16_t cs
+        self._ip_header(p, s, src, ulen, 1)
         zt_put16(u, sport)
         zt_put16(u + 2, s.cport)
         zt_put16(u + 4, <uint16_t>ulen)
@@ -1313,37 +1315,12 @@ cdef class UdpTable:
         cdef int hlen = 20 if s.version == 4 else 40
         cdef uint32_t ulen = 8 + plen
         cdef uint8_t *u = p + hlen
-        cdef uint8_t *h = p - VNET_HDR_LEN
-        if s.version == 4:
-            memset(p, 0, 20)
-            p[0] = 0x45
-            zt_put16(p + 2, <uint16_t>(20 + ulen))
-            self.ip_id += 1
-            zt_put16(p + 4, self.ip_id)  # DF clear, as every reply
-            self.ip_id += n - 1
-            p[8] = _HOP
-            p[9] = PROTO_UDP
-            memcpy(p + 12, src, 4)
-            memcpy(p + 16, s.client, 4)
-            zt_put16(p + 10, <uint16_t>~zt_sum(p, 20, 0))
-        else:
-            memset(p, 0, 8)
-            p[0] = 0x60
-            zt_put16(p + 4, <uint16_t>ulen)
-            p[6] = PROTO_UDP
-            p[7] = _HOP
-            memcpy(p + 8, src, 16)
-            memcpy(p + 24, s.client, 16)
+        self._ip_header(p, s, src, ulen, n)
         zt_put16(u, sport)
         zt_put16(u + 2, s.cport)
         zt_put16(u + 4, <uint16_t>ulen)
         zt_put16(u + 6, <uint16_t>zt_pseudo(src, s.client, alen, PROTO_UDP, ulen))
-        h[0] = VNET_F_NEEDS_CSUM
-        h[1] = GSO_UDP_L4
-        _put_le16(h + 2, hlen + 8)
-        _put_le16(h + 4, size)
-        _put_le16(h + 6, hlen)
-        _put_le16(h + 8, 6)
+        zt_uso_vnet_hdr(p - VNET_HDR_LEN, hlen, size)
 
     cdef _sender_counts(self):
         """Wait until the sender sent what is queued, then move its counts into the table's."""

@@ -127,6 +127,21 @@ cdef inline uint32_t zt_pseudo(const uint8_t *src, const uint8_t *dst, int alen,
     return zt_sum(tail, 8, zt_sum(src, 16, zt_sum(dst, 16, 0)))
 
 
+cdef inline void zt_uso_vnet_hdr(uint8_t *h, uint32_t l4, uint32_t size) noexcept nogil:
+    """The virtio_net_hdr at h of a UDP super-packet (USO) whose UDP header is at l4, cut into
+    datagrams of size payload bytes: GSO_UDP_L4, the checksum to finish at UDP's offset 6."""
+    h[0] = VNET_F_NEEDS_CSUM
+    h[1] = GSO_UDP_L4
+    h[2] = <uint8_t>(l4 + 8)  # the header length, little-endian
+    h[3] = <uint8_t>((l4 + 8) >> 8)
+    h[4] = <uint8_t>size
+    h[5] = <uint8_t>(size >> 8)
+    h[6] = <uint8_t>l4  # where the checksum starts, and its offset in it
+    h[7] = <uint8_t>(l4 >> 8)
+    h[8] = 6
+    h[9] = 0
+
+
 cdef inline Meta *meta_of(batch) except NULL:
     """batch.meta as Meta records; TypeError unless it has their layout (the twins: typed_args.check_meta)."""
     cdef uint8_t[::1] raw = batch.meta.view("u1")
