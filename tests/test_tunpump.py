@@ -237,3 +237,96 @@ def test_auto_hands_the_device_to_the_loop_while_rare_packets_come_fast(monkeypa
         loop.close()
         dev.close()
         peer.close()
+
+
+def _pump_over(fd, hdr=0):
+    nat = NatTable(NatConfig.from_prefixes(A + "/28", None, port4=PORT, capacity=8))
+    return tunpump.TunPump(fd, nat, PacketBatch(4, max_packet=256), [PacketBatch(4, max_packet=256) for _ in range(2)], hdr)
+
+
+def test_a_device_that_hangs_up_is_a_failure_not_a_busy_loop():
+    """poll() says POLLHUP (or POLLERR, POLLNVAL) and read() finds nothing: polling again would
+    return at once, for ever, at 100% CPU. The pump reports the device failed and ends."""
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.close(w)  # read() returns 0 from now on, and poll() POLLHUP
+    pump = _pump_over(r)
+    try:
+        pump.start()
+        ready, _, _ = select.select([pump.fileno()], [], [], 5)
+        assert ready, "the pump did not report the hang-up"
+        with pytest.raises(TunError) as e:
+            pump.take()
+        assert e.value.errno == __import__("errno").ENODEV
+    finally:
+        pump.stop()
+        os.close(r)
+
+
+def test_a_pump_whose_device_failed_still_answers_pause(tmp_path):
+    """The loop may ask it to pause before it has taken the failure: it gets its answer at once,
+    not a TimeoutError after blocking the loop."""
+    fd = os.open(tmp_path, os.O_RDONLY)  # read() fails with EISDIR
+    pump = _pump_over(fd)
+    try:
+        pump.start()
+        ready, _, _ = select.select([pump.fileno()], [], [], 5)
+        assert ready
+        pump.pause()
+        assert pump.paused
+        with pytest.raises(TunError):
+            pump.take()
+    finally:
+        pump.stop()
+        os.close(fd)
+
+
+def test_a_pause_that_timed_out_leaves_the_pump_reading(rig):
+    """pause() gave up waiting: the caller goes on as if the pump reads, so it must read (the late
+    pause is called off), and a later pause() waits for its own answer, not the late one."""
+    pump, nat, peer, hdr = rig
+    for _ in range(50):
+        try:
+            pump.pause(0.0)
+        except TimeoutError:
+            break
+        pump.resume()
+    else:
+        pytest.skip("the pump always answered within 0 ms")
+    assert not pump.paused
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=44000, dport=80, flags="S", seq=1)))
+    got = handed(pump)
+    assert len(got) == 1, "the pump stopped reading after a pause() that timed out"
+    pump.give(got[0][0])
+    pump.pause()
+    pump.resume()
+    pump.pause()  # the answer it waits for is its own: the pump does not read after it
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=44001, dport=80, flags="S", seq=1)))
+    assert handed(pump, 0.3) == [] and pump.counters()["packets_read"] == 1
+    pump.resume()
+    assert len(handed(pump)) == 1
+
+
+def test_only_a_batch_handed_over_can_be_given_back_and_only_once(rig):
+    """A batch given back twice (or never handed over) would be filled by the pump while the loop
+    still reads it: refused."""
+    pump, nat, peer, hdr = rig
+    with pytest.raises(ValueError):
+        pump.give(0)
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=45000, dport=80, flags="S", seq=1)))
+    got = handed(pump)
+    assert len(got) == 1
+    pump.give(got[0][0])
+    with pytest.raises(ValueError):
+        pump.give(got[0][0])
+
+
+def test_a_second_init_is_refused():
+    """__init__ again would leak the pipes (and swap them under a running thread)."""
+    pump = _pump_over(0)
+    try:
+        with pytest.raises(RuntimeError):
+            pump.__init__(0, NatTable(NatConfig.from_prefixes(A + "/28", None, port4=PORT, capacity=8)),
+                          PacketBatch(4, max_packet=256), [PacketBatch(4, max_packet=256) for _ in range(2)], 0)
+    finally:
+        pump.stop()

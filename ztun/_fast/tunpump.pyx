@@ -23,7 +23,7 @@ Linux TUN fds (read() and write(), with the virtio_net_hdr in front when vnet_hd
 macOS utun and Windows Wintun devices keep the loop's path, as do ZTUN_NO_EXTENSIONS=1 and
 ZTUN_TUN_PUMP=0.
 """
-from libc.errno cimport EINTR, errno
+from libc.errno cimport EBADF, EINTR, ENODEV, errno
 from libc.stdint cimport int32_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 from posix.unistd cimport close, pipe, read, write
@@ -31,7 +31,7 @@ from posix.unistd cimport close, pipe, read, write
 from ..errors import PacketError, TunError
 
 from core cimport *
-from system cimport POLLIN, ZT_WOULD_BLOCK, poll, pollfd
+from system cimport POLLERR, POLLHUP, POLLIN, POLLNVAL, ZT_WOULD_BLOCK, poll, pollfd
 from ztun._fast.nat cimport NatTable
 from ztun._fast.packet cimport check_vnet, parse_one
 
@@ -86,6 +86,8 @@ cdef enum:
     READS_PER_WAKE = 16  # batches read before the pump polls again (the stop fd gets its turn)
     FAILED = 255  # the byte on the ready pipe that says the device failed (TunPump.error)
     N_ERRNOS = 256  # write failures counted per errno below this (the rest under N_ERRNOS - 1)
+    RESUME = 114  # "r" on the control pipe; any other byte asks for a pause, and is echoed on the ack pipe
+    PAUSE_TOKENS = 100  # pause() numbers its requests 1..100 (never RESUME): it waits for its own answer
 
 
 cdef struct Rows:
@@ -136,8 +138,11 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
     cdef int free_ids[MAX_HANDOFF]  # hand-over batches the thread holds, a stack
     cdef int n_free
     cdef int current  # the hand-over batch being filled, -1 for none
+    cdef unsigned int held  # the loop's side: bit i, hand-over batch i was taken and not given back yet
+    cdef uint8_t token  # the loop's side: the last pause request's number
     cdef readonly bint paused  # not reading the device (pause())
-    cdef readonly int error  # errno of the read that stopped the pump (it handed over FAILED)
+    cdef readonly int error  # errno of the read that stopped the pump (it handed over FAILED); ENODEV: poll() said
+    # POLLERR or POLLHUP and there was nothing to read (a TUN whose interface is going), EBADF: POLLNVAL
     cdef uint64_t c_packets, c_reads, c_written, c_handed, c_copied, c_dropped
     cdef uint64_t c_failed[N_ERRNOS]
 
@@ -148,6 +153,8 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
 
     def __init__(self, int fd, NatTable nat not None, batch, handoff, int hdr=0):
         cdef int p[2]
+        if self.started or self.ready_r >= 0:
+            raise RuntimeError("the TUN pump was set up already")  # its pipes would leak
         handoff = list(handoff)
         if not 2 <= len(handoff) <= MAX_HANDOFF:
             raise ValueError(f"a pump takes 2..{MAX_HANDOFF} hand-over batches, got {len(handoff)}")
@@ -226,27 +233,43 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
 
     def pause(self, double timeout=5.0):
         """Stop reading the device; when this returns the thread reads no more and has handed over
-        what it held (take() it before reading the device elsewhere). TimeoutError if it does not answer."""
-        cdef uint8_t c = 112  # "p"
+        what it held (take() it before reading the device elsewhere). TimeoutError if it does not
+        answer in time: the request is then called off (the pump goes on reading)."""
+        cdef uint8_t c
+        cdef uint8_t buf[64]
         cdef pollfd pfd
-        cdef int r
+        cdef int r, wait
+        cdef ssize_t n, k
+        cdef double deadline = _now() + timeout
         if not self.started or self.joined:
             raise RuntimeError("the TUN pump is not running")
         if self.paused:
             return
+        # Numbered: the answer to an earlier request that timed out may still come, and must not
+        # be taken for this one's (the thread may have been told to resume since).
+        self.token = self.token % PAUSE_TOKENS + 1
+        c = self.token
         write(self.ctl_w, &c, 1)
         pfd.fd = self.ack_r
         pfd.events = POLLIN
-        pfd.revents = 0
-        with nogil:
-            r = poll(&pfd, 1, <int>(timeout * 1000))
-        if r <= 0 or read(self.ack_r, &c, 1) != 1:
-            raise TimeoutError("the TUN pump did not pause")
-        self.paused = True
+        while True:
+            wait = <int>((deadline - _now()) * 1000)
+            pfd.revents = 0
+            with nogil:
+                r = poll(&pfd, 1, wait if wait > 0 else 0)
+            n = read(self.ack_r, buf, sizeof(buf)) if r > 0 else 0
+            for k in range(n if n > 0 else 0):
+                if buf[k] == self.token:
+                    self.paused = True
+                    return
+            if r <= 0 and wait <= 0:
+                c = RESUME
+                write(self.ctl_w, &c, 1)
+                raise TimeoutError("the TUN pump did not pause")
 
     def resume(self):
         """Read the device again (the caller has stopped reading it)."""
-        cdef uint8_t c = 114  # "r"
+        cdef uint8_t c = RESUME
         if self.paused and self.started and not self.joined:
             self.paused = False
             write(self.ctl_w, &c, 1)
@@ -265,14 +288,18 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
             for k in range(n):
                 if buf[k] == FAILED:
                     raise TunError(f"read from fd {self.fd}", self.error)
+                self.held |= 1u << buf[k]
                 out.append((buf[k], self.rows[buf[k]].count))
         return out
 
     def give(self, int index):
-        """Give hand-over batch index back to the pump (the loop is done with it)."""
+        """Give hand-over batch index back to the pump (the loop is done with it): once per take()."""
         cdef uint8_t b = <uint8_t>index
         if not 0 <= index < self.n_handoff:
             raise ValueError(f"no hand-over batch {index}")
+        if not self.held & (1u << index):
+            raise ValueError(f"hand-over batch {index} is not the loop's to give back")  # the pump may be filling it
+        self.held &= ~(1u << index)
         if self.free_w >= 0:
             write(self.free_w, &b, 1)
 
@@ -297,7 +324,7 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         cdef uint64_t value
         cdef uint8_t c
         cdef int k, err
-        cdef bint reading = True
+        cdef bint reading = True, failed = False
         cdef Py_ssize_t n
         fds[0].fd = self.stop_fd
         fds[1].fd = self.ctl_r
@@ -315,8 +342,10 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
                 return
             if fds[1].revents:
                 while read(self.ctl_r, &c, 1) == 1:
-                    reading = c != 112
-                    if not reading:
+                    if c == RESUME:
+                        reading = not failed
+                    else:  # answered also once failed: the loop must not wait for it
+                        reading = False
                         write(self.ack_w, &c, 1)
                 continue
             if not fds[2].revents:
@@ -324,9 +353,13 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
             for k in range(READS_PER_WAKE):
                 n = self._read(&self.reading, &err)
                 if n == 0:
+                    if not err and k == 0 and fds[2].revents & (POLLERR | POLLHUP | POLLNVAL):
+                        # nothing to read, and poll() would say so again at once, for ever
+                        err = EBADF if fds[2].revents & POLLNVAL else ENODEV
                     if err:
                         self._fail(err)
-                        return
+                        failed = True
+                        reading = False
                     break
                 self._pump(n)
                 if n < self.reading.slots:
