@@ -330,3 +330,107 @@ def test_a_second_init_is_refused():
                           PacketBatch(4, max_packet=256), [PacketBatch(4, max_packet=256) for _ in range(2)], 0)
     finally:
         pump.stop()
+
+
+class _Handler:
+    icmp_echo = "reply"
+
+
+def _stack_over(fd, **kw):
+    from ztun.loop import Loop
+    from ztun.stack.system import SystemStack
+    from ztun.tun.device_linux import LinuxTunDevice
+    from ztun.tun.options import TunOptions
+
+    dev = LinuxTunDevice(fd, "zt-fake", 1500)
+    return dev, Loop(), SystemStack(dev, TunOptions(name="zt-fake", inet4="198.18.0.1/28", inet6=None), pump="auto", **kw)
+
+
+def test_auto_does_not_hand_a_failed_device_to_the_loop(tmp_path):
+    """The device fails while auto decides to pause the pump: the loop takes the failure (stack
+    stopped, on_failure once) and neither reads the device nor looks again."""
+    from ztun.stack import system
+
+    dev, loop, stack = _stack_over(os.open(tmp_path, os.O_RDONLY))  # read() fails with EISDIR
+    failures = []
+    try:
+        stack.start(_Handler(), loop, on_failure=failures.append)
+        ready, _, _ = select.select([stack.pump.fileno()], [], [], 5)
+        assert ready  # the failure, not yet taken
+        stack._loop_rare += 100 * int(system.PUMP_OFF_ABOVE)  # a storm: auto pauses the pump
+        stack._pump_look()
+        assert isinstance(stack.failure, TunError) and len(failures) == 1
+        assert stack._pump_timer is None, "auto looks again at a stopped stack"
+        assert not loop.remove_reader(dev.fileno()), "the loop reads the failed device"
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()
+
+
+def test_every_batch_handed_over_is_given_back_whatever_happens_to_one(monkeypatch):
+    """A batch the loop failed on is given back all the same, and the batches after it are
+    processed: one lost batch (of 8) less each time would end in every rare packet dropped."""
+    a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dev, loop, stack = _stack_over(a.detach())
+    try:
+        stack.start(_Handler(), loop)
+        pump, seen, given = stack.pump, [], []
+
+        class Pump:  # the real pump, but take() hands over two batches at once, and give() is noted
+            def __getattr__(self, name):
+                return getattr(pump, name)
+
+            def take(self):
+                return [(0, 1), (1, 1)]
+
+            def give(self, index):
+                given.append(index)
+
+        def rare(batch, n, now, rare, no_flow):
+            seen.append(batch)
+            if len(seen) == 1:
+                raise RuntimeError("a bug in the loop's handling of one batch")
+
+        monkeypatch.setattr(stack, "_rare", rare)
+        monkeypatch.setattr(stack, "pump", Pump())
+        stack._pumped()
+        monkeypatch.setattr(stack, "pump", pump)
+        assert given == [0, 1]
+        assert len(seen) == 2, "the batch after the one that failed was not processed"
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()
+        peer.close()
+
+
+def test_auto_goes_on_looking_when_the_pump_does_not_pause(monkeypatch):
+    """pause() timing out leaves the pump reading (it calls the request off): auto keeps the loop
+    off the device and looks again, instead of raising out of its timer for good."""
+    from ztun.stack import system
+
+    a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dev, loop, stack = _stack_over(a.detach())
+    try:
+        stack.start(_Handler(), loop)
+        pump = stack.pump
+
+        class Pump:
+            def __getattr__(self, name):
+                return getattr(pump, name)
+
+            def pause(self):
+                raise TimeoutError("the TUN pump did not pause")
+
+        monkeypatch.setattr(stack, "pump", Pump())
+        stack._loop_rare += 100 * int(system.PUMP_OFF_ABOVE)
+        stack._pump_look()
+        monkeypatch.setattr(stack, "pump", pump)
+        assert stack._pump_timer is not None and not pump.paused
+        assert not loop.remove_reader(dev.fileno()), "the loop reads the device the pump reads"
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()
+        peer.close()

@@ -177,9 +177,15 @@ class SystemStack:
         rate = (rare - before) / (now - then) if now > then else 0.0
         if not self.pump.paused:
             if rate > PUMP_OFF_ABOVE:
-                self.pump.pause()
-                self._pumped()  # what it handed over before it stopped goes first
-                self.loop.add_reader(self.device.fileno(), self._readable)
+                try:
+                    self.pump.pause()
+                except TimeoutError:
+                    log.warning("the TUN pump did not pause; it reads %s on", self.device.name)
+                else:
+                    self._pumped()  # what it handed over before it stopped goes first
+                    if not self._reading:
+                        return  # that was the device's failure: the stack has stopped reading
+                    self.loop.add_reader(self.device.fileno(), self._readable)
                 self.counters["tun_pump_paused"] += 1
                 self._pump_calm = 0
         else:
@@ -309,15 +315,22 @@ class SystemStack:
         except TunError as e:
             self._failed(e)
             return
-        for index, n in handed:
+        failure = None
+        for index, n in handed:  # each batch is given back, whatever happens to it or the one before
             batch = pump.handoff[index]
             try:
-                if self._running:
+                if self._running and failure is None:
                     batch.count = n
                     self._rare(batch, n, time.monotonic(), True, True)
                     self._write(batch, n)
+            except TunError as e:
+                failure = e
+            except Exception:
+                log.exception("the packets the TUN pump handed over (batch %d, %d packets)", index, n)
             finally:
                 pump.give(index)
+        if failure is not None:
+            self._failed(failure)
 
     def on_readable(self) -> int:
         """Process up to max_batches batches of what the device has queued; return packets read."""
