@@ -59,6 +59,10 @@ cdef extern from *:
         return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
     }
     static int zt_pump_cloexec(int fd) { return fcntl(fd, F_SETFD, FD_CLOEXEC); }
+    static int zt_pump_is_nonblocking(int fd) {
+        int fl = fcntl(fd, F_GETFL);
+        return fl < 0 ? -1 : (fl & O_NONBLOCK) != 0;
+    }
     static void zt_pump_name(void) {
     #if defined(__linux__)
         pthread_setname_np(pthread_self(), "ztun-tun-pump");
@@ -74,6 +78,7 @@ cdef extern from *:
     """
     int zt_pump_nonblock(int fd) nogil
     int zt_pump_cloexec(int fd) nogil
+    int zt_pump_is_nonblocking(int fd) nogil
     double zt_pump_thread_cpu(pthread_t t) nogil
     void zt_pump_name() nogil
     int eventfd(unsigned int initval, int flags) nogil
@@ -202,6 +207,11 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
             raise RuntimeError("the TUN pump was started already")
         if self.stop_fd < 0:
             raise RuntimeError("the TUN pump is closed")
+        nonblocking = zt_pump_is_nonblocking(self.fd)
+        if nonblocking < 0:
+            raise OSError(errno, f"fd {self.fd} for the TUN pump")
+        if not nonblocking:  # its read() would wait for the next packet, and stop() for the read
+            raise ValueError(f"the TUN pump needs fd {self.fd} non-blocking")
         if pthread_create(&self.thread, NULL, _main, <void *>self) != 0:
             raise OSError("cannot start the TUN pump's thread")
         self.started = True
