@@ -121,7 +121,7 @@ def test_while_the_loop_holds_every_handoff_batch_the_pump_drops_and_forgets(rig
 
 def test_a_device_that_fails_is_reported_once_and_the_thread_ends(tmp_path):
     nat = NatTable(NatConfig.from_prefixes(A + "/28", None, port4=PORT, capacity=8))
-    fd = os.open(tmp_path, os.O_RDONLY)  # poll says readable, read() fails with EISDIR
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_NONBLOCK)  # poll says readable, read() fails with EISDIR
     pump = tunpump.TunPump(fd, nat, PacketBatch(4, max_packet=256), [PacketBatch(4, max_packet=256) for _ in range(2)], 0)
     try:
         pump.start()
@@ -266,7 +266,7 @@ def test_a_device_that_hangs_up_is_a_failure_not_a_busy_loop():
 def test_a_pump_whose_device_failed_still_answers_pause(tmp_path):
     """The loop may ask it to pause before it has taken the failure: it gets its answer at once,
     not a TimeoutError after blocking the loop."""
-    fd = os.open(tmp_path, os.O_RDONLY)  # read() fails with EISDIR
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_NONBLOCK)  # read() fails with EISDIR
     pump = _pump_over(fd)
     try:
         pump.start()
@@ -434,3 +434,32 @@ def test_auto_goes_on_looking_when_the_pump_does_not_pause(monkeypatch):
         loop.close()
         dev.close()
         peer.close()
+
+
+def test_a_blocking_fd_is_refused():
+    """read() on a blocking fd would wait for the next packet once the queue is drained, and stop()
+    would wait for it too (the stop fd is polled between reads only)."""
+    r, w = os.pipe()
+    pump = _pump_over(r)
+    try:
+        with pytest.raises(ValueError):
+            pump.start()
+    finally:
+        pump.stop()
+        os.close(r)
+        os.close(w)
+
+
+def test_the_reading_gauge_says_no_once_the_device_failed(tmp_path):
+    dev, loop, stack = _stack_over(os.open(tmp_path, os.O_RDONLY))  # read() fails with EISDIR
+    try:
+        stack.start(_Handler(), loop)
+        assert stack.stats()["tun_pump_reading"] == 1
+        ready, _, _ = select.select([stack.pump.fileno()], [], [], 5)
+        assert ready
+        stack._pumped()
+        assert stack.failure is not None and stack.stats()["tun_pump_reading"] == 0
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()

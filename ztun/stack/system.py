@@ -619,7 +619,7 @@ class SystemStack:
             out["tun_pump_copied"] = c["copied"]  # the rare packets in them
             out["dropped_loop_busy"] = c["dropped"]  # new flows, UDP, ICMP: the loop held every hand-over batch
             out["dropped"] += c["dropped"]
-            out["tun_pump_reading"] = int(not self.pump.paused)
+            out["tun_pump_reading"] = int(self._reading and not self.pump.paused)  # not once stopped
         out.update({f"write_failed_{errno.errorcode.get(e, e)}": c for e, c in failures.items()})
         return out
 
