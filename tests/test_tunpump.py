@@ -463,3 +463,30 @@ def test_the_reading_gauge_says_no_once_the_device_failed(tmp_path):
         stack.stop()
         loop.close()
         dev.close()
+
+
+def test_a_pump_that_cannot_start_leaves_nothing_behind(monkeypatch):
+    """start() failing on the pump: its pipes are closed and the loop does not wait on them."""
+    from ztun.stack import system
+
+    made = []
+
+    class Failing(tunpump.TunPump):
+        def start(self):
+            made.append(self)
+            raise OSError("cannot start the TUN pump's thread")
+
+    monkeypatch.setattr(system.tunpump, "TunPump", Failing)
+    a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dev, loop, stack = _stack_over(a.detach())
+    before = set(loop._fds)  # the loop's own
+    try:
+        with pytest.raises(OSError):
+            stack.start(_Handler(), loop)
+        assert made and made[0].fileno() == -1, "the pump's pipes are open"
+        assert set(loop._fds) == before, "the loop still waits on the stack's fds"
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()
+        peer.close()

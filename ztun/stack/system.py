@@ -144,7 +144,11 @@ class SystemStack:
         self._running = True
         if loop is not None:
             if self._pumping():
-                self._start_pump()
+                try:
+                    self._start_pump()
+                except BaseException:
+                    self.stop()
+                    raise
             else:
                 loop.add_reader(self.device.fileno(), self._readable)
             self._reading = True
@@ -157,9 +161,14 @@ class SystemStack:
     def _start_pump(self):
         b = self.batch
         handoff = [PacketBatch(b.slots, max_packet=b.max_packet, vnet_hdr=b.vnet_hdr) for _ in range(PUMP_HANDOFF)]
-        self.pump = tunpump.TunPump(self.device.fileno(), self.nat, b, handoff, d.VNET_HDR_LEN if b.vnet_hdr else 0)
-        self.loop.add_reader(self.pump.fileno(), self._pumped)
-        self.pump.start()
+        pump = tunpump.TunPump(self.device.fileno(), self.nat, b, handoff, d.VNET_HDR_LEN if b.vnet_hdr else 0)
+        try:
+            pump.start()  # what it hands over before the loop waits on it stays in the pipe
+        except BaseException:
+            pump.stop()
+            raise
+        self.pump = pump
+        self.loop.add_reader(pump.fileno(), self._pumped)
         log.debug("a native thread reads %s (TUN pump, %s)", self.device.name, self.pump_mode)
         if self.pump_mode == "auto":
             self._pump_last = (time.monotonic(), 0)
