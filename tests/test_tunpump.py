@@ -8,7 +8,7 @@ import socket
 import sys
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 
 from ztun._fast import PacketBatch, tunpump
 from ztun._fast import defs as d
@@ -90,33 +90,73 @@ def test_a_packet_of_no_flow_is_handed_over_for_its_reset(rig):
     assert received(peer, 0.2) is None
 
 
+def read_by_pump(pump, total):
+    """Wait (5 s at most) until the pump has read total packets."""
+    for _ in range(500):
+        if pump.counters()["packets_read"] >= total:
+            return True
+        select.select([], [], [], 0.01)
+    return False
+
+
+def test_rare_packets_gather_while_the_loop_holds_a_batch(rig):
+    """While the loop works through one batch, the rare packets of the pump's wakes meanwhile go
+    into the next, handed over when the loop gives the first back: not one batch per wake (the
+    loop's batches would be gone after a few wakes of a packet each, and the next one dropped)."""
+    pump, nat, peer, hdr = rig
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=47000, dport=80, flags="S", seq=1)))
+    (first, _), = handed(pump)
+    for k in range(1, 8):  # each read on a wake of its own
+        peer.send(hdr + bytes(IP(**CLIENT) / UDP(sport=47000 + k, dport=53) / b"q"))
+        assert read_by_pump(pump, 1 + k)
+    assert pump.counters()["dropped"] == 0
+    assert handed(pump, 0.2) == []  # gathered: the loop still holds the first batch
+    pump.give(first)
+    got = handed(pump)
+    assert len(got) == 1 and got[0][1] == 7, got
+    assert all(pump.handoff[got[0][0]].verdicts[:7] == d.V_UDP)
+
+
+def test_what_gathered_is_handed_over_when_the_pump_pauses(rig):
+    """pause() returns once the pump has handed over all it read: the loop, reading the device
+    next, must see those packets first."""
+    pump, nat, peer, hdr = rig
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=48000, dport=80, flags="S", seq=1)))
+    (first, _), = handed(pump)
+    peer.send(hdr + bytes(IP(**CLIENT) / UDP(sport=48001, dport=53) / b"q"))
+    assert read_by_pump(pump, 2)
+    pump.pause()
+    (index, n), = pump.take()  # already there: no waiting
+    assert index != first and n == 1
+
+
 def test_while_the_loop_holds_every_handoff_batch_the_pump_drops_and_forgets(rig):
     """The pump never waits for the loop: established flows keep moving, and a new flow's SYN it
     cannot hand over is dropped, counted, and its NAT entry forgotten, so the retransmission is
     a new flow again."""
     pump, nat, peer, hdr = rig
-    indexes = []
-    for port in (41000, 41001):
-        peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=port, dport=80, flags="S", seq=1)))
-        got = handed(pump)
-        assert len(got) == 1
-        indexes.append(got[0][0])
-    assert sorted(indexes) == [0, 1]
-    fid = int(pump.handoff[indexes[0]].flow_ids[0])
-    nat.allow(fid)  # the first flow goes on (the loop holds both batches)
-    syn = hdr + bytes(IP(**CLIENT) / TCP(sport=41002, dport=80, flags="S", seq=1))
-    peer.send(syn)
+    peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=41000, dport=80, flags="S", seq=1)))
+    (first, _), = handed(pump)
+    fid = int(pump.handoff[first].flow_ids[0])
+    nat.allow(fid)  # the first flow goes on (the loop holds its batch)
+    for k in range(1, 9):  # the second batch: gathered until it is full
+        peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=41000 + k, dport=80, flags="S", seq=1)))
+        assert read_by_pump(pump, 1 + k)
+    assert handed(pump, 0.2) == [] and len(nat) == 9
+    syn = hdr + bytes(IP(**CLIENT) / TCP(sport=41100, dport=80, flags="S", seq=1))
+    peer.send(syn)  # no room: the full batch goes to the loop, this SYN nowhere
     peer.send(hdr + bytes(IP(**CLIENT) / TCP(sport=41000, dport=80, flags="A", seq=2, ack=1)))
     out = received(peer)
     assert out is not None and IP(out[len(hdr):])[TCP].flags == "A"  # pumped while the SYN was dropped
-    assert handed(pump, 0.2) == []
-    assert pump.counters()["dropped"] == 1 and len(nat) == 2  # 41002's entry is gone
-    pump.give(indexes[0])
+    (second, n), = handed(pump)
+    assert second != first and n == 8
+    assert pump.counters()["dropped"] == 1 and len(nat) == 9  # 41100's entry is gone
+    pump.give(first)
+    pump.give(second)
     peer.send(syn)  # the client's retransmission
-    got = handed(pump)
-    assert got == [(indexes[0], 1)]
-    assert pump.handoff[indexes[0]].verdicts[0] == d.V_NEW_FLOW
-    assert len(nat) == 3
+    (index, n), = handed(pump)
+    assert n == 1 and pump.handoff[index].verdicts[0] == d.V_NEW_FLOW
+    assert len(nat) == 10
 
 
 def test_a_device_that_fails_is_reported_once_and_the_thread_ends(tmp_path):

@@ -5,7 +5,8 @@ ways of every round trip, every packet of a connection's set-up and teardown. Wi
 a packet of an established flow goes TUN -> parse -> NAT rewrite -> TUN on this thread and
 the loop is not woken for it. Every other packet (a new flow's SYN, UDP, ICMP, other
 protocols, a packet of no flow) is copied, with its parse row and verdict, into a hand-over
-batch, handed to the loop through a pipe once the pump has read what the device had queued:
+batch, handed to the loop through a pipe once the pump has read what the device had queued
+and the loop holds no other batch (else when the loop gives one back, or the batch is full):
 the loop does with it what it does on its own path (SystemStack._rare) and gives the batch
 back through a second pipe. The pump never waits for the loop: while the loop holds every
 hand-over batch, what it would hand over is dropped and counted (a new flow's NAT entry is
@@ -330,7 +331,7 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
     # -- the thread -------------------------------------------------------------
 
     cdef void _run(self) noexcept nogil:
-        cdef pollfd fds[3]
+        cdef pollfd fds[4]  # the stop fd, the control pipe, the free pipe (while a batch waits), the device (while reading)
         cdef uint64_t value
         cdef uint8_t c
         cdef int k, err
@@ -338,11 +339,12 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         cdef Py_ssize_t n
         fds[0].fd = self.stop_fd
         fds[1].fd = self.ctl_r
-        fds[2].fd = self.fd
-        fds[0].events = fds[1].events = fds[2].events = POLLIN
+        fds[3].fd = self.fd
+        fds[0].events = fds[1].events = fds[2].events = fds[3].events = POLLIN
         while True:
-            fds[0].revents = fds[1].revents = fds[2].revents = 0
-            if poll(fds, 3 if reading else 2, -1) < 0:
+            fds[0].revents = fds[1].revents = fds[2].revents = fds[3].revents = 0
+            fds[2].fd = self.free_r if self.current >= 0 else -1  # poll() passes over a negative fd
+            if poll(fds, 4 if reading else 3, -1) < 0:
                 if errno == EINTR:
                     continue
                 self._fail(errno)
@@ -355,26 +357,31 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
                     if c == RESUME:
                         reading = not failed
                     else:  # answered also once failed: the loop must not wait for it
+                        if self.current >= 0:
+                            self._hand_current()  # what it gathered goes before the loop reads the device
                         reading = False
                         write(self.ack_w, &c, 1)
                 continue
-            if not fds[2].revents:
-                continue
-            for k in range(READS_PER_WAKE):
-                n = self._read(&self.reading, &err)
-                if n == 0:
-                    if not err and k == 0 and fds[2].revents & (POLLERR | POLLHUP | POLLNVAL):
-                        # nothing to read, and poll() would say so again at once, for ever
-                        err = EBADF if fds[2].revents & POLLNVAL else ENODEV
-                    if err:
-                        self._fail(err)
-                        failed = True
-                        reading = False
-                    break
-                self._pump(n)
-                if n < self.reading.slots:
-                    break
-            if self.current >= 0:
+            if reading and fds[3].revents:
+                for k in range(READS_PER_WAKE):
+                    n = self._read(&self.reading, &err)
+                    if n == 0:
+                        if not err and k == 0 and fds[3].revents & (POLLERR | POLLHUP | POLLNVAL):
+                            # nothing to read, and poll() would say so again at once, for ever
+                            err = EBADF if fds[3].revents & POLLNVAL else ENODEV
+                        if err:
+                            self._fail(err)
+                            failed = True
+                            reading = False
+                        break
+                    self._pump(n)
+                    if n < self.reading.slots:
+                        break
+            # The loop gets the batch being filled once it holds none: while it works through one,
+            # the rare packets of the wakes meanwhile gather in the next (one batch per wake would
+            # leave the loop's 8 batches of 64 slots holding a packet or two each, and drop the next).
+            self._reclaim()
+            if self.current >= 0 and self.n_free + 1 == self.n_handoff:
                 self._hand_current()
 
     cdef void _hand_current(self) noexcept nogil:
@@ -382,20 +389,27 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         self._hand(<uint8_t>self.current)
         self.current = -1
 
-    cdef Rows *_handoff_rows(self) noexcept nogil:
-        """The hand-over batch with room for one more packet, or NULL while the loop holds them all."""
+    cdef void _reclaim(self) noexcept nogil:
+        """Take back the hand-over batches the loop gave back."""
         cdef uint8_t buf[MAX_HANDOFF]
         cdef ssize_t n
         cdef int k
+        while True:
+            n = read(self.free_r, buf, MAX_HANDOFF)
+            if n <= 0:
+                return
+            for k in range(n):
+                if self.n_free < self.n_handoff:
+                    self.free_ids[self.n_free] = buf[k]
+                    self.n_free += 1
+
+    cdef Rows *_handoff_rows(self) noexcept nogil:
+        """The hand-over batch with room for one more packet, or NULL while the loop holds them all."""
         if self.current >= 0 and self.rows[self.current].count == self.rows[self.current].slots:
             self._hand_current()
         if self.current < 0:
             if self.n_free == 0:
-                n = read(self.free_r, buf, MAX_HANDOFF)
-                for k in range(n if n > 0 else 0):
-                    if self.n_free < self.n_handoff:
-                        self.free_ids[self.n_free] = buf[k]
-                        self.n_free += 1
+                self._reclaim()
                 if self.n_free == 0:
                     return NULL
             self.n_free -= 1
