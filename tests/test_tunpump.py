@@ -530,3 +530,14 @@ def test_a_pump_that_cannot_start_leaves_nothing_behind(monkeypatch):
         loop.close()
         dev.close()
         peer.close()
+
+
+def test_a_packet_the_loop_does_nothing_with_is_not_handed_over(rig):
+    """Another protocol (or an IP fragment): the NAT counted it dropped (V_OTHER), and the loop has
+    nothing to do with it; handed over it would only take the room of packets the loop must see."""
+    pump, nat, peer, hdr = rig
+    peer.send(hdr + bytes(IP(proto=132, **CLIENT) / (b"\0" * 32)))  # SCTP
+    peer.send(hdr + bytes(IP(flags="MF", frag=0, **CLIENT) / UDP(sport=5000, dport=53) / (b"x" * 64)))
+    assert read_by_pump(pump, 2)
+    assert handed(pump, 0.2) == []
+    assert nat.verdict_counts[d.V_OTHER] == 2 and pump.counters()["copied"] == 0

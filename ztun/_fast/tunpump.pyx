@@ -3,8 +3,8 @@
 On the loop's path (SystemStack.on_readable) every readable TUN wakes the Python loop: both
 ways of every round trip, every packet of a connection's set-up and teardown. With the pump,
 a packet of an established flow goes TUN -> parse -> NAT rewrite -> TUN on this thread and
-the loop is not woken for it. Every other packet (a new flow's SYN, UDP, ICMP, other
-protocols, a packet of no flow) is copied, with its parse row and verdict, into a hand-over
+the loop is not woken for it. Every packet the loop must see (a new flow's SYN, UDP, ICMP,
+a packet of no flow: not a malformed one, nor another protocol or a fragment) is copied, with its parse row and verdict, into a hand-over
 batch, handed to the loop through a pipe once the pump has read what the device had queued
 and the loop holds no other batch (else when the loop gives one back, or the batch is full):
 the loop does with it what it does on its own path (SystemStack._rare) and gives the batch
@@ -480,13 +480,13 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
                     e = errno
                     self.c_failed[e if e < N_ERRNOS else N_ERRNOS - 1] += 1
                 continue
-            if r.verdicts[i] == V_DROP and r.reasons[i] != NO_FLOW:
-                continue  # counted by the NAT; nothing to answer
+            if (r.verdicts[i] == V_DROP and r.reasons[i] != NO_FLOW) or r.verdicts[i] == V_OTHER:
+                continue  # counted by the NAT as dropped; the loop would do nothing with it
             h = self._handoff_rows()
             if h == NULL:
                 if r.verdicts[i] == V_NEW_FLOW:
                     self.nat.forget_new(r.flow_ids[i])
-                if r.verdicts[i] != V_DROP and r.verdicts[i] != V_OTHER:  # those count as drops already
+                if r.verdicts[i] != V_DROP:  # a packet of no flow counts as a drop already
                     self.c_dropped += 1
                 continue
             j = h.count
