@@ -8,6 +8,7 @@ rings of freed ports so a port is never handed out while in use and is reused la
 ports first, counted rather than listed, so 16 next addresses of 64k ports cost no memory until
 used; a freed one not before it has rested beyond the kernel's TIME_WAIT; see NatConfig.port_rest).
 """
+cimport cython
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memcpy, memcmp, memset
@@ -87,6 +88,9 @@ cdef inline void _fin_state(Flow *f) noexcept nogil:
 
 # The docstring's first lines are the constructor's signature in CPython's text-signature form
 # ("--" below it), which inspect.signature reads: a cdef class's __cinit__ has none of its own.
+# Not cleared by the garbage collector: a TunPump's thread writes the counters (vcount, dcount
+# point into verdict_counts, drop_counts) until the pump, which holds the table, is gone.
+@cython.no_gc_clear
 cdef class NatTable:
     """NatTable(config)
 --

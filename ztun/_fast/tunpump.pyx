@@ -24,6 +24,7 @@ Linux TUN fds (read() and write(), with the virtio_net_hdr in front when vnet_hd
 macOS utun and Windows Wintun devices keep the loop's path, as do ZTUN_NO_EXTENSIONS=1 and
 ZTUN_TUN_PUMP=0.
 """
+cimport cython
 from libc.errno cimport EBADF, EINTR, ENODEV, errno
 from libc.stdint cimport int32_t, uint8_t, uint64_t
 from libc.string cimport memcpy
@@ -120,6 +121,9 @@ cdef void *_main(void *arg) noexcept nogil:
     return NULL
 
 
+# Not cleared by the garbage collector (a pump dropped running, in a cycle): its thread uses the
+# table and the batches' arrays until __dealloc__ has stopped it.
+@cython.no_gc_clear
 cdef class TunPump:
     """TunPump(fd, nat, batch, handoff, hdr=0)
 --
@@ -132,7 +136,8 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
 
     cdef NatTable nat
     cdef readonly object batch
-    cdef readonly list handoff
+    cdef readonly tuple handoff
+    cdef tuple arrays  # every array the thread reads or writes: the collector may clear a PacketBatch's slots
     cdef Rows reading
     cdef Rows rows[MAX_HANDOFF]
     cdef int n_handoff
@@ -172,7 +177,9 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
                 raise PacketError("every batch's vnet_hdr must match hdr")
             if b.data.shape[1] != batch.data.shape[1]:
                 raise PacketError("the hand-over batches must hold packets as large as the batch read into")
-        self.batch, self.handoff = batch, handoff
+        self.batch, self.handoff = batch, tuple(handoff)
+        self.arrays = tuple(a for b in [batch] + handoff
+                            for a in (b.data, b.lengths, b.meta, b.verdicts, b.reasons, b.flow_ids))
         _rows_of(batch, &self.reading)
         self.n_handoff = len(handoff)
         for i, b in enumerate(handoff):
