@@ -4,9 +4,10 @@ On the loop's path (SystemStack.on_readable) every readable TUN wakes the Python
 ways of every round trip, every packet of a connection's set-up and teardown. With the pump,
 a packet of an established flow goes TUN -> parse -> NAT rewrite -> TUN on this thread and
 the loop is not woken for it. Every packet the loop must see (a new flow's SYN, UDP, ICMP,
-a packet of no flow: not a malformed one, nor another protocol or a fragment) is copied, with its parse row and verdict, into a hand-over
-batch, handed to the loop through a pipe once the pump has read what the device had queued
-and the loop holds no other batch (else when the loop gives one back, or the batch is full):
+a packet of no flow; not a malformed one, another protocol or a fragment) is copied, with its
+parse row and verdict, into a hand-over batch, handed to the loop through a pipe once the pump
+has read what the device had queued and the loop holds no other batch (else when the loop
+gives one back, or the batch is full):
 the loop does with it what it does on its own path (SystemStack._rare) and gives the batch
 back through a second pipe. The pump never waits for the loop: while the loop holds every
 hand-over batch, what it would hand over is dropped and counted (a new flow's NAT entry is
