@@ -11,6 +11,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_init(pthread_mutex_t *m, const void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_trylock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
 
 
@@ -66,7 +67,9 @@ cdef class NatTable:
     cdef int32_t _alloc(self, uint64_t h, int version, int proto, const uint8_t *src, uint16_t sport,
                         const uint8_t *dst, uint16_t dport, double now, uint32_t isn) noexcept nogil
     cdef void _delete(self, int32_t fid, bint rest=*) noexcept nogil
-    cdef Flow *_get(self, Py_ssize_t fid) except NULL
+    cdef Flow *_get(self, Py_ssize_t fid) noexcept nogil
+    cdef int _copy(self, Py_ssize_t fid, Flow *out) except -1
+    cdef int _set(self, Py_ssize_t fid, uint8_t decision, double last_seen) except -1
     cdef int _one(self, uint8_t *p, Meta *m, double now, int *reason, int32_t *fid_out) noexcept nogil
     cdef void forget_new(self, int32_t fid) noexcept nogil
     cdef Py_ssize_t process_rows(self, uint8_t *data, Py_ssize_t stride, Meta *meta, uint8_t *verdicts,

@@ -8,6 +8,7 @@ rings of freed ports so a port is never handed out while in use and is reused la
 ports first, counted rather than listed, so 16 next addresses of 64k ports cost no memory until
 used; a freed one not before it has rested beyond the kernel's TIME_WAIT; see NatConfig.port_rest).
 """
+cimport cython
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memcpy, memcmp, memset
@@ -22,6 +23,17 @@ from . import defs as d
 from .nat_config import counters, flow_info, key_addr
 
 from core cimport *
+
+
+cdef inline void _acquire(pthread_mutex_t *lock) noexcept:
+    """Take the table's lock from Python: at once when it is free, else with the GIL let go while waiting."""
+    if pthread_mutex_trylock(lock) != 0:
+        with nogil:
+            pthread_mutex_lock(lock)
+
+
+cdef int _no_flow(Py_ssize_t fid) except -1:
+    raise KeyError(f"no flow {fid}")
 
 
 cdef inline uint64_t _mix(uint64_t h, uint64_t w) noexcept nogil:
@@ -76,6 +88,9 @@ cdef inline void _fin_state(Flow *f) noexcept nogil:
 
 # The docstring's first lines are the constructor's signature in CPython's text-signature form
 # ("--" below it), which inspect.signature reads: a cdef class's __cinit__ has none of its own.
+# Not cleared by the garbage collector: a TunPump's thread writes the counters (vcount, dcount
+# point into verdict_counts, drop_counts) until the pump, which holds the table, is gone.
+@cython.no_gc_clear
 cdef class NatTable:
     """NatTable(config)
 --
@@ -269,15 +284,19 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         self.n_free += 1
         self.n_used -= 1
 
-    cdef Flow *_get(self, Py_ssize_t fid) except NULL:
+    cdef Flow *_get(self, Py_ssize_t fid) noexcept nogil:
+        """Flow fid, or NULL if there is none (the caller raises KeyError, after it let go of the lock)."""
         if fid < 0 or fid >= self.capacity or not self.flows[fid].in_use:
-            raise KeyError(f"no flow {fid}")
+            return NULL
         return &self.flows[fid]
 
     # -- Python API -------------------------------------------------------------
     # Each method holds the table's lock while it reads or changes the table: a TunPump's
-    # thread runs the batch path at the same time. The pump never waits for the GIL while it
-    # holds the lock, so taking the lock with the GIL held cannot deadlock.
+    # thread runs the batch path at the same time. No Python object is made while the lock is
+    # held (errors are raised after it is let go): an allocation may run a garbage collection,
+    # and with it any Python code (callbacks, finalizers, another thread given the GIL), which
+    # could call into the table, or wait for the pump, and never let the lock go. And a method
+    # that has to wait for the lock lets the GIL go while it waits (_acquire).
 
     def insert(self, uint8_t proto, src, uint16_t sport, dst, uint16_t dport, double now=0.0):
         """Add a flow (decision pending) and return its id; NatTableFull / NatPortsExhausted when refused."""
@@ -286,7 +305,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         cdef int32_t fid
         version, s, t = _key(src, dst)
         h = self._hash(version, proto, s, sport, t, dport)
-        pthread_mutex_lock(&self.lock)
+        _acquire(&self.lock)
         if self._find(h, version, proto, s, sport, t, dport) >= 0:
             fid = -1
         else:
@@ -307,7 +326,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
         cdef int32_t fid
         version, s, t = _key(src, dst)
         h = self._hash(version, proto, s, sport, t, dport)
-        pthread_mutex_lock(&self.lock)
+        _acquire(&self.lock)
         fid = self._find(h, version, proto, s, sport, t, dport)
         pthread_mutex_unlock(&self.lock)
         return fid
@@ -321,7 +340,7 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
             return -1
         for k in range(self.n_next):
             if memcmp(self.next_addr + 16 * k, <const char *>a, 16) == 0:
-                pthread_mutex_lock(&self.lock)
+                _acquire(&self.lock)
                 fid = self.rev[k * self.n_ports + (port - self.port_min)] - 1
                 pthread_mutex_unlock(&self.lock)
                 break
@@ -329,31 +348,37 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
 
     def delete(self, Py_ssize_t fid):
         """Remove flow fid and free its NAT port (to the back of the queue: reused last)."""
-        pthread_mutex_lock(&self.lock)
-        try:
-            self._get(fid)
+        cdef bint found
+        _acquire(&self.lock)
+        found = self._get(fid) != NULL
+        if found:
             self._delete(<int32_t>fid)
-        finally:
-            pthread_mutex_unlock(&self.lock)
+        pthread_mutex_unlock(&self.lock)
+        if not found:
+            _no_flow(fid)
 
     def release(self, Py_ssize_t fid):
         """Remove flow fid, none of whose packets reached the kernel (its SYN was held, then refused or
         dropped): its NAT port has no TIME_WAIT to wait out and is handed out next. ValueError if allowed."""
-        pthread_mutex_lock(&self.lock)
-        try:
-            if self._get(fid).decision == D_ALLOW:
-                raise ValueError(f"flow {fid} was allowed: its port must rest (delete it)")
+        cdef Flow *f
+        cdef int outcome = 0  # 1: no such flow, 2: allowed
+        _acquire(&self.lock)
+        f = self._get(fid)
+        if f == NULL:
+            outcome = 1
+        elif f.decision == D_ALLOW:
+            outcome = 2
+        else:
             self._delete(<int32_t>fid, False)
-        finally:
-            pthread_mutex_unlock(&self.lock)
+        pthread_mutex_unlock(&self.lock)
+        if outcome == 1:
+            _no_flow(fid)
+        if outcome == 2:
+            raise ValueError(f"flow {fid} was allowed: its port must rest (delete it)")
 
     def flow(self, Py_ssize_t fid):
         cdef Flow f
-        pthread_mutex_lock(&self.lock)
-        try:
-            f = self._get(fid)[0]  # a copy, read under the lock
-        finally:
-            pthread_mutex_unlock(&self.lock)
+        self._copy(fid, &f)
         return flow_info(self.config, fid, f.version, f.proto, f.src[:16], f.sport, f.dst[:16], f.dport,
                          f.nat_index, f.nat_port, f.state, f.decision, f.created, f.last_seen,
                          f.pout, f.bout, f.pin, f.bin)
@@ -361,38 +386,53 @@ Fixed-capacity TCP NAT table: O(1) insert, lookup, reverse lookup and delete."""
     def endpoints(self, Py_ssize_t fid):
         """((source address, port), (destination address, port), NAT port) of flow fid, addresses as text."""
         cdef Flow f
-        pthread_mutex_lock(&self.lock)
-        try:
-            f = self._get(fid)[0]
-        finally:
-            pthread_mutex_unlock(&self.lock)
+        self._copy(fid, &f)
         fam = socket.AF_INET if f.version == 4 else socket.AF_INET6
         alen = 4 if f.version == 4 else 16
         return ((socket.inet_ntop(fam, f.src[:alen]), f.sport), (socket.inet_ntop(fam, f.dst[:alen]), f.dport), f.nat_port)
 
+    cdef int _copy(self, Py_ssize_t fid, Flow *out) except -1:
+        """*out: a copy of flow fid, read under the lock."""
+        cdef Flow *f
+        _acquire(&self.lock)
+        f = self._get(fid)
+        if f != NULL:
+            out[0] = f[0]
+        pthread_mutex_unlock(&self.lock)
+        if f == NULL:
+            _no_flow(fid)
+        return 0
+
     def allow(self, Py_ssize_t fid):
-        self._decide(fid, D_ALLOW)
+        self._set(fid, D_ALLOW, -1.0)
 
     def block(self, Py_ssize_t fid):
-        self._decide(fid, D_BLOCK)
-
-    def _decide(self, Py_ssize_t fid, uint8_t decision):
-        pthread_mutex_lock(&self.lock)
-        try:
-            self._get(fid).decision = decision
-        finally:
-            pthread_mutex_unlock(&self.lock)
+        self._set(fid, D_BLOCK, -1.0)
 
     def touch(self, Py_ssize_t fid, double now):
-        pthread_mutex_lock(&self.lock)
-        try:
-            self._get(fid).last_seen = now
-        finally:
-            pthread_mutex_unlock(&self.lock)
+        self._set(fid, 255, now)
+
+    cdef int _set(self, Py_ssize_t fid, uint8_t decision, double last_seen) except -1:
+        """Flow fid's decision (255: unchanged) and last_seen (below 0: unchanged), under the lock."""
+        cdef Flow *f
+        _acquire(&self.lock)
+        f = self._get(fid)
+        if f != NULL:
+            if decision != 255:
+                f.decision = decision
+            if last_seen >= 0.0:
+                f.last_seen = last_seen
+        pthread_mutex_unlock(&self.lock)
+        if f == NULL:
+            _no_flow(fid)
+        return 0
 
     def free_ports(self):
-        pthread_mutex_lock(&self.lock)
-        free = sum(self.ring_count[k] + self.n_ports - self.fresh[k] for k in range(self.n_next))
+        cdef uint64_t free = 0
+        cdef int k
+        _acquire(&self.lock)
+        for k in range(self.n_next):
+            free += self.ring_count[k] + self.n_ports - self.fresh[k]
         pthread_mutex_unlock(&self.lock)
         return free
 

@@ -3,15 +3,17 @@
 On the loop's path (SystemStack.on_readable) every readable TUN wakes the Python loop: both
 ways of every round trip, every packet of a connection's set-up and teardown. With the pump,
 a packet of an established flow goes TUN -> parse -> NAT rewrite -> TUN on this thread and
-the loop is not woken for it. Every other packet (a new flow's SYN, UDP, ICMP, other
-protocols, a packet of no flow) is copied, with its parse row and verdict, into a hand-over
-batch, handed to the loop through a pipe once the pump has read what the device had queued:
+the loop is not woken for it. Every packet the loop must see (a new flow's SYN, UDP, ICMP,
+a packet of no flow; not a malformed one, another protocol or a fragment) is copied, with its
+parse row and verdict, into a hand-over batch, handed to the loop through a pipe once the pump
+has read what the device had queued and the loop holds no other batch (else when the loop
+gives one back, or the batch is full):
 the loop does with it what it does on its own path (SystemStack._rare) and gives the batch
 back through a second pipe. While the loop holds every hand-over batch the pump waits for one
 at most WAIT_MS per batch it read (a burst the loop is about to take, as the device's queue
 would have held it), then drops what it would hand over and counts it (a new flow's NAT entry
-is forgotten, so the client's retransmitted SYN makes it anew): an overloaded loop never
-stops established flows for long.
+is forgotten, so the client's retransmitted SYN makes it anew): an overloaded loop never stops
+established flows for long.
 
 pause() stops the pump reading (it has handed over what it had when pause() returns) and
 resume() starts it again: the stack lets the loop read the device while most packets are
@@ -25,7 +27,8 @@ Linux TUN fds (read() and write(), with the virtio_net_hdr in front when vnet_hd
 macOS utun and Windows Wintun devices keep the loop's path, as do ZTUN_NO_EXTENSIONS=1 and
 ZTUN_TUN_PUMP=0.
 """
-from libc.errno cimport EINTR, errno
+cimport cython
+from libc.errno cimport EBADF, EINTR, ENODEV, errno
 from libc.stdint cimport int32_t, uint8_t, uint64_t
 from libc.string cimport memcpy
 from posix.unistd cimport close, pipe, read, write
@@ -33,7 +36,7 @@ from posix.unistd cimport close, pipe, read, write
 from ..errors import PacketError, TunError
 
 from core cimport *
-from system cimport POLLIN, ZT_WOULD_BLOCK, poll, pollfd
+from system cimport POLLERR, POLLHUP, POLLIN, POLLNVAL, ZT_WOULD_BLOCK, poll, pollfd
 from ztun._fast.nat cimport NatTable
 from ztun._fast.packet cimport check_vnet, parse_one
 
@@ -61,6 +64,10 @@ cdef extern from *:
         return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
     }
     static int zt_pump_cloexec(int fd) { return fcntl(fd, F_SETFD, FD_CLOEXEC); }
+    static int zt_pump_is_nonblocking(int fd) {
+        int fl = fcntl(fd, F_GETFL);
+        return fl < 0 ? -1 : (fl & O_NONBLOCK) != 0;
+    }
     static void zt_pump_name(void) {
     #if defined(__linux__)
         pthread_setname_np(pthread_self(), "ztun-tun-pump");
@@ -76,6 +83,7 @@ cdef extern from *:
     """
     int zt_pump_nonblock(int fd) nogil
     int zt_pump_cloexec(int fd) nogil
+    int zt_pump_is_nonblocking(int fd) nogil
     double zt_pump_thread_cpu(pthread_t t) nogil
     void zt_pump_name() nogil
     int eventfd(unsigned int initval, int flags) nogil
@@ -89,6 +97,8 @@ cdef enum:
     FAILED = 255  # the byte on the ready pipe that says the device failed (TunPump.error)
     N_ERRNOS = 256  # write failures counted per errno below this (the rest under N_ERRNOS - 1)
     WAIT_MS = 10  # the longest wait for a hand-over batch, per batch read
+    RESUME = 114  # "r" on the control pipe; any other byte asks for a pause, and is echoed on the ack pipe
+    PAUSE_TOKENS = 100  # pause() numbers its requests 1..100 (never RESUME): it waits for its own answer
 
 
 cdef struct Rows:
@@ -115,6 +125,9 @@ cdef void *_main(void *arg) noexcept nogil:
     return NULL
 
 
+# Not cleared by the garbage collector (a pump dropped running, in a cycle): its thread uses the
+# table and the batches' arrays until __dealloc__ has stopped it.
+@cython.no_gc_clear
 cdef class TunPump:
     """TunPump(fd, nat, batch, handoff, hdr=0)
 --
@@ -127,7 +140,8 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
 
     cdef NatTable nat
     cdef readonly object batch
-    cdef readonly list handoff
+    cdef readonly tuple handoff
+    cdef tuple arrays  # every array the thread reads or writes: the collector may clear a PacketBatch's slots
     cdef Rows reading
     cdef Rows rows[MAX_HANDOFF]
     cdef int n_handoff
@@ -139,8 +153,11 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
     cdef int free_ids[MAX_HANDOFF]  # hand-over batches the thread holds, a stack
     cdef int n_free
     cdef int current  # the hand-over batch being filled, -1 for none
+    cdef unsigned int held  # the loop's side: bit i, hand-over batch i was taken and not given back yet
+    cdef uint8_t token  # the loop's side: the last pause request's number
     cdef readonly bint paused  # not reading the device (pause())
-    cdef readonly int error  # errno of the read that stopped the pump (it handed over FAILED)
+    cdef readonly int error  # errno of the read that stopped the pump (it handed over FAILED); ENODEV: poll() said
+    # POLLERR or POLLHUP and there was nothing to read (a TUN whose interface is going), EBADF: POLLNVAL
     cdef bint no_wait  # waited in vain for a hand-over batch while handing this read batch's packets
     cdef uint64_t c_packets, c_reads, c_written, c_handed, c_copied, c_dropped, c_waited
     cdef uint64_t c_failed[N_ERRNOS]
@@ -152,6 +169,8 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
 
     def __init__(self, int fd, NatTable nat not None, batch, handoff, int hdr=0):
         cdef int p[2]
+        if self.started or self.ready_r >= 0:
+            raise RuntimeError("the TUN pump was set up already")  # its pipes would leak
         handoff = list(handoff)
         if not 2 <= len(handoff) <= MAX_HANDOFF:
             raise ValueError(f"a pump takes 2..{MAX_HANDOFF} hand-over batches, got {len(handoff)}")
@@ -163,7 +182,9 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
                 raise PacketError("every batch's vnet_hdr must match hdr")
             if b.data.shape[1] != batch.data.shape[1]:
                 raise PacketError("the hand-over batches must hold packets as large as the batch read into")
-        self.batch, self.handoff = batch, handoff
+        self.batch, self.handoff = batch, tuple(handoff)
+        self.arrays = tuple(a for b in [batch] + handoff
+                            for a in (b.data, b.lengths, b.meta, b.verdicts, b.reasons, b.flow_ids))
         _rows_of(batch, &self.reading)
         self.n_handoff = len(handoff)
         for i, b in enumerate(handoff):
@@ -199,6 +220,11 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
             raise RuntimeError("the TUN pump was started already")
         if self.stop_fd < 0:
             raise RuntimeError("the TUN pump is closed")
+        nonblocking = zt_pump_is_nonblocking(self.fd)
+        if nonblocking < 0:
+            raise OSError(errno, f"fd {self.fd} for the TUN pump")
+        if not nonblocking:  # its read() would wait for the next packet, and stop() for the read
+            raise ValueError(f"the TUN pump needs fd {self.fd} non-blocking")
         if pthread_create(&self.thread, NULL, _main, <void *>self) != 0:
             raise OSError("cannot start the TUN pump's thread")
         self.started = True
@@ -230,27 +256,43 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
 
     def pause(self, double timeout=5.0):
         """Stop reading the device; when this returns the thread reads no more and has handed over
-        what it held (take() it before reading the device elsewhere). TimeoutError if it does not answer."""
-        cdef uint8_t c = 112  # "p"
+        what it held (take() it before reading the device elsewhere). TimeoutError if it does not
+        answer in time: the request is then called off (the pump goes on reading)."""
+        cdef uint8_t c
+        cdef uint8_t buf[64]
         cdef pollfd pfd
-        cdef int r
+        cdef int r, wait
+        cdef ssize_t n, k
+        cdef double deadline = _now() + timeout
         if not self.started or self.joined:
             raise RuntimeError("the TUN pump is not running")
         if self.paused:
             return
+        # Numbered: the answer to an earlier request that timed out may still come, and must not
+        # be taken for this one's (the thread may have been told to resume since).
+        self.token = self.token % PAUSE_TOKENS + 1
+        c = self.token
         write(self.ctl_w, &c, 1)
         pfd.fd = self.ack_r
         pfd.events = POLLIN
-        pfd.revents = 0
-        with nogil:
-            r = poll(&pfd, 1, <int>(timeout * 1000))
-        if r <= 0 or read(self.ack_r, &c, 1) != 1:
-            raise TimeoutError("the TUN pump did not pause")
-        self.paused = True
+        while True:
+            wait = <int>((deadline - _now()) * 1000)
+            pfd.revents = 0
+            with nogil:
+                r = poll(&pfd, 1, wait if wait > 0 else 0)
+            n = read(self.ack_r, buf, sizeof(buf)) if r > 0 else 0
+            for k in range(n if n > 0 else 0):
+                if buf[k] == self.token:
+                    self.paused = True
+                    return
+            if r <= 0 and wait <= 0:
+                c = RESUME
+                write(self.ctl_w, &c, 1)
+                raise TimeoutError("the TUN pump did not pause")
 
     def resume(self):
         """Read the device again (the caller has stopped reading it)."""
-        cdef uint8_t c = 114  # "r"
+        cdef uint8_t c = RESUME
         if self.paused and self.started and not self.joined:
             self.paused = False
             write(self.ctl_w, &c, 1)
@@ -269,14 +311,18 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
             for k in range(n):
                 if buf[k] == FAILED:
                     raise TunError(f"read from fd {self.fd}", self.error)
+                self.held |= 1u << buf[k]
                 out.append((buf[k], self.rows[buf[k]].count))
         return out
 
     def give(self, int index):
-        """Give hand-over batch index back to the pump (the loop is done with it)."""
+        """Give hand-over batch index back to the pump (the loop is done with it): once per take()."""
         cdef uint8_t b = <uint8_t>index
         if not 0 <= index < self.n_handoff:
             raise ValueError(f"no hand-over batch {index}")
+        if not self.held & (1u << index):
+            raise ValueError(f"hand-over batch {index} is not the loop's to give back")  # the pump may be filling it
+        self.held &= ~(1u << index)
         if self.free_w >= 0:
             write(self.free_w, &b, 1)
 
@@ -298,19 +344,20 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
     # -- the thread -------------------------------------------------------------
 
     cdef void _run(self) noexcept nogil:
-        cdef pollfd fds[3]
+        cdef pollfd fds[4]  # the stop fd, the control pipe, the free pipe (while a batch waits), the device (while reading)
         cdef uint64_t value
         cdef uint8_t c
         cdef int k, err
-        cdef bint reading = True
+        cdef bint reading = True, failed = False
         cdef Py_ssize_t n
         fds[0].fd = self.stop_fd
         fds[1].fd = self.ctl_r
-        fds[2].fd = self.fd
-        fds[0].events = fds[1].events = fds[2].events = POLLIN
+        fds[3].fd = self.fd
+        fds[0].events = fds[1].events = fds[2].events = fds[3].events = POLLIN
         while True:
-            fds[0].revents = fds[1].revents = fds[2].revents = 0
-            if poll(fds, 3 if reading else 2, -1) < 0:
+            fds[0].revents = fds[1].revents = fds[2].revents = fds[3].revents = 0
+            fds[2].fd = self.free_r if self.current >= 0 else -1  # poll() passes over a negative fd
+            if poll(fds, 4 if reading else 3, -1) < 0:
                 if errno == EINTR:
                     continue
                 self._fail(errno)
@@ -320,23 +367,34 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
                 return
             if fds[1].revents:
                 while read(self.ctl_r, &c, 1) == 1:
-                    reading = c != 112
-                    if not reading:
+                    if c == RESUME:
+                        reading = not failed
+                    else:  # answered also once failed: the loop must not wait for it
+                        if self.current >= 0:
+                            self._hand_current()  # what it gathered goes before the loop reads the device
+                        reading = False
                         write(self.ack_w, &c, 1)
                 continue
-            if not fds[2].revents:
-                continue
-            for k in range(READS_PER_WAKE):
-                n = self._read(&self.reading, &err)
-                if n == 0:
-                    if err:
-                        self._fail(err)
-                        return
-                    break
-                self._pump(n)
-                if n < self.reading.slots:
-                    break
-            if self.current >= 0:
+            if reading and fds[3].revents:
+                for k in range(READS_PER_WAKE):
+                    n = self._read(&self.reading, &err)
+                    if n == 0:
+                        if not err and k == 0 and fds[3].revents & (POLLERR | POLLHUP | POLLNVAL):
+                            # nothing to read, and poll() would say so again at once, for ever
+                            err = EBADF if fds[3].revents & POLLNVAL else ENODEV
+                        if err:
+                            self._fail(err)
+                            failed = True
+                            reading = False
+                        break
+                    self._pump(n)
+                    if n < self.reading.slots:
+                        break
+            # The loop gets the batch being filled once it holds none: while it works through one,
+            # the rare packets of the wakes meanwhile gather in the next (one batch per wake would
+            # leave the loop's 8 batches of 64 slots holding a packet or two each, and drop the next).
+            self._reclaim()
+            if self.current >= 0 and self.n_free + 1 == self.n_handoff:
                 self._hand_current()
 
     cdef void _hand_current(self) noexcept nogil:
@@ -344,37 +402,48 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         self._hand(<uint8_t>self.current)
         self.current = -1
 
-    cdef int _take_back(self) noexcept nogil:
+    cdef void _reclaim(self) noexcept nogil:
+        """Take back the hand-over batches the loop gave back."""
         cdef uint8_t buf[MAX_HANDOFF]
-        cdef ssize_t n = read(self.free_r, buf, MAX_HANDOFF)
+        cdef ssize_t n
         cdef int k
-        for k in range(n if n > 0 else 0):
-            if self.n_free < self.n_handoff:
-                self.free_ids[self.n_free] = buf[k]
-                self.n_free += 1
-        return self.n_free
+        while True:
+            n = read(self.free_r, buf, MAX_HANDOFF)
+            if n <= 0:
+                return
+            for k in range(n):
+                if self.n_free < self.n_handoff:
+                    self.free_ids[self.n_free] = buf[k]
+                    self.n_free += 1
 
     cdef Rows *_handoff_rows(self) noexcept nogil:
         """The hand-over batch with room for one more packet, or NULL while the loop holds them all."""
-        cdef pollfd fds[2]
         if self.current >= 0 and self.rows[self.current].count == self.rows[self.current].slots:
             self._hand_current()
         if self.current < 0:
-            if self.n_free == 0 and self._take_back() == 0:
-                if self.no_wait:
-                    return NULL
-                self.c_waited += 1
-                fds[0].fd = self.free_r
-                fds[1].fd = self.stop_fd
-                fds[0].events = fds[1].events = POLLIN
-                fds[0].revents = fds[1].revents = 0
-                if poll(fds, 2, WAIT_MS) <= 0 or fds[1].revents or self._take_back() == 0:
-                    self.no_wait = True  # the rest of this batch's rare packets: dropped at once
+            if self.n_free == 0:
+                self._reclaim()
+            if self.n_free == 0:
+                if self.no_wait or not self._wait_for_batch():
+                    self.no_wait = True  # the rest of this read batch's rare packets: dropped at once
                     return NULL
             self.n_free -= 1
             self.current = self.free_ids[self.n_free]
             self.rows[self.current].count = 0
         return &self.rows[self.current]
+
+    cdef bint _wait_for_batch(self) noexcept nogil:
+        """Wait up to WAIT_MS for the loop to give a hand-over batch back (not past a stop); whether it did."""
+        cdef pollfd fds[2]
+        self.c_waited += 1
+        fds[0].fd = self.free_r
+        fds[1].fd = self.stop_fd
+        fds[0].events = fds[1].events = POLLIN
+        fds[0].revents = fds[1].revents = 0
+        if poll(fds, 2, WAIT_MS) <= 0 or fds[1].revents:
+            return False
+        self._reclaim()
+        return self.n_free > 0
 
     cdef void _hand(self, uint8_t b) noexcept nogil:
         while write(self.ready_w, &b, 1) < 0 and errno == EINTR:
@@ -440,13 +509,13 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
                     e = errno
                     self.c_failed[e if e < N_ERRNOS else N_ERRNOS - 1] += 1
                 continue
-            if r.verdicts[i] == V_DROP and r.reasons[i] != NO_FLOW:
-                continue  # counted by the NAT; nothing to answer
+            if (r.verdicts[i] == V_DROP and r.reasons[i] != NO_FLOW) or r.verdicts[i] == V_OTHER:
+                continue  # counted by the NAT as dropped; the loop would do nothing with it
             h = self._handoff_rows()
             if h == NULL:
                 if r.verdicts[i] == V_NEW_FLOW:
                     self.nat.forget_new(r.flow_ids[i])
-                if r.verdicts[i] != V_DROP and r.verdicts[i] != V_OTHER:  # those count as drops already
+                if r.verdicts[i] != V_DROP:  # a packet of no flow counts as a drop already
                     self.c_dropped += 1
                 continue
             j = h.count

@@ -144,7 +144,11 @@ class SystemStack:
         self._running = True
         if loop is not None:
             if self._pumping():
-                self._start_pump()
+                try:
+                    self._start_pump()
+                except BaseException:
+                    self.stop()
+                    raise
             else:
                 loop.add_reader(self.device.fileno(), self._readable)
             self._reading = True
@@ -157,9 +161,14 @@ class SystemStack:
     def _start_pump(self):
         b = self.batch
         handoff = [PacketBatch(b.slots, max_packet=b.max_packet, vnet_hdr=b.vnet_hdr) for _ in range(PUMP_HANDOFF)]
-        self.pump = tunpump.TunPump(self.device.fileno(), self.nat, b, handoff, d.VNET_HDR_LEN if b.vnet_hdr else 0)
-        self.loop.add_reader(self.pump.fileno(), self._pumped)
-        self.pump.start()
+        pump = tunpump.TunPump(self.device.fileno(), self.nat, b, handoff, d.VNET_HDR_LEN if b.vnet_hdr else 0)
+        try:
+            pump.start()  # what it hands over before the loop waits on it stays in the pipe
+        except BaseException:
+            pump.stop()
+            raise
+        self.pump = pump
+        self.loop.add_reader(pump.fileno(), self._pumped)
         log.debug("a native thread reads %s (TUN pump, %s)", self.device.name, self.pump_mode)
         if self.pump_mode == "auto":
             self._pump_last = (time.monotonic(), 0)
@@ -177,9 +186,15 @@ class SystemStack:
         rate = (rare - before) / (now - then) if now > then else 0.0
         if not self.pump.paused:
             if rate > PUMP_OFF_ABOVE:
-                self.pump.pause()
-                self._pumped()  # what it handed over before it stopped goes first
-                self.loop.add_reader(self.device.fileno(), self._readable)
+                try:
+                    self.pump.pause()
+                except TimeoutError:
+                    log.warning("the TUN pump did not pause; it reads %s on", self.device.name)
+                else:
+                    self._pumped()  # what it handed over before it stopped goes first
+                    if not self._reading:
+                        return  # that was the device's failure: the stack has stopped reading
+                    self.loop.add_reader(self.device.fileno(), self._readable)
                 self.counters["tun_pump_paused"] += 1
                 self._pump_calm = 0
         else:
@@ -309,15 +324,22 @@ class SystemStack:
         except TunError as e:
             self._failed(e)
             return
-        for index, n in handed:
+        failure = None
+        for index, n in handed:  # each batch is given back, whatever happens to it or the one before
             batch = pump.handoff[index]
             try:
-                if self._running:
+                if self._running and failure is None:
                     batch.count = n
                     self._rare(batch, n, time.monotonic(), True, True)
                     self._write(batch, n)
+            except TunError as e:
+                failure = e
+            except Exception:
+                log.exception("the packets the TUN pump handed over (batch %d, %d packets)", index, n)
             finally:
                 pump.give(index)
+        if failure is not None:
+            self._failed(failure)
 
     def on_readable(self) -> int:
         """Process up to max_batches batches of what the device has queued; return packets read."""
@@ -607,7 +629,7 @@ class SystemStack:
             out["dropped_loop_busy"] = c["dropped"]  # new flows, UDP, ICMP: the loop held every hand-over batch
             out["tun_pump_waited"] = c["waited"]  # times the pump waited for the loop to give a batch back
             out["dropped"] += c["dropped"]
-            out["tun_pump_reading"] = int(not self.pump.paused)
+            out["tun_pump_reading"] = int(self._reading and not self.pump.paused)  # not once stopped
         out.update({f"write_failed_{errno.errorcode.get(e, e)}": c for e, c in failures.items()})
         return out
 

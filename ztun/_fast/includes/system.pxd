@@ -13,7 +13,7 @@ cdef extern from "<poll.h>" nogil:
         short revents
 
     int poll(pollfd *fds, nfds_t nfds, int timeout)
-    enum: POLLIN
+    enum: POLLIN, POLLERR, POLLHUP, POLLNVAL
 
 
 cdef extern from "zt_tun.h" nogil:
