@@ -144,23 +144,20 @@ class Iphlpapi:
 
     def default_routes(self, family: int) -> list:
         """(interface index, route metric, next hop) of every default route of family (AF_INET or AF_INET6)."""
-        table = POINTER(MIB_IPFORWARD_TABLE2)()
-        code = self._lib.GetIpForwardTable2(family, byref(table))
-        if code:
-            raise route_error(f"GetIpForwardTable2 family {family}", code)
-        try:
-            return default_rows(table.contents.rows())
-        finally:
-            self._lib.FreeMibTable(table)
+        return self._forward_table(family, default_rows)
 
     def routes(self, family: int) -> list:
         """(interface index, prefix, next hop or None) of every route of family (AF_INET or AF_INET6)."""
+        return self._forward_table(family, route_rows)
+
+    def _forward_table(self, family: int, convert) -> list:
+        """convert(rows) of the routing table of family, read with GetIpForwardTable2 and freed after."""
         table = POINTER(MIB_IPFORWARD_TABLE2)()
         code = self._lib.GetIpForwardTable2(family, byref(table))
         if code:
             raise route_error(f"GetIpForwardTable2 family {family}", code)
         try:
-            return route_rows(table.contents.rows())
+            return convert(table.contents.rows())
         finally:
             self._lib.FreeMibTable(table)
 
