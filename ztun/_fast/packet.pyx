@@ -172,17 +172,28 @@ def parse_batch(batch):
     cdef uint8_t[:, ::1] data = batch.data
     cdef int[::1] lengths = batch.lengths
     cdef Meta *meta = meta_of(batch)
-    cdef Py_ssize_t count = batch.count, room = data.shape[1] - HEADROOM, i, n
+    cdef Py_ssize_t count = batch.count
     cdef bint vnet = batch.vnet_hdr
     if count < 0 or count > data.shape[0]:
         raise PacketError(f"batch.count {count} outside 0..{data.shape[0]}")
-    with nogil:
-        for i in range(count):
-            n = lengths[i]
-            if n > room:
-                n = room
-            if parse_one(&data[i, HEADROOM], n, &meta[i]) == OK and vnet:
-                check_vnet(&data[i, HEADROOM - VNET_HDR_LEN], &meta[i])
+    if count:
+        with nogil:
+            parse_rows(&data[0, 0], data.shape[1], &lengths[0], meta, count, vnet)
+
+
+cdef void parse_rows(uint8_t *data, Py_ssize_t stride, const int *lengths, Meta *meta, Py_ssize_t count,
+                     bint vnet) noexcept nogil:
+    """parse_batch over raw rows: slot i's packet at data + i * stride + HEADROOM, lengths[i] bytes
+    (at most the row's room), a virtio_net_hdr in front of it when vnet."""
+    cdef Py_ssize_t room = stride - HEADROOM, i, n
+    cdef uint8_t *p
+    for i in range(count):
+        n = lengths[i]
+        if n > room:
+            n = room
+        p = data + i * stride + HEADROOM
+        if parse_one(p, n, &meta[i]) == OK and vnet:
+            check_vnet(p - VNET_HDR_LEN, &meta[i])
 
 
 def verify_checksums(const uint8_t[::1] packet):

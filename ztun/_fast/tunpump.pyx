@@ -38,7 +38,7 @@ from ..errors import PacketError, TunError
 from core cimport *
 from system cimport POLLERR, POLLHUP, POLLIN, POLLNVAL, ZT_WOULD_BLOCK, poll, pollfd
 from ztun._fast.nat cimport NatTable
-from ztun._fast.packet cimport check_vnet, parse_one
+from ztun._fast.packet cimport parse_rows
 
 
 cdef extern from "<pthread.h>" nogil:
@@ -491,10 +491,7 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         self.c_packets += n
         self.c_reads += 1
         self.no_wait = False
-        for i in range(n):
-            p = r.data + i * r.stride + HEADROOM
-            if parse_one(p, r.lengths[i], &r.meta[i]) == OK and self.vnet:
-                check_vnet(p - VNET_HDR_LEN, &r.meta[i])
+        parse_rows(r.data, r.stride, r.lengths, r.meta, n, self.vnet)
         rare = self.nat.process_rows(r.data, r.stride, r.meta, r.verdicts, r.reasons, r.flow_ids, n, _now(), &no_flow)
         for i in range(n):
             if r.verdicts[i] == V_WRITE:
