@@ -11,6 +11,7 @@ from libc.string cimport memcpy, memset
 
 from ..errors import PacketError, TunError
 
+from batch_read cimport read_slots
 from batch_write cimport write_args_error, write_slots
 from core cimport HEADROOM
 from system cimport *
@@ -35,38 +36,6 @@ CONSTANTS = {
 } if ZT_HAVE_LINUX_TUN else {}
 
 
-cdef Py_ssize_t _read_some(int fd, uint8_t[:, ::1] data, int[::1] lengths, Py_ssize_t i,
-                           Py_ssize_t room, int hdr, bint blocking, int *err) noexcept nogil:
-    """Read into slots i.. until full, would-block or an error (*err); return the next free slot."""
-    cdef Py_ssize_t slots = data.shape[0]
-    cdef ssize_t n
-    cdef pollfd pfd
-    pfd.fd = fd
-    pfd.events = POLLIN
-    err[0] = 0
-    while i < slots:
-        if blocking and i > 0:
-            # Only the first read of a blocking fd may wait; the rest take what is queued.
-            pfd.revents = 0
-            if poll(&pfd, 1, 0) <= 0:
-                break
-        n = read(fd, &data[i, HEADROOM - hdr], room + hdr)
-        if n < 0:
-            if not ZT_WOULD_BLOCK(errno):
-                err[0] = errno
-            break
-        if n == 0:
-            break
-        n -= hdr
-        if n < 0:
-            n = 0
-        elif n > room:
-            n = room  # the kernel reports the full length of a packet it truncated
-        lengths[i] = <int>n
-        i += 1
-    return i
-
-
 def read_batch(int fd, batch, bint blocking=False, int hdr=0):
     """Read packets into batch slots 0.. until it is full or fd has none queued; return batch.count.
 
@@ -75,13 +44,13 @@ def read_batch(int fd, batch, bint blocking=False, int hdr=0):
     """
     cdef uint8_t[:, ::1] data = batch.data
     cdef int[::1] lengths = batch.lengths
-    cdef Py_ssize_t room = data.shape[1] - HEADROOM, i = 0
+    cdef Py_ssize_t i = 0
     cdef int err = 0
     if hdr < 0 or hdr > HEADROOM:
         raise PacketError(f"hdr must be 0..{HEADROOM}, got {hdr}")
-    while True:
+    while data.shape[0]:
         with nogil:
-            i = _read_some(fd, data, lengths, i, room, hdr, blocking, &err)
+            i = read_slots(fd, &data[0, 0], data.shape[1], &lengths[0], i, data.shape[0], hdr, blocking, &err)
         if err != EINTR:
             break
         PyErr_CheckSignals()

@@ -35,8 +35,9 @@ from posix.unistd cimport close, pipe, read, write
 
 from ..errors import PacketError, TunError
 
+from batch_read cimport read_slots
 from core cimport *
-from system cimport POLLERR, POLLHUP, POLLIN, POLLNVAL, ZT_WOULD_BLOCK, poll, pollfd
+from system cimport POLLERR, POLLHUP, POLLIN, POLLNVAL, poll, pollfd
 from ztun._fast.nat cimport NatTable
 from ztun._fast.packet cimport parse_rows
 
@@ -457,26 +458,11 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
 
     cdef Py_ssize_t _read(self, Rows *r, int *err) noexcept nogil:
         """Read packets into r's slots until it is full or none is queued; return how many (*err: the errno that ended it)."""
-        cdef Py_ssize_t i = 0, room = r.stride - HEADROOM
-        cdef ssize_t n
-        err[0] = 0
-        while i < r.slots:
-            n = read(self.fd, r.data + i * r.stride + HEADROOM - self.hdr, room + self.hdr)
-            if n < 0:
-                if errno == EINTR:
-                    continue
-                if not ZT_WOULD_BLOCK(errno):
-                    err[0] = errno
+        cdef Py_ssize_t i = 0
+        while True:
+            i = read_slots(self.fd, r.data, r.stride, r.lengths, i, r.slots, self.hdr, False, err)
+            if err[0] != EINTR:
                 break
-            if n == 0:
-                break
-            n -= self.hdr
-            if n < 0:
-                n = 0
-            elif n > room:
-                n = room
-            r.lengths[i] = <int>n
-            i += 1
         r.count = i
         return i
 
