@@ -104,11 +104,9 @@ def recv_all(sock):
         chunks.append(b)
 
 
-@pytest.mark.parametrize("splice", MODES)
-def test_bulk_both_ways_and_half_close(rig_factory, splice):
-    rig = rig_factory(splice)
-    up = os.urandom(8 << 20)
-    down = os.urandom(6 << 20)
+def exchange(rig, up, down, timeout=20.0):
+    """The client sends up and half-closes, the server answers down once it has it all and closes;
+    the relay runs until it ends. The client's and the server's results ({"value"} or {"error"})."""
 
     def client():
         rig.app_client.sendall(up)
@@ -123,9 +121,18 @@ def test_bulk_both_ways_and_half_close(rig_factory, splice):
 
     tc, rc = in_thread(client)
     ts, rs = in_thread(server)
-    rig.run_until(lambda: rig.closed)
+    rig.run_until(lambda: rig.closed, timeout=timeout)
     tc.join(10)
     ts.join(10)
+    return rc, rs
+
+
+@pytest.mark.parametrize("splice", MODES)
+def test_bulk_both_ways_and_half_close(rig_factory, splice):
+    rig = rig_factory(splice)
+    up = os.urandom(8 << 20)
+    down = os.urandom(6 << 20)
+    rc, rs = exchange(rig, up, down)
     assert "error" not in rc and "error" not in rs, (rc.get("error"), rs.get("error"))
     assert hashlib.sha256(rs["value"]).digest() == hashlib.sha256(up).digest()
     assert hashlib.sha256(rc["value"]).digest() == hashlib.sha256(down).digest()
@@ -171,23 +178,7 @@ def test_a_relay_still_moving_when_the_pump_again_list_is_full_is_not_forgotten(
     try:
         rig.engine._set_again_cap(0)
         up, down = os.urandom(24 << 20), os.urandom(16 << 20)
-
-        def client():
-            rig.app_client.sendall(up)
-            rig.app_client.shutdown(socket.SHUT_WR)
-            return recv_all(rig.app_client)
-
-        def server():
-            got = recv_all(rig.app_server)
-            rig.app_server.sendall(down)
-            rig.app_server.close()
-            return got
-
-        tc, rc = in_thread(client)
-        ts, rs = in_thread(server)
-        rig.run_until(lambda: rig.closed, timeout=30)
-        tc.join(10)
-        ts.join(10)
+        rc, rs = exchange(rig, up, down, timeout=30)
         assert "error" not in rc and "error" not in rs, (rc.get("error"), rs.get("error"))
         assert rs["value"] == up and rc["value"] == down
         assert rig.closed == ["done"]

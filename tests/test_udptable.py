@@ -58,6 +58,23 @@ class Rig:
         for s in self.socks:
             s.close()
 
+    def two_routes(self):
+        """A session of CLIENT4:5000 with DEST4:53 routed direct to a server here and DEST4:54 through
+        SOCKS5 to a relay here (both with 4 MiB receive buffers): (server, relay, the SOCKS5 header)."""
+        t, mod = self.table, self.mod
+        server, relay = self.udp(), self.udp()
+        for s in (server, relay):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        direct_sock, socks_sock = self.udp(), self.udp()
+        socks_sock.connect(relay.getsockname())
+        sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
+        k = t.attach(sid, direct_sock, mod.DIRECT)
+        j = t.attach(sid, socks_sock, mod.SOCKS5)
+        head = socks_header(DEST4, 54)
+        assert t.route(sid, ipaddress.ip_address(DEST4).packed, 53, k, to=(b"\x7f\x00\x00\x01", server.getsockname()[1]))
+        assert t.route(sid, ipaddress.ip_address(DEST4).packed, 54, j, prefix=head)
+        return server, relay, head
+
     def ready(self, *socks):
         """Wait until the socks are readable (loopback delivers at once, once the sender thread sent what it
         was given; the twin needs its ready flag)."""
@@ -221,18 +238,7 @@ def test_many_datagrams_in_order_round_the_sender_ring(rig, mod):
     """More bytes than the sender thread's ring holds (4 MiB), in sizes that leave odd ends at its end:
     every datagram arrives whole and in order, also SOCKS5 ones with their header."""
     t = rig.table
-    server = rig.udp()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    relay = rig.udp()
-    relay.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    direct_sock, socks_sock = rig.udp(), rig.udp()
-    socks_sock.connect(relay.getsockname())
-    sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
-    k = t.attach(sid, direct_sock, mod.DIRECT)
-    j = t.attach(sid, socks_sock, mod.SOCKS5)
-    head = socks_header(DEST4, 54)
-    assert t.route(sid, ipaddress.ip_address(DEST4).packed, 53, k, to=(b"\x7f\x00\x00\x01", server.getsockname()[1]))
-    assert t.route(sid, ipaddress.ip_address(DEST4).packed, 54, j, prefix=head)
+    server, relay, head = rig.two_routes()
     sent = {53: [], 54: []}
     got = {53: [], 54: []}
     total, n = 0, 0
@@ -415,17 +421,7 @@ def test_a_run_of_equal_datagrams_goes_out_as_one_gso_send_and_arrives_as_they_w
     rig = Rig(udptable_native)
     try:
         t = rig.table
-        server, relay = rig.udp(), rig.udp()
-        for s in (server, relay):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        direct_sock, socks_sock = rig.udp(), rig.udp()
-        socks_sock.connect(relay.getsockname())
-        sid = t.open(4, ipaddress.ip_address(CLIENT4).packed, 5000, 1.0)
-        k = t.attach(sid, direct_sock, udptable_native.DIRECT)
-        j = t.attach(sid, socks_sock, udptable_native.SOCKS5)
-        head = socks_header(DEST4, 54)
-        assert t.route(sid, ipaddress.ip_address(DEST4).packed, 53, k, to=(b"\x7f\x00\x00\x01", server.getsockname()[1]))
-        assert t.route(sid, ipaddress.ip_address(DEST4).packed, 54, j, prefix=head)
+        server, relay, head = rig.two_routes()
         for port, sock, strip in ((53, server, 0), (54, relay, len(head))):
             payloads = [struct.pack("!I", i) + bytes([i]) * 1196 for i in range(40)] + [b"last" * 75]
             b = client_batch(*[(CLIENT4, 5000, DEST4, port, p) for p in payloads], slots=len(payloads))
