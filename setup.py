@@ -13,7 +13,7 @@ CORE = ["checksum", "packet", "nat", "gso", "build", "icmp"]
 # relay engine: a native thread with its own epoll, Linux), udptable (UDP sessions after their first
 # datagram, sendmmsg/recvmmsg, Linux). Windows
 # reads Wintun's rings through ctypes.
-PLATFORM = {"linux": ["tunio", "utunio", "sockq", "relay", "udptable", "tunpump"], "darwin": ["utunio", "sockq"]}
+PLATFORM = {"linux": ["tunio", "utunio", "sockq", "relay", "udptable", "tunpump", "handshake"], "darwin": ["utunio", "sockq"]}
 MODULES = CORE + PLATFORM.get("linux" if sys.platform.startswith("linux") else sys.platform, [])
 
 macros = [("CYTHON_TRACE_NOGIL", "1")] if TRACE else []

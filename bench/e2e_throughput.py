@@ -87,6 +87,9 @@ CONFIGS = {
     # the proxy's socket read as each small segment lands, not in batches at a low-water mark
     "ztun-socks-nobatch": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
                            "env": {"ZTUN_RELAY_BATCH": "0"}},
+    # the SOCKS5 negotiation's twin: each exchange with the proxy a loop callback (not the native engine)
+    "ztun-socks-pyhs": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
+                        "env": {"ZTUN_HANDSHAKE": "python"}},
     "socks-only": {"socks": "client"},
     # References for the SOCKS5 path, with the same load tool. ztun's direct path (no proxy):
     # what ztun costs without any SOCKS5 work. redsocks (C, libevent) behind an iptables

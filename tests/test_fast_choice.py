@@ -16,7 +16,7 @@ from ztun.loop import Loop
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
-ALL = fast.CORE + ("tunio", "utunio", "sockq", "relay", "udptable")
+ALL = fast.CORE + ("tunio", "utunio", "sockq", "relay", "udptable", "handshake")
 HERE = fast.CORE + fast.PLATFORM.get("linux" if sys.platform.startswith("linux") else sys.platform, ())
 
 # Prints what a fresh interpreter chose; a meta path finder can refuse to load named compiled modules.
@@ -118,9 +118,10 @@ def test_the_loop_asks_fast_for_its_worker():
     tree = ast.parse((ROOT / "ztun" / "loop.py").read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "_fast"
                 for alias in node.names}
-    assert imported == {"socket_queue"}
+    assert imported == {"socket_queue", "handshakes"}
     with Loop() as lp:
         assert type(lp.sockq) is fast._sockq.SocketQueue
+        assert type(lp.handshakes) is fast._handshake.Handshakes
     with Loop() as lp:
         pass
     assert type(lp.sockq) is sockq_py.SocketQueue  # closed, never started one: the calls are made at once

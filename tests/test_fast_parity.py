@@ -20,7 +20,8 @@ from ztun.loop import Loop
 
 FAST = Path(fast.__file__).parent
 NO_EXT = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
-MODULES = ("build", "checksum", "gso", "icmp", "nat", "packet", "relay", "sockq", "tunio", "udptable", "utunio")
+MODULES = ("build", "checksum", "gso", "handshake", "icmp", "nat", "packet", "relay", "sockq", "tunio", "udptable",
+           "utunio")
 
 
 def test_every_stub_is_covered():
@@ -83,6 +84,11 @@ def _instances(name, kind, mod, cleanup):
         q = mod.SocketQueue(loop)
         cleanup += [loop.close, q.stop]
         return {"SocketQueue": q}
+    if name == "handshake":
+        loop = Loop()
+        engine = mod.Handshakes(loop)
+        cleanup += [loop.close, engine.stop]
+        return {"Handshakes": engine}
     if name == "relay":
         loop = Loop()
         engine = mod.RelayEngine(loop, lambda *a: None)

@@ -18,11 +18,12 @@ from ztun import loop as _loop
 
 
 class Loop(_loop.Loop):
-    """A loop whose socket worker (and its pipe) exists before a test counts fds."""
+    """A loop whose socket worker and handshake engine (and their fds) exist before a test counts fds."""
 
     def __init__(self):
         super().__init__()
         self.sockq
+        self.handshakes
 
 
 def run_until(loop, cond, timeout=5.0):

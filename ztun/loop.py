@@ -19,7 +19,7 @@ import sys
 import time
 from collections import deque
 
-from ._fast import socket_queue
+from ._fast import handshakes, socket_queue
 
 log = logging.getLogger("ztun.loop")
 
@@ -124,6 +124,7 @@ class Loop:
         self._signals: dict = {}  # signum -> (Handle, previous Python handler)
         self._old_wakeup_fd = None
         self._sockq = None
+        self._handshakes = None
         self.shared: dict = {}  # what other modules keep per loop (idle checks, pipes), gone with it: close() closes
         # each value that has a close()
 
@@ -139,6 +140,14 @@ class Loop:
             epoll_fd = self._poller.fileno() if self._epoll else -1
             self._sockq = socket_queue(self, epoll_fd=epoll_fd)
         return self._sockq
+
+    @property
+    def handshakes(self):
+        """This loop's SOCKS5 negotiation engine (ztun._fast.handshake), started on first use."""
+        if self._handshakes is None:
+            self._check_open()
+            self._handshakes = handshakes(self)
+        return self._handshakes
 
     # --- readers and writers -------------------------------------------------
 
@@ -402,6 +411,8 @@ class Loop:
             return
         for signum in list(self._signals):
             self.remove_signal_handler(signum)
+        if self._handshakes is not None:
+            self._handshakes.stop()
         if self._sockq is not None:
             self._sockq.stop()  # the calls still queued are made first
         self._closed = True

@@ -5,6 +5,7 @@ builds one and it loads, else its twin. ZTUN_NO_EXTENSIONS=1 selects every twin;
 selects the twin of sockq (connect, shutdown and close made at once on the loop's thread, for
 comparison); ZTUN_RELAY=loop the twin of the relay engine (relays on the loop, in Python);
 ZTUN_UDP=python the twin of the UDP session table (every datagram through Python, for comparison);
+ZTUN_HANDSHAKE=python the twin of the SOCKS5 negotiation engine (each exchange a loop callback);
 ZTUN_TUN_PUMP=0 no TUN pump (the loop reads the TUN, as the twins do).
 IMPLEMENTATIONS says what each module is, IMPLEMENTATION sums it up.
 """
@@ -22,9 +23,10 @@ CORE = ("checksum", "packet", "nat", "gso", "build", "icmp")
 # keeps the two in step): tunio is Linux TUN, utunio the macOS utun framing (also built on Linux
 # for its socketpair tests), sockq a worker thread for connect/shutdown/close, relay the relay
 # engine (a native thread with its own epoll), udptable the UDP sessions after their first datagram,
-# tunpump the thread that reads the TUN and runs the NAT (no twin: without it the loop reads the TUN). Windows reads
+# tunpump the thread that reads the TUN and runs the NAT (no twin: without it the loop reads the TUN), handshake the
+# thread that connects to a SOCKS5 proxy and negotiates (its twin runs on the loop). Windows reads
 # Wintun's rings through ctypes and makes the socket calls at once.
-PLATFORM = {"linux": ("tunio", "utunio", "sockq", "relay", "udptable", "tunpump"), "darwin": ("utunio", "sockq")}
+PLATFORM = {"linux": ("tunio", "utunio", "sockq", "relay", "udptable", "tunpump", "handshake"), "darwin": ("utunio", "sockq")}
 # Where a platform compiles none of these, the twin still serves; on Windows the TUN twins do not.
 _NO_TWIN = {"win32": ("tunio", "utunio")}
 
@@ -34,6 +36,7 @@ _no_ext = os.environ.get("ZTUN_NO_EXTENSIONS", "") not in ("", "0")
 _sockq_off = os.environ.get("ZTUN_SOCKQ", "1") in ("0", "off")
 _relay_loop = os.environ.get("ZTUN_RELAY", "") == "loop"
 _udp_python = os.environ.get("ZTUN_UDP", "") == "python"
+_handshake_python = os.environ.get("ZTUN_HANDSHAKE", "") == "python"
 _pump_off = os.environ.get("ZTUN_TUN_PUMP", "1") in ("0", "off")
 
 
@@ -43,7 +46,7 @@ def _choose(name: str):
         twin = None if name in _NO_TWIN.get(_platform, ()) else importlib.import_module(f"{__name__}.{name}_py")
         return twin, None
     if not (_no_ext or (name == "sockq" and _sockq_off) or (name == "relay" and _relay_loop)
-            or (name == "udptable" and _udp_python)):
+            or (name == "udptable" and _udp_python) or (name == "handshake" and _handshake_python)):
         try:
             return importlib.import_module(f"{__name__}.{name}"), "cython"
         except ImportError:
@@ -51,13 +54,15 @@ def _choose(name: str):
     return importlib.import_module(f"{__name__}.{name}_py"), "python"
 
 
-_chosen = {name: _choose(name) for name in CORE + ("tunio", "utunio", "sockq", "relay", "udptable")}
+_chosen = {name: _choose(name) for name in CORE + ("tunio", "utunio", "sockq", "relay", "udptable", "handshake")}
 IMPLEMENTATIONS: dict[str, str | None] = {name: kind for name, (_, kind) in _chosen.items()}
 _kinds = {kind for kind in IMPLEMENTATIONS.values() if kind is not None}
 IMPLEMENTATION = _kinds.pop() if len(_kinds) == 1 else "mixed"
 
-checksum, packet, nat, gso, build, icmp, tunio, utunio, sockq, relay, udptable = (module for module, _ in _chosen.values())
+(checksum, packet, nat, gso, build, icmp, tunio, utunio, sockq, relay, udptable,
+ handshake) = (module for module, _ in _chosen.values())
 _sockq = sockq  # the choice, kept apart from the attribute that importing ztun._fast.sockq rebinds
+_handshake = handshake  # the same for ztun._fast.handshake
 
 
 def _compiled_only(name: str):
@@ -87,6 +92,11 @@ def socket_queue(loop, epoll_fd: int = -1, inline: bool = False):
     return (sockq_py if inline else _sockq).SocketQueue(loop, epoll_fd=epoll_fd)
 
 
+def handshakes(loop):
+    """The SOCKS5 negotiation engine for loop: a Handshakes of the chosen handshake module."""
+    return _handshake.Handshakes(loop)
+
+
 NatTable = nat.NatTable
 parse_batch = packet.parse_batch
 verify_checksums = packet.verify_checksums
@@ -107,6 +117,8 @@ __all__ = [
     "describe",
     "echo_batch",
     "gso",
+    "handshake",
+    "handshakes",
     "icmp",
     "nat",
     "packet",

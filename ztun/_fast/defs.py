@@ -3,6 +3,8 @@
 The compiled side mirrors these in includes/core.pxd; tests/test_defs.py checks both agree.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 # Every slot of a PacketBatch keeps this many bytes in front of the IP packet, so a
@@ -151,3 +153,27 @@ CS_BAD_IP = 1  # IPv4 header checksum wrong
 CS_BAD_L4 = 2  # TCP, UDP, ICMP or ICMPv6 checksum wrong
 CS_UDP6_ZERO = 3  # UDP over IPv6 with checksum 0, which RFC 8200 forbids
 CS_UNCHECKED = 4  # nothing to check end to end: malformed, a fragment, or another protocol
+
+# How a SOCKS5 negotiation ended (handshake.pyx's includes/zt_handshake.h, handshake_py.py): the
+# Progress a Handshakes engine reports at its end or at a cancel.
+HS_OK = 0
+HS_CONNECT_FAILED = 1  # err: the connect's errno
+HS_SEND_FAILED = 2  # err: send()'s errno
+HS_RECV_FAILED = 3  # err: recv()'s errno
+HS_EOF = 4  # the proxy closed before the step's bytes all came
+HS_PROTOCOL = 5  # the bytes received break the protocol (the transcript's last step says how)
+HS_KIND_NAMES = ("ok", "connect_failed", "send_failed", "recv_failed", "eof", "protocol")
+HS_TRANSCRIPT_MAX = 272  # every byte a negotiation can receive: 2 + 2 + 4 + 1 + 255 + 2, rounded up
+
+
+class Progress(NamedTuple):
+    """How far a negotiation got: kind and err (HS_*), transcript (every byte received: the complete
+    steps, then partial bytes of the step under way), connected (the connect succeeded) and sending
+    (it was sending, not waiting for bytes, when it ended or was cancelled)."""
+
+    kind: int
+    err: int
+    transcript: bytes
+    partial: int
+    connected: bool
+    sending: bool

@@ -12,45 +12,14 @@ import os
 import socket
 from collections import deque
 
-from .connect_address import split_address
 
 from libc.errno cimport EINVAL, errno
-from libc.stdint cimport uint16_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
 
 log = logging.getLogger("ztun.sockq")
 
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    ctypedef unsigned short sa_family_t
-
-    struct sockaddr_storage:
-        sa_family_t ss_family
-
-cdef extern from "<netinet/in.h>" nogil:
-    struct in_addr:
-        pass
-
-    struct in6_addr:
-        pass
-
-    struct sockaddr_in:
-        sa_family_t sin_family
-        uint16_t sin_port
-        in_addr sin_addr
-
-    struct sockaddr_in6:
-        sa_family_t sin6_family
-        uint16_t sin6_port
-        unsigned int sin6_flowinfo
-        in6_addr sin6_addr
-        unsigned int sin6_scope_id
-
-cdef extern from "<arpa/inet.h>" nogil:
-    int inet_pton(int af, const char *src, void *dst)
-    uint16_t htons(uint16_t)
-    uint16_t ntohs(uint16_t)
-    unsigned int htonl(unsigned int)
+from sockaddr cimport fill_sockaddr, ntohs, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t
 
 cdef extern from "zt_sockq.h" nogil:
     enum:
@@ -132,29 +101,6 @@ def accept_batch(listener, int most):
         else:
             out.append((sock, (<char *>&a6.sin6_addr)[:16], ntohs(a6.sin6_port)))
     return out, err
-
-
-cdef int _sockaddr(zt_op *op, address) except -1:
-    """op's address from (host, port[, flowinfo, scope_id]): an IP literal (IPv6 if it has a colon), as connect() takes it."""
-    cdef sockaddr_in *a4 = <sockaddr_in *>&op.addr
-    cdef sockaddr_in6 *a6 = <sockaddr_in6 *>&op.addr
-    host, port, flowinfo, scope_id = split_address(address)
-    memset(&op.addr, 0, sizeof(op.addr))
-    if b":" not in host:
-        a4.sin_family = socket.AF_INET
-        a4.sin_port = htons(port)
-        if inet_pton(socket.AF_INET, host, &a4.sin_addr) != 1:
-            raise ValueError(f"{address[0]!r} is not an IPv4 address")
-        op.addrlen = sizeof(sockaddr_in)
-    else:
-        a6.sin6_family = socket.AF_INET6
-        a6.sin6_port = htons(port)
-        a6.sin6_flowinfo = htonl(flowinfo)
-        a6.sin6_scope_id = scope_id
-        if inet_pton(socket.AF_INET6, host, &a6.sin6_addr) != 1:
-            raise ValueError(f"{address[0]!r} is not an IPv6 address")
-        op.addrlen = sizeof(sockaddr_in6)
-    return 0
 
 
 # The docstring's first lines are the constructor's signature for inspect.signature (as NatTable's).
@@ -255,7 +201,7 @@ The loop's worker thread for connect, shutdown and close of non-blocking sockets
         """
         cdef zt_op op
         cdef int err = 0
-        _sockaddr(&op, address)  # of the socket's family, or connect() fails (reported like any error)
+        fill_sockaddr(&op.addr, &op.addrlen, address)  # of the socket's family, or connect() fails (reported like any error)
         op.kind = ZT_OP_CONNECT
         op.fd = sock.fileno()
         if op.fd < 0:

@@ -1,7 +1,10 @@
 """The SOCKS5 outbound (RFC 1928, username/password auth of RFC 1929): CONNECT and UDP ASSOCIATE on ztun's loop.
 
-The negotiation is a generator of steps ("send these bytes", "receive exactly n bytes") that
-a small driver runs on the readiness loop. Reading exactly the lengths the protocol announces
+The negotiation is made by the loop's handshake engine (ztun._fast.handshake: the connect to
+the proxy and every exchange on a native thread, the loop woken once at the end; its twin
+runs the same steps on the loop). The protocol's words live here once: the negotiation is a
+generator of steps ("send these bytes", "receive exactly n bytes"), replayed over the bytes
+the engine received to name a failure. Reading exactly the lengths the protocol announces
 means the bytes a server-first protocol sends right after the CONNECT reply stay in the
 socket for the relay. One deadline covers the connect to the proxy and the whole
 negotiation, so a proxy that never answers or drips one byte at a time costs that flow only.
@@ -17,10 +20,11 @@ import urllib.parse
 from collections import deque
 
 from .._fast import udptable
+from .._fast.defs import HS_CONNECT_FAILED, HS_EOF, HS_KIND_NAMES, HS_OK, HS_RECV_FAILED, HS_SEND_FAILED
 from ..errors import ZtunError
 from ..net import endpoint_text, host_port, is_host
 from ..system.sockopt import Egress
-from .direct import connect, give_socket, udp_socket
+from .direct import give_socket, tcp_socket, udp_socket
 
 log = logging.getLogger("ztun.socks5")
 
@@ -147,13 +151,25 @@ class _Fail(Exception):
         self.err, self.counter, self.reason = err, counter, reason
 
 
+def _greeting(username: bytes | None) -> bytes:
+    methods = bytes((METHOD_NONE, METHOD_USERPASS)) if username is not None else bytes((METHOD_NONE,))
+    return bytes((VERSION, len(methods))) + methods
+
+
+def _auth(username: bytes, password: bytes) -> bytes:
+    return bytes((1, len(username))) + username + bytes((len(password),)) + password
+
+
+def _request(command: int, address: bytes) -> bytes:
+    return bytes((VERSION, command, 0)) + address
+
+
 def greet(username: bytes | None, password: bytes | None):
     """Greeting and optional RFC 1929 auth: the part of every negotiation a health probe runs alone.
 
     Yields _Send and _Recv steps; raises _Fail.
     """
-    methods = bytes((METHOD_NONE, METHOD_USERPASS)) if username is not None else bytes((METHOD_NONE,))
-    yield _Send(bytes((VERSION, len(methods))) + methods, "greeting")
+    yield _Send(_greeting(username), "greeting")
     ver, method = yield _Recv(2, "method selection")
     if ver != VERSION:
         raise _Fail(errno.EPROTO, "socks_bad_version", f"method selection has version {ver}, not 5 (not a SOCKS5 proxy?)")
@@ -161,7 +177,7 @@ def greet(username: bytes | None, password: bytes | None):
         offered = "no-auth or username/password" if username is not None else "no-auth only (configure a username and password?)"
         raise _Fail(errno.ECONNREFUSED, "socks_no_method", f"no acceptable authentication method; offered {offered}")
     if method == METHOD_USERPASS and username is not None:
-        yield _Send(bytes((1, len(username))) + username + bytes((len(password),)) + password, "authentication")
+        yield _Send(_auth(username, password), "authentication")
         ver, status = yield _Recv(2, "authentication reply")
         if ver != 1:
             raise _Fail(errno.EPROTO, "socks_bad_version", f"authentication reply has version {ver}, not 1")
@@ -178,7 +194,7 @@ def negotiate(username: bytes | None, password: bytes | None, command: int, addr
     Yields _Send and _Recv steps; each _Recv is answered with exactly n bytes. Raises _Fail.
     """
     yield from greet(username, password)
-    yield _Send(bytes((VERSION, command, 0)) + address, "request")
+    yield _Send(_request(command, address), "request")
     ver, rep, _rsv, atyp = yield _Recv(4, f"{what} reply")
     if ver != VERSION:
         raise _Fail(errno.EPROTO, "socks_bad_version", f"{what} reply has version {ver}, not 5")
@@ -202,188 +218,159 @@ def negotiate(username: bytes | None, password: bytes | None, command: int, addr
     return host, (raw[-2] << 8) | raw[-1]
 
 
-class Handshake:
-    """A connection to the proxy and one negotiation on it, driven by the loop; cancel() ends it silently.
+def replay(steps, progress):
+    """Run a negotiation's generator over what the engine received (a Progress): (None, result) if it
+    ended, or (step, got) for the step it stopped at, with got bytes of it received. Raises _Fail
+    where the bytes break the protocol: the one place a failure is worded, whichever engine ran it."""
+    complete, value = progress.transcript[:len(progress.transcript) - progress.partial], None
+    try:
+        while True:
+            step = steps.send(value)
+            if isinstance(step, _Recv):
+                if len(complete) < step.n:  # the receive under way (complete is empty by now)
+                    return step, progress.partial
+                value, complete = complete[:step.n], complete[step.n:]
+            else:
+                if not complete and progress.sending:
+                    return step, 0
+                value = None
+    except StopIteration as stop:
+        return None, stop.value
+    finally:
+        steps.close()
 
-    on_done(sock, (host, port)) after a successful reply (the reply's bound address), or
-    on_done(None, OSError) with a reason naming the proxy and what went wrong; called once,
-    always from the loop. count(counter, reason) hears of a failure (default: the outbound's
-    counters; a health probe counts nothing there).
+
+class Plan:
+    """One negotiation: the bytes it sends (greeting, auth, request: empty for a probe) and its generator."""
+
+    __slots__ = ("username", "password", "command", "address", "what", "greeting", "auth", "request")
+
+    def __init__(self, username: bytes | None, password: bytes | None, command: int = 0, address: bytes = b"",
+                 what: str = ""):
+        self.username, self.password, self.command, self.address, self.what = username, password, command, address, what
+        self.greeting = _greeting(username)
+        self.auth = _auth(username, password) if username is not None else b""
+        self.request = _request(command, address) if command else b""
+
+    def steps(self):
+        if self.command:
+            return negotiate(self.username, self.password, self.command, self.address, self.what)
+        return greet(self.username, self.password)
+
+
+class Handshake:
+    """A connection to the proxy and one negotiation on it, made by the loop's handshake engine
+    (loop.handshakes: a native thread, or its twin on the loop); cancel() ends it silently.
+
+    on_done(sock, (host, port)) after a successful reply (the reply's bound address, when
+    want_bound; else None), or on_done(None, OSError) with a reason naming the proxy and what
+    went wrong; called once, always from the loop. count(counter, reason) hears of a failure
+    (default: the outbound's counters; a health probe counts nothing there).
     """
 
-    __slots__ = ("outbound", "loop", "steps", "on_done", "count", "sock", "connecting", "timer", "done",
-                 "buf", "need", "what", "pending", "reading", "writing")
+    __slots__ = ("outbound", "loop", "plan", "on_done", "count", "want_bound", "sock", "id", "timer", "done")
 
-    def __init__(self, outbound: "Socks5Outbound", steps, on_done, count=None):
-        self.outbound, self.loop, self.steps, self.on_done = outbound, outbound.loop, steps, on_done
+    def __init__(self, outbound: "Socks5Outbound", plan: Plan, on_done, count=None, want_bound: bool = False):
+        self.outbound, self.loop, self.plan, self.on_done = outbound, outbound.loop, plan, on_done
         self.count = outbound.count if count is None else count
-        self.sock = None
+        self.want_bound = want_bound
+        self.sock = self.id = None
         self.done = False
-        self.buf = bytearray()
-        self.need = 0
-        self.what = "connect"
-        self.pending = b""
-        self.reading = self.writing = False
-        self.connecting = None
         self.timer = self.loop.call_later(outbound.connect_timeout, self._timeout)
-        try:  # its own timer is a second later: the overall deadline above is the one that fires
-            self.connecting = connect(self.loop, outbound.proxy_address, self._connected,
-                                      egress=outbound.egress, timeout=outbound.connect_timeout + 1.0)
-        except (OSError, ZtunError) as e:
+        try:
+            self.sock = tcp_socket(outbound.family, outbound.egress)
+            self.id = self.loop.handshakes.start(self.sock, outbound.proxy_address, plan.greeting, plan.auth,
+                                                 plan.request, plan.username is not None, self._ended)
+        except (OSError, ValueError, ZtunError) as e:
             err = getattr(e, "errno", None) or errno.EIO
             self.loop.call_soon(self._fail, err, "proxy_connect_failed", f"connect: {e}")
 
-    def _connected(self, sock, error):
-        self.connecting = None
-        if self.done:
-            if sock is not None:
-                sock.close()
-            return
-        if error is not None:
-            err = error.errno or errno.EIO
-            self._fail(err, "proxy_connect_failed", f"connect: {os.strerror(err)}")
-            return
-        self.sock = sock
-        self._advance(None)
-
-    def _advance(self, value):
-        """Run the negotiation until it waits for the socket, succeeds or fails."""
-        while not self.done:
-            try:
-                step = self.steps.send(value)
-            except StopIteration as stop:
-                self._succeed(stop.value)
-                return
-            except _Fail as f:
-                self._fail(f.err, f.counter, f.reason)
-                return
-            if isinstance(step, _Recv):
-                self.need, self.what = step.n, step.what
-                self.buf.clear()
-                value = self._read()
-                if value is None:
-                    return
-                continue
-            self.what = step.what
-            try:
-                n = self.sock.send(step.data)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError as e:
-                self._fail(e.errno or errno.EIO, "socks_closed", f"sending the {step.what}: {e.strerror or e}")
-                return
-            if n < len(step.data):
-                self.pending = step.data[n:]
-                self._watch_write(True)
-                return
-            value = None
-
-    def _read(self) -> bytes | None:
-        """The awaited bytes once all need of them arrived; None while waiting (reader registered) or failed."""
-        while len(self.buf) < self.need:
-            try:
-                chunk = self.sock.recv(self.need - len(self.buf))
-            except (BlockingIOError, InterruptedError):
-                self._watch_read(True)
-                return None
-            except OSError as e:
-                self._fail(e.errno or errno.EIO, "socks_closed", f"reading the {self.what}: {e.strerror or e}")
-                return None
-            if not chunk:
-                self._fail(errno.ECONNRESET, "socks_truncated",
-                           f"closed the connection during the {self.what} ({len(self.buf)} of {self.need} bytes)")
-                return None
-            self.buf += chunk
-        self.need = 0
-        return bytes(self.buf)
-
-    def _readable(self):
+    def _ended(self, progress):
+        self.id = None
         if self.done:
             return
-        if not self.need:  # bytes nobody asked for yet (we are still sending): wait for our turn
-            self._watch_read(False)
+        if progress.kind == HS_OK:
+            self._succeed(replay(self.plan.steps(), progress)[1] if self.want_bound else None)
             return
-        data = self._read()
-        if data is not None:
-            self._advance(data)
-
-    def _writable(self):
-        if self.done:
+        if progress.kind == HS_CONNECT_FAILED:
+            self._fail(progress.err, "proxy_connect_failed", f"connect: {os.strerror(progress.err)}")
             return
         try:
-            n = self.sock.send(self.pending)
-        except (BlockingIOError, InterruptedError):
+            step, got = replay(self.plan.steps(), progress)
+        except _Fail as f:
+            self._fail(f.err, f.counter, f.reason)
             return
-        except OSError as e:
-            self._fail(e.errno or errno.EIO, "socks_closed", f"sending the {self.what}: {e.strerror or e}")
-            return
-        self.pending = self.pending[n:]
-        if not self.pending:
-            self._watch_write(False)
-            self._advance(None)
-
-    def _watch_read(self, on: bool):
-        if on and not self.reading:
-            self.loop.add_reader(self.sock.fileno(), self._readable)
-        elif not on and self.reading:
-            self.loop.remove_reader(self.sock.fileno())
-        self.reading = on
-
-    def _watch_write(self, on: bool):
-        if on and not self.writing:
-            self.loop.add_writer(self.sock.fileno(), self._writable)
-        elif not on and self.writing:
-            self.loop.remove_writer(self.sock.fileno())
-        self.writing = on
+        err, what = progress.err, "the negotiation" if step is None else f"the {step.what}"
+        if progress.kind == HS_SEND_FAILED:
+            self._fail(err, "socks_closed", f"sending {what}: {os.strerror(err)}")
+        elif progress.kind == HS_RECV_FAILED:
+            self._fail(err, "socks_closed", f"reading {what}: {os.strerror(err)}")
+        elif progress.kind == HS_EOF and step is not None:
+            self._fail(errno.ECONNRESET, "socks_truncated",
+                       f"closed the connection during {what} ({got} of {step.n} bytes)")
+        else:  # the engine and the generator disagree: never in a test, named plainly should it happen
+            self._fail(errno.EPROTO, "socks_bad_reply", f"{HS_KIND_NAMES[progress.kind]} at {what}")
 
     def _timeout(self):
-        if self.sock is None:
-            reason = f"connect: no answer within {self.outbound.connect_timeout:g}s"
+        progress = self.loop.handshakes.cancel(self.id) if self.id is not None else None
+        self.id = None
+        limit = f"{self.outbound.connect_timeout:g}s"
+        if progress is None or not progress.connected:
+            reason = f"connect: no answer within {limit}"
         else:
-            reason = (f"no complete answer within {self.outbound.connect_timeout:g}s "
-                      f"(waiting for the {self.what}: {len(self.buf)} of {self.need} bytes)")
-        self._fail(errno.ETIMEDOUT, "socks_timeout", reason)
+            try:
+                step, got = replay(self.plan.steps(), progress)
+            except _Fail:  # cannot be: a failure ends the negotiation at once
+                step = None
+            if step is None:
+                reason = f"no complete answer within {limit}"
+            elif isinstance(step, _Send):
+                reason = f"no complete answer within {limit} (sending the {step.what})"
+            else:
+                reason = f"no complete answer within {limit} (waiting for the {step.what}: {got} of {step.n} bytes)"
+        self._fail(errno.ETIMEDOUT, "socks_timeout", reason, progress)
 
     def _release(self):
         """Stop everything; returns the socket (still open) if there was one."""
         self.done = True
         self.timer.cancel()
-        if self.connecting is not None:
-            self.connecting.cancel()
-            self.connecting = None
+        if self.id is not None:
+            self.loop.handshakes.cancel(self.id)
+            self.id = None
         sock, self.sock = self.sock, None
-        if sock is not None:
-            self._unwatch(sock)
-        self.steps.close()
         return sock
 
-    def _unwatch(self, sock):
-        if self.reading:
-            self.loop.remove_reader(sock.fileno())
-        if self.writing:
-            self.loop.remove_writer(sock.fileno())
-        self.reading = self.writing = False
+    def _close(self, sock, progress=None):
+        """Close sock: at once once connected (no other thread uses it then), else through the socket
+        worker, where the twin's connect may still be queued."""
+        if progress is not None and not progress.connected:
+            self.loop.sockq.close(sock)
+        else:
+            sock.close()
 
     def _succeed(self, bound):
         sock = self._release()
         self.on_done(sock, bound)
 
-    def _fail(self, err: int, counter: str, reason: str):
+    def _fail(self, err: int, counter: str, reason: str, progress=None):
         if self.done:
             return
         sock = self._release()
         if sock is not None:
-            sock.close()
+            self._close(sock, progress)
         reason = f"socks5 proxy {self.outbound.label}: {reason}"
         self.count(counter, reason)
         self.on_done(None, OSError(err, reason))
 
     def cancel(self):
         """Close the connection to the proxy; on_done is never called."""
-        if not self.done:
-            sock = self._release()
-            if sock is not None:
-                sock.close()
+        if self.done:
+            return
+        progress = self.loop.handshakes.cancel(self.id) if self.id is not None else None
+        self.id = None
+        sock = self._release()
+        if sock is not None:
+            self._close(sock, progress)
 
 
 # --- UDP ASSOCIATE -----------------------------------------------------------------
@@ -405,9 +392,8 @@ class Socks5UdpFlow:
         self.closed = False
         self._detach = None  # set once the UDP socket is handed over to a session's table
         zero = "::" if outbound.family == socket.AF_INET6 else "0.0.0.0"
-        steps = negotiate(outbound.username, outbound.password, CMD_UDP_ASSOCIATE,
-                          encode_address(zero, 0), "UDP ASSOCIATE")
-        self.handshake = Handshake(outbound, steps, self._associated)
+        plan = Plan(outbound.username, outbound.password, CMD_UDP_ASSOCIATE, encode_address(zero, 0), "UDP ASSOCIATE")
+        self.handshake = Handshake(outbound, plan, self._associated, want_bound=True)
 
     @property
     def ready(self) -> bool:
@@ -661,8 +647,7 @@ class Socks5Outbound:
                 self.counters["tcp_ok"] += 1
                 on_done(sock, None)
 
-        steps = negotiate(self.username, self.password, CMD_CONNECT, address, f"CONNECT to {target}")
-        return Handshake(self, steps, done)
+        return Handshake(self, Plan(self.username, self.password, CMD_CONNECT, address, f"CONNECT to {target}"), done)
 
     def probe(self, on_done) -> Handshake:
         """Connect to the proxy, greet it and authenticate, then close: on_done(None) if it took us,
@@ -675,7 +660,7 @@ class Socks5Outbound:
                 sock.close()
                 on_done(None)
 
-        return Handshake(self, greet(self.username, self.password), done, count=_count_nothing)
+        return Handshake(self, Plan(self.username, self.password), done, count=_count_nothing)
 
     def open_udp(self, family: int, on_datagram, on_close) -> Socks5UdpFlow:
         """A UDP ASSOCIATE flow; datagrams sent before it is ready wait in a small queue."""
