@@ -15,6 +15,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import select
 import socket
 import sys
 import time
@@ -62,6 +63,23 @@ SEGMENT_BATCH_BYTES = 2 << 20  # the split batch grows to fit what arrives, up t
 # solicitation and advertisement, neighbour solicitation and advertisement, redirect (133-137),
 # MLDv2 report (143)
 _LINK_LOCAL_ICMP6 = np.array([130, 131, 132, 133, 134, 135, 136, 137, 143], dtype=np.uint8)
+_HANGUP = getattr(select, "POLLERR", 0) | getattr(select, "POLLHUP", 0)
+
+
+def _hangup_errno(fd: int) -> int:
+    """ENODEV if fd reports an error or hang-up now (EBADF: not open), else 0 (and where poll() is
+    missing: Windows, whose device reports its end through its read). With nothing to read this
+    stays so for ever: the loop would be woken for it at once, every iteration (the TUN pump's rule)."""
+    if not hasattr(select, "poll"):
+        return 0
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    for _, ev in p.poll(0):
+        if ev & select.POLLNVAL:
+            return errno.EBADF
+        if ev & _HANGUP:
+            return errno.ENODEV
+    return 0
 
 
 def _udp_gro_default(device) -> bool:
@@ -310,6 +328,7 @@ class SystemStack:
             self._failed(e)
 
     def _failed(self, e):
+        self.counters["tun_failed"] += 1
         log.error("the TUN device failed: %s; stopping", e)
         self.failure = e
         self._stop_reading()
@@ -342,7 +361,10 @@ class SystemStack:
             self._failed(failure)
 
     def on_readable(self) -> int:
-        """Process up to max_batches batches of what the device has queued; return packets read."""
+        """Process up to max_batches batches of what the device has queued; return packets read.
+
+        TunError when a read fails, or when there is nothing to read and the device reports an
+        error or hang-up (ENODEV; EBADF for an fd not open): a TUN whose interface went away."""
         if self.pump is not None and not self.pump.paused:
             raise RuntimeError(f"the TUN pump reads {self.device.name}")
         if not self._running:
@@ -350,9 +372,11 @@ class SystemStack:
         dev, batch, total = self.device, self.batch, 0
         if self.out is not None and self.out.n:
             self.out.flush()  # a SYN released since the last flush goes before its flow's next packets
-        for _ in range(self.max_batches):
+        for k in range(self.max_batches):
             n = dev.read_batch(batch)
             if n == 0:
+                if k == 0 and (err := _hangup_errno(dev.fileno())):
+                    raise TunError(f"{dev.name} reports an error or hang-up with nothing to read", err)
                 break
             total += n
             self._batches_read += 1
@@ -645,6 +669,7 @@ class SystemStack:
             "dropped_udp": int(v[d.V_UDP]),
             "dropped_tcp_and_other": int(v[d.V_OTHER]),
             "dropped_malformed": int(v[d.V_DROP]),
+            "tun_failed": self.counters["tun_failed"],
         }
         out["dropped"] = self.packets_read - out["echo_answered"] + out["write_failed"]
         out.update({f"malformed_{d.REASON_NAMES[i]}": int(c) for i, c in enumerate(self.drop_counts) if c})
