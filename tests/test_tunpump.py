@@ -542,3 +542,55 @@ def test_a_packet_the_loop_does_nothing_with_is_not_handed_over(rig):
     assert read_by_pump(pump, 2)
     assert handed(pump, 0.2) == []
     assert nat.verdict_counts[d.V_OTHER] == 2 and pump.counters()["copied"] == 0
+
+
+def test_reader_cpu_is_the_cpu_of_the_thread_that_reads(monkeypatch):
+    """NapiThreads' clock: the pump's CPU while it reads, the loop's while auto has paused it (the
+    loop reads then), and one clock across each change, so its differences never jump by the
+    other thread's. Both clocks are stand-ins the test moves."""
+    from ztun.stack import system
+
+    loop_cpu, pump_cpu = [10.0], [100.0]
+
+    class Clocked(tunpump.TunPump):
+        def cpu_time(self):
+            return pump_cpu[0]
+
+    monkeypatch.setattr(system.tunpump, "TunPump", Clocked)
+    monkeypatch.setattr(system.time, "thread_time", lambda: loop_cpu[0])
+    a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dev, loop, stack = _stack_over(a.detach())
+
+    def moved(pump=0.0, loop=0.0):
+        """How far reader_cpu() moves while the pump's thread spends pump and the loop's loop CPU seconds."""
+        before = stack.reader_cpu()
+        pump_cpu[0] += pump
+        loop_cpu[0] += loop
+        return stack.reader_cpu() - before
+
+    try:
+        start = stack.reader_cpu()
+        stack.start(_Handler(), loop)
+        assert stack.reader_cpu() == pytest.approx(start), "the clock jumped when the pump started"
+        assert moved(pump=2.0, loop=1.0) == pytest.approx(2.0)  # the pump reads
+        stack._loop_rare += 100 * int(system.PUMP_OFF_ABOVE)  # a storm: auto pauses the pump
+        before = stack.reader_cpu()
+        stack._pump_look()
+        assert stack.pump.paused
+        assert stack.reader_cpu() == pytest.approx(before), "the clock jumped when the loop took over"
+        assert moved(pump=5.0, loop=1.0) == pytest.approx(1.0), "paused, the pump's CPU is not the reader's"
+        stack._pump_calm = system.PUMP_ON_AFTER - 1  # calm enough: the next look resumes the pump
+        before = stack.reader_cpu()
+        stack._pump_look()
+        assert not stack.pump.paused
+        assert stack.reader_cpu() == pytest.approx(before), "the clock jumped when the pump took over again"
+        assert moved(pump=3.0, loop=1.0) == pytest.approx(3.0)
+        before = stack.reader_cpu()
+        stack.stop()
+        assert stack.reader_cpu() == pytest.approx(before)
+        assert moved(pump=1.0, loop=0.5) == pytest.approx(0.5)  # stopped: the loop's, as without a pump
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()
+        peer.close()

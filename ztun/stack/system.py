@@ -114,6 +114,8 @@ class SystemStack:
         self.failure = None  # the device error that stopped the stack
         self._on_failure = None
         self._reading = False  # registered with the loop
+        # reader_cpu() = _cpu_base + the reading thread's CPU clock - _cpu_start (its clock when it took over)
+        self._cpu_base = self._cpu_start = 0.0
         pump = {True: "on", False: "off", None: os.environ.get("ZTUN_TUN_PUMP", "auto")}.get(pump, pump)
         pump = {"1": "on", "0": "off"}.get(pump, pump)
         if pump not in PUMP_MODES:
@@ -161,6 +163,7 @@ class SystemStack:
                 raise
         self._running = True
         if loop is not None:
+            cpu = self.reader_cpu()
             if self._pumping():
                 try:
                     self._start_pump()
@@ -170,6 +173,7 @@ class SystemStack:
             else:
                 loop.add_reader(self.device.fileno(), self._readable)
             self._reading = True
+            self._reader_changed(cpu)
 
     def _pumping(self) -> bool:
         """Whether a TunPump reads the device: not switched off, built, and a raw-I/O device with flows."""
@@ -204,11 +208,13 @@ class SystemStack:
         rate = (rare - before) / (now - then) if now > then else 0.0
         if not self.pump.paused:
             if rate > PUMP_OFF_ABOVE:
+                cpu = self.reader_cpu()
                 try:
                     self.pump.pause()
                 except TimeoutError:
                     log.warning("the TUN pump did not pause; it reads %s on", self.device.name)
                 else:
+                    self._reader_changed(cpu)
                     self._pumped()  # what it handed over before it stopped goes first
                     if not self._reading:
                         return  # that was the device's failure: the stack has stopped reading
@@ -218,8 +224,10 @@ class SystemStack:
         else:
             self._pump_calm = self._pump_calm + 1 if rate < PUMP_ON_BELOW else 0
             if self._pump_calm >= PUMP_ON_AFTER:
+                cpu = self.reader_cpu()
                 self.loop.remove_reader(self.device.fileno())
                 self.pump.resume()
+                self._reader_changed(cpu)
         self._pump_timer = self.loop.call_later(PUMP_LOOK, self._pump_look)
 
     def _start_flows(self):
@@ -291,6 +299,7 @@ class SystemStack:
 
     def _stop_reading(self):
         if self._reading:
+            cpu = self.reader_cpu()
             self._reading = False
             if self.pump is not None:
                 if self._pump_timer is not None:
@@ -302,6 +311,7 @@ class SystemStack:
                 self.pump.stop()  # the thread is joined: the NAT table and the batches are the loop's alone
             else:
                 self.loop.remove_reader(self.device.fileno())
+            self._reader_changed(cpu)
 
     @property
     def packets_read(self) -> int:
@@ -316,8 +326,21 @@ class SystemStack:
         return self._replies_written + (self.pump.counters()["written"] if self.pump is not None else 0)
 
     def reader_cpu(self) -> float:
-        """CPU seconds of the thread that reads (and writes back into) the TUN: the pump's, else the loop's."""
-        return self.pump.cpu_time() if self.pump is not None and self._reading else time.thread_time()
+        """CPU seconds of the thread that reads (and writes back into) the TUN: the pump's while it reads,
+        the loop's while the loop does (the pump paused, or none); call it on the loop's thread.
+
+        One clock across a change of reader (each thread's share adds on where the other's
+        stopped): NapiThreads takes its differences, which must not jump by the other clock."""
+        return self._cpu_base + self._reader_clock() - self._cpu_start
+
+    def _reader_clock(self) -> float:
+        if self.pump is not None and self._reading and not self.pump.paused:
+            return self.pump.cpu_time()
+        return time.thread_time()
+
+    def _reader_changed(self, cpu: float) -> None:
+        """Another thread reads from now on; cpu: reader_cpu() just before the change."""
+        self._cpu_base, self._cpu_start = cpu, self._reader_clock()
 
     # -- the packet path ----------------------------------------------------------
 
