@@ -244,3 +244,67 @@ def test_the_kernels_own_link_local_icmpv6_is_counted_not_a_drop_worth_a_warning
         loop.close()
         dev.close()
         peer.close()
+
+
+def _hung_up(kind):
+    """An fd that reports a hang-up with nothing to read, for ever, as a TUN whose interface went away does."""
+    import os
+
+    if kind == "pipe":
+        r, w = os.pipe()
+        os.close(w)  # poll(): POLLHUP; read(): 0
+        return r
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    b.close()  # poll(): POLLIN | POLLHUP; read(): b""
+    return a.detach()
+
+
+@pytest.mark.parametrize("kind", ["pipe", "seqpacket"])
+@pytest.mark.parametrize("flows", [False, True], ids=["echo only", "flows"])
+def test_a_device_that_hangs_up_is_a_failure_not_a_busy_loop(kind, flows, monkeypatch, caplog):
+    """The loop reads the device (no TUN pump) and it reports a hang-up with nothing to read: the
+    loop would be woken for it at once on every iteration, at 100% CPU. The stack stops reading it
+    and reports the failure (ENODEV, counted, logged once, on_failure once), as the pump does."""
+    import errno
+    import logging
+
+    from ztun.loop import Loop
+    from ztun.tun.device_linux import LinuxTunDevice
+    from ztun.tun.options import TunOptions
+
+    monkeypatch.setenv("ZTUN_TUN_PUMP", "off")
+    dev = LinuxTunDevice(_hung_up(kind), "zt-fake", 1500)
+    reads = []
+    read_batch = dev.read_batch
+    monkeypatch.setattr(dev, "read_batch", lambda batch: reads.append(1) or read_batch(batch))
+    loop = Loop()
+    options = TunOptions(name="zt-fake", inet4="198.18.0.1/28", inet6=None) if flows else None
+    stack = SystemStack(dev, options)
+    failures = []
+    caplog.set_level(logging.ERROR, logger="ztun.stack")
+    try:
+        stack.start(_AllowThenRefuse() if flows else None, loop, on_failure=failures.append)
+        assert stack.pump is None
+        for _ in range(20):
+            loop.run_once(0)
+            if failures:
+                break
+        assert len(failures) == 1, f"{len(reads)} reads found nothing and the stack goes on reading"
+        assert failures[0] is stack.failure and stack.failure.errno == errno.ENODEV
+        before = len(reads)
+        for _ in range(5):
+            loop.run_once(0)
+        assert len(reads) == before, "the stack reads the device after its failure"
+        assert not loop.remove_reader(dev.fileno()), "the loop still waits on the device"
+        assert stack.stats()["tun_failed"] == 1 and len(failures) == 1
+        assert len([r for r in caplog.records if r.name == "ztun.stack"]) == 1
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()
+
+
+def test_a_device_with_nothing_to_read_but_no_hang_up_is_no_failure(stack_and_peer):
+    """A wake-up that finds nothing (another reader was first) is not a failure."""
+    stack, peer = stack_and_peer
+    assert stack.on_readable() == 0 and stack.failure is None

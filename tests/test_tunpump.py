@@ -223,6 +223,63 @@ def test_the_table_is_shared_safely_while_the_pump_runs(rig):
     assert seen == 1000 and pump.counters()["written"] == 1000
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux")
+def test_every_packet_is_counted_once_while_the_pump_and_the_loop_share_the_table():
+    """The table's lock keeps the pump's batch and the loop's calls apart. Without it the counts
+    lose updates (each a read-modify-write, by two threads): here both count packets of one
+    pending flow (dropped as pending, so the pump writes nothing back and spends its time in the
+    table), the pump what it reads, the loop a batch at a time meanwhile, and every packet must
+    be counted once. Checked against a build with the lock taken out of process_rows: counts were
+    lost in nearly every run (it needs the two threads on two cores at once at some point)."""
+    from ztun._fast import parse_batch
+
+    a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    peer.setblocking(False)
+    nat = NatTable(NatConfig.from_prefixes(A + "/28", None, port4=PORT, capacity=64))
+    nat.insert(6, CLIENT["src"], 42000, CLIENT["dst"], 80)  # never allowed: its packets are dropped as pending
+    packet = bytes(IP(**CLIENT) / TCP(sport=42000, dport=80, flags="A", seq=101, ack=1) / b"x")
+    pump = tunpump.TunPump(a.fileno(), nat, PacketBatch(64, max_packet=256),
+                           [PacketBatch(64, max_packet=256) for _ in range(2)], 0)
+    mine = PacketBatch(64, max_packet=256)  # the loop's batch: the same packet in every slot
+    mine.fill([packet] * 64)
+    parse_batch(mine)
+    sent = by_loop = 0
+
+    def counted():
+        """Every packet counted once so far (the pump paused: it is done with what it read)."""
+        c = pump.counters()
+        assert c["packets_read"] == sent and c["copied"] == 0
+        assert int(nat.drop_counts[d.PENDING]) == sent + by_loop, "counts were lost"
+        assert int(nat.verdict_counts[d.V_DROP]) == sent + by_loop, "counts were lost"
+
+    try:
+        pump.start()
+        for _ in range(1000):
+            pump.pause()  # the packets queue up meanwhile: the pump reads them in full batches
+            counted()
+            for _ in range(1024):  # as many as the socket's buffer holds (a few hundred)
+                try:
+                    peer.send(packet)
+                except BlockingIOError:
+                    break
+                sent += 1
+            pump.resume()
+            for _ in range(2000):  # the loop's side, while the pump works through them
+                if pump.counters()["packets_read"] >= sent:
+                    break
+                nat.process_batch(mine, 1.0)
+                by_loop += mine.count
+            assert read_by_pump(pump, sent), "the pump did not read what was sent"  # before it pauses
+        pump.pause()
+        counted()
+        assert sent > 0 and by_loop > 0
+    finally:
+        pump.stop()
+        a.close()
+        peer.close()
+
+
 def test_paused_it_reads_nothing_and_resumed_it_reads_again(rig):
     pump, nat, peer, hdr = rig
     pump.pause()
@@ -542,3 +599,55 @@ def test_a_packet_the_loop_does_nothing_with_is_not_handed_over(rig):
     assert read_by_pump(pump, 2)
     assert handed(pump, 0.2) == []
     assert nat.verdict_counts[d.V_OTHER] == 2 and pump.counters()["copied"] == 0
+
+
+def test_reader_cpu_is_the_cpu_of_the_thread_that_reads(monkeypatch):
+    """NapiThreads' clock: the pump's CPU while it reads, the loop's while auto has paused it (the
+    loop reads then), and one clock across each change, so its differences never jump by the
+    other thread's. Both clocks are stand-ins the test moves."""
+    from ztun.stack import system
+
+    loop_cpu, pump_cpu = [10.0], [100.0]
+
+    class Clocked(tunpump.TunPump):
+        def cpu_time(self):
+            return pump_cpu[0]
+
+    monkeypatch.setattr(system.tunpump, "TunPump", Clocked)
+    monkeypatch.setattr(system.time, "thread_time", lambda: loop_cpu[0])
+    a, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dev, loop, stack = _stack_over(a.detach())
+
+    def moved(pump=0.0, loop=0.0):
+        """How far reader_cpu() moves while the pump's thread spends pump and the loop's loop CPU seconds."""
+        before = stack.reader_cpu()
+        pump_cpu[0] += pump
+        loop_cpu[0] += loop
+        return stack.reader_cpu() - before
+
+    try:
+        start = stack.reader_cpu()
+        stack.start(_Handler(), loop)
+        assert stack.reader_cpu() == pytest.approx(start), "the clock jumped when the pump started"
+        assert moved(pump=2.0, loop=1.0) == pytest.approx(2.0)  # the pump reads
+        stack._loop_rare += 100 * int(system.PUMP_OFF_ABOVE)  # a storm: auto pauses the pump
+        before = stack.reader_cpu()
+        stack._pump_look()
+        assert stack.pump.paused
+        assert stack.reader_cpu() == pytest.approx(before), "the clock jumped when the loop took over"
+        assert moved(pump=5.0, loop=1.0) == pytest.approx(1.0), "paused, the pump's CPU is not the reader's"
+        stack._pump_calm = system.PUMP_ON_AFTER - 1  # calm enough: the next look resumes the pump
+        before = stack.reader_cpu()
+        stack._pump_look()
+        assert not stack.pump.paused
+        assert stack.reader_cpu() == pytest.approx(before), "the clock jumped when the pump took over again"
+        assert moved(pump=3.0, loop=1.0) == pytest.approx(3.0)
+        before = stack.reader_cpu()
+        stack.stop()
+        assert stack.reader_cpu() == pytest.approx(before)
+        assert moved(pump=1.0, loop=0.5) == pytest.approx(0.5)  # stopped: the loop's, as without a pump
+    finally:
+        stack.stop()
+        loop.close()
+        dev.close()
+        peer.close()

@@ -127,8 +127,11 @@ cdef void *_main(void *arg) noexcept nogil:
 
 
 # Not cleared by the garbage collector (a pump dropped running, in a cycle): its thread uses the
-# table and the batches' arrays until __dealloc__ has stopped it.
+# table and the batches' arrays until __dealloc__ has stopped it. Signatures in CPython's
+# text-signature form, which inspect.signature reads (tunpump.pyi, tests/test_fast_parity.py):
+# the default form would put __init__'s in front of the docstring's, hiding it.
 @cython.no_gc_clear
+@cython.embedsignature.format("clinic")
 cdef class TunPump:
     """TunPump(fd, nat, batch, handoff, hdr=0)
 --

@@ -15,6 +15,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import select
 import socket
 import sys
 import time
@@ -62,6 +63,23 @@ SEGMENT_BATCH_BYTES = 2 << 20  # the split batch grows to fit what arrives, up t
 # solicitation and advertisement, neighbour solicitation and advertisement, redirect (133-137),
 # MLDv2 report (143)
 _LINK_LOCAL_ICMP6 = np.array([130, 131, 132, 133, 134, 135, 136, 137, 143], dtype=np.uint8)
+_HANGUP = getattr(select, "POLLERR", 0) | getattr(select, "POLLHUP", 0)
+
+
+def _hangup_errno(fd: int) -> int:
+    """ENODEV if fd reports an error or hang-up now (EBADF: not open), else 0 (and where poll() is
+    missing: Windows, whose device reports its end through its read). With nothing to read this
+    stays so for ever: the loop would be woken for it at once, every iteration (the TUN pump's rule)."""
+    if not hasattr(select, "poll"):
+        return 0
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    for _, ev in p.poll(0):
+        if ev & select.POLLNVAL:
+            return errno.EBADF
+        if ev & _HANGUP:
+            return errno.ENODEV
+    return 0
 
 
 def _udp_gro_default(device) -> bool:
@@ -96,6 +114,8 @@ class SystemStack:
         self.failure = None  # the device error that stopped the stack
         self._on_failure = None
         self._reading = False  # registered with the loop
+        # reader_cpu() = _cpu_base + the reading thread's CPU clock - _cpu_start (its clock when it took over)
+        self._cpu_base = self._cpu_start = 0.0
         pump = {True: "on", False: "off", None: os.environ.get("ZTUN_TUN_PUMP", "auto")}.get(pump, pump)
         pump = {"1": "on", "0": "off"}.get(pump, pump)
         if pump not in PUMP_MODES:
@@ -143,6 +163,7 @@ class SystemStack:
                 raise
         self._running = True
         if loop is not None:
+            cpu = self.reader_cpu()
             if self._pumping():
                 try:
                     self._start_pump()
@@ -152,6 +173,7 @@ class SystemStack:
             else:
                 loop.add_reader(self.device.fileno(), self._readable)
             self._reading = True
+            self._reader_changed(cpu)
 
     def _pumping(self) -> bool:
         """Whether a TunPump reads the device: not switched off, built, and a raw-I/O device with flows."""
@@ -186,11 +208,13 @@ class SystemStack:
         rate = (rare - before) / (now - then) if now > then else 0.0
         if not self.pump.paused:
             if rate > PUMP_OFF_ABOVE:
+                cpu = self.reader_cpu()
                 try:
                     self.pump.pause()
                 except TimeoutError:
                     log.warning("the TUN pump did not pause; it reads %s on", self.device.name)
                 else:
+                    self._reader_changed(cpu)
                     self._pumped()  # what it handed over before it stopped goes first
                     if not self._reading:
                         return  # that was the device's failure: the stack has stopped reading
@@ -200,8 +224,10 @@ class SystemStack:
         else:
             self._pump_calm = self._pump_calm + 1 if rate < PUMP_ON_BELOW else 0
             if self._pump_calm >= PUMP_ON_AFTER:
+                cpu = self.reader_cpu()
                 self.loop.remove_reader(self.device.fileno())
                 self.pump.resume()
+                self._reader_changed(cpu)
         self._pump_timer = self.loop.call_later(PUMP_LOOK, self._pump_look)
 
     def _start_flows(self):
@@ -273,6 +299,7 @@ class SystemStack:
 
     def _stop_reading(self):
         if self._reading:
+            cpu = self.reader_cpu()
             self._reading = False
             if self.pump is not None:
                 if self._pump_timer is not None:
@@ -284,6 +311,7 @@ class SystemStack:
                 self.pump.stop()  # the thread is joined: the NAT table and the batches are the loop's alone
             else:
                 self.loop.remove_reader(self.device.fileno())
+            self._reader_changed(cpu)
 
     @property
     def packets_read(self) -> int:
@@ -298,8 +326,21 @@ class SystemStack:
         return self._replies_written + (self.pump.counters()["written"] if self.pump is not None else 0)
 
     def reader_cpu(self) -> float:
-        """CPU seconds of the thread that reads (and writes back into) the TUN: the pump's, else the loop's."""
-        return self.pump.cpu_time() if self.pump is not None and self._reading else time.thread_time()
+        """CPU seconds of the thread that reads (and writes back into) the TUN: the pump's while it reads,
+        the loop's while the loop does (the pump paused, or none); call it on the loop's thread.
+
+        One clock across a change of reader (each thread's share adds on where the other's
+        stopped): NapiThreads takes its differences, which must not jump by the other clock."""
+        return self._cpu_base + self._reader_clock() - self._cpu_start
+
+    def _reader_clock(self) -> float:
+        if self.pump is not None and self._reading and not self.pump.paused:
+            return self.pump.cpu_time()
+        return time.thread_time()
+
+    def _reader_changed(self, cpu: float) -> None:
+        """Another thread reads from now on; cpu: reader_cpu() just before the change."""
+        self._cpu_base, self._cpu_start = cpu, self._reader_clock()
 
     # -- the packet path ----------------------------------------------------------
 
@@ -310,6 +351,7 @@ class SystemStack:
             self._failed(e)
 
     def _failed(self, e):
+        self.counters["tun_failed"] += 1
         log.error("the TUN device failed: %s; stopping", e)
         self.failure = e
         self._stop_reading()
@@ -342,7 +384,10 @@ class SystemStack:
             self._failed(failure)
 
     def on_readable(self) -> int:
-        """Process up to max_batches batches of what the device has queued; return packets read."""
+        """Process up to max_batches batches of what the device has queued; return packets read.
+
+        TunError when a read fails, or when there is nothing to read and the device reports an
+        error or hang-up (ENODEV; EBADF for an fd not open): a TUN whose interface went away."""
         if self.pump is not None and not self.pump.paused:
             raise RuntimeError(f"the TUN pump reads {self.device.name}")
         if not self._running:
@@ -350,9 +395,11 @@ class SystemStack:
         dev, batch, total = self.device, self.batch, 0
         if self.out is not None and self.out.n:
             self.out.flush()  # a SYN released since the last flush goes before its flow's next packets
-        for _ in range(self.max_batches):
+        for k in range(self.max_batches):
             n = dev.read_batch(batch)
             if n == 0:
+                if k == 0 and (err := _hangup_errno(dev.fileno())):
+                    raise TunError(f"{dev.name} reports an error or hang-up with nothing to read", err)
                 break
             total += n
             self._batches_read += 1
@@ -645,6 +692,7 @@ class SystemStack:
             "dropped_udp": int(v[d.V_UDP]),
             "dropped_tcp_and_other": int(v[d.V_OTHER]),
             "dropped_malformed": int(v[d.V_DROP]),
+            "tun_failed": self.counters["tun_failed"],
         }
         out["dropped"] = self.packets_read - out["echo_answered"] + out["write_failed"]
         out.update({f"malformed_{d.REASON_NAMES[i]}": int(c) for i, c in enumerate(self.drop_counts) if c})
