@@ -356,3 +356,38 @@ def test_the_loop_stops_its_engine():
         pass
     with pytest.raises(RuntimeError):  # a closed loop starts none
         loop.handshakes
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cancels_racing_the_engine_never_call_back(engine):
+    """Negotiations cancelled at every stage (queued, connecting, mid-exchange, ended but not yet
+    collected) never call back; the others all end; every socket is the caller's to close after."""
+    proxy = Proxy([b"\x05\x00", OK_REPLY])
+    try:
+        with Loop() as loop:
+            hs = engine.Handshakes(loop, capacity=64)
+            got, cancelled, socks = [], set(), []
+            for i in range(200):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                socks.append(sock)
+                hid = hs.start(sock, proxy.address, GREETING, b"", REQUEST, False, lambda p, i=i: got.append((i, p)))
+                if i % 3 == 0:
+                    time.sleep(0.0002 * (i % 7))  # let the engine get somewhere first, sometimes
+                    hs.cancel(hid)
+                    cancelled.add(i)
+                    sock.close()
+                if i % 16 == 15:
+                    loop.run_once(0)
+                while hs.under_way >= 60:
+                    loop.run_once(0.01)
+            end = time.monotonic() + 20
+            while len(got) < 200 - len(cancelled) and time.monotonic() < end:
+                loop.run_once(0.05)
+            hs.stop()
+            for sock in socks:
+                sock.close()
+    finally:
+        proxy.close()
+    assert not cancelled & {i for i, _ in got}
+    assert len(got) == 200 - len(cancelled)
+    assert all(p.kind == HS_OK for _, p in got)

@@ -10,6 +10,7 @@ class Handshakes:
     started: int
     finished: int
     connect_inline: int
+    under_way: int
     def __init__(self, loop, capacity: int = 16384) -> None: ...
     def start(self, sock: socket.socket, address: tuple, greeting: bytes, auth: bytes, request: bytes,
               offered_auth: bool, callback: Callable[[Progress], object]) -> int: ...

@@ -100,6 +100,11 @@ The loop's SOCKS5 negotiations, each from the connect to the proxy to its reply,
             os.close(self.notify_w)
 
     @property
+    def under_way(self):
+        """Negotiations started whose callback has not run and that were not cancelled."""
+        return len(self.waiting)
+
+    @property
     def started(self):
         return self.stopped_at[0] if self.e == NULL else self.e.started
 

@@ -63,6 +63,11 @@ class Handshakes:
         self.stopped = False
         self.started = self.finished = self.connect_inline = 0
 
+    @property
+    def under_way(self) -> int:
+        """Negotiations started whose callback has not run and that were not cancelled."""
+        return len(self.talks)
+
     def start(self, sock, address, greeting: bytes, auth: bytes, request: bytes, offered_auth: bool, callback) -> int:
         """Connect sock (non-blocking, not connected) to the proxy at address and negotiate; callback(Progress)
         once, on the loop, at the end. Returns the negotiation's id (for cancel)."""

@@ -16,8 +16,10 @@
  *   -> address (6 | 18 | 1 then n + 2)]
  * A plan without a request (a health probe) ends after the greeting and authentication.
  *
- * Locking: the engine's mutex is held while the thread handles a batch of events and by
- * the caller for start, cancel and collect; the thread never calls into Python. A slot's
+ * Locking: the engine's mutex guards the slots' states and the queues; the thread takes it
+ * to pick its work and to file what ended, never across a socket call (a slot it works on is
+ * busy: cancel waits for that one); the caller takes it for start, cancel and collect. The
+ * thread never calls into Python. A slot's
  * id is its index and generation: a cancelled or collected negotiation's late event is
  * recognised and ignored. The sockets stay the caller's: the engine never closes one.
  */
@@ -54,6 +56,11 @@ enum { ZT_S_GREET = 0, ZT_S_METHOD, ZT_S_AUTH, ZT_S_AUTH_REPLY, ZT_S_REQUEST, ZT
 typedef struct {
     uint32_t gen;
     uint8_t state, step, offered_auth, kind;
+    uint8_t busy;    /* the thread works on it without the lock */
+    uint8_t ended;   /* the work ended it: kind and err say how (zt_hs_end files it under the lock) */
+    uint8_t watched; /* in the epoll */
+    uint8_t quick;   /* its connect was done inside the call */
+    uint8_t cancelled; /* queued or ended when cancelled: freed when its ring entry is taken */
     int fd;
     int err;
     socklen_t addrlen;
@@ -68,6 +75,8 @@ typedef struct {
 
 typedef struct {
     pthread_mutex_t lock;
+    pthread_cond_t idle; /* a slot stopped being busy (cancel waits for it) */
+    int waiters;
     pthread_t thread;
     int running;
     uint32_t capacity;
@@ -101,12 +110,19 @@ static void zt_hs_release(zt_hs_engine *e, zt_hs *h) {
     e->free_slots[e->nfree++] = (uint32_t)(h - e->slots);
 }
 
-static void zt_hs_end(zt_hs_engine *e, zt_hs *h, int kind, int err) {
-    if (h->state == ZT_HS_CONNECTING || h->state == ZT_HS_TALKING)
-        (void)epoll_ctl(e->epfd, EPOLL_CTL_DEL, h->fd, NULL);
-    h->state = ZT_HS_DONE;
+/* The work ended the negotiation (without the lock: the slot is busy). */
+static void zt_hs_stop_at(zt_hs *h, int kind, int err) {
+    h->ended = 1;
     h->kind = (uint8_t)kind;
     h->err = err;
+}
+
+/* File an ended negotiation for collect (under the lock). */
+static void zt_hs_end(zt_hs_engine *e, zt_hs *h) {
+    if (h->watched)
+        (void)epoll_ctl(e->epfd, EPOLL_CTL_DEL, h->fd, NULL);
+    h->watched = 0;
+    h->state = ZT_HS_DONE;
     e->done[e->d_head++ % e->capacity] = zt_hs_id(e, (uint32_t)(h - e->slots));
     e->finished++;
 }
@@ -177,7 +193,7 @@ static int zt_hs_writable(int fd) {
 }
 
 /* Go as far as the socket lets: every wait ends at an EAGAIN, whose edge the epoll reports later. */
-static void zt_hs_advance(zt_hs_engine *e, zt_hs *h) {
+static void zt_hs_advance(zt_hs *h) {
     ssize_t r;
     if (h->state == ZT_HS_CONNECTING) {
         int err = 0;
@@ -185,7 +201,7 @@ static void zt_hs_advance(zt_hs_engine *e, zt_hs *h) {
         if (getsockopt(h->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
             err = errno;
         if (err) {
-            zt_hs_end(e, h, ZT_HS_CONNECT_FAILED, err);
+            zt_hs_stop_at(h, ZT_HS_CONNECT_FAILED, err);
             return;
         }
         if (!zt_hs_writable(h->fd))
@@ -204,7 +220,7 @@ static void zt_hs_advance(zt_hs_engine *e, zt_hs *h) {
                         continue;
                     if (errno == EAGAIN || errno == EWOULDBLOCK)
                         return;
-                    zt_hs_end(e, h, ZT_HS_SEND_FAILED, errno);
+                    zt_hs_stop_at(h, ZT_HS_SEND_FAILED, errno);
                     return;
                 }
                 h->off += (uint16_t)r;
@@ -219,11 +235,11 @@ static void zt_hs_advance(zt_hs_engine *e, zt_hs *h) {
                     continue;
                 if (errno == EAGAIN || errno == EWOULDBLOCK)
                     return;
-                zt_hs_end(e, h, ZT_HS_RECV_FAILED, errno);
+                zt_hs_stop_at(h, ZT_HS_RECV_FAILED, errno);
                 return;
             }
             if (r == 0) {
-                zt_hs_end(e, h, ZT_HS_EOF, ECONNRESET);
+                zt_hs_stop_at(h, ZT_HS_EOF, ECONNRESET);
                 return;
             }
             h->off += (uint16_t)r;
@@ -231,51 +247,55 @@ static void zt_hs_advance(zt_hs_engine *e, zt_hs *h) {
         h->in_len += h->need;
         h->off = 0;
         if (zt_hs_check(h) < 0) {
-            zt_hs_end(e, h, ZT_HS_PROTOCOL, EPROTO);
+            zt_hs_stop_at(h, ZT_HS_PROTOCOL, EPROTO);
             return;
         }
     }
-    zt_hs_end(e, h, ZT_HS_OK, 0);
+    zt_hs_stop_at(h, ZT_HS_OK, 0);
 }
 
-/* The connect, then as much of the negotiation as the socket lets. */
+/* The connect, then as much of the negotiation as the socket lets (without the lock: the slot is busy). */
 static void zt_hs_connect(zt_hs_engine *e, zt_hs *h) {
     struct epoll_event ev;
     int err = 0;
     if (connect(h->fd, (const struct sockaddr *)&h->addr, h->addrlen) < 0) {
         err = errno;
         if (err != EINPROGRESS && err != EINTR) {
-            zt_hs_end(e, h, ZT_HS_CONNECT_FAILED, err);
+            zt_hs_stop_at(h, ZT_HS_CONNECT_FAILED, err);
             return;
         }
     }
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
     ev.data.u64 = zt_hs_id(e, (uint32_t)(h - e->slots));
     if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, h->fd, &ev) < 0) {
-        err = errno;
-        h->state = ZT_HS_QUEUED; /* not in the epoll: zt_hs_end must not remove it */
-        zt_hs_end(e, h, ZT_HS_CONNECT_FAILED, err);
+        zt_hs_stop_at(h, ZT_HS_CONNECT_FAILED, errno);
         return;
     }
+    h->watched = 1;
     h->state = ZT_HS_CONNECTING;
-    if (err == 0 || zt_hs_writable(h->fd))
-        e->connect_inline++; /* over a veth or loopback the handshake usually ran inside the call */
-    zt_hs_advance(e, h);
+    h->quick = err == 0 || zt_hs_writable(h->fd); /* over a veth or loopback the handshake ran inside the call */
+    zt_hs_advance(h);
 }
 
+/* The thread holds the lock only to pick its work and to file what ended: the connects and
+ * the exchanges (whose sends run the proxy's receive inline over a veth) run without it, so
+ * the loop's start, cancel and collect never wait for them (cancel waits for the one slot it
+ * cancels, when the thread is working on it). */
 static void *zt_hs_main(void *arg) {
     zt_hs_engine *e = (zt_hs_engine *)arg;
     struct epoll_event ev[ZT_HS_EVENTS];
+    zt_hs *work[2 * ZT_HS_EVENTS];
+    int connecting[2 * ZT_HS_EVENTS];
     uint64_t ended;
-    int n, k;
+    int n, k, m, more = 0;
     for (;;) {
-        n = epoll_wait(e->epfd, ev, ZT_HS_EVENTS, -1);
+        n = epoll_wait(e->epfd, ev, ZT_HS_EVENTS, more ? 0 : -1);
         pthread_mutex_lock(&e->lock);
         if (e->stop) {
             pthread_mutex_unlock(&e->lock);
             break;
         }
-        ended = e->finished;
+        m = 0;
         for (k = 0; k < n; k++) {
             zt_hs *h;
             if (ev[k].data.u64 == ZT_HS_WAKE) {
@@ -285,14 +305,44 @@ static void *zt_hs_main(void *arg) {
                 continue;
             }
             h = zt_hs_find(e, ev[k].data.u64);
-            if (h != NULL && (h->state == ZT_HS_CONNECTING || h->state == ZT_HS_TALKING))
-                zt_hs_advance(e, h);
+            if (h != NULL && !h->busy && (h->state == ZT_HS_CONNECTING || h->state == ZT_HS_TALKING)) {
+                h->busy = 1;
+                connecting[m] = 0;
+                work[m++] = h;
+            }
         }
-        while (e->q_tail != e->q_head) {
+        while (e->q_tail != e->q_head && m < 2 * ZT_HS_EVENTS) {
             zt_hs *h = zt_hs_find(e, e->queued[e->q_tail++ % e->capacity]);
-            if (h != NULL && h->state == ZT_HS_QUEUED)
-                zt_hs_connect(e, h);
+            if (h == NULL)
+                continue;
+            if (h->cancelled) {
+                zt_hs_release(e, h);
+                continue;
+            }
+            h->busy = 1;
+            connecting[m] = 1;
+            work[m++] = h;
         }
+        more = e->q_tail != e->q_head;
+        pthread_mutex_unlock(&e->lock);
+        for (k = 0; k < m; k++) {
+            if (connecting[k])
+                zt_hs_connect(e, work[k]);
+            else
+                zt_hs_advance(work[k]);
+        }
+        pthread_mutex_lock(&e->lock);
+        ended = e->finished;
+        for (k = 0; k < m; k++) {
+            zt_hs *h = work[k];
+            h->busy = 0;
+            e->connect_inline += h->quick;
+            h->quick = 0;
+            if (h->ended)
+                zt_hs_end(e, h);
+        }
+        if (e->waiters)
+            pthread_cond_broadcast(&e->idle);
         if (e->finished != ended && !e->notified) {
             char one = 1;
             e->notified = 1;
@@ -317,6 +367,7 @@ static void zt_hs_free(zt_hs_engine *e) {
     if (e->wake_fd >= 0)
         close(e->wake_fd);
     pthread_mutex_destroy(&e->lock);
+    pthread_cond_destroy(&e->idle);
     free(e->slots);
     free(e->free_slots);
     free(e->queued);
@@ -338,6 +389,7 @@ static zt_hs_engine *zt_hs_new(uint32_t capacity, int notify_fd) {
     if (e == NULL)
         return NULL;
     pthread_mutex_init(&e->lock, NULL);
+    pthread_cond_init(&e->idle, NULL);
     e->capacity = capacity;
     e->notify_fd = notify_fd;
     e->epfd = e->wake_fd = -1;
@@ -386,9 +438,8 @@ static uint64_t zt_hs_start(zt_hs_engine *e, int fd, const struct sockaddr_stora
     uint64_t id;
     int kick;
     pthread_mutex_lock(&e->lock);
-    /* Each live slot may queue one id and end once: the rings cannot overflow while this holds. */
-    if (e->nfree == 0 || e->stop || e->q_head - e->q_tail >= e->capacity ||
-        (e->d_head - e->d_tail) + (e->capacity - e->nfree) >= e->capacity) {
+    /* A slot is free only once its entries in the rings were taken: they never overflow. */
+    if (e->nfree == 0 || e->stop) {
         pthread_mutex_unlock(&e->lock);
         return 0;
     }
@@ -400,6 +451,7 @@ static uint64_t zt_hs_start(zt_hs_engine *e, int fd, const struct sockaddr_stora
     h->offered_auth = (uint8_t)(offered_auth != 0);
     h->kind = 0;
     h->err = 0;
+    h->busy = h->ended = h->watched = h->quick = h->cancelled = 0;
     h->glen = glen;
     h->alen = alen;
     h->rlen = rlen;
@@ -449,11 +501,22 @@ static void zt_hs_cancel(zt_hs_engine *e, uint64_t id, zt_hs_progress *p) {
     p->found = 0;
     pthread_mutex_lock(&e->lock);
     h = zt_hs_find(e, id);
-    if (h != NULL) {
+    while (h != NULL && h->busy) { /* the thread is in its connect or an exchange: the slot's at most */
+        e->waiters++;
+        pthread_cond_wait(&e->idle, &e->lock);
+        e->waiters--;
+        h = zt_hs_find(e, id);
+    }
+    if (h != NULL && !h->cancelled) {
         zt_hs_report(h, p);
-        if (h->state == ZT_HS_CONNECTING || h->state == ZT_HS_TALKING)
-            (void)epoll_ctl(e->epfd, EPOLL_CTL_DEL, h->fd, NULL);
-        zt_hs_release(e, h); /* a queued id or a done entry of it is skipped: the generation moved on */
+        if (h->state == ZT_HS_QUEUED || h->state == ZT_HS_DONE) {
+            h->cancelled = 1; /* its entry in a ring frees it: the thread never touches its socket again */
+        } else {
+            if (h->watched)
+                (void)epoll_ctl(e->epfd, EPOLL_CTL_DEL, h->fd, NULL);
+            h->watched = 0;
+            zt_hs_release(e, h);
+        }
     }
     pthread_mutex_unlock(&e->lock);
 }
@@ -467,10 +530,14 @@ static uint64_t zt_hs_collect(zt_hs_engine *e, zt_hs_progress *p) {
         uint64_t next = e->done[e->d_tail++ % e->capacity];
         zt_hs *h = zt_hs_find(e, next);
         if (h != NULL && h->state == ZT_HS_DONE) {
-            zt_hs_report(h, p);
+            int cancelled = h->cancelled;
+            if (!cancelled)
+                zt_hs_report(h, p);
             zt_hs_release(e, h);
-            id = next;
-            break;
+            if (!cancelled) {
+                id = next;
+                break;
+            }
         }
     }
     pthread_mutex_unlock(&e->lock);
