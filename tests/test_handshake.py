@@ -4,7 +4,6 @@ the same Progress from both for the same proxy, whatever the proxy sends."""
 import errno
 import os
 import socket
-import threading
 import time
 
 import pytest
@@ -17,6 +16,8 @@ from ztun._fast.defs import HS_CONNECT_FAILED, HS_EOF, HS_OK, HS_PROTOCOL, Progr
 from ztun.loop import Loop
 from ztun.outbound import socks5
 
+from fake_proxy import FakeProxy
+
 ENGINES = [pytest.param(handshake_py, id="python")]
 if fast.IMPLEMENTATIONS.get("handshake") == "cython":
     ENGINES.append(pytest.param(fast._handshake, id="cython"))
@@ -26,60 +27,12 @@ REQUEST = socks5._request(socks5.CMD_CONNECT, socks5.encode_address("198.18.0.9"
 OK_REPLY = b"\x05\x00\x00\x01\x7f\x00\x00\x01\x10\xe1"
 
 
-class Proxy:
-    """A loopback server: each connection reads what the client sent so far, answers with the
-    chunks (one sendall each, reading between them), then ends its side and drains until the
-    client closes (no reset: a close with unread bytes would send one)."""
+def Proxy(chunks=(), hold=False):
+    """A loopback proxy: each connection reads what the client sent so far, answers with the chunks
+    (one sendall each, reading between them), then ends its side and drains until the client
+    closes (no reset: a close with unread bytes would send one). What it read: proxy.requests."""
 
-    def __init__(self, chunks=(), hold=False):
-        self.chunks, self.hold = list(chunks), hold
-        self.stop = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.05)
-        self.address = self.listener.getsockname()
-        self.received: list = []
-        self.threads: list = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                return
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(t)
-            t.start()
-
-    def _serve(self, conn):
-        with conn:
-            conn.settimeout(0.05)
-            got = b""
-            try:
-                for chunk in self.chunks:
-                    got += self._read(conn)
-                    conn.sendall(chunk)
-                if self.hold:
-                    self.stop.wait(10)
-                conn.shutdown(socket.SHUT_WR)
-                end = time.monotonic() + 5
-                while time.monotonic() < end and not self.stop.is_set():
-                    try:
-                        data = conn.recv(4096)
-                    except (TimeoutError, socket.timeout):
-                        continue
-                    if not data:
-                        break
-                    got += data
-            except OSError:
-                pass
-            self.received.append(got)
-
-    @staticmethod
-    def _read(conn):
+    def read(conn):
         data = b""
         while True:
             try:
@@ -90,12 +43,29 @@ class Proxy:
                 return data
             data += chunk
 
-    def close(self):
-        self.stop.set()
-        self.thread.join(10)
-        self.listener.close()
-        for t in self.threads:
-            t.join(10)
+    def script(conn, proxy):
+        conn.settimeout(0.05)
+        got = b""
+        try:
+            for chunk in chunks:
+                got += read(conn)
+                conn.sendall(chunk)
+            if hold:
+                proxy.stop.wait(10)
+            conn.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + 5
+            while time.monotonic() < end and not proxy.stop.is_set():
+                try:
+                    data = conn.recv(4096)
+                except (TimeoutError, socket.timeout):
+                    continue
+                if not data:
+                    break
+                got += data
+        finally:
+            proxy.requests.append(got)
+
+    return FakeProxy(script)
 
 
 def negotiate(engine, address, greeting=GREETING, auth=b"", request=REQUEST, offered_auth=False, timeout=5.0):
@@ -122,7 +92,7 @@ def _both(chunks, **kw):
             progress, sock = negotiate(param.values[0], proxy.address, **kw)
             sock.close()
         finally:
-            proxy.close()
+            proxy.__exit__()
         out.append(progress)
     return out
 
@@ -138,8 +108,8 @@ def test_good_proxy_leaves_the_bytes_after_the_reply_in_the_socket(engine):
         assert sock.recv(100) == b"first bytes"
         sock.close()
     finally:
-        proxy.close()
-    assert proxy.received == [GREETING + REQUEST]
+        proxy.__exit__()
+    assert proxy.requests == [GREETING + REQUEST]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -151,9 +121,9 @@ def test_auth_then_request(engine):
                                    offered_auth=True)
         sock.close()
     finally:
-        proxy.close()
+        proxy.__exit__()
     assert progress.kind == HS_OK and progress.transcript == b"\x05\x02\x01\x00\x05\x00\x00\x03\x04name\x00\x50"
-    assert proxy.received == [socks5._greeting(b"user") + auth + REQUEST]
+    assert proxy.requests == [socks5._greeting(b"user") + auth + REQUEST]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
@@ -163,7 +133,7 @@ def test_probe_plan_ends_after_the_greeting(engine):
         progress, sock = negotiate(engine, proxy.address, request=b"")
         sock.close()
     finally:
-        proxy.close()
+        proxy.__exit__()
     assert progress == Progress(HS_OK, 0, b"\x05\x00", 0, True, False)
 
 
@@ -261,7 +231,7 @@ def test_cancel_reports_where_it_waited_and_never_calls_back(engine):
             hs.stop()
             assert got == []
     finally:
-        proxy.close()
+        proxy.__exit__()
     assert progress == Progress(0, 0, b"\x05\x00\x05\x00\x00\x01\x7f", 1, True, False)
 
 
@@ -293,7 +263,7 @@ def test_a_full_engine_refuses_then_serves_again(engine):
             for s in socks:
                 s.close()
     finally:
-        proxy.close()
+        proxy.__exit__()
     assert [p.kind for p in got] == [HS_OK] * 22
 
 
@@ -343,7 +313,7 @@ def test_the_compiled_engine_never_puts_the_socket_on_the_loop():
             assert hs.started == hs.finished == 1 and hs.connect_inline <= 1
             sock.close()
     finally:
-        proxy.close()
+        proxy.__exit__()
 
 
 def test_the_loop_stops_its_engine():
@@ -387,7 +357,7 @@ def test_cancels_racing_the_engine_never_call_back(engine):
             for sock in socks:
                 sock.close()
     finally:
-        proxy.close()
+        proxy.__exit__()
     assert not cancelled & {i for i, _ in got}
     assert len(got) == 200 - len(cancelled)
     assert all(p.kind == HS_OK for _, p in got)

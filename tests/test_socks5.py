@@ -16,6 +16,8 @@ from ztun.outbound import socks5
 from ztun.outbound.socks5 import Socks5Outbound, _Fail, negotiate, parse_url, unwrap_udp, wrap_udp, BadDatagram
 from ztun import loop as _loop
 
+from fake_proxy import FakeProxy, recv_exact
+
 
 class Loop(_loop.Loop):
     """A loop whose socket worker and handshake engine (and their fds) exist before a test counts fds."""
@@ -46,16 +48,6 @@ def fds_back_to(before: int, timeout=3.0) -> bool:
 
 
 # --- the scripted server ----------------------------------------------------------------
-
-
-def recv_exact(conn, n):
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(n - len(data))
-        if not chunk:
-            raise EOFError(f"client closed after {len(data)} of {n} bytes")
-        data += chunk
-    return data
 
 
 def read_address(conn):
@@ -94,52 +86,6 @@ def request(conn):
     ver, cmd, _rsv = recv_exact(conn, 3)
     assert ver == 5
     return (cmd, *read_address(conn))
-
-
-class FakeProxy:
-    """Accepts on loopback and runs script(conn, proxy) for each connection in its own thread."""
-
-    def __init__(self, script, host="127.0.0.1"):
-        self.script = script
-        self.stop = threading.Event()
-        self.requests: list = []
-        self.errors: list = []
-        self.listener = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-        self.listener.settimeout(0.05)
-        self.address = self.listener.getsockname()[:2]
-        self.threads: list = []
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
-        self.acceptor.start()
-
-    def _accept(self):
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except (TimeoutError, socket.timeout):
-                continue
-            except OSError:
-                return
-            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(t)
-            t.start()
-
-    def _serve(self, conn):
-        conn.settimeout(10)
-        with conn:
-            try:
-                self.script(conn, self)
-            except (OSError, EOFError) as e:
-                self.errors.append(e)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.acceptor.join(5)
-        self.listener.close()
-        for t in self.threads:
-            t.join(5)
 
 
 def connect_ok(banner=b""):
