@@ -16,6 +16,8 @@ and with 64-byte ones (udp_pps_64_*, datagrams per second). Metric udpsessions: 
 ports each send a 64-byte datagram every 100 ms for 20 s to an echo server (bench/udp_sessions.c,
 built with cc): the share answered (and of the datagrams sent after the first 2 s, which leaves the
 sessions' start out), ztun's CPU and RSS.
+Metric idle: ztun's CPU over 5 s with no traffic, after the other metrics (a thread that spins
+for more packets must stop when they stop).
 Prints one `name value unit` line per metric (medians over rounds), then ratios to kernel.
 The SOCKS5 configurations' download also reports the proxy's packets per second and bytes per
 packet into the client namespace (the veth's receive counts: a proxy that writes small pieces
@@ -47,7 +49,7 @@ TUN_ARGS = ["--tun-name", "zt-bench0", "--inet4", "198.18.0.1/28", "--inet6", "f
 # iperf3's UDP sockets get 4 MiB buffers: with the default (~200 KiB) the receiving iperf3, not the
 # path, loses datagrams at 1 Gbit/s on this 2-core machine (UdpRcvbufErrors in its namespace)
 UDP_BUFFER = ("-w", "4M")
-METRICS = ("tcp", "cps", "rtt", "udp", "udpmax", "udpecho", "udpsessions", "rss")
+METRICS = ("tcp", "cps", "rtt", "udp", "udpmax", "udpecho", "udpsessions", "rss", "idle")
 CONFIGS = {
     "kernel": None,
     "ztun": {"mtu": "65535"},  # the defaults: offload on, NAPI off (the kernel's receive work inline in the TUN writes)
@@ -72,6 +74,8 @@ CONFIGS = {
     "ztun-near": {"mtu": "65535", "env": {"ZTUN_RELAY_NEAR": "1"}},  # new relays pumped on the loop's thread until bulk
     "ztun-nopump": {"mtu": "65535", "env": {"ZTUN_TUN_PUMP": "off"}},  # the loop reads the TUN (no TUN pump thread)
     "ztun-pump-on": {"mtu": "65535", "env": {"ZTUN_TUN_PUMP": "on"}},  # the pump reads the TUN always (never the loop)
+    "ztun-nospin": {"mtu": "65535", "env": {"ZTUN_PUMP_SPIN": "0", "ZTUN_RELAY_SPIN": "0"}},  # both threads sleep at once
+    "ztun-pump-spin": {"mtu": "65535", "env": {"ZTUN_RELAY_SPIN": "0"}},  # only the TUN pump spins, not the relay engine
     "ztun-nobatch": {"mtu": "65535", "env": {"ZTUN_RELAY_BATCH": "0"}},  # no receive low-water mark for small-segment streams
     # The SOCKS5 path, measured with the same Python load tool both ways: through ztun to the
     # proxy (the client knows nothing of it), and the client speaking SOCKS5 to microsocks itself.
@@ -104,7 +108,8 @@ CONFIGS = {
     "redsocks": {"socks": "redsocks"},
 }
 OPTIONAL = ("redsocks", "ztun-danted", "danted-only",  # not in the default run: they need tools the benchmark does not otherwise
-            "ztun-vethgro", "ztun-vethgro-udp-rxgro")  # or change the veths (for metric udp)
+            "ztun-vethgro", "ztun-vethgro-udp-rxgro",  # or change the veths (for metric udp)
+            "ztun-pump-spin")  # or measured no steady gain (README, performance)
 PROXY = "198.18.10.2:1080"
 # An ethtool value (ETHTOOL_SGRO 0x2C, ETHTOOL_STSO 0x1F: argv[2]) on or off (argv[3] "1"/"0") for the
 # device argv[1], over SIOCETHTOOL (no ethtool needed)
@@ -141,6 +146,7 @@ socks pass {{
 # --napi auto takes up to a second to take the kernel's receive work back inline (ztun.tun.napi),
 # and the TUN pump's auto mode a second to take the device back from the loop.
 SETTLE = 2.0
+IDLE_SECONDS = 5.0  # metric idle: ztun's CPU over this long with no traffic
 
 BULK_SERVER = r"""
 import socket, threading
@@ -567,9 +573,18 @@ class Bench:
             if pid:
                 out["cpu_during_udp_sessions_10k"] = ((_cpu(pid) - c0) / (time.monotonic() - t1) * 100, "%")
                 out["rss_udp_sessions_10k"] = (_rss(pid) / 1024, "MiB")
+        if pid and "idle" in want:
+            out["cpu_idle"] = (self.idle_cpu(pid), "%")
         if pid:
             out["rss"] = (_rss(pid) / 1024, "MiB")
         return out
+
+    def idle_cpu(self, pid) -> float:
+        """ztun's CPU (%) with no traffic, after the rest: a thread that spins must stop when packets do."""
+        time.sleep(SETTLE)
+        c0, t1 = _cpu(pid), time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        return (_cpu(pid) - c0) / (time.monotonic() - t1) * 100
 
     def udp_max(self, size, extra, loss=1.0, runs=10):
         """The highest rate (bit/s of payload received) with under loss % lost, by a bounded search
@@ -647,6 +662,8 @@ class Bench:
             out["rtt_p50"] = (p50, "us")
             out["rtt_p99"] = (p99, "us")
         self._socks_cpu(out, start, self._snapshot(pid), "")
+        if pid and "idle" in self.metrics:
+            out["cpu_idle"] = (self.idle_cpu(pid), "%")
         if pid:
             out["rss"] = (_rss(pid) / 1024, "MiB")
         return out
@@ -888,8 +905,9 @@ def main():
                     k = statistics.median(results["kernel"][metric][0])
                     print(f"ratio_{name}_{metric} {statistics.median(results[name][metric][0]) / k:.3f} of-kernel")
             if "rtt_p50" in results[name]:
-                added = statistics.median(results[name]["rtt_p50"][0]) - statistics.median(results["kernel"]["rtt_p50"][0])
-                print(f"added_{name}_rtt_p50 {added:.1f} us")
+                for metric in ("rtt_p50", "rtt_p99"):
+                    added = statistics.median(results[name][metric][0]) - statistics.median(results["kernel"][metric][0])
+                    print(f"added_{name}_{metric} {added:.1f} us")
 
 
 if __name__ == "__main__":

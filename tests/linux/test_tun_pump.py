@@ -3,7 +3,7 @@ pump's thread, and the Python loop is woken only for what it must see (the SYN's
 
 import pytest
 
-from ztun._fast import tunpump
+from ztun._fast import spin, tunpump
 
 pytestmark = pytest.mark.skipif(tunpump is None, reason="the TUN pump is compiled on Linux only (and not with ZTUN_NO_EXTENSIONS=1)")
 
@@ -33,6 +33,22 @@ def test_round_trips_do_not_wake_the_loop(lan, server):
     # the batch with the SYN, and maybe one with the kernel's IPv6 chatter or a late ACK of no flow
     assert stats["tun_pump_handed_over"] <= 10, stats
     assert stats["written_back"] >= 2 * ROUNDS, stats
+    if spin.spin_us("ZTUN_PUMP_SPIN", spin.PUMP_US):  # after each wake that moved packets (unless backing off)
+        assert stats["tun_pump_spin_found"] + stats["tun_pump_spin_empty"] >= 1, stats
+
+
+def test_no_spin_when_switched_off(lan, monkeypatch):
+    """ZTUN_PUMP_SPIN=0 and ZTUN_RELAY_SPIN=0: both threads sleep as soon as they find nothing."""
+    monkeypatch.setenv("ZTUN_PUMP_SPIN", "0")
+    monkeypatch.setenv("ZTUN_RELAY_SPIN", "0")
+    lan.server.server("echo", 8082)
+    app = lan.appliance()
+    r = lan.client.python(PINGPONG, "198.19.0.1", "20", timeout=60)
+    assert r.stdout.strip() == "ok", r.stdout + r.stderr + app.log
+    assert app.stop() == 0
+    stats = app.stats()
+    assert stats["written_back"] >= 40, stats
+    assert [stats[k] for k in ("tun_pump_spin_found", "tun_pump_spin_empty", "tun_pump_spin_us")] == [0, 0, 0], stats
 
 
 def test_no_pump_when_switched_off(lan, monkeypatch):

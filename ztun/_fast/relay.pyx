@@ -15,6 +15,8 @@ from libc.errno cimport errno
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 
+from . import spin
+
 log = logging.getLogger("ztun.relay")
 
 cdef extern from "zt_relay.h" nogil:
@@ -48,8 +50,10 @@ cdef extern from "zt_relay.h" nogil:
         uint32_t again_cap
         uint32_t batch_small, batch_after, batch_lowat
         uint64_t events, pumps, wakeups, promoted, rearmed, batched
+        uint64_t spin_found, spin_empty, spin_ns
 
-    zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every, int near_on, int batch_on)
+    zt_engine *zt_engine_new(uint32_t capacity, int notify_fd, double sweep_every, int near_on, int batch_on,
+                             double spin)
     void zt_engine_stop(zt_engine *e)
     void zt_engine_free(zt_engine *e)
     uint64_t zt_engine_add(zt_engine *e, int client, int remote, double idle, int use_splice)
@@ -71,7 +75,7 @@ REASONS = {ZT_END_DONE: "done", ZT_END_RESET: "reset", ZT_END_IDLE: "idle", ZT_E
 
 # The docstring's first lines are the constructor's signature for inspect.signature (as NatTable's).
 cdef class RelayEngine:
-    """RelayEngine(loop, on_close, capacity=65536, sweep_every=1.0)
+    """RelayEngine(loop, on_close, capacity=65536, sweep_every=1.0, spin_us=None)
 --
 
 Relays between pairs of connected sockets on a native thread, off the loop.
@@ -82,7 +86,9 @@ Relays between pairs of connected sockets on a native thread, off the loop.
     A relay ended by end() is not reported there: end() returns its byte counts.
     capacity bounds the relays open at once; sweep_every is how often idle relays are
     looked for (seconds; at most a quarter of the shortest idle timeout added, so a relay
-    idles out between its idle timeout and 1.25 times it).
+    idles out between its idle timeout and 1.25 times it). spin_us (0..1000; None:
+    ZTUN_RELAY_SPIN, else SPIN_US): how long the engine's thread looks for more events before it
+    sleeps, after a wake-up that found some (see zt_relay.h); 0 never.
     """
 
     cdef zt_engine *e
@@ -94,7 +100,7 @@ Relays between pairs of connected sockets on a native thread, off the loop.
     cdef bint near
     cdef bint batch
 
-    def __cinit__(self, loop, on_close, capacity=65536, double sweep_every=1.0):
+    def __cinit__(self, loop, on_close, capacity=65536, double sweep_every=1.0, spin_us=None):
         self.e = NULL
         capacity = operator.index(capacity)
         if not 0 < capacity <= 1 << 24:
@@ -115,7 +121,11 @@ Relays between pairs of connected sockets on a native thread, off the loop.
         # ZTUN_RELAY_BATCH=0: a source that streams small segments is read as each one lands, not in
         # batches at a low-water mark (see zt_relay.h)
         self.batch = os.environ.get("ZTUN_RELAY_BATCH", "1") != "0"
-        self.e = zt_engine_new(<uint32_t>capacity, w, sweep_every, self.near, self.batch)
+        spin_us = spin.spin_us("ZTUN_RELAY_SPIN", spin.RELAY_US) if spin_us is None else operator.index(spin_us)
+        if not 0 <= spin_us <= spin.MAX_US:
+            self._close_pipe()
+            raise ValueError(f"spin_us must be 0..{spin.MAX_US}, got {spin_us}")
+        self.e = zt_engine_new(<uint32_t>capacity, w, sweep_every, self.near, self.batch, spin_us * 1e-6)
         if self.e == NULL:
             err = errno
             self._close_pipe()
@@ -140,11 +150,14 @@ Relays between pairs of connected sockets on a native thread, off the loop.
         """Counters: the engine thread's wake-ups, the socket events taken and the relay pumps (on
         either thread), the relays that went over to the thread's set, the relays re-armed in
         their epoll because the list of those to pump again was full, the directions that began
-        reading in batches (a source streaming small segments)."""
+        reading in batches (a source streaming small segments), the thread's spins that found an
+        event and those that found none, and the time spent in them (spin_us)."""
         if self.e == NULL:
-            return {"wakeups": 0, "events": 0, "pumps": 0, "promoted": 0, "rearmed": 0, "batched": 0}
+            return {"wakeups": 0, "events": 0, "pumps": 0, "promoted": 0, "rearmed": 0, "batched": 0,
+                    "spin_found": 0, "spin_empty": 0, "spin_us": 0}
         return {"wakeups": self.e.wakeups, "events": self.e.events, "pumps": self.e.pumps,
-                "promoted": self.e.promoted, "rearmed": self.e.rearmed, "batched": self.e.batched}
+                "promoted": self.e.promoted, "rearmed": self.e.rearmed, "batched": self.e.batched,
+                "spin_found": self.e.spin_found, "spin_empty": self.e.spin_empty, "spin_us": self.e.spin_ns // 1000}
 
     def _set_again_cap(self, uint32_t cap):
         """Tests only: how many relays the list of those to pump again holds (at most its size)."""

@@ -18,6 +18,7 @@ import socket
 import time
 
 from ..net import abort
+from .spin import MAX_US as MAX_SPIN_US
 
 log = logging.getLogger("ztun.relay")
 
@@ -312,12 +313,14 @@ class RelayEngine:
     ended by itself: reason "done" (both ways ended), "reset" (an error on either side: both
     sockets closed with a reset) or "idle" (nothing moved for its idle timeout: reset).
     A relay ended by end() is not reported there: end() returns its byte counts.
-    capacity bounds the relays open at once; sweep_every is accepted for the compiled
-    engine's signature (idle checks here run idle_timeout / 4 apart).
+    capacity bounds the relays open at once; sweep_every and spin_us are accepted for the
+    compiled engine's signature (idle checks here run idle_timeout / 4 apart; the loop never spins).
     """
 
-    def __init__(self, loop, on_close, capacity=65536, sweep_every: float = 1.0):
+    def __init__(self, loop, on_close, capacity=65536, sweep_every: float = 1.0, spin_us=None):
         capacity = operator.index(capacity)
+        if spin_us is not None and not 0 <= operator.index(spin_us) <= MAX_SPIN_US:
+            raise ValueError(f"spin_us must be 0..{MAX_SPIN_US}, got {spin_us}")
         if not 0 < capacity <= 1 << 24:
             raise ValueError("capacity must be 1 to 2**24")
         if not 0.001 <= sweep_every <= 3600:
@@ -334,7 +337,8 @@ class RelayEngine:
         return len(self.relays)
 
     def stats(self) -> dict:
-        return {"wakeups": 0, "events": 0, "pumps": 0, "promoted": 0, "rearmed": 0, "batched": 0}
+        return {"wakeups": 0, "events": 0, "pumps": 0, "promoted": 0, "rearmed": 0, "batched": 0,
+                "spin_found": 0, "spin_empty": 0, "spin_us": 0}
 
     def add(self, token, client, remote, idle_timeout: float = 300.0, splice: bool = True) -> int:
         if self.stopped or len(self.relays) >= self.capacity:

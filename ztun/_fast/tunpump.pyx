@@ -15,6 +15,13 @@ would have held it), then drops what it would hand over and counts it (a new flo
 is forgotten, so the client's retransmitted SYN makes it anew): an overloaded loop never stops
 established flows for long.
 
+spin_us: after a wake that moved packets the pump polls the device without sleeping (poll() with
+no wait, yielding the core between two looks) for up to spin_us microseconds before it blocks
+again: a packet that comes within that time (the other half of a round trip) is read without the
+thread being woken. Adaptive: every spin that finds nothing makes the pump skip the spin after
+twice as many wakes (up to 63), a spin that finds a packet, or a sleep shorter than spin_us, ends
+the back-off; with no packets the pump never spins (an idle appliance stays idle). 0: never.
+
 pause() stops the pump reading (it has handed over what it had when pause() returns) and
 resume() starts it again: the stack lets the loop read the device while most packets are
 rare anyway (a storm of new connections, bulk UDP), where the loop's own batching costs less
@@ -46,6 +53,9 @@ cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t
     int pthread_create(pthread_t *t, const void *attr, void *(*start)(void *) noexcept nogil, void *arg)
     int pthread_join(pthread_t t, void **ret)
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
 
 cdef extern from "<time.h>" nogil:
     ctypedef int clockid_t
@@ -100,6 +110,8 @@ cdef enum:
     WAIT_MS = 10  # the longest wait for a hand-over batch, per batch read
     RESUME = 114  # "r" on the control pipe; any other byte asks for a pause, and is echoed on the ack pipe
     PAUSE_TOKENS = 100  # pause() numbers its requests 1..100 (never RESUME): it waits for its own answer
+    MAX_SPIN_US = 1000  # the longest spin a pump takes
+    SPIN_BACKOFF = 6  # after this many spins in a row that found nothing, it spins after every 64th wake
 
 
 cdef struct Rows:
@@ -133,14 +145,15 @@ cdef void *_main(void *arg) noexcept nogil:
 @cython.no_gc_clear
 @cython.embedsignature.format("clinic")
 cdef class TunPump:
-    """TunPump(fd, nat, batch, handoff, hdr=0)
+    """TunPump(fd, nat, batch, handoff, hdr=0, spin_us=0)
 --
 
 A thread that pumps the TUN fd through the NAT table, handing the loop only the packets it must see.
 
 batch: the PacketBatch the pump reads into (its own from start() to stop()); handoff: 2..16
 PacketBatch objects of the same shape, the rare packets go to the loop in; hdr: bytes of
-virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr says)."""
+virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr says); spin_us:
+0..1000, how long the pump looks for the next packet before it sleeps, after a wake that moved some."""
 
     cdef NatTable nat
     cdef readonly object batch
@@ -163,7 +176,9 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
     cdef readonly int error  # errno of the read that stopped the pump (it handed over FAILED); ENODEV: poll() said
     # POLLERR or POLLHUP and there was nothing to read (a TUN whose interface is going), EBADF: POLLNVAL
     cdef bint no_wait  # waited in vain for a hand-over batch while handing this read batch's packets
+    cdef readonly int spin_us
     cdef uint64_t c_packets, c_reads, c_written, c_handed, c_copied, c_dropped, c_waited
+    cdef uint64_t c_spin_found, c_spin_empty, c_spin_ns
     cdef uint64_t c_failed[N_ERRNOS]
 
     def __cinit__(self):
@@ -171,7 +186,7 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         self.ctl_r = self.ctl_w = self.ack_r = self.ack_w = -1
         self.current = -1
 
-    def __init__(self, int fd, NatTable nat not None, batch, handoff, int hdr=0):
+    def __init__(self, int fd, NatTable nat not None, batch, handoff, int hdr=0, int spin_us=0):
         cdef int p[2]
         if self.started or self.ready_r >= 0:
             raise RuntimeError("the TUN pump was set up already")  # its pipes would leak
@@ -180,7 +195,9 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
             raise ValueError(f"a pump takes 2..{MAX_HANDOFF} hand-over batches, got {len(handoff)}")
         if hdr not in (0, VNET_HDR_LEN):
             raise PacketError(f"hdr must be 0 or {VNET_HDR_LEN}, got {hdr}")
-        self.fd, self.nat, self.hdr, self.vnet = fd, nat, hdr, hdr == VNET_HDR_LEN
+        if not 0 <= spin_us <= MAX_SPIN_US:
+            raise ValueError(f"spin_us must be 0..{MAX_SPIN_US}, got {spin_us}")
+        self.fd, self.nat, self.hdr, self.vnet, self.spin_us = fd, nat, hdr, hdr == VNET_HDR_LEN, spin_us
         for b in [batch] + handoff:
             if bool(b.vnet_hdr) != self.vnet:
                 raise PacketError("every batch's vnet_hdr must match hdr")
@@ -339,7 +356,10 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
     def counters(self):
         return {"packets_read": self.c_packets, "batches_read": self.c_reads, "written": self.c_written,
                 "handed_over": self.c_handed, "copied": self.c_copied, "dropped": self.c_dropped,  # dropped: new flows, UDP, ICMP
-                "waited": self.c_waited}
+                "waited": self.c_waited,
+                # spins after a wake that moved packets: ended by a packet / by the time running out;
+                # spin_us: the time spent in them (the CPU they cost)
+                "spin_found": self.c_spin_found, "spin_empty": self.c_spin_empty, "spin_us": self.c_spin_ns // 1000}
 
     def write_failures(self):
         """{errno: slots whose write into the device failed with it} (errno 255 and above under 255)."""
@@ -351,9 +371,11 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         cdef pollfd fds[4]  # the stop fd, the control pipe, the free pipe (while a batch waits), the device (while reading)
         cdef uint64_t value
         cdef uint8_t c
-        cdef int k, err
-        cdef bint reading = True, failed = False
+        cdef int k, err, r
+        cdef bint reading = True, failed = False, moved
         cdef Py_ssize_t n
+        cdef double spin = self.spin_us * 1e-6, spin_from = 0.0, spin_until = 0.0, slept_from = 0.0, now
+        cdef int skip = 0, misses = 0  # wakes to go without a spin; spins in a row that found nothing
         fds[0].fd = self.stop_fd
         fds[1].fd = self.ctl_r
         fds[3].fd = self.fd
@@ -361,7 +383,33 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
         while True:
             fds[0].revents = fds[1].revents = fds[2].revents = fds[3].revents = 0
             fds[2].fd = self.free_r if self.current >= 0 else -1  # poll() passes over a negative fd
-            if poll(fds, 4 if reading else 3, -1) < 0:
+            if spin_until > 0.0:
+                r = poll(fds, 4 if reading else 3, 0)
+                if r == 0:
+                    now = _now()
+                    if now < spin_until:
+                        sched_yield()  # the thread that makes the next packet may be waiting for this core
+                        continue
+                    self.c_spin_empty += 1
+                    self.c_spin_ns += <uint64_t>((now - spin_from) * 1e9)
+                    spin_until = 0.0
+                    if misses < SPIN_BACKOFF:
+                        misses += 1
+                    skip = (1 << misses) - 1
+                    continue
+                if r > 0 and (fds[0].revents or fds[1].revents or fds[3].revents):  # not a batch given back only
+                    if fds[3].revents:
+                        self.c_spin_found += 1
+                        misses = skip = 0
+                    self.c_spin_ns += <uint64_t>((_now() - spin_from) * 1e9)
+                    spin_until = 0.0
+            else:
+                if spin > 0.0 and skip:
+                    slept_from = _now()
+                r = poll(fds, 4 if reading else 3, -1)
+                if r > 0 and skip and reading and fds[3].revents and _now() - slept_from < spin:
+                    misses = skip = 0  # a spin would have found this one: traffic flows again
+            if r < 0:
                 if errno == EINTR:
                     continue
                 self._fail(errno)
@@ -379,6 +427,7 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
                         reading = False
                         write(self.ack_w, &c, 1)
                 continue
+            moved = False
             if reading and fds[3].revents:
                 for k in range(READS_PER_WAKE):
                     n = self._read(&self.reading, &err)
@@ -392,6 +441,7 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
                             reading = False
                         break
                     self._pump(n)
+                    moved = True
                     if n < self.reading.slots:
                         break
             # The loop gets the batch being filled once it holds none: while it works through one,
@@ -400,6 +450,12 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
             self._reclaim()
             if self.current >= 0 and self.n_free + 1 == self.n_handoff:
                 self._hand_current()
+            if moved and reading and spin > 0.0:
+                if skip:
+                    skip -= 1
+                else:
+                    spin_from = _now()
+                    spin_until = spin_from + spin
 
     cdef void _hand_current(self) noexcept nogil:
         self.c_handed += 1

@@ -23,7 +23,7 @@ from collections import Counter
 
 import numpy as np
 
-from .._fast import NatTable, PacketBatch, echo_batch, gso, parse_batch, sockq, tunpump
+from .._fast import NatTable, PacketBatch, echo_batch, gso, parse_batch, sockq, spin, tunpump
 from .._fast import defs as d
 from .._fast.nat_config import NatConfig
 from ..errors import TunError
@@ -183,7 +183,8 @@ class SystemStack:
     def _start_pump(self):
         b = self.batch
         handoff = [PacketBatch(b.slots, max_packet=b.max_packet, vnet_hdr=b.vnet_hdr) for _ in range(PUMP_HANDOFF)]
-        pump = tunpump.TunPump(self.device.fileno(), self.nat, b, handoff, d.VNET_HDR_LEN if b.vnet_hdr else 0)
+        pump = tunpump.TunPump(self.device.fileno(), self.nat, b, handoff, d.VNET_HDR_LEN if b.vnet_hdr else 0,
+                               spin.spin_us("ZTUN_PUMP_SPIN", spin.PUMP_US))
         try:
             pump.start()  # what it hands over before the loop waits on it stays in the pipe
         except BaseException:
@@ -675,6 +676,9 @@ class SystemStack:
             out["tun_pump_copied"] = c["copied"]  # the rare packets in them
             out["dropped_loop_busy"] = c["dropped"]  # new flows, UDP, ICMP: the loop held every hand-over batch
             out["tun_pump_waited"] = c["waited"]  # times the pump waited for the loop to give a batch back
+            out["tun_pump_spin_found"] = c["spin_found"]  # spins (ZTUN_PUMP_SPIN) that found the next packet
+            out["tun_pump_spin_empty"] = c["spin_empty"]  # and those that slept after all
+            out["tun_pump_spin_us"] = c["spin_us"]  # the time they took
             out["dropped"] += c["dropped"]
             out["tun_pump_reading"] = int(self._reading and not self.pump.paused)  # not once stopped
         out.update({f"write_failed_{errno.errorcode.get(e, e)}": c for e, c in failures.items()})
