@@ -6,7 +6,8 @@ selects the twin of sockq (connect, shutdown and close made at once on the loop'
 comparison); ZTUN_RELAY=loop the twin of the relay engine (relays on the loop, in Python);
 ZTUN_UDP=python the twin of the UDP session table (every datagram through Python, for comparison);
 ZTUN_HANDSHAKE=python the twin of the SOCKS5 negotiation engine (each exchange a loop callback);
-ZTUN_TUN_PUMP=0 no TUN pump (the loop reads the TUN, as the twins do).
+ZTUN_TUN_PUMP=0 no TUN pump (the loop reads the TUN, as the twins do); ZTUN_PUMP_SPIN and
+ZTUN_RELAY_SPIN how long (us) the pump and the relay engine's thread poll before they sleep.
 IMPLEMENTATIONS says what each module is, IMPLEMENTATION sums it up.
 """
 
