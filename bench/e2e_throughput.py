@@ -94,6 +94,11 @@ CONFIGS = {
     # the SOCKS5 negotiation's twin: each exchange with the proxy a loop callback (not the native engine)
     "ztun-socks-pyhs": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
                         "env": {"ZTUN_HANDSHAKE": "python"}},
+    # neither native thread spins before it sleeps (as ztun-nospin); the TUN pump alone (as ztun-pump-spin)
+    "ztun-socks-nospin": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
+                          "env": {"ZTUN_PUMP_SPIN": "0", "ZTUN_RELAY_SPIN": "0"}},
+    "ztun-socks-pump-spin": {"mtu": "65535", "args": ["--outbound", "socks5://198.18.10.2:1080"], "socks": "ztun",
+                               "env": {"ZTUN_RELAY_SPIN": "0"}},
     "socks-only": {"socks": "client"},
     # References for the SOCKS5 path, with the same load tool. ztun's direct path (no proxy):
     # what ztun costs without any SOCKS5 work. redsocks (C, libevent) behind an iptables
@@ -109,7 +114,8 @@ CONFIGS = {
 }
 OPTIONAL = ("redsocks", "ztun-danted", "danted-only",  # not in the default run: they need tools the benchmark does not otherwise
             "ztun-vethgro", "ztun-vethgro-udp-rxgro",  # or change the veths (for metric udp)
-            "ztun-pump-spin")  # or measured no steady gain (README, performance)
+            "ztun-pump-spin",  # or measured no steady gain (README, performance)
+            "ztun-socks-pyhs", "ztun-socks-nospin", "ztun-socks-pump-spin")  # or compare one lever on the proxy path
 PROXY = "198.18.10.2:1080"
 # An ethtool value (ETHTOOL_SGRO 0x2C, ETHTOOL_STSO 0x1F: argv[2]) on or off (argv[3] "1"/"0") for the
 # device argv[1], over SIOCETHTOOL (no ethtool needed)

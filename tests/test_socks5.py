@@ -671,3 +671,16 @@ def test_probe_has_one_deadline():
         (error,) = probe(loop, out)
         assert time.monotonic() - start < 2
         assert "no complete answer within 0.3s (waiting for the method selection" in error
+
+
+def test_a_full_handshake_engine_fails_the_flow_like_a_refused_connect():
+    from ztun import _fast
+    with Loop() as loop, FakeProxy(lambda conn, proxy: proxy.stop.wait(20)) as proxy:
+        loop.handshakes.stop()
+        loop._handshakes = _fast._handshake.Handshakes(loop, 1)
+        out = Socks5Outbound(loop, *proxy.address)
+        first = out.open_tcp(("198.18.0.9", 80), lambda s, e: None)
+        (sock, err), _ = open_tcp(loop, out)
+        assert sock is None and "too many SOCKS5 negotiations" in err.strerror
+        assert out.counters["proxy_connect_failed"] == 1 and out.counters["tcp_failed"] == 1
+        first.cancel()

@@ -57,7 +57,7 @@ cdef object _progress(zt_hs_progress *p):
 
 # The docstring's first lines are the constructor's signature for inspect.signature (as NatTable's).
 cdef class Handshakes:
-    """Handshakes(loop, capacity=16384)
+    """Handshakes(loop, capacity=4096)
 --
 
 The loop's SOCKS5 negotiations, each from the connect to the proxy to its reply, on one native thread.
@@ -73,7 +73,7 @@ The loop's SOCKS5 negotiations, each from the connect to the proxy to its reply,
     cdef dict waiting  # id -> callback
     cdef uint64_t stopped_at[3]  # started, finished, connect_inline when stopped
 
-    def __cinit__(self, loop, capacity=16384):
+    def __cinit__(self, loop, capacity=4096):
         self.e = NULL
         self.stopped_at = [0, 0, 0]
         capacity = operator.index(capacity)

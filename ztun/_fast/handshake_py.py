@@ -53,7 +53,7 @@ class Handshakes:
     may still be queued there).
     """
 
-    def __init__(self, loop, capacity: int = 16384):
+    def __init__(self, loop, capacity: int = 4096):
         capacity = operator.index(capacity)
         if not 0 < capacity <= 1 << 20:
             raise ValueError("capacity must be 1 to 2**20")

@@ -94,12 +94,12 @@ typedef struct {
 } zt_hs_engine;
 
 static inline uint64_t zt_hs_id(zt_hs_engine *e, uint32_t slot) {
-    return ((uint64_t)e->slots[slot].gen << 32) | slot;
+    return ((uint64_t)(e->slots[slot].gen + 1) << 32) | slot; /* never 0 (no id) */
 }
 
 static zt_hs *zt_hs_find(zt_hs_engine *e, uint64_t id) {
     uint32_t slot = (uint32_t)id;
-    if (slot >= e->capacity || e->slots[slot].gen != (uint32_t)(id >> 32) || e->slots[slot].state == ZT_HS_FREE)
+    if (slot >= e->capacity || e->slots[slot].gen + 1 != (uint32_t)(id >> 32) || e->slots[slot].state == ZT_HS_FREE)
         return NULL;
     return &e->slots[slot];
 }
@@ -401,10 +401,8 @@ static zt_hs_engine *zt_hs_new(uint32_t capacity, int notify_fd) {
         err = ENOMEM;
         goto fail;
     }
-    for (k = 0; k < capacity; k++) {
-        e->slots[k].gen = 1;
-        e->free_slots[k] = capacity - 1 - k; /* slot 0 first: the touched pages stay few */
-    }
+    for (k = 0; k < capacity; k++) /* the slots stay untouched (zero pages) until used: slot 0 first */
+        e->free_slots[k] = capacity - 1 - k;
     e->nfree = capacity;
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
     e->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
