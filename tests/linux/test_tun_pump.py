@@ -20,14 +20,19 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("server", ["198.19.0.1", "fd00:19::1"], ids=["ipv4", "ipv6"])
-def test_round_trips_do_not_wake_the_loop(lan, server):
+def pingpong(lan, rounds, server="198.19.0.1"):
+    """The appliance's stats after rounds 1-byte round trips to the echo server, the appliance stopped."""
     lan.server.server("echo", 8082)
     app = lan.appliance()
-    r = lan.client.python(PINGPONG, server, str(ROUNDS), timeout=60)
+    r = lan.client.python(PINGPONG, server, str(rounds), timeout=60)
     assert r.stdout.strip() == "ok", r.stdout + r.stderr + app.log
     assert app.stop() == 0
-    stats = app.stats()
+    return app.stats()
+
+
+@pytest.mark.parametrize("server", ["198.19.0.1", "fd00:19::1"], ids=["ipv4", "ipv6"])
+def test_round_trips_do_not_wake_the_loop(lan, server):
+    stats = pingpong(lan, ROUNDS, server)
     # each round trip: the client's byte and the kernel's answer, at least, read from the TUN
     assert stats["packets_read"] >= 2 * ROUNDS, stats
     # the batch with the SYN, and maybe one with the kernel's IPv6 chatter or a late ACK of no flow
@@ -41,12 +46,7 @@ def test_no_spin_when_switched_off(lan, monkeypatch):
     """ZTUN_PUMP_SPIN=0 and ZTUN_RELAY_SPIN=0: both threads sleep as soon as they find nothing."""
     monkeypatch.setenv("ZTUN_PUMP_SPIN", "0")
     monkeypatch.setenv("ZTUN_RELAY_SPIN", "0")
-    lan.server.server("echo", 8082)
-    app = lan.appliance()
-    r = lan.client.python(PINGPONG, "198.19.0.1", "20", timeout=60)
-    assert r.stdout.strip() == "ok", r.stdout + r.stderr + app.log
-    assert app.stop() == 0
-    stats = app.stats()
+    stats = pingpong(lan, 20)
     assert stats["written_back"] >= 40, stats
     assert [stats[k] for k in ("tun_pump_spin_found", "tun_pump_spin_empty", "tun_pump_spin_us")] == [0, 0, 0], stats
 
@@ -54,10 +54,5 @@ def test_no_spin_when_switched_off(lan, monkeypatch):
 def test_no_pump_when_switched_off(lan, monkeypatch):
     """ZTUN_TUN_PUMP=0: the loop reads the TUN (the path of macOS, Windows and the twins)."""
     monkeypatch.setenv("ZTUN_TUN_PUMP", "0")
-    lan.server.server("echo", 8082)
-    app = lan.appliance()
-    r = lan.client.python(PINGPONG, "198.19.0.1", "20", timeout=60)
-    assert r.stdout.strip() == "ok", r.stdout + r.stderr + app.log
-    assert app.stop() == 0
-    stats = app.stats()
+    stats = pingpong(lan, 20)
     assert "tun_pump_handed_over" not in stats and stats["packets_read"] >= 40, stats
