@@ -153,6 +153,17 @@ def egress_mode(request, slan, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["engine", "twin"])
+def handshake(request, monkeypatch):
+    """Who negotiates with the proxy: the compiled engine on its thread (Linux's default), or the
+    twin on the loop (ZTUN_HANDSHAKE=python, the path of macOS and Windows)."""
+    if request.param == "twin":
+        monkeypatch.setenv("ZTUN_HANDSHAKE", "python")
+    else:
+        monkeypatch.delenv("ZTUN_HANDSHAKE", raising=False)
+    return request.param
+
+
 def check_egress(app, mode):
     if mode == "portable":
         assert "own sockets bound to zt-c0" in app.log and "oif zt-c0" in app.log, app.log
@@ -187,7 +198,7 @@ def test_tcp_through_microsocks_20mb(slan, auth, egress_mode):
     assert slan.client.snapshot() == before
 
 
-def test_wrong_password_is_refused_with_a_clear_log_line(slan):
+def test_wrong_password_is_refused_with_a_clear_log_line(slan, handshake):
     slan.microsocks(user="ztun", password="right")
     app = slan.start(PROXIED.format(url=f"socks5://ztun:wrong@{PROXY}:1080"))
     r = slan.client.python(CONNECT, Lan.SERVER4, "8080")
@@ -296,7 +307,7 @@ outbound = "{mode}"
 """ for port, mode in ((1091, "bad-version"), (1092, "truncated"), (1093, "huge-address"), (1094, "never"), (1095, "drip")))
 
 
-def test_hostile_proxies_cannot_hang_or_crash_the_appliance(slan):
+def test_hostile_proxies_cannot_hang_or_crash_the_appliance(slan, handshake):
     slan.microsocks()
     for port, mode in ((1091, "bad-version"), (1092, "truncated"), (1093, "huge-address"), (1094, "never"), (1095, "drip")):
         slan.server.server("hostile-socks", port, mode)
@@ -328,6 +339,7 @@ with concurrent.futures.ThreadPoolExecutor(8) as ex:
         assert kind == "ConnectionRefusedError" and float(secs) < 8, r.stdout + app.log
     assert app.proc.poll() is None
     assert app.stop() == 0, app.log
+    assert ("handshake python" in app.log) == (handshake == "twin"), app.log
     for what in ("via bad-version: socks5 proxy 198.18.10.2:1091: method selection has version 4",
                  "via truncated: socks5 proxy 198.18.10.2:1092: closed the connection",
                  "via huge-address: socks5 proxy 198.18.10.2:1093: no complete answer within 3s",

@@ -8,7 +8,7 @@ import signal
 import socket
 import sys
 
-from .. import __version__
+from .. import __version__, _fast
 from ..errors import ConfigError, RouteError, TunError, ZtunError
 from ..loop import Loop
 from ..tun.options import TunOptions
@@ -255,7 +255,7 @@ def _run(config: AppConfig, reread=None) -> int:
         if log.isEnabledFor(logging.DEBUG):
             _log_stats_every(loop, gateway, STATS_INTERVAL)
         interrupts.check()
-        log.info("ready: %s; %s", gateway.describe(), _describe_flows(config, forwarder))
+        log.info("ready: %s; %s; %s", gateway.describe(), _describe_flows(config, forwarder), _fast.describe())
         sdnotify.ready(gateway.describe())
         # What setup made lives as long as the run: keep it out of every later GC pass.
         gc.collect()
@@ -407,8 +407,6 @@ def main(argv=None) -> int:
 
         return run_status(args)
     if args.command == "version":
-        from .. import _fast
-
         print(f"ztun {__version__} ({_fast.describe()})")  # names each module when the core is mixed
         return 0
     if args.command == "check-config":
