@@ -102,3 +102,13 @@ def test_the_soft_limit_is_raised_to_the_hard_one():
         assert got == (hard if hard != resource.RLIM_INFINITY else got)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_handshake_engine_has_room_for_every_pending_connect():
+    """A pending connect may be a SOCKS5 negotiation: the loop's engine is made with that many slots."""
+    with Loop() as loop:
+        fwd, proxy = limited(loop, max_pending=6000)
+        assert loop.handshakes.capacity == 6000
+    with Loop() as loop:
+        fwd, proxy = limited(loop, max_pending=100)
+        assert loop.handshakes.capacity == 4096  # never below the default

@@ -125,6 +125,7 @@ class Loop:
         self._old_wakeup_fd = None
         self._sockq = None
         self._handshakes = None
+        self.handshake_capacity = 4096  # negotiations at once, for the engine started on first use
         self.shared: dict = {}  # what other modules keep per loop (idle checks, pipes), gone with it: close() closes
         # each value that has a close()
 
@@ -143,10 +144,11 @@ class Loop:
 
     @property
     def handshakes(self):
-        """This loop's SOCKS5 negotiation engine (ztun._fast.handshake), started on first use."""
+        """This loop's SOCKS5 negotiation engine (ztun._fast.handshake), started on first use with
+        handshake_capacity slots (the forwarder raises it to its bound on pending connects)."""
         if self._handshakes is None:
             self._check_open()
-            self._handshakes = handshakes(self)
+            self._handshakes = handshakes(self, self.handshake_capacity)
         return self._handshakes
 
     # --- readers and writers -------------------------------------------------

@@ -93,9 +93,9 @@ def socket_queue(loop, epoll_fd: int = -1, inline: bool = False):
     return (sockq_py if inline else _sockq).SocketQueue(loop, epoll_fd=epoll_fd)
 
 
-def handshakes(loop):
+def handshakes(loop, capacity: int = 4096):
     """The SOCKS5 negotiation engine for loop: a Handshakes of the chosen handshake module."""
-    return _handshake.Handshakes(loop)
+    return _handshake.Handshakes(loop, capacity)
 
 
 NatTable = nat.NatTable

@@ -11,6 +11,7 @@ class Handshakes:
     finished: int
     connect_inline: int
     under_way: int
+    capacity: int
     def __init__(self, loop, capacity: int = 4096) -> None: ...
     def start(self, sock: socket.socket, address: tuple, greeting: bytes, auth: bytes, request: bytes,
               offered_auth: bool, callback: Callable[[Progress], object]) -> int: ...

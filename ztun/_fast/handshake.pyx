@@ -31,6 +31,7 @@ cdef extern from "zt_handshake.h" nogil:
         ZT_HS_IN
 
     ctypedef struct zt_hs_engine:
+        uint32_t capacity
         uint64_t started, finished, connect_inline
 
     ctypedef struct zt_hs_progress:
@@ -98,6 +99,11 @@ The loop's SOCKS5 negotiations, each from the connect to the proxy to its reply,
             self.piped = False
             os.close(self.notify_r)
             os.close(self.notify_w)
+
+    @property
+    def capacity(self):
+        """Negotiations at once."""
+        return 0 if self.e == NULL else self.e.capacity
 
     @property
     def under_way(self):

@@ -50,6 +50,8 @@ class Forwarder:
         # Pending connects: flows from prepare() (the outbound connect starts) until relayed, failed
         # or unclaimed; each holds a descriptor or two. Flow -> its client address, and per address.
         self.max_pending, self.max_pending_per_client = max_pending, max_pending_per_client
+        # every pending connect may be a SOCKS5 negotiation: the loop's engine (made on first use) has room
+        loop.handshake_capacity = max(getattr(loop, "handshake_capacity", 0), max_pending)
         self._pending: dict = {}
         self._pending_by_client: dict = {}
         self.relaying = 0  # relays this forwarder started that have not ended
