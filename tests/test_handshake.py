@@ -2,7 +2,6 @@
 the same Progress from both for the same proxy, whatever the proxy sends."""
 
 import errno
-import os
 import socket
 import time
 

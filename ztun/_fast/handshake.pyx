@@ -10,7 +10,7 @@ import os
 
 from .defs import Progress
 
-from libc.errno cimport errno
+from libc.errno cimport EAGAIN, errno
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 
 from sockaddr cimport fill_sockaddr, sockaddr_storage, socklen_t
@@ -147,7 +147,7 @@ The loop's SOCKS5 negotiations, each from the connect to the proxy to its reply,
         id = zt_hs_start(self.e, fd, &addr, addrlen, greeting, len(greeting), auth, len(auth), request,
                          len(request), offered_auth)
         if id == 0:
-            raise OSError(11, "too many SOCKS5 negotiations at once (the engine is full)")
+            raise OSError(EAGAIN, "too many SOCKS5 negotiations at once (the engine is full)")
         self.waiting[id] = callback
         return id
 

@@ -26,7 +26,7 @@ TRANSCRIPT_MAX = HS_TRANSCRIPT_MAX
 
 class _Talk:
     __slots__ = ("sock", "fd", "out", "offered_auth", "callback", "step", "off", "need", "got", "connected",
-                 "reading", "writing", "done", "kind", "err")
+                 "reading", "writing", "kind", "err")
 
     def __init__(self, sock, greeting, auth, request, offered_auth, callback):
         self.sock, self.fd, self.callback = sock, sock.fileno(), callback
@@ -34,15 +34,13 @@ class _Talk:
         self.offered_auth = offered_auth
         self.step, self.off, self.need = GREET, 0, 0
         self.got = bytearray()  # the transcript
-        self.connected = self.reading = self.writing = self.done = False
+        self.connected = self.reading = self.writing = False
         self.kind = self.err = 0
 
     def progress(self) -> Progress:
         receiving = self.step not in _SENDS and self.step != END
         partial = self.off if receiving else 0
-        connected = self.connected and self.kind != HS_CONNECT_FAILED
-        return Progress(self.kind, self.err, bytes(self.got), partial, connected,
-                        not receiving and self.step != END)
+        return Progress(self.kind, self.err, bytes(self.got), partial, self.connected, not receiving and self.step != END)
 
 
 class Handshakes:
@@ -96,14 +94,12 @@ class Handshakes:
         if talk is None:
             return None
         self._unwatch(talk)
-        talk.done = True
         return talk.progress()
 
     def stop(self) -> None:
         """Negotiations under way end without a callback (their sockets stay open). Idempotent."""
-        for talk in list(self.talks.values()):
+        for talk in self.talks.values():
             self._unwatch(talk)
-            talk.done = True
         self.talks.clear()
         self.stopped = True
 
@@ -225,9 +221,7 @@ class Handshakes:
 
     def _end(self, talk_id, talk, kind: int, err: int):
         self._unwatch(talk)
-        talk.kind, talk.err, talk.done = kind, err, True
-        if kind == HS_OK:
-            talk.step = END
+        talk.kind, talk.err = kind, err
         del self.talks[talk_id]
         self.finished += 1
         try:

@@ -41,6 +41,7 @@ from libc.string cimport memcpy
 from posix.unistd cimport close, pipe, read, write
 
 from ..errors import PacketError, TunError
+from .spin import MAX_US as _MAX_SPIN_US
 
 from batch_read cimport read_slots
 from core cimport *
@@ -110,7 +111,6 @@ cdef enum:
     WAIT_MS = 10  # the longest wait for a hand-over batch, per batch read
     RESUME = 114  # "r" on the control pipe; any other byte asks for a pause, and is echoed on the ack pipe
     PAUSE_TOKENS = 100  # pause() numbers its requests 1..100 (never RESUME): it waits for its own answer
-    MAX_SPIN_US = 1000  # the longest spin a pump takes
     SPIN_BACKOFF = 6  # after this many spins in a row that found nothing, it spins after every 64th wake
 
 
@@ -195,8 +195,8 @@ virtio_net_hdr in front of each packet on fd (0 or 10, as the batches' vnet_hdr 
             raise ValueError(f"a pump takes 2..{MAX_HANDOFF} hand-over batches, got {len(handoff)}")
         if hdr not in (0, VNET_HDR_LEN):
             raise PacketError(f"hdr must be 0 or {VNET_HDR_LEN}, got {hdr}")
-        if not 0 <= spin_us <= MAX_SPIN_US:
-            raise ValueError(f"spin_us must be 0..{MAX_SPIN_US}, got {spin_us}")
+        if not 0 <= spin_us <= _MAX_SPIN_US:
+            raise ValueError(f"spin_us must be 0..{_MAX_SPIN_US}, got {spin_us}")
         self.fd, self.nat, self.hdr, self.vnet, self.spin_us = fd, nat, hdr, hdr == VNET_HDR_LEN, spin_us
         for b in [batch] + handoff:
             if bool(b.vnet_hdr) != self.vnet:

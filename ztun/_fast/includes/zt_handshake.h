@@ -80,6 +80,7 @@ typedef struct {
     pthread_t thread;
     int running;
     uint32_t capacity;
+    uint32_t ring_mask;   /* the rings' size less one: a power of two >= capacity (the free-running indices wrap cleanly) */
     zt_hs *slots;
     uint32_t *free_slots; /* a stack */
     uint32_t nfree;
@@ -123,7 +124,7 @@ static void zt_hs_end(zt_hs_engine *e, zt_hs *h) {
         (void)epoll_ctl(e->epfd, EPOLL_CTL_DEL, h->fd, NULL);
     h->watched = 0;
     h->state = ZT_HS_DONE;
-    e->done[e->d_head++ % e->capacity] = zt_hs_id(e, (uint32_t)(h - e->slots));
+    e->done[e->d_head++ & e->ring_mask] = zt_hs_id(e, (uint32_t)(h - e->slots));
     e->finished++;
 }
 
@@ -273,8 +274,9 @@ static void zt_hs_connect(zt_hs_engine *e, zt_hs *h) {
     }
     h->watched = 1;
     h->state = ZT_HS_CONNECTING;
-    h->quick = err == 0 || zt_hs_writable(h->fd); /* over a veth or loopback the handshake ran inside the call */
     zt_hs_advance(h);
+    /* past connecting at once: over a veth or loopback the handshake ran inside the call */
+    h->quick = h->state != ZT_HS_CONNECTING && h->kind != ZT_HS_CONNECT_FAILED;
 }
 
 /* The thread holds the lock only to pick its work and to file what ended: the connects and
@@ -312,7 +314,7 @@ static void *zt_hs_main(void *arg) {
             }
         }
         while (e->q_tail != e->q_head && m < 2 * ZT_HS_EVENTS) {
-            zt_hs *h = zt_hs_find(e, e->queued[e->q_tail++ % e->capacity]);
+            zt_hs *h = zt_hs_find(e, e->queued[e->q_tail++ & e->ring_mask]);
             if (h == NULL)
                 continue;
             if (h->cancelled) {
@@ -378,7 +380,7 @@ static void zt_hs_free(zt_hs_engine *e) {
 /* An engine for capacity negotiations at once, its thread running; NULL and errno on failure. */
 static zt_hs_engine *zt_hs_new(uint32_t capacity, int notify_fd) {
     struct epoll_event ev;
-    uint32_t k;
+    uint32_t k, ring;
     int err;
     zt_hs_engine *e;
     if (capacity == 0 || capacity > (1u << 20)) {
@@ -393,10 +395,13 @@ static zt_hs_engine *zt_hs_new(uint32_t capacity, int notify_fd) {
     e->capacity = capacity;
     e->notify_fd = notify_fd;
     e->epfd = e->wake_fd = -1;
+    for (ring = 1; ring < capacity; ring <<= 1)
+        ;
+    e->ring_mask = ring - 1;
     e->slots = (zt_hs *)calloc(capacity, sizeof *e->slots); /* pages touched only as slots are used */
     e->free_slots = (uint32_t *)malloc(capacity * sizeof *e->free_slots);
-    e->queued = (uint64_t *)malloc(capacity * sizeof *e->queued);
-    e->done = (uint64_t *)malloc(capacity * sizeof *e->done);
+    e->queued = (uint64_t *)malloc(ring * sizeof *e->queued);
+    e->done = (uint64_t *)malloc(ring * sizeof *e->done);
     if (e->slots == NULL || e->free_slots == NULL || e->queued == NULL || e->done == NULL) {
         err = ENOMEM;
         goto fail;
@@ -459,7 +464,7 @@ static uint64_t zt_hs_start(zt_hs_engine *e, int fd, const struct sockaddr_stora
     h->in_len = 0;
     zt_hs_enter(h, ZT_S_GREET, 0);
     id = zt_hs_id(e, (uint32_t)(h - e->slots));
-    e->queued[e->q_head++ % e->capacity] = id;
+    e->queued[e->q_head++ & e->ring_mask] = id;
     e->started++;
     kick = !e->kicked;
     e->kicked = 1;
@@ -525,7 +530,7 @@ static uint64_t zt_hs_collect(zt_hs_engine *e, zt_hs_progress *p) {
     pthread_mutex_lock(&e->lock);
     e->notified = 0;
     while (e->d_tail != e->d_head) {
-        uint64_t next = e->done[e->d_tail++ % e->capacity];
+        uint64_t next = e->done[e->d_tail++ & e->ring_mask];
         zt_hs *h = zt_hs_find(e, next);
         if (h != NULL && h->state == ZT_HS_DONE) {
             int cancelled = h->cancelled;
